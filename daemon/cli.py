@@ -1,0 +1,363 @@
+"""The `sessiond` command line.
+
+Commands that serve data talk to the running daemon through `daemon.client`; `run` starts the
+daemon; `config check` validates a config file. Exit codes: 0 success, 1 failure, 2 bad usage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from daemon import __version__
+from daemon.client import Client, ConnectError, RpcError
+from daemon.config import (
+    Config,
+    find_config,
+    load_config,
+    resolve_socket_path,
+    resolve_state_dir,
+)
+from daemon.errors import ConfigError, StateLocked
+
+EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
+
+
+class UsageError(Exception):
+    """The command line is wrong in a way argparse cannot see (exit 2)."""
+
+
+def _common(p: argparse.ArgumentParser, *, json_flag: bool = False) -> None:
+    p.add_argument(
+        "--config", metavar="PATH", help="config file (JSON5); default: see `run --help`"
+    )
+    p.add_argument("--state-dir", metavar="DIR", help="state folder (overrides daemon.stateDir)")
+    p.add_argument(
+        "--socket", metavar="PATH", help="daemon socket (default <stateDir>/sessiond.sock)"
+    )
+    if json_flag:
+        p.add_argument("--json", action="store_true", help="print machine-readable JSON")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="sessiond",
+        description="sessiond keeps chat-agent sessions: durable, append-only transcripts in "
+        "OpenClaw's format, served over a Unix socket (JSON-RPC 2.0, one object per line).",
+    )
+    parser.add_argument("--version", action="version", version=f"sessiond {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    p = sub.add_parser(
+        "run",
+        help="run the daemon in the foreground",
+        description="Run the daemon in the foreground until SIGTERM or Ctrl-C. Config is read "
+        "from --config, else $SESSIOND_CONFIG, else ~/.config/sessiond/config.json5, else "
+        "/etc/sessiond/config.json5, else built-in defaults. State goes to --state-dir, else "
+        "daemon.stateDir, else $STATE_DIRECTORY, else ~/.local/state/sessiond.",
+    )
+    _common(p)
+    p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    p.add_argument("--log-format", choices=["auto", "json", "console"])
+
+    p = sub.add_parser(
+        "send",
+        help="ingest one message, as a channel adapter would",
+        description="Send one inbound message through the daemon's pipeline and print the "
+        "acknowledgement (sent only once the message is durably stored).",
+    )
+    _common(p, json_flag=True)
+    p.add_argument("text", help="message text")
+    p.add_argument("--channel", default="cli", help="channel name (default: cli)")
+    p.add_argument(
+        "--chat-type", default="direct", choices=["direct", "group", "channel", "thread"]
+    )
+    p.add_argument("--peer", help="the other party (direct) or the sender (default: $USER)")
+    p.add_argument("--group", dest="group_id", help="group or channel id (group/channel/thread)")
+    p.add_argument("--thread", dest="thread_id", help="thread or topic id")
+    p.add_argument("--account", dest="account_id", help="channel account id")
+    p.add_argument("--agent", dest="agent_id", help="route to this agent instead of bindings")
+    p.add_argument("--message-id", help="adapter message id (makes retries idempotent)")
+    p.add_argument("--sender-name", help="display name of the sender")
+
+    p = sub.add_parser("sessions", help="list, show and read sessions")
+    ssub = p.add_subparsers(dest="sessions_command", metavar="SUBCOMMAND", required=True)
+    q = ssub.add_parser("list", help="list sessions, most recently updated first")
+    _common(q, json_flag=True)
+    q.add_argument("--agent", dest="agent_id", help="only this agent's sessions")
+    q.add_argument(
+        "--active",
+        dest="active_minutes",
+        type=int,
+        metavar="MINUTES",
+        help="only sessions updated in the last MINUTES",
+    )
+    q.add_argument("--limit", type=int, default=1000)
+    q = ssub.add_parser("show", help="show one session's registry entry")
+    _common(q, json_flag=True)
+    q.add_argument("key", nargs="?", help="session key, e.g. agent:main:main")
+    q.add_argument("--id", dest="session_id", help="session id instead of a key")
+    q = ssub.add_parser("history", help="read a session's transcript, newest first")
+    _common(q, json_flag=True)
+    q.add_argument("key", nargs="?", help="session key")
+    q.add_argument("--id", dest="session_id", help="session id instead of a key")
+    q.add_argument("--limit", type=int, default=20)
+    q.add_argument("--before", type=int, help="cursor from a previous page")
+    q.add_argument("--previous", type=int, help="1 = the session before the current one")
+    q.add_argument("--no-tools", action="store_true", help="leave out tool calls and results")
+
+    p = sub.add_parser("status", help="show the daemon's status")
+    _common(p, json_flag=True)
+
+    p = sub.add_parser(
+        "call",
+        help="call any protocol method",
+        description="Call a JSON-RPC method and print its result as JSON.",
+    )
+    _common(p)
+    p.add_argument("method", help="e.g. sessions.list")
+    p.add_argument("--params", default="{}", help="params as a JSON object")
+
+    p = sub.add_parser("config", help="configuration tools")
+    csub = p.add_subparsers(dest="config_command", metavar="SUBCOMMAND", required=True)
+    q = csub.add_parser(
+        "check",
+        help="validate a config file",
+        description="Validate the config file that `run` would use (or --config PATH). Exit 0 "
+        "when valid, 1 with one line per problem (file, line:column or key path) when not.",
+    )
+    _common(q, json_flag=True)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return dispatch(args)
+    except UsageError as e:
+        print(f"sessiond: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except ConfigError as e:
+        print(f"sessiond: invalid config:\n{e}", file=sys.stderr)
+        return EXIT_FAIL
+    except StateLocked as e:
+        print(f"sessiond: {e}", file=sys.stderr)
+        return EXIT_FAIL
+    except ConnectError as e:
+        print(f"sessiond: {e}", file=sys.stderr)
+        return EXIT_FAIL
+    except RpcError as e:
+        print(f"sessiond: error {e.code}: {e.message}", file=sys.stderr)
+        return EXIT_FAIL
+    except KeyboardInterrupt:
+        return EXIT_FAIL
+
+
+def _config(args: argparse.Namespace) -> tuple[Config, Path | None]:
+    path = find_config(args.config)
+    return load_config(path), path
+
+
+def _socket(args: argparse.Namespace, cfg: Config) -> Path:
+    if getattr(args, "socket", None):
+        return Path(args.socket)
+    return resolve_socket_path(cfg, resolve_state_dir(args.state_dir, cfg))
+
+
+def _call(args: argparse.Namespace, method: str, params: dict[str, Any]) -> Any:
+    cfg, _ = _config(args)
+    with Client(_socket(args, cfg)) as c:
+        return c.call(method, params)
+
+
+def _print_json(obj: Any) -> None:
+    sys.stdout.write(orjson.dumps(obj, option=orjson.OPT_INDENT_2).decode() + "\n")
+
+
+def dispatch(args: argparse.Namespace) -> int:
+    cmd = args.command
+    if cmd == "run":
+        return cmd_run(args)
+    if cmd == "send":
+        return cmd_send(args)
+    if cmd == "sessions":
+        return cmd_sessions(args)
+    if cmd == "status":
+        st = _call(args, "status", {})
+        if args.json:
+            _print_json(st)
+        else:
+            for k, v in st.items():
+                print(f"{k:18} {v}")
+        return EXIT_OK
+    if cmd == "call":
+        try:
+            params = orjson.loads(args.params)
+        except orjson.JSONDecodeError as e:
+            raise UsageError(f"--params is not valid JSON: {e}") from None
+        if not isinstance(params, dict):
+            raise UsageError("--params must be a JSON object")
+        _print_json(_call(args, args.method, params))
+        return EXIT_OK
+    if cmd == "config":
+        return cmd_config_check(args)
+    raise UsageError(f"unknown command {cmd}")
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    import anyio
+
+    from daemon import app, logs
+
+    cfg, path = _config(args)
+    logs.configure(args.log_level or cfg.daemon.logLevel, args.log_format or cfg.daemon.logFormat)
+    state_dir = resolve_state_dir(args.state_dir, cfg)
+    if args.socket:
+        cfg = cfg.model_copy(
+            update={"daemon": cfg.daemon.model_copy(update={"socket": args.socket})}
+        )
+    opts = app.RunOptions(config=cfg, config_path=path, state_dir=state_dir)
+    try:
+        return anyio.run(app.run, opts)
+    except StateLocked as e:
+        import structlog
+
+        structlog.get_logger("daemon").error("daemon.lock_failed", error=str(e))
+        raise
+
+
+def cmd_send(args: argparse.Namespace) -> int:
+    params: dict[str, Any] = {
+        "channel": args.channel,
+        "chatType": args.chat_type,
+        "text": args.text,
+    }
+    peer = args.peer or os.environ.get("USER") or getpass.getuser()
+    params["peer"] = peer
+    for name, key in (
+        ("group_id", "groupId"),
+        ("thread_id", "threadId"),
+        ("account_id", "accountId"),
+        ("agent_id", "agentId"),
+        ("message_id", "messageId"),
+        ("sender_name", "senderName"),
+    ):
+        v = getattr(args, name)
+        if v is not None:
+            params[key] = v
+    res = _call(args, "message.ingest", params)
+    if args.json:
+        _print_json(res)
+    else:
+        dup = " (duplicate)" if res.get("duplicate") else ""
+        new = " (new session)" if res.get("created") else ""
+        print(f"stored {res['entryId']} in {res['sessionKey']} [{res['sessionId']}]{new}{dup}")
+    return EXIT_OK
+
+
+def _ref(args: argparse.Namespace) -> dict[str, Any]:
+    if args.session_id:
+        return {"sessionId": args.session_id}
+    if args.key:
+        return {"sessionKey": args.key}
+    raise UsageError("give a session key or --id SESSION_ID")
+
+
+def cmd_sessions(args: argparse.Namespace) -> int:
+    sc = args.sessions_command
+    if sc == "list":
+        params: dict[str, Any] = {"limit": args.limit}
+        if args.agent_id:
+            params["agentId"] = args.agent_id
+        if args.active_minutes:
+            params["activeMinutes"] = args.active_minutes
+        res = _call(args, "sessions.list", params)
+        if args.json:
+            _print_json(res)
+        else:
+            for s in res["sessions"]:
+                print(f"{_when(s.get('updatedAt'))}  {s['sessionId']}  {s['sessionKey']}")
+        return EXIT_OK
+    if sc == "show":
+        res = _call(args, "sessions.get", _ref(args))
+        _print_json(res) if args.json else _print_entry(res)
+        return EXIT_OK
+    params = _ref(args)
+    params["limit"] = args.limit
+    if args.before is not None:
+        params["before"] = args.before
+    if args.previous is not None:
+        params["previous"] = args.previous
+    if args.no_tools:
+        params["includeTools"] = False
+    res = _call(args, "sessions.history", params)
+    if args.json:
+        _print_json(res)
+        return EXIT_OK
+    print(f"# {res['sessionKey']} [{res['sessionId']}], newest first")
+    for e in res["entries"]:
+        print(_render_entry(e))
+    if res.get("before") is not None:
+        print(f"# older entries: --before {res['before']}")
+    return EXIT_OK
+
+
+def _when(ms: Any) -> str:
+    from datetime import UTC, datetime
+
+    if not isinstance(ms, int):
+        return "-" * 19
+    return datetime.fromtimestamp(ms / 1000, tz=UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _print_entry(res: dict[str, Any]) -> None:
+    for k in ("sessionKey", "agentId", "sessionId", "chatType", "channel", "lastChannel"):
+        if k in res:
+            print(f"{k:18} {res[k]}")
+    for k in ("sessionStartedAt", "updatedAt", "lastInteractionAt"):
+        if k in res:
+            print(f"{k:18} {_when(res[k])} UTC")
+    for k in ("totalTokens", "compactionCount", "sessionFile"):
+        if k in res:
+            print(f"{k:18} {res[k]}")
+
+
+def _render_entry(e: dict[str, Any]) -> str:
+    ts = str(e.get("timestamp", ""))[:19].replace("T", " ")
+    msg = e.get("message")
+    if isinstance(msg, dict):
+        role = msg.get("role", "?")
+        content = msg.get("content")
+        if isinstance(content, str):
+            text = content
+        elif isinstance(content, list):
+            parts = []
+            for b in content:
+                if isinstance(b, dict):
+                    if b.get("type") == "text":
+                        parts.append(str(b.get("text", "")))
+                    else:
+                        parts.append(f"[{b.get('type')}]")
+            text = " ".join(parts)
+        else:
+            text = ""
+        return f"{ts}  {role:10} {text}"
+    return f"{ts}  [{e.get('type')}]"
+
+
+def cmd_config_check(args: argparse.Namespace) -> int:
+    path = find_config(args.config)
+    cfg = load_config(path)
+    where = str(path) if path else "built-in defaults (no config file found)"
+    if args.json:
+        _print_json({"ok": True, "config": where, "effective": cfg.model_dump(mode="json")})
+    else:
+        print(f"ok: {where}")
+    return EXIT_OK

@@ -1,0 +1,93 @@
+"""A small blocking client for sessiond's socket, for the CLI and for channel adapters.
+
+    from daemon.client import Client
+    with Client("/var/lib/sessiond/sessiond.sock") as c:
+        ack = c.call("message.ingest", {"channel": "telegram", "chatType": "direct",
+                                        "peer": "123", "messageId": "m1", "text": "hi"})
+
+`call` returns the result or raises `RpcError` with the JSON-RPC code. The answer to
+`message.ingest` means the message is durably stored; on `RpcError` 1004 nothing was stored and
+the adapter should retry with the same messageId (a retry is recognised as a duplicate).
+"""
+
+from __future__ import annotations
+
+import itertools
+import socket
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import orjson
+
+
+class RpcError(Exception):
+    """The daemon answered with a JSON-RPC error."""
+
+    def __init__(self, code: int, message: str, data: Any = None) -> None:
+        super().__init__(f"{message} (code {code})")
+        self.code = code
+        self.message = message
+        self.data = data
+
+
+class ConnectError(Exception):
+    """The daemon's socket cannot be reached."""
+
+
+class Client:
+    """One connection to the daemon; not thread-safe. Use as a context manager."""
+
+    def __init__(self, socket_path: str | Path, timeout: float | None = 60.0) -> None:
+        self.path = str(socket_path)
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(timeout)
+        try:
+            self.sock.connect(self.path)
+        except FileNotFoundError:
+            self.sock.close()
+            raise ConnectError(
+                f"cannot connect to sessiond at {self.path}: no such socket "
+                "(is the daemon running? start it with `sessiond run`)"
+            ) from None
+        except OSError as e:
+            self.sock.close()
+            raise ConnectError(f"cannot connect to sessiond at {self.path}: {e.strerror}") from None
+        self._ids = itertools.count(1)
+        self._buf = b""
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.sock.close()
+
+    def call(self, method: str, params: dict[str, Any] | None = None) -> Any:
+        rid = next(self._ids)
+        req = {"jsonrpc": "2.0", "id": rid, "method": method, "params": params or {}}
+        self.sock.sendall(orjson.dumps(req) + b"\n")
+        while True:
+            msg = self._read_message()
+            if msg.get("id") == rid or msg.get("id") is None:
+                break
+        if "error" in msg:
+            err = msg["error"]
+            raise RpcError(int(err.get("code", 0)), str(err.get("message", "")), err.get("data"))
+        return msg.get("result")
+
+    def _read_message(self) -> dict[str, Any]:
+        while b"\n" not in self._buf:
+            chunk = self.sock.recv(1 << 20)
+            if not chunk:
+                raise ConnectError("the daemon closed the connection")
+            self._buf += chunk
+        line, _, self._buf = self._buf.partition(b"\n")
+        obj = orjson.loads(line)
+        if not isinstance(obj, dict):
+            raise ConnectError("the daemon sent something that is not a JSON-RPC response")
+        return obj

@@ -1,0 +1,454 @@
+"""Configuration: JSON5 on disk, validated by pydantic v2, with errors that name file, line and key.
+
+The file is optional: with none at all the built-in defaults run. Keys use OpenClaw's camelCase
+spelling; unknown keys are rejected so that a typo never silently falls back to a default.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import json5
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    Strict,
+    ValidationError,
+    field_validator,
+)
+
+from daemon.errors import ConfigError
+
+# ---------------------------------------------------------------------------------------------
+# Small validators that phrase errors the way an operator reads them.
+
+
+def _between(lo: int, hi: int) -> Callable[[int], int]:
+    def check(v: int) -> int:
+        if not lo <= v <= hi:
+            raise ValueError(f"must be between {lo} and {hi}, got {_show(v)}")
+        return v
+
+    return check
+
+
+def _at_least(lo: int) -> Callable[[int], int]:
+    def check(v: int) -> int:
+        if v < lo:
+            raise ValueError(f"must be at least {lo}, got {_show(v)}")
+        return v
+
+    return check
+
+
+def _octal_mode(v: object) -> int:
+    # JSON5 has no octal numbers, so the file spells modes as strings; Python callers pass ints.
+    if isinstance(v, int) and not isinstance(v, bool):
+        mode = v
+    elif isinstance(v, str) and re.fullmatch(r"(?:0o?)?[0-7]{3,4}", v):
+        mode = int(v.removeprefix("0o"), 8)
+    else:
+        raise ValueError(
+            f'must be an octal file mode written as a string such as "0660", got {_show(v)}'
+        )
+    if not 0 <= mode <= 0o7777:
+        raise ValueError(f"must be a file mode between 0000 and 7777, got {oct(mode)}")
+    return mode
+
+
+# Strict: a config that says `maxLineBytes: true` or `default: "yes"` is a mistake, not a number.
+Hour = Annotated[int, Strict(), AfterValidator(_between(0, 23))]
+PositiveInt = Annotated[int, Strict(), AfterValidator(_at_least(1))]
+NonNegativeInt = Annotated[int, Strict(), AfterValidator(_at_least(0))]
+Flag = Annotated[bool, Strict()]
+FileMode = Annotated[int, BeforeValidator(_octal_mode)]
+
+
+class _Model(BaseModel):
+    """Base for every config section: camelCase keys as in OpenClaw, unknown keys rejected."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, frozen=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# daemon
+
+
+class DaemonConfig(_Model):
+    stateDir: str | None = None
+    socket: str | None = None
+    socketMode: FileMode = 0o660
+    timezone: str | None = None
+    maxLineBytes: PositiveInt = 1024 * 1024
+    maxConnections: PositiveInt = 1024
+    idleTimeoutSeconds: PositiveInt = 600
+    checkpointIntervalMs: PositiveInt = 1000
+    dedupWindowHours: PositiveInt = 24
+    dedupMaxPerAgent: PositiveInt = 10_000
+    logLevel: Literal["debug", "info", "warning", "error"] = "info"
+    logFormat: Literal["auto", "json", "console"] = "auto"
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_timezone(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+        try:
+            ZoneInfo(v)
+        except (ZoneInfoNotFoundError, ValueError, OSError):
+            raise ValueError(
+                f'unknown time zone {_show(v)} (expected an IANA name such as "Europe/Berlin")'
+            ) from None
+        return v
+
+
+# ---------------------------------------------------------------------------------------------
+# agents and routing
+
+
+class CompactionConfig(_Model):
+    contextWindow: PositiveInt = 200_000
+    reserveTokensFloor: NonNegativeInt = 20_000
+    keepRecentTokens: NonNegativeInt = 20_000
+
+
+class AgentDefaults(_Model):
+    workspace: str | None = None
+    compaction: CompactionConfig = CompactionConfig()
+
+
+class AgentEntry(_Model):
+    id: str = Field(min_length=1)
+    default: Flag = False
+    name: str | None = None
+    workspace: str | None = None
+
+
+class AgentsConfig(_Model):
+    defaults: AgentDefaults = AgentDefaults()
+    list: tuple[AgentEntry, ...] = ()
+
+    @field_validator("list")
+    @classmethod
+    def _one_default(cls, v: tuple[AgentEntry, ...]) -> tuple[AgentEntry, ...]:
+        defaults = [a.id for a in v if a.default]
+        if len(defaults) > 1:
+            raise ValueError(f"at most one agent may be the default, got {', '.join(defaults)}")
+        return v
+
+
+class PeerMatch(_Model):
+    kind: Literal["direct", "dm", "group", "channel", "thread"]
+    id: str
+
+
+class BindingMatch(_Model):
+    channel: str = Field(min_length=1)
+    accountId: str | None = None
+    peer: PeerMatch | None = None
+    guildId: str | None = None
+    teamId: str | None = None
+
+
+class Binding(_Model):
+    agentId: str = Field(min_length=1)
+    match: BindingMatch
+
+
+# ---------------------------------------------------------------------------------------------
+# sessions
+
+
+ResetMode = Literal["daily", "idle", "both", "none"]
+
+
+class ResetPolicyConfig(_Model):
+    mode: ResetMode = "daily"
+    atHour: Hour = 4
+    idleMinutes: PositiveInt | None = None
+    deferWhileActiveMinutes: NonNegativeInt = 30
+
+
+class ResetOverride(_Model):
+    mode: ResetMode | None = None
+    atHour: Hour | None = None
+    idleMinutes: PositiveInt | None = None
+    deferWhileActiveMinutes: NonNegativeInt | None = None
+
+
+class ResetByType(_Model):
+    direct: ResetOverride | None = None
+    dm: ResetOverride | None = None
+    group: ResetOverride | None = None
+    thread: ResetOverride | None = None
+
+
+class SessionConfig(_Model):
+    dmScope: Literal["main", "per-peer", "per-channel-peer", "per-account-channel-peer"] = "main"
+    mainKey: str = Field(default="main", min_length=1)
+    identityLinks: dict[str, tuple[str, ...]] = {}
+    reset: ResetPolicyConfig = ResetPolicyConfig()
+    resetByType: ResetByType = ResetByType()
+    resetByChannel: dict[str, ResetOverride] = {}
+    resetTriggers: tuple[str, ...] = ("/new", "/reset")
+
+
+# ---------------------------------------------------------------------------------------------
+# access
+
+
+class ChannelAccess(_Model):
+    dm: Literal["open", "allowlist", "disabled"] = "open"
+    allowFrom: tuple[str, ...] = ()
+    groups: Literal["open", "allowlist", "disabled"] = "open"
+    allowGroups: tuple[str, ...] = ()
+    groupAllowFrom: tuple[str, ...] = ()
+
+
+class AccessConfig(_Model):
+    default: ChannelAccess = ChannelAccess()
+    channels: dict[str, ChannelAccess] = {}
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+class Config(_Model):
+    daemon: DaemonConfig = DaemonConfig()
+    agents: AgentsConfig = AgentsConfig()
+    bindings: tuple[Binding, ...] = ()
+    session: SessionConfig = SessionConfig()
+    access: AccessConfig = AccessConfig()
+
+    def default_agent_id(self) -> str:
+        from daemon.core.keys import normalize_agent_id
+
+        for a in self.agents.list:
+            if a.default:
+                return normalize_agent_id(a.id)
+        if self.agents.list:
+            return normalize_agent_id(self.agents.list[0].id)
+        return "main"
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading
+
+
+def default_config_paths(env: Mapping[str, str] | None = None) -> list[Path]:
+    """The places a config file is looked for, in order (SPEC section 1)."""
+    env = os.environ if env is None else env
+    paths: list[Path] = []
+    if env.get("SESSIOND_CONFIG"):
+        paths.append(Path(env["SESSIOND_CONFIG"]))
+    paths.append(Path(env.get("HOME", "~")).expanduser() / ".config/sessiond/config.json5")
+    paths.append(Path("/etc/sessiond/config.json5"))
+    return paths
+
+
+def find_config(explicit: str | None, env: Mapping[str, str] | None = None) -> Path | None:
+    """The config file to use, or None for built-in defaults.
+
+    An explicit `--config` or `$SESSIOND_CONFIG` must exist; the per-user and system paths are
+    only used when present.
+    """
+    env = os.environ if env is None else env
+    if explicit:
+        return Path(explicit)
+    if env.get("SESSIOND_CONFIG"):
+        return Path(env["SESSIOND_CONFIG"])
+    for p in default_config_paths(env)[-2:]:
+        if p.is_file():
+            return p
+    return None
+
+
+_JSON5_POS = re.compile(r"^<string>:(\d+) (.*?)(?: at column (\d+))?$", re.S)
+_COMMENTS = re.compile(r"//[^\n]*|/\*.*?\*/", re.S)
+
+
+def parse_config(text: str, source: str = "<config>") -> Config:
+    """Parse and validate config text; raises ConfigError naming source, line:column or key path.
+
+    An empty file (or one holding only comments) means the built-in defaults.
+    """
+    if not _COMMENTS.sub("", text).strip():
+        return Config()
+    try:
+        # A key written twice would otherwise keep the last value without a word.
+        raw = json5.loads(text, allow_duplicate_keys=False)
+    except ValueError as e:
+        m = _JSON5_POS.match(str(e))
+        if m:
+            line, msg, col = m.group(1), m.group(2), m.group(3) or "1"
+            raise ConfigError(f"{source}:{line}:{col}: syntax error: {msg}") from None
+        raise ConfigError(f"{source}: {e}") from None
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: the top level must be an object {{...}}, got {_show(raw)}")
+    try:
+        return Config.model_validate(raw)
+    except ValidationError as e:
+        raise ConfigError(format_validation_error(source, e, raw)) from None
+
+
+def format_validation_error(source: str, e: ValidationError, data: Any = None) -> str:
+    """One line per problem: `file: key.path: what was expected, got what`.
+
+    `data` is the input that was validated; with it, key paths hold only keys the user wrote
+    (pydantic puts union member names such as "int" into its locations).
+    """
+    by_path: dict[str, list[str]] = {}
+    for err in e.errors():
+        loc = _user_loc(err["loc"], data) if data is not None else _drop_union_tags(err["loc"])
+        by_path.setdefault(_key_path(loc), []).append(_describe(err))
+    lines = []
+    for path, msgs in by_path.items():
+        msgs = list(dict.fromkeys(msgs))
+        lines.append(f"{source}: {path}: {_merge(msgs)}")
+    return "\n".join(lines)
+
+
+_TYPE_NAMES = {
+    "int_type": "a whole number",
+    "int_parsing": "a whole number",
+    "int_from_float": "a whole number",
+    "bool_type": "true or false",
+    "bool_parsing": "true or false",
+    "string_type": "a string",
+    "tuple_type": "a list [...]",
+    "list_type": "a list [...]",
+    "dict_type": "an object {...}",
+    "model_type": "an object {...}",
+    "model_attributes_type": "an object {...}",
+}
+
+
+def _describe(err: Any) -> str:
+    kind, got = err["type"], _show(err.get("input"))
+    if kind == "extra_forbidden":
+        return "unknown key (check its spelling against config.example.json5)"
+    if kind == "missing":
+        return "required key is missing"
+    if kind == "value_error":
+        return str(err["msg"]).removeprefix("Value error, ")
+    if kind == "literal_error":
+        choices = re.findall(r"'([^']*)'", str(err.get("ctx", {}).get("expected", "")))
+        return f"must be one of {', '.join(_show(c) for c in choices)}, got {got}"
+    if kind in _TYPE_NAMES:
+        return f"must be {_TYPE_NAMES[kind]}, got {got}"
+    if kind == "string_too_short":
+        return "must not be empty"
+    msg = str(err["msg"])
+    return f"{msg[:1].lower()}{msg[1:]}, got {got}"
+
+
+def _merge(msgs: list[str]) -> str:
+    # A union reports one error per member: "must be A, got x" + "must be B, got x" -> "A or B".
+    if len(msgs) > 1 and all(m.startswith("must be ") for m in msgs):
+        tails = {m.rpartition(", got ")[2] for m in msgs}
+        if len(tails) == 1:
+            kinds = [m.removeprefix("must be ").rpartition(", got ")[0] for m in msgs]
+            return f"must be {' or '.join(kinds)}, got {tails.pop()}"
+    return "; ".join(msgs)
+
+
+def _user_loc(loc: tuple[int | str, ...], data: Any) -> list[int | str]:
+    """The parts of a pydantic location that are keys or indexes in `data`; the rest are tags."""
+    parts: list[int | str] = []
+    node = data
+    for i, p in enumerate(loc):
+        in_dict = isinstance(node, dict) and p in node
+        in_list = isinstance(node, list) and isinstance(p, int) and 0 <= p < len(node)
+        if in_dict or in_list:
+            parts.append(p)
+            node = node[p]
+        elif i == len(loc) - 1 and isinstance(node, dict):
+            parts.append(p)  # a required key that is missing
+    return parts
+
+
+def _drop_union_tags(loc: tuple[int | str, ...]) -> list[int | str]:
+    # Without the input, guess: pydantic names union members by type ("int", "function-after[...]").
+    return [
+        p
+        for p in loc
+        if not (isinstance(p, str) and (p in {"int", "str"} or p.startswith("function-")))
+    ]
+
+
+_PLAIN_KEY = re.compile(r"[A-Za-z_$][\w$-]*")
+
+
+def _key_path(loc: list[int | str]) -> str:
+    """`session.reset.atHour`, `bindings[0].match`, `access.channels["my.chat"]`."""
+    out = ""
+    for p in loc:
+        if isinstance(p, int):
+            out += f"[{p}]"
+        elif _PLAIN_KEY.fullmatch(p):
+            out += f".{p}" if out else p
+        else:
+            out += f"[{json.dumps(p)}]"
+    return out or "(top level)"
+
+
+def _show(v: Any) -> str:
+    """A value as the user wrote it in JSON5 (`null`, `"x"`, `true`), shortened."""
+    if isinstance(v, dict):
+        return "an object {...}"
+    if isinstance(v, list | tuple):
+        return "a list [...]"
+    try:
+        r = json.dumps(v, ensure_ascii=False)
+    except (TypeError, ValueError):
+        r = repr(v)
+    return r if len(r) <= 60 else r[:57] + "..."
+
+
+def load_config(path: Path | None) -> Config:
+    """Read and validate the config file at `path`, or return the built-in defaults for None."""
+    if path is None:
+        return Config()
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not valid UTF-8 at byte {e.start}") from None
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read config file: {e.strerror}") from None
+    return parse_config(text, str(path))
+
+
+def resolve_state_dir(
+    explicit: str | None, cfg: Config, env: Mapping[str, str] | None = None
+) -> Path:
+    """--state-dir, else daemon.stateDir, else $STATE_DIRECTORY, else ~/.local/state/sessiond."""
+    env = os.environ if env is None else env
+    if explicit:
+        return Path(explicit).expanduser()
+    if cfg.daemon.stateDir:
+        return Path(cfg.daemon.stateDir).expanduser()
+    if env.get("STATE_DIRECTORY"):
+        # systemd may pass several colon-separated folders; the first is ours.
+        return Path(env["STATE_DIRECTORY"].split(":")[0])
+    return Path(env.get("HOME", "~")).expanduser() / ".local/state/sessiond"
+
+
+def resolve_socket_path(cfg: Config, state_dir: Path) -> Path:
+    """`daemon.socket`, else `<stateDir>/sessiond.sock`."""
+    if cfg.daemon.socket:
+        return Path(cfg.daemon.socket).expanduser()
+    return state_dir / "sessiond.sock"

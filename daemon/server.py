@@ -1,0 +1,312 @@
+"""The Unix-socket JSON-RPC server: listeners, connections, limits, dispatch.
+
+Each connection has a reader (splits lines, enforces the line limit, dispatches) and a writer
+(sends whatever answers are ready in one write). Answers may leave in a different order than
+requests came in: they carry the request's id. A connection holds at most MAX_PENDING requests
+unanswered, so a client that never reads its answers cannot grow our memory.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import stat
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import anyio
+import structlog
+from anyio.abc import SocketStream, TaskGroup, TaskStatus
+
+from daemon.api import Api
+from daemon.core import protocol
+from daemon.core.protocol import RequestId, encode_error, encode_result
+from daemon.errors import (
+    MethodNotFound,
+    RequestError,
+    ServerBusy,
+    StorageUnavailable,
+    TooLarge,
+)
+from daemon.pipeline import Pipeline
+
+log = structlog.get_logger("daemon.server")
+
+MAX_PENDING = 4096
+READ_CHUNK = 256 * 1024
+
+
+class Connection:
+    """One client connection; owned by the server's connection task group."""
+
+    def __init__(self, server: Server, stream: SocketStream, number: int) -> None:
+        self.server = server
+        self.stream = stream
+        self.number = number
+        self.out: list[bytes] = []
+        self.wake = anyio.Event()
+        self.pending = 0
+        self.idle = anyio.Event()
+        self.idle.set()
+        self.room = anyio.Event()
+        self.room.set()
+        self.read_scope = anyio.CancelScope()
+        self.closed = False
+
+    def deliver(self, data: bytes) -> None:
+        self.out.append(data)
+        self.wake.set()
+
+    def answer(self, rid: RequestId, notification: bool) -> Callable[[Any], None]:
+        """A reply callback for one request; decrements the pending count when called."""
+        self._begin()
+        done = False
+
+        def reply(outcome: dict[str, Any] | RequestError) -> None:
+            nonlocal done
+            if done:
+                return
+            done = True
+            if not notification and not self.closed:
+                if isinstance(outcome, RequestError):
+                    self.deliver(encode_error(rid, outcome))
+                else:
+                    self.deliver(encode_result(rid, outcome))
+            self._end()
+
+        return reply
+
+    def _begin(self) -> None:
+        self.pending += 1
+        if self.pending == 1:
+            self.idle = anyio.Event()
+        if self.pending >= MAX_PENDING:
+            self.room = anyio.Event()
+
+    def _end(self) -> None:
+        self.pending -= 1
+        if self.pending < MAX_PENDING:
+            self.room.set()
+        if self.pending == 0:
+            self.idle.set()
+
+    async def writer(self) -> None:
+        try:
+            while True:
+                await self.wake.wait()
+                self.wake = anyio.Event()
+                if not self.out:
+                    continue
+                data = b"".join(self.out)
+                self.out.clear()
+                await self.stream.send(data)
+        except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
+            self.closed = True
+
+    async def flush(self) -> None:
+        """Wait until every accepted request is answered and the answers are sent."""
+        await self.idle.wait()
+        if self.out and not self.closed:
+            data = b"".join(self.out)
+            self.out.clear()
+            try:
+                await self.stream.send(data)
+            except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
+                self.closed = True
+
+    async def reader(self, tg: TaskGroup) -> None:
+        max_line = self.server.max_line
+        idle_timeout = self.server.idle_timeout
+        buf = bytearray()
+        with self.read_scope:
+            while True:
+                data = b""
+                with anyio.move_on_after(idle_timeout) as timeout:
+                    try:
+                        data = await self.stream.receive(READ_CHUNK)
+                    except (anyio.EndOfStream, anyio.BrokenResourceError, OSError):
+                        return
+                if timeout.cancelled_caught:
+                    if self.pending:
+                        continue
+                    log.info("connection.idle_timeout", connection=self.number)
+                    return
+                buf += data
+                start = 0
+                while True:
+                    nl = buf.find(b"\n", start)
+                    if nl < 0:
+                        break
+                    line = bytes(buf[start:nl])
+                    start = nl + 1
+                    if len(line) > max_line:
+                        self._too_large(len(line))
+                        return
+                    await self.handle_line(line, tg)
+                if start:
+                    del buf[:start]
+                if len(buf) > max_line:
+                    # The rest of the line is not read: answer now and close.
+                    self._too_large(len(buf))
+                    return
+
+    def _too_large(self, seen: int) -> None:
+        limit = self.server.max_line
+        log.warning("request.rejected", reason="too_large", connection=self.number, bytes=seen)
+        err = TooLarge(
+            f"request line exceeds the limit of {limit} bytes; connection closed",
+            data={"limit": limit},
+        )
+        self.deliver(encode_error(None, err))
+
+    async def handle_line(self, line: bytes, tg: TaskGroup) -> None:
+        if line.endswith(b"\r"):
+            line = line[:-1]
+        if not line.strip():
+            return
+        try:
+            req = protocol.parse_request(line)
+        except RequestError as e:
+            log.info("request.rejected", reason="malformed", code=e.code, connection=self.number)
+            self.deliver(encode_error(protocol.request_id_of(e), e))
+            return
+        if not self.room.is_set():
+            await self.room.wait()
+        reply = self.answer(req.id, req.notification)
+        try:
+            await self.server.dispatch(req, reply, tg)
+        except anyio.get_cancelled_exc_class():
+            # Shutting down while waiting for room in the committer's queue: nothing was stored.
+            reply(StorageUnavailable("the daemon is shutting down; nothing was stored, retry"))
+            raise
+        except RequestError as e:
+            if e.code == -32602:
+                log.info(
+                    "request.rejected",
+                    reason="invalid_params",
+                    method=req.method,
+                    field=(e.data or {}).get("field"),
+                    connection=self.number,
+                )
+            reply(e)
+        except Exception:
+            log.exception("request.failed", method=req.method, connection=self.number)
+            reply(RequestError("internal error; the daemon logged the details"))
+
+
+Handler = Callable[[dict[str, Any]], Awaitable[Any] | Any]
+
+
+class Server:
+    """Listens on the Unix socket and serves connections until `stop` is called."""
+
+    def __init__(
+        self,
+        pipeline: Pipeline,
+        api: Api,
+        socket_path: Path,
+        socket_mode: int,
+        *,
+        max_line: int,
+        max_connections: int,
+        idle_timeout: float,
+    ) -> None:
+        self.pipeline = pipeline
+        self.api = api
+        self.socket_path = socket_path
+        self.socket_mode = socket_mode
+        self.max_line = max_line
+        self.max_connections = max_connections
+        self.idle_timeout = idle_timeout
+        self.connections: set[Connection] = set()
+        self.accept_scope = anyio.CancelScope()
+        self._counter = 0
+        self.sync_methods: dict[str, Callable[[dict[str, Any]], Any]] = {
+            "status": lambda p: api.status(protocol.parse_empty(p)),
+            "sessions.list": lambda p: api.sessions_list(protocol.parse_list(p)),
+            "sessions.get": lambda p: api.sessions_get(protocol.parse_get(p)),
+        }
+
+    async def dispatch(
+        self, req: protocol.Request, reply: Callable[[Any], None], tg: TaskGroup
+    ) -> None:
+        m = req.method
+        if m == "message.ingest":
+            await self.pipeline.ingest(protocol.parse_ingest(req.params), reply)
+        elif m == "message.append":
+            await self.pipeline.append(protocol.parse_append(req.params), reply)
+        elif m in self.sync_methods:
+            reply(self.sync_methods[m](req.params))
+        elif m == "sessions.history":
+            hp = protocol.parse_history(req.params)
+            tg.start_soon(self._run_async, self.api.sessions_history(hp), reply)
+        else:
+            raise MethodNotFound(f"unknown method {m!r}")
+
+    async def _run_async(self, coro: Awaitable[Any], reply: Callable[[Any], None]) -> None:
+        try:
+            reply(await coro)
+        except RequestError as e:
+            reply(e)
+        except Exception:
+            log.exception("request.failed")
+            reply(RequestError("internal error; the daemon logged the details"))
+
+    async def serve(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Bind the socket (mode from config), serve until stopped, then wait for connections."""
+        path = self.socket_path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            if stat.S_ISSOCK(os.lstat(path).st_mode):
+                # A socket left by a daemon that died; we hold the state lock, so it is stale.
+                os.unlink(path)
+        except FileNotFoundError:
+            pass
+        old_umask = os.umask(0o177)
+        try:
+            listener = await anyio.create_unix_listener(path)
+        finally:
+            os.umask(old_umask)
+        os.chmod(path, self.socket_mode)
+        async with anyio.create_task_group() as conns:
+            async with listener:
+                task_status.started()
+                with self.accept_scope:
+                    while True:
+                        stream = await listener.accept()
+                        conns.start_soon(self._serve_one, stream)
+            # The socket file is ours (not user data): take it away so clients fail fast.
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+            log.info("server.stopped_accepting", connections=len(self.connections))
+
+    async def _serve_one(self, stream: SocketStream) -> None:
+        self._counter += 1
+        async with stream:
+            if len(self.connections) >= self.max_connections:
+                log.warning("connection.refused", reason="too_many", limit=self.max_connections)
+                err = ServerBusy(
+                    f"too many connections (limit {self.max_connections}); retry later"
+                )
+                with contextlib.suppress(anyio.BrokenResourceError, OSError):
+                    await stream.send(encode_error(None, err))
+                return
+            conn = Connection(self, stream, self._counter)
+            self.connections.add(conn)
+            self.api.connections = len(self.connections)
+            try:
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(conn.writer)
+                    await conn.reader(tg)
+                    await conn.flush()
+                    tg.cancel_scope.cancel()
+            finally:
+                self.connections.discard(conn)
+                self.api.connections = len(self.connections)
+
+    def stop(self) -> None:
+        """Stop accepting and stop reading new requests; in-flight ones are still answered."""
+        self.accept_scope.cancel()
+        for conn in list(self.connections):
+            conn.read_scope.cancel()

@@ -1,0 +1,1 @@
+"""The storage layer: transcripts, the registry, the journal that makes acknowledgements durable."""

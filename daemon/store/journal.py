@@ -1,0 +1,162 @@
+"""The shared journal that makes acknowledgements durable with one sync per batch.
+
+Every transcript line and every idempotency record of a batch is written to the journal as well as
+to its real file; one fdatasync of the journal then covers the whole batch, whatever number of
+sessions it touched. Transcripts are synced later, at a checkpoint, after which the journal's
+records are no longer needed. After a crash, start-up replays the journal into the transcripts.
+
+Two journal files take turns (`a.wal`, `b.wal`), so that nothing is ever unlinked:
+
+  invariant 1: a record is acknowledged only after an fdatasync of the file that holds it.
+  invariant 2: a journal file is truncated (made active again) only after the checkpoint that
+               switched away from it has synced every transcript line written before the switch.
+  invariant 3: replay is idempotent: a record whose bytes are already at their offset is skipped.
+
+Record format, one per line: `<crc32 hex8>\t<kind>\t<a>\t<b>\t<payload>\n`, where the CRC covers
+everything after the first tab. Kinds: H (header: a = generation), T (transcript line: a = path
+relative to the state folder, b = byte offset, payload = the line), D (idempotency record: a =
+agentId, payload = JSON). Replay of a file stops at its first damaged record: nothing after it
+was acknowledged.
+"""
+
+from __future__ import annotations
+
+import os
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from daemon.store.fsutil import FILE_MODE, ensure_dir, fsync_dir, write_all
+
+NAMES = ("a.wal", "b.wal")
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """One journal record as read back at start-up."""
+
+    kind: str
+    a: str
+    b: str
+    payload: bytes
+
+
+def encode(kind: str, a: str, b: str, payload: bytes) -> bytes:
+    """One journal record line. `a` and `b` must not contain tabs or newlines."""
+    body = f"{kind}\t{a}\t{b}\t".encode() + payload
+    return b"%08x\t%s\n" % (zlib.crc32(body), body)
+
+
+def decode_file(data: bytes) -> Iterator[Record]:
+    """Records of one journal file, in order, stopping at the first damaged or torn one."""
+    pos = 0
+    n = len(data)
+    while pos < n:
+        nl = data.find(b"\n", pos)
+        if nl < 0:
+            return
+        line = data[pos:nl]
+        pos = nl + 1
+        if len(line) < 10 or line[8:9] != b"\t":
+            return
+        body = line[9:]
+        try:
+            crc = int(line[:8], 16)
+        except ValueError:
+            return
+        if zlib.crc32(body) != crc:
+            return
+        parts = body.split(b"\t", 3)
+        if len(parts) != 4:
+            return
+        yield Record(parts[0].decode(), parts[1].decode(), parts[2].decode(), parts[3])
+
+
+class Journal:
+    """The two journal files of a state folder; used from one thread at a time.
+
+    Errors: every method raises OSError as the system reports it; the caller decides (a failed
+    sync means the batch is not acknowledged and the store stops taking writes).
+    """
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.paths = tuple(folder / n for n in NAMES)
+        self.fds: list[int] = []
+        self.active = 0
+        self.generation = 0
+        self.size = 0
+
+    def open_and_read(self) -> list[Record]:
+        """Open both files and return the records to replay, oldest generation first."""
+        ensure_dir(self.folder)
+        created = False
+        for p in self.paths:
+            if not p.exists():
+                created = True
+            self.fds.append(os.open(p, os.O_RDWR | os.O_CREAT, FILE_MODE))
+        if created:
+            fsync_dir(self.folder)
+        files: list[tuple[int, int, list[Record]]] = []
+        for i, fd in enumerate(self.fds):
+            size = os.fstat(fd).st_size
+            records = list(decode_file(os.pread(fd, size, 0))) if size else []
+            if records and records[0].kind == "H":
+                files.append((int(records[0].a), i, records[1:]))
+        files.sort()
+        if files:
+            self.generation = files[-1][0]
+        out: list[Record] = []
+        for _gen, _i, recs in files:
+            out.extend(recs)
+        return out
+
+    def start_fresh(self) -> None:
+        """After replay and a full checkpoint: empty both files and begin a new generation."""
+        other = 1 - self.active
+        os.ftruncate(self.fds[other], 0)
+        os.fsync(self.fds[other])
+        self._activate(self.active)
+
+    def switch(self) -> None:
+        """Make the other file active (truncated, new generation header, synced)."""
+        self._activate(1 - self.active)
+
+    def _activate(self, index: int) -> None:
+        fd = self.fds[index]
+        self.generation += 1
+        os.ftruncate(fd, 0)
+        header = encode("H", str(self.generation), "-", b"")
+        os.pwrite(fd, header, 0)
+        os.fdatasync(fd)
+        self.active = index
+        self.size = len(header)
+
+    def append(self, data: bytes) -> None:
+        """Write records at the end of the active file (not yet durable)."""
+        fd = self.fds[self.active]
+        view = memoryview(data)
+        off = self.size
+        while view:
+            n = os.pwrite(fd, view, off)
+            view = view[n:]
+            off += n
+        self.size = off
+
+    def truncate_to(self, size: int) -> None:
+        """Cut the active file back to `size` (to remove an unacknowledged, failed batch)."""
+        os.ftruncate(self.fds[self.active], size)
+        self.size = size
+
+    def sync(self) -> None:
+        """fdatasync the active file; after it returns, every appended record is durable."""
+        os.fdatasync(self.fds[self.active])
+
+    def close(self) -> None:
+        for fd in self.fds:
+            os.close(fd)
+        self.fds.clear()
+
+
+__all__ = ["Journal", "Record", "decode_file", "encode", "write_all"]

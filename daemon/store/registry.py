@@ -1,0 +1,153 @@
+"""The session registry: `sessions.json` per agent, in OpenClaw's shape, plus what a writer needs.
+
+The registry is derived data: the transcripts (and, after a crash, the journal) are the truth.
+It is held in memory, written atomically at checkpoints (never once per message), and rebuilt
+from transcript headers when `sessions.json` is missing or unreadable. Fields sessiond does not
+know (OpenClaw's skillsSnapshot, systemPromptReport, ...) are kept as they were read.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from daemon.store.fsutil import atomic_write
+from daemon.store.transcript import read_header
+
+SESSIONS_JSON = "sessions.json"
+
+
+@dataclass(slots=True)
+class SessionState:
+    """One live session: its registry entry and the writer's position in its transcript."""
+
+    agent_id: str
+    session_key: str
+    session_id: str
+    rel_path: str  # transcript path relative to the state folder
+    entry: dict[str, Any]  # the sessions.json entry, unknown fields included
+    size: int = -1  # next append offset; -1 until the tail has been read
+    last_entry_id: str | None = None
+    fd: int | None = None
+    new: bool = False  # created since the last checkpoint (its folder needs a sync)
+
+    @property
+    def loaded(self) -> bool:
+        return self.size >= 0
+
+
+@dataclass(slots=True)
+class AgentRegistry:
+    """The sessions of one agent, keyed by session key."""
+
+    agent_id: str
+    folder: Path  # <stateDir>/agents/<agentId>/sessions
+    sessions: dict[str, SessionState] = field(default_factory=dict)
+    dirty: bool = False
+
+    def serialize(self) -> bytes:
+        doc = {key: st.entry for key, st in self.sessions.items()}
+        return orjson.dumps(doc, option=orjson.OPT_INDENT_2)
+
+    def save(self, data: bytes) -> None:
+        """Atomically replace sessions.json (mode 0600). Raises OSError on failure."""
+        atomic_write(self.folder / SESSIONS_JSON, data)
+
+
+def is_active_transcript_name(name: str) -> bool:
+    """`<id>.jsonl` or OpenClaw's `<id>-topic-<thread>.jsonl`; archived names are not active."""
+    return name.endswith(".jsonl") and not name.startswith(".")
+
+
+def session_file_name(entry: dict[str, Any], session_id: str) -> str:
+    """The transcript file name for a registry entry.
+
+    OpenClaw writes an absolute `sessionFile` from the machine that wrote it; only its base name
+    is trusted, and only when it is a plain name that cannot leave the sessions folder.
+    """
+    sf = entry.get("sessionFile")
+    if isinstance(sf, str) and sf:
+        name = os.path.basename(sf)
+        plain = name not in ("", ".", "..") and not any(c in name for c in "\x00\t\n")
+        if plain and is_active_transcript_name(name):
+            return name
+    return f"{session_id}.jsonl"
+
+
+def load_agent(state_dir: Path, agent_id: str, folder: Path) -> tuple[AgentRegistry, str | None]:
+    """Load one agent's registry; rebuild it from transcript headers when it cannot be read.
+
+    Returns the registry and, when it was rebuilt, the reason (for the log). An unreadable
+    sessions.json is kept aside as `sessions.json.corrupt-<ms>`, never removed.
+    """
+    reg = AgentRegistry(agent_id, folder)
+    path = folder / SESSIONS_JSON
+    reason: str | None = None
+    doc: Any = None
+    try:
+        doc = orjson.loads(path.read_bytes())
+        if not isinstance(doc, dict):
+            reason = "sessions.json is not an object"
+    except FileNotFoundError:
+        reason = "sessions.json is missing"
+    except (OSError, orjson.JSONDecodeError) as e:
+        reason = f"sessions.json is unreadable: {e}"
+    if reason is None:
+        assert isinstance(doc, dict)
+        for key, entry in doc.items():
+            if not isinstance(entry, dict) or not isinstance(entry.get("sessionId"), str):
+                continue
+            sid = entry["sessionId"]
+            name = session_file_name(entry, sid)
+            rel = f"agents/{agent_id}/sessions/{name}"
+            reg.sessions[key] = SessionState(agent_id, key, sid, rel, dict(entry))
+        return reg, None
+    if path.exists():
+        import time
+
+        aside = path.with_name(f"{SESSIONS_JSON}.corrupt-{int(time.time() * 1000)}")
+        os.replace(path, aside)
+    rebuild_from_transcripts(state_dir, reg)
+    reg.dirty = True
+    return reg, reason
+
+
+def rebuild_from_transcripts(state_dir: Path, reg: AgentRegistry) -> None:
+    """Fill `reg` from the headers of the active transcripts (first line only, never whole files).
+
+    When two transcripts claim one key, the newer header wins; the other stays on disk untouched.
+    Transcripts without our `sessionKey` header field (written by OpenClaw) cannot be mapped and
+    are left alone.
+    """
+    if not reg.folder.is_dir():
+        return
+    best: dict[str, tuple[str, str, dict[str, Any], int]] = {}
+    for entry in os.scandir(reg.folder):
+        if not entry.is_file() or not is_active_transcript_name(entry.name):
+            continue
+        header = read_header(Path(entry.path))
+        if header is None:
+            continue
+        key = header.get("sessionKey")
+        sid = header.get("id")
+        if not isinstance(key, str) or not isinstance(sid, str):
+            continue
+        ts = str(header.get("timestamp", ""))
+        mtime_ms = int(entry.stat().st_mtime * 1000)
+        prev = best.get(key)
+        if prev is None or ts > prev[0]:
+            best[key] = (ts, entry.name, {"sessionId": sid}, mtime_ms)
+    for key, (_ts, name, entry_doc, mtime_ms) in best.items():
+        sid = entry_doc["sessionId"]
+        entry_doc.update(
+            {
+                "sessionFile": str(state_dir / "agents" / reg.agent_id / "sessions" / name),
+                "updatedAt": mtime_ms,
+            }
+        )
+        rel = f"agents/{reg.agent_id}/sessions/{name}"
+        reg.sessions[key] = SessionState(reg.agent_id, key, sid, rel, entry_doc)

@@ -1,0 +1,466 @@
+"""The store: registry, transcripts, journal and idempotency index of one state folder.
+
+Ownership: the store's in-memory state is read and changed from the event loop only. File I/O
+runs in worker threads, one batch at a time for writes (`commit`), and in a separate thread for
+the checkpoint's syncs, which open their own file descriptors. The committer (pipeline.py) is the
+only caller of `prepare`, `write_batch`, `apply` and `switch_journal`.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+import structlog
+
+from daemon.errors import StorageUnavailable
+from daemon.store import transcript
+from daemon.store.dedup import DedupIndex, DedupKey, encode_record
+from daemon.store.fsutil import FILE_MODE, ensure_dir, fsync_dir, raise_fd_limit, write_all
+from daemon.store.journal import Journal, Record, encode
+from daemon.store.registry import AgentRegistry, SessionState, load_agent
+
+log = structlog.get_logger("daemon.store")
+
+MAX_OPEN_TRANSCRIPTS = 4096
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+@dataclass(slots=True)
+class NewSession:
+    """What a new session needs beyond its key: its registry entry's first fields."""
+
+    chat_type: str
+    entry_fields: dict[str, Any]
+
+
+@dataclass(slots=True)
+class PendingLine:
+    """One line of a batch, bound for a session's transcript."""
+
+    state: SessionState
+    data: bytes
+    entry_id: str | None
+
+
+@dataclass(slots=True)
+class Batch:
+    """A prepared batch: bytes per transcript, journal records, idempotency records."""
+
+    lines: list[PendingLine] = field(default_factory=list)
+    journal: list[bytes] = field(default_factory=list)
+    dedup: dict[str, list[bytes]] = field(default_factory=dict)
+    created: list[SessionState] = field(default_factory=list)
+    # per touched session: (size before, size after, last entry id after)
+    positions: dict[int, tuple[SessionState, int, int, str | None]] = field(default_factory=dict)
+
+
+class Store:
+    """One state folder, opened by a daemon that holds its lock."""
+
+    def __init__(self, state_dir: Path, *, dedup_max: int, dedup_window_ms: int) -> None:
+        self.state_dir = state_dir
+        self.agents: dict[str, AgentRegistry] = {}
+        self.by_id: dict[str, SessionState] = {}
+        self.journal = Journal(state_dir / "journal")
+        self.dedup = DedupIndex(state_dir / "dedup", dedup_max, dedup_window_ms)
+        self.open_fds: OrderedDict[str, SessionState] = OrderedDict()  # LRU of open transcripts
+        self.written_since_switch: set[str] = set()  # rel paths to fsync at the next checkpoint
+        self.new_dirs: set[str] = set()
+        self.broken: str | None = None  # set when a sync failed: no more writes
+        self.workspaces: dict[str, str] = {}
+        self._replayed: set[str] = set()
+
+    # ------------------------------------------------------------------------------------------
+    # Start-up
+
+    def open(self) -> dict[str, int]:
+        """Load the registry, replay the journal, repair torn tails, then checkpoint.
+
+        Runs in a worker thread before the daemon listens. Reads only transcript heads and tails,
+        so its time does not grow with transcript size. Returns counts for the log.
+        """
+        raise_fd_limit()
+        ensure_dir(self.state_dir)
+        os.chmod(self.state_dir, 0o700)
+        ensure_dir(self.state_dir / "agents")
+        rebuilt = 0
+        for entry in sorted(os.scandir(self.state_dir / "agents"), key=lambda e: e.name):
+            folder = Path(entry.path) / "sessions"
+            if not entry.is_dir() or not folder.is_dir():
+                continue
+            reg, reason = load_agent(self.state_dir, entry.name, folder)
+            if reason is not None:
+                rebuilt += 1
+                log.warning(
+                    "registry.rebuilt",
+                    agentId=entry.name,
+                    reason=reason,
+                    sessions=len(reg.sessions),
+                )
+            self._add_agent(reg)
+        records = self.journal.open_and_read()
+        replayed = self._replay(records)
+        torn = 0
+        for st in list(self.by_id.values()):
+            path = self.state_dir / st.rel_path
+            try:
+                side = transcript.repair_torn_tail(path, now_ms())
+            except FileNotFoundError:
+                continue
+            if side is not None:
+                torn += 1
+                log.warning(
+                    "transcript.torn_tail_repaired", sessionId=st.session_id, kept=str(side)
+                )
+        ids = self.dedup.load(now_ms())
+        # Everything replayed is made durable before the journal is emptied (invariant 2).
+        self._sync_paths({st.rel_path for st in self.by_id.values() if st.new} | self._replayed)
+        for reg in self.agents.values():
+            if reg.dirty:
+                reg.save(reg.serialize())
+                reg.dirty = False
+        for st in self.by_id.values():
+            st.new = False
+        self.journal.start_fresh()
+        return {
+            "agents": len(self.agents),
+            "sessions": len(self.by_id),
+            "journalRecords": replayed,
+            "tornTails": torn,
+            "registriesRebuilt": rebuilt,
+            "dedupIds": ids,
+        }
+
+    def _add_agent(self, reg: AgentRegistry) -> None:
+        self.agents[reg.agent_id] = reg
+        for st in reg.sessions.values():
+            self.by_id[st.session_id] = st
+
+    def agent(self, agent_id: str) -> AgentRegistry:
+        reg = self.agents.get(agent_id)
+        if reg is None:
+            folder = self.state_dir / "agents" / agent_id / "sessions"
+            if ensure_dir(folder):
+                self.new_dirs.add(f"agents/{agent_id}")
+                self.new_dirs.add(f"agents/{agent_id}/sessions")
+            reg = AgentRegistry(agent_id, folder)
+            self.agents[agent_id] = reg
+        return reg
+
+    def _replay(self, records: list[Record]) -> int:
+        """Bring transcripts (and the registry) up to the journal; idempotent (invariant 3)."""
+        count = 0
+        for rec in records:
+            if rec.kind == "T":
+                self._replay_line(rec.a, int(rec.b), rec.payload)
+                count += 1
+            elif rec.kind == "D":
+                parsed = _parse_dedup(rec.payload)
+                if parsed is not None:
+                    key, at, answer = parsed
+                    self.dedup.remember(rec.a, key, at, answer)
+                    self.dedup.append_lines(rec.a, rec.payload + b"\n", 1)
+                count += 1
+        return count
+
+    def _replay_line(self, rel: str, offset: int, line: bytes) -> None:
+        path = self.state_dir / rel
+        if ".." in Path(rel).parts or not rel.startswith("agents/"):
+            log.error("journal.bad_path", path=rel)
+            return
+        ensure_dir(path.parent)
+        data = line + b"\n"
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, FILE_MODE)
+        try:
+            size = os.fstat(fd).st_size
+            if size > offset:
+                if os.pread(fd, len(data), offset) == data:
+                    return
+                # What follows `offset` was never acknowledged in that form: keep it aside.
+                os.close(fd)
+                fd = -1
+                side = transcript.cut_tail(path, offset, now_ms())
+                log.warning("journal.replaced_tail", path=rel, offset=offset, kept=str(side))
+                fd = os.open(path, os.O_RDWR)
+                size = offset
+            elif size < offset:
+                log.error("journal.gap", path=rel, expected=offset, size=size)
+            write_all_at_end(fd, data)
+        finally:
+            if fd >= 0:
+                os.close(fd)
+        self._replayed.add(rel)
+        self._replay_registry(rel, line)
+
+    def _replay_registry(self, rel: str, line: bytes) -> None:
+        try:
+            obj = orjson.loads(line)
+        except orjson.JSONDecodeError:
+            return
+        if not isinstance(obj, dict):
+            return
+        parts = rel.split("/")
+        agent_id = parts[1]
+        reg = self.agent(agent_id)
+        if obj.get("type") == "session":
+            key, sid = obj.get("sessionKey"), obj.get("id")
+            if isinstance(key, str) and isinstance(sid, str):
+                old = reg.sessions.get(key)
+                if old is None or old.session_id != sid:
+                    started = _parse_iso_ms(obj.get("timestamp"))
+                    entry = {
+                        "sessionId": sid,
+                        "sessionFile": str(self.state_dir / rel),
+                        "updatedAt": started,
+                        "sessionStartedAt": started,
+                        "compactionCount": 0,
+                    }
+                    st = SessionState(agent_id, key, sid, rel, entry, new=True)
+                    reg.sessions[key] = st
+                    self.by_id[sid] = st
+                    reg.dirty = True
+            return
+        for st in reg.sessions.values():
+            if st.rel_path == rel:
+                ts = _parse_iso_ms(obj.get("timestamp"))
+                st.entry["updatedAt"] = max(int(st.entry.get("updatedAt") or 0), ts)
+                msg = obj.get("message")
+                if isinstance(msg, dict) and msg.get("role") == "user":
+                    st.entry["lastInteractionAt"] = ts
+                reg.dirty = True
+                return
+
+    # ------------------------------------------------------------------------------------------
+    # Writing (the committer's side)
+
+    def ensure_loaded(self, states: list[SessionState]) -> None:
+        """Read the tails of sessions not yet touched since start-up (worker thread)."""
+        for st in states:
+            if st.loaded:
+                continue
+            path = self.state_dir / st.rel_path
+            try:
+                tail = transcript.read_tail(path)
+            except FileNotFoundError:
+                # A registry entry whose transcript is gone: begin the file again with a header.
+                st.size = 0
+                st.last_entry_id = None
+                continue
+            st.size = tail.size
+            st.last_entry_id = tail.last_entry_id
+
+    def create_session(
+        self, agent_id: str, session_key: str, now: int, entry_fields: dict[str, Any]
+    ) -> tuple[SessionState, bytes]:
+        """A new session's state and header line (not yet written)."""
+        self.agent(agent_id)  # creates the agent's folder on first use
+        sid = str(uuid.uuid4())
+        rel = f"agents/{agent_id}/sessions/{sid}.jsonl"
+        entry: dict[str, Any] = {
+            "sessionId": sid,
+            "sessionFile": str(self.state_dir / rel),
+            "updatedAt": now,
+            "sessionStartedAt": now,
+            "lastInteractionAt": now,
+        }
+        entry.update(entry_fields)
+        entry.setdefault("compactionCount", 0)
+        entry.setdefault("totalTokens", 0)
+        st = SessionState(agent_id, session_key, sid, rel, entry, size=0, new=True)
+        cwd = self.workspaces.get(agent_id) or str(self.state_dir / "workspace")
+        return st, transcript.header_line(sid, session_key, now, cwd)
+
+    def register(self, st: SessionState) -> None:
+        reg = self.agent(st.agent_id)
+        reg.sessions[st.session_key] = st
+        self.by_id[st.session_id] = st
+        reg.dirty = True
+
+    def add_line(self, batch: Batch, st: SessionState, data: bytes, entry_id: str | None) -> int:
+        """Queue one line for `st`; return the offset it will be written at."""
+        pos = batch.positions.get(id(st))
+        start = st.size if pos is None else pos[2]
+        last = st.last_entry_id if pos is None else pos[3]
+        if entry_id is not None:
+            last = entry_id
+        batch.positions[id(st)] = (
+            st,
+            st.size if pos is None else pos[1],
+            start + len(data) + 1,
+            last,
+        )
+        batch.lines.append(PendingLine(st, data, entry_id))
+        batch.journal.append(encode("T", st.rel_path, str(start), data))
+        return start
+
+    def last_entry_id(self, batch: Batch, st: SessionState) -> str | None:
+        pos = batch.positions.get(id(st))
+        return st.last_entry_id if pos is None else pos[3]
+
+    def add_dedup(
+        self, batch: Batch, agent_id: str, key: DedupKey, at: int, answer: dict[str, Any]
+    ) -> None:
+        rec = encode_record(key, at, answer)
+        batch.dedup.setdefault(agent_id, []).append(rec)
+        batch.journal.append(encode("D", agent_id, "-", rec[:-1]))
+
+    def write_batch(self, batch: Batch) -> None:
+        """Write a batch to its transcripts and the journal, then sync the journal (worker thread).
+
+        On any OSError the bytes written for this batch are cut off again, so no garbage is left
+        behind, and the error is raised: nothing in the batch may be acknowledged. A failed sync
+        also marks the store broken (it is never retried: the kernel may have dropped the pages).
+        """
+        by_state: dict[int, list[bytes]] = {}
+        for pl in batch.lines:
+            by_state.setdefault(id(pl.state), []).append(pl.data)
+        written: list[tuple[int, int]] = []
+        journal_size = self.journal.size
+        try:
+            for key, chunks in by_state.items():
+                st, before, _after, _last = batch.positions[key]
+                fd = self._fd(st)
+                written.append((fd, before))
+                write_all(fd, b"\n".join(chunks) + b"\n")
+            for agent_id, recs in batch.dedup.items():
+                self.dedup.append_lines(agent_id, b"".join(recs), len(recs))
+            self.journal.append(b"".join(batch.journal))
+        except OSError:
+            self._undo(written, journal_size)
+            raise
+        try:
+            self.journal.sync()
+        except OSError as e:
+            self.broken = f"journal sync failed: {e.strerror or e}"
+            self._undo(written, journal_size)
+            raise
+
+    def _undo(self, written: list[tuple[int, int]], journal_size: int) -> None:
+        for fd, size in written:
+            try:
+                os.ftruncate(fd, size)
+            except OSError as e:
+                log.error("transcript.undo_failed", error=str(e))
+        try:
+            self.journal.truncate_to(journal_size)
+        except OSError as e:
+            log.error("journal.undo_failed", error=str(e))
+
+    def _fd(self, st: SessionState) -> int:
+        if st.fd is not None:
+            self.open_fds.move_to_end(st.session_id)
+            return st.fd
+        path = self.state_dir / st.rel_path
+        flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC
+        st.fd = os.open(path, flags, FILE_MODE)
+        self.open_fds[st.session_id] = st
+        while len(self.open_fds) > MAX_OPEN_TRANSCRIPTS:
+            _sid, old = self.open_fds.popitem(last=False)
+            if old.fd is not None:
+                os.close(old.fd)
+                old.fd = None
+        return st.fd
+
+    def apply(self, batch: Batch) -> None:
+        """After a successful write: advance writer positions (event loop)."""
+        for st, _before, after, last in batch.positions.values():
+            st.size = after
+            st.last_entry_id = last
+            self.written_since_switch.add(st.rel_path)
+        for st in batch.created:
+            self.register(st)
+            self.new_dirs.add(str(Path(st.rel_path).parent))
+
+    def fail(self, batch: Batch) -> None:
+        """After a failed write: forget the batch's new sessions (nothing was acknowledged)."""
+        for st in batch.created:
+            st.fd = None
+
+    # ------------------------------------------------------------------------------------------
+    # Checkpoints
+
+    def switch_journal(self) -> tuple[set[str], set[str]]:
+        """Start a new journal generation (worker thread, between batches) and return what the
+        checkpoint must sync: transcripts written before the switch and folders with new files."""
+        self.dedup.sync_all()
+        self.journal.switch()
+        paths, dirs = self.written_since_switch, self.new_dirs
+        self.written_since_switch, self.new_dirs = set(), set()
+        return paths, dirs
+
+    def checkpoint_sync(
+        self, paths: set[str], dirs: set[str], registries: list[tuple[AgentRegistry, bytes]]
+    ) -> None:
+        """Sync transcripts and folders, then write registries (worker thread, concurrent with
+        batches). Raises OSError; the caller marks the store broken."""
+        self._sync_paths(paths)
+        for d in sorted(dirs, key=len):
+            fsync_dir(self.state_dir / d)
+        for reg, data in registries:
+            reg.save(data)
+
+    def _sync_paths(self, paths: set[str]) -> None:
+        for rel in paths:
+            try:
+                fd = os.open(self.state_dir / rel, os.O_RDONLY | os.O_CLOEXEC)
+            except FileNotFoundError:
+                continue
+            try:
+                os.fdatasync(fd)
+            finally:
+                os.close(fd)
+        for d in {str(Path(r).parent) for r in paths}:
+            fsync_dir(self.state_dir / d)
+
+    def dirty_registries(self) -> list[tuple[AgentRegistry, bytes]]:
+        out = []
+        for reg in self.agents.values():
+            if reg.dirty:
+                out.append((reg, reg.serialize()))
+                reg.dirty = False
+        return out
+
+    def close(self) -> None:
+        for st in self.open_fds.values():
+            if st.fd is not None:
+                os.close(st.fd)
+                st.fd = None
+        self.open_fds.clear()
+        self.dedup.close()
+        self.journal.close()
+
+    def check_writable(self) -> None:
+        if self.broken is not None:
+            raise StorageUnavailable(f"storage unavailable: {self.broken}; restart the daemon")
+
+
+def write_all_at_end(fd: int, data: bytes) -> None:
+    os.lseek(fd, 0, os.SEEK_END)
+    write_all(fd, data)
+
+
+def _parse_dedup(payload: bytes) -> tuple[DedupKey, int, dict[str, Any]] | None:
+    from daemon.store.dedup import parse_record
+
+    return parse_record(payload)
+
+
+def _parse_iso_ms(v: Any) -> int:
+    if not isinstance(v, str):
+        return 0
+    from datetime import datetime
+
+    try:
+        return int(datetime.fromisoformat(v.replace("Z", "+00:00")).timestamp() * 1000)
+    except ValueError:
+        return 0

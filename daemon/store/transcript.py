@@ -1,0 +1,251 @@
+"""Transcripts in OpenClaw's v3 JSONL format: building lines, reading from the end, torn tails.
+
+A transcript is append-only. The first line is the session header; every later line is an entry
+chained to the one before by `parentId`. Nothing here rewrites a complete line: a torn last line
+(a crash mid-write) is moved into a side file before the transcript is cut back to its last newline.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from daemon.store.fsutil import FILE_MODE, fsync_dir, write_all
+
+TAIL_CHUNK = 64 * 1024
+
+
+def iso_ms(epoch_ms: int) -> str:
+    """Epoch milliseconds as OpenClaw's ISO-8601 UTC form: 2026-11-17T18:15:00.209Z."""
+    dt = datetime.fromtimestamp(epoch_ms / 1000, tz=UTC)
+    return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{epoch_ms % 1000:03d}Z"
+
+
+def header_line(session_id: str, session_key: str, now_ms: int, cwd: str) -> bytes:
+    """The v3 session header; `sessionKey` is our addition so the registry can be rebuilt."""
+    return orjson.dumps(
+        {
+            "type": "session",
+            "version": 3,
+            "id": session_id,
+            "timestamp": iso_ms(now_ms),
+            "cwd": cwd,
+            "sessionKey": session_key,
+        }
+    )
+
+
+def message_line(
+    entry_id: str,
+    parent_id: str | None,
+    now_ms: int,
+    message: dict[str, Any],
+    origin: dict[str, Any] | None = None,
+) -> bytes:
+    """A v3 `message` entry; `origin` carries inbound metadata (channel, sender, message id)."""
+    entry: dict[str, Any] = {
+        "type": "message",
+        "id": entry_id,
+        "parentId": parent_id,
+        "timestamp": iso_ms(now_ms),
+        "message": message,
+    }
+    if origin is not None:
+        entry["origin"] = origin
+    return orjson.dumps(entry)
+
+
+def next_entry_id(last_id: str | None, fallback_seed: int) -> str:
+    """The id after `last_id`: sequential 8-hex ids never collide within a session.
+
+    Random 8-hex ids (as OpenClaw draws them) collide by the birthday bound once a session holds
+    tens of thousands of entries; counting up from the last id cannot, and needs no id index.
+    """
+    if last_id is not None and len(last_id) == 8:
+        try:
+            return f"{(int(last_id, 16) + 1) & 0xFFFFFFFF:08x}"
+        except ValueError:
+            pass
+    return f"{fallback_seed & 0xFFFFFFFF:08x}"
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading from the end
+
+
+@dataclass(frozen=True, slots=True)
+class Tail:
+    """What a writer needs to continue a transcript: its size and its last entry id."""
+
+    size: int
+    last_entry_id: str | None
+    header: dict[str, Any] | None
+
+
+def read_header(path: Path) -> dict[str, Any] | None:
+    """The first line of a transcript if it is a session header, else None (bounded read)."""
+    try:
+        with open(path, "rb") as f:
+            first = f.readline(TAIL_CHUNK * 4)
+    except OSError:
+        return None
+    try:
+        obj = orjson.loads(first)
+    except orjson.JSONDecodeError:
+        return None
+    if isinstance(obj, dict) and obj.get("type") == "session":
+        return obj
+    return None
+
+
+def iter_lines_backwards(fd: int, end: int, chunk: int = TAIL_CHUNK) -> Iterator[tuple[int, bytes]]:
+    """Yield (offset, line) for complete lines before `end`, newest first, reading only as needed.
+
+    A trailing fragment without a newline is skipped: it is either being written right now or torn.
+    """
+    pos = end
+    carry = b""  # bytes from `pos` up to the lines already yielded; starts mid-line
+    trimmed = False
+    while pos > 0:
+        start = max(0, pos - chunk)
+        data = os.pread(fd, pos - start, start) + carry
+        pos = start
+        if not trimmed:
+            cut = data.rfind(b"\n")
+            if cut < 0:
+                carry = data
+                continue
+            data = data[:cut]
+            trimmed = True
+        parts = data.split(b"\n")
+        carry = parts[0]
+        offsets = []
+        off = pos + len(carry) + 1
+        for part in parts[1:]:
+            offsets.append(off)
+            off += len(part) + 1
+        for i in range(len(parts) - 1, 0, -1):
+            yield offsets[i - 1], parts[i]
+    if trimmed:
+        yield 0, carry
+
+
+def read_tail(path: Path) -> Tail:
+    """Size and last entry id of a transcript, reading only its end."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        size = os.fstat(fd).st_size
+        last_id: str | None = None
+        header: dict[str, Any] | None = None
+        for _off, line in iter_lines_backwards(fd, size):
+            try:
+                obj = orjson.loads(line)
+            except orjson.JSONDecodeError:
+                continue
+            if not isinstance(obj, dict):
+                continue
+            if obj.get("type") == "session":
+                header = obj
+                break
+            if isinstance(obj.get("id"), str):
+                last_id = obj["id"]
+                break
+        return Tail(size=size, last_entry_id=last_id, header=header)
+    finally:
+        os.close(fd)
+
+
+def read_entries_backwards(
+    path: Path, before: int | None, limit: int
+) -> tuple[list[tuple[int, dict[str, Any]]], bool]:
+    """Up to `limit` entries (not the header) ending before byte offset `before`, newest first.
+
+    Returns the entries with their offsets and whether the start of the file was reached.
+    """
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        size = os.fstat(fd).st_size
+        end = size if before is None else min(before, size)
+        out: list[tuple[int, dict[str, Any]]] = []
+        for off, line in iter_lines_backwards(fd, end):
+            try:
+                obj = orjson.loads(line)
+            except orjson.JSONDecodeError:
+                continue
+            if not isinstance(obj, dict) or obj.get("type") == "session":
+                continue
+            out.append((off, obj))
+            if len(out) >= limit:
+                return out, False
+        return out, True
+    finally:
+        os.close(fd)
+
+
+# ---------------------------------------------------------------------------------------------
+# Torn tails
+
+
+def torn_fragment_path(path: Path, now_ms: int) -> Path:
+    stamp = iso_ms(now_ms).replace(":", "-")
+    return path.with_name(f"{path.name}.torn-{stamp}")
+
+
+def cut_tail(path: Path, keep: int, now_ms: int) -> Path | None:
+    """Move bytes after offset `keep` into a side file, then cut the transcript back to `keep`.
+
+    The side file is written and synced before the transcript shrinks, so the fragment is never
+    lost. Returns the side file's path, or None when there was nothing to cut.
+    """
+    fd = os.open(path, os.O_RDWR)
+    try:
+        size = os.fstat(fd).st_size
+        if size <= keep:
+            return None
+        fragment = os.pread(fd, size - keep, keep)
+        side = torn_fragment_path(path, now_ms)
+        n = 0
+        while side.exists():
+            n += 1
+            side = torn_fragment_path(path, now_ms + n)
+        sfd = os.open(side, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
+        try:
+            write_all(sfd, fragment)
+            os.fsync(sfd)
+        finally:
+            os.close(sfd)
+        fsync_dir(path.parent)
+        os.ftruncate(fd, keep)
+        os.fsync(fd)
+        return side
+    finally:
+        os.close(fd)
+
+
+def repair_torn_tail(path: Path, now_ms: int) -> Path | None:
+    """If the last line lacks its newline, keep the fragment aside and cut it off."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        size = os.fstat(fd).st_size
+        if size == 0 or os.pread(fd, 1, size - 1) == b"\n":
+            return None
+        pos = size
+        while pos > 0:
+            start = max(0, pos - TAIL_CHUNK)
+            buf = os.pread(fd, pos - start, start)
+            i = buf.rfind(b"\n")
+            if i >= 0:
+                keep = start + i + 1
+                break
+            pos = start
+        else:
+            keep = 0
+    finally:
+        os.close(fd)
+    return cut_tail(path, keep, now_ms)
