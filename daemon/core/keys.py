@@ -1,0 +1,417 @@
+"""Session keys: which agent an inbound message belongs to, and which session key it lands in.
+
+The rules are OpenClaw's (`src/routing/resolve-route.ts`, `src/routing/session-key.ts`,
+`src/routing/account-id.ts`) so that a state folder written by OpenClaw keeps resolving to the same
+sessions when sessiond takes it over. Where OpenClaw trusts its input and we cannot (adapters are
+other programs), ids are additionally made safe: a key never carries control or invisible
+characters, never grows without bound, and an agent id can always be used as one path segment.
+
+Everything here is pure: plain data in, plain data out, no files, sockets or clocks.
+
+Key shapes, `<a>` being the normalised agent id:
+
+    direct   main                       agent:<a>:<mainKey>
+             per-peer                   agent:<a>:direct:<peer>
+             per-channel-peer           agent:<a>:<channel>:direct:<peer>
+             per-account-channel-peer   agent:<a>:<channel>:<account>:direct:<peer>
+    group / channel                     agent:<a>:<channel>:<group|channel>:<groupId>
+    thread (any channel but telegram)   <parent key>:thread:<threadId>
+    telegram forum topic                agent:<a>:telegram:group:<groupId>:topic:<threadId>
+
+With the bounds below a key is at most about 540 characters (see `_MAX_KEY_LENGTH`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import unicodedata
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from daemon.errors import InvalidParams
+
+if TYPE_CHECKING:
+    from daemon.config import Binding, Config, PeerMatch
+
+__all__ = [
+    "Inbound",
+    "Route",
+    "agent_of_key",
+    "normalize_account_id",
+    "normalize_agent_id",
+    "resolve_agent",
+    "resolve_route",
+]
+
+DEFAULT_AGENT_ID = "main"
+DEFAULT_ACCOUNT_ID = "default"
+DEFAULT_MAIN_KEY = "main"
+
+
+@dataclass(frozen=True, slots=True)
+class Inbound:
+    """What an adapter says about an inbound message, before any normalisation."""
+
+    channel: str
+    chat_type: str  # "direct" | "group" | "channel" | "thread" ("dm" is accepted as direct)
+    peer: str | None = None  # direct: the other party; group/channel/thread: the sender
+    account_id: str | None = None
+    group_id: str | None = None
+    thread_id: str | None = None
+    agent_id: str | None = None  # explicit agent requested by the adapter (normalised, still used)
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """Where a message goes: the agent, its session key and what the registry records about it."""
+
+    agent_id: str  # normalised
+    session_key: str  # e.g. "agent:main:telegram:direct:123456789"
+    chat_type: str  # the registry's chatType: "direct" | "group" | "channel"
+    account_id: str  # normalised, "default" when absent
+    channel: str  # normalised channel name (lowercase)
+
+
+# ---------------------------------------------------------------------------------------------
+# Agent and account ids: path-safe tokens, normalised exactly as OpenClaw does, plus NFKC.
+
+# OpenClaw's fast path: an id that already looks valid is only lowercased. ASCII-only so that
+# the Kelvin sign or a long s cannot pass for a letter under IGNORECASE.
+_VALID_ID = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}", re.ASCII | re.IGNORECASE)
+_INVALID_ID_RUN = re.compile(r"[^a-z0-9_-]+")
+_MAX_ID_LENGTH = 64
+# OpenClaw refuses these as account ids (they would poison a JS object); keep the same mapping
+# so an account named "constructor" lands in the same sessions under both.
+_BLOCKED_ACCOUNT_IDS = frozenset({"__proto__", "prototype", "constructor"})
+
+
+def _canonical_id(raw: str | None, fallback: str) -> str:
+    # NFKC first: fullwidth "／" or "．" fold to ASCII and are then replaced like any other
+    # punctuation, so a lookalike can never survive as something a path would interpret.
+    text = unicodedata.normalize("NFKC", raw or "").strip()
+    if not text:
+        return fallback
+    if _VALID_ID.fullmatch(text):
+        return text.lower()
+    # Same order as OpenClaw: replace, strip dashes, then cut (a cut may end on "-").
+    cleaned = _INVALID_ID_RUN.sub("-", text.lower()).strip("-")[:_MAX_ID_LENGTH]
+    if not _VALID_ID.fullmatch(cleaned):
+        # Only "_…-" gets here (a leading "_" fails the fast path). OpenClaw would strip that
+        # dash on the next pass; doing it now keeps normalising idempotent, so an id read back
+        # from a key or a folder name maps to the same agent.
+        cleaned = cleaned.rstrip("-")
+    return cleaned or fallback
+
+
+def normalize_agent_id(raw: str | None) -> str:
+    """Agent id as OpenClaw spells it on disk: lowercase [a-z0-9_-], at most 64, else "main".
+
+    The result always matches ``[a-z0-9_][a-z0-9_-]{0,63}``, so it is one safe path segment
+    (never "", "." or "..", never containing "/"): it names `agents/<agentId>/`.
+    """
+    return _canonical_id(raw, DEFAULT_AGENT_ID)
+
+
+def normalize_account_id(raw: str | None) -> str:
+    """Account id as OpenClaw spells it: the agent-id rules, with "default" for empty or blocked."""
+    canonical = _canonical_id(raw, DEFAULT_ACCOUNT_ID)
+    authored = unicodedata.normalize("NFKC", raw or "").strip().lower()
+    if canonical in _BLOCKED_ACCOUNT_IDS or authored in _BLOCKED_ACCOUNT_IDS:
+        return DEFAULT_ACCOUNT_ID
+    return canonical
+
+
+# ---------------------------------------------------------------------------------------------
+# Key components (channel, peer, group, thread, main key): lowercased as OpenClaw does, and made
+# safe. An ordinary platform id passes through unchanged, so OpenClaw's keys are reproduced.
+
+_MAX_COMPONENT = 128
+_DIGEST_HEX = 16  # 64 bits of sha256: collisions between distinct hostile ids are not practical
+_PREFIX = _MAX_COMPONENT - 1 - _DIGEST_HEX
+# Control, format (bidi overrides, zero-width, tag characters), surrogate and separator
+# characters: invisible or line-breaking in logs, terminals and JSON consumers.
+_UNSAFE_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Zl", "Zp", "Zs"})
+_MAX_KEY_LENGTH = 6 + _MAX_ID_LENGTH + 1 + _MAX_COMPONENT + 1 + _MAX_ID_LENGTH + 8 + _MAX_COMPONENT
+_MAX_KEY_LENGTH += 8 + _MAX_COMPONENT  # a thread suffix on the longest base (per-account DM)
+
+
+def _is_unsafe(ch: str) -> bool:
+    return ch.isspace() or unicodedata.category(ch) in _UNSAFE_CATEGORIES
+
+
+def _component(raw: str) -> str:
+    """One key segment: trimmed and lowercased; unsafe or overlong ids get a stable digest.
+
+    An id that had to be changed keeps a readable prefix and gains "~" plus a digest of the
+    lowercased original, so two different hostile ids never share a session by being cleaned
+    to the same text.
+    """
+    text = raw.strip().lower()
+    if text.isascii() and text.isprintable() and " " not in text:
+        if len(text) <= _MAX_COMPONENT:
+            return text
+        cleaned = text
+    else:
+        out: list[str] = []
+        for ch in text:
+            if not _is_unsafe(ch):
+                out.append(ch)
+            elif not out or out[-1] != "-":
+                out.append("-")
+        cleaned = "".join(out)
+        if cleaned == text and len(text) <= _MAX_COMPONENT:
+            return text
+    digest = hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:_DIGEST_HEX]
+    return f"{cleaned[:_PREFIX]}~{digest}"
+
+
+def _main_key(raw: str) -> str:
+    # A main key of only colons would leave "agent:<a>:" without a rest segment, which OpenClaw's
+    # key parser (and agent_of_key) would no longer recognise as an agent key.
+    key = _component(raw)
+    return key if key.strip(":") else DEFAULT_MAIN_KEY
+
+
+# ---------------------------------------------------------------------------------------------
+# The message's scope, validated once: what bindings match against and keys are built from.
+
+_CHAT_TYPES: Mapping[str, str] = {
+    "direct": "direct",
+    "dm": "direct",
+    "group": "group",
+    "channel": "channel",
+    "thread": "thread",
+}
+# chatType "thread" does not say what it hangs off. On these platforms threads live in channels
+# (Slack, Discord, Teams, Mattermost); elsewhere (Telegram topics, WhatsApp, Signal...) in groups.
+# Adapters that know better send chatType group/channel with a threadId.
+_CHANNEL_THREAD_PLATFORMS = frozenset({"slack", "discord", "msteams", "mattermost"})
+_TOPIC_PLATFORMS = frozenset({"telegram"})
+
+
+@dataclass(frozen=True, slots=True)
+class _Scope:
+    channel: str  # normalised component
+    account_id: str  # normalised
+    kind: str  # "direct" | "group" | "channel"
+    peer: str  # trimmed raw; "" when a group message names no sender
+    group_id: str  # trimmed raw; "" for direct messages
+    thread_id: str  # trimmed raw; "" when not in a thread
+
+
+def _trimmed(value: str | None) -> str:
+    return value.strip() if value else ""
+
+
+def _shown(value: str) -> str:
+    """A caller's value as it may appear in an error message: escaped and short."""
+    r = repr(value)
+    return r if len(r) <= 40 else r[:37] + "..."
+
+
+def _scope_of(inbound: Inbound) -> _Scope:
+    channel = _trimmed(inbound.channel)
+    if not channel:
+        raise InvalidParams("channel", "must not be empty")
+    chat_type = _CHAT_TYPES.get(_trimmed(inbound.chat_type).lower())
+    if chat_type is None:
+        raise InvalidParams(
+            "chatType",
+            f"must be direct, group, channel or thread, got {_shown(inbound.chat_type)}",
+        )
+    peer = _trimmed(inbound.peer)
+    group_id = _trimmed(inbound.group_id)
+    thread_id = _trimmed(inbound.thread_id)
+    channel_name = _component(channel)
+    if chat_type == "direct":
+        if not peer:
+            raise InvalidParams("peer", "is required for a direct message")
+        group_id = ""
+        kind = "direct"
+    elif chat_type == "thread":
+        if not group_id:
+            raise InvalidParams("groupId", "is required for a thread message")
+        if not thread_id:
+            raise InvalidParams("threadId", "is required for a thread message")
+        kind = "channel" if channel_name in _CHANNEL_THREAD_PLATFORMS else "group"
+    else:
+        if not group_id:
+            raise InvalidParams("groupId", f"is required for a {chat_type} message")
+        kind = chat_type
+    return _Scope(
+        channel=channel_name,
+        account_id=normalize_account_id(inbound.account_id),
+        kind=kind,
+        peer=peer,
+        group_id=group_id,
+        thread_id=thread_id,
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Agent routing: explicit agent, else bindings in OpenClaw's tiers, else the default agent.
+#
+# Tiers, first match in config order within a tier wins:
+#   1. peer          binding.peer names this conversation (the DM peer, the group, or the thread)
+#   2. peer.parent   binding.peer names the group/channel a thread belongs to
+#   3. account       no peer; accountId equals the message's account (absent means "default")
+#   4. channel       no peer; accountId "*" (any account)
+# Bindings constrained by guildId/teamId never match: inbound messages carry neither.
+
+_Peer = tuple[str, str]  # (kind, id lowercased)
+
+
+def _peer_candidates(scope: _Scope) -> tuple[list[_Peer], list[_Peer]]:
+    """The peers a binding may name for this message: its own, then its thread's parent."""
+    if scope.kind == "direct":
+        return [("direct", scope.peer.lower())], []
+    group = scope.group_id.lower()
+    if not scope.thread_id:
+        return [(scope.kind, group)], []
+    thread = scope.thread_id.lower()
+    own: list[_Peer] = [("thread", thread)]
+    if scope.channel in _TOPIC_PLATFORMS:
+        # OpenClaw's telegram peer id for a forum topic is "<chatId>:topic:<threadId>".
+        own.insert(0, (scope.kind, f"{group}:topic:{thread}"))
+    return own, [(scope.kind, group)]
+
+
+def _peer_kind(raw: str) -> str:
+    return "direct" if raw == "dm" else raw
+
+
+def _peer_matches(match: PeerMatch, candidates: Sequence[_Peer]) -> bool:
+    want_id = match.id.strip().lower()
+    if not want_id:
+        return False  # OpenClaw treats a peer constraint without id as never matching
+    want_kind = _peer_kind(match.kind)
+    for kind, peer_id in candidates:
+        # OpenClaw lets a "group" binding match a "channel" conversation and vice versa.
+        same_kind = want_kind == kind or {want_kind, kind} == {"group", "channel"}
+        if same_kind and peer_id == want_id:
+            return True
+    return False
+
+
+def _account_pattern(binding: Binding) -> str:
+    return (binding.match.accountId or "").strip()
+
+
+def _binding_in_scope(binding: Binding, scope: _Scope) -> bool:
+    m = binding.match
+    if _component(m.channel) != scope.channel:
+        return False
+    if (m.guildId or "").strip() or (m.teamId or "").strip():
+        return False
+    pattern = _account_pattern(binding)
+    return pattern == "*" or normalize_account_id(pattern) == scope.account_id
+
+
+def _bound_agent(scope: _Scope, bindings: Sequence[Binding]) -> str | None:
+    candidates = [b for b in bindings if _binding_in_scope(b, scope)]
+    if not candidates:
+        return None
+    own, parent = _peer_candidates(scope)
+    tiers: tuple[Callable[[Binding], bool], ...] = (
+        lambda b: b.match.peer is not None and _peer_matches(b.match.peer, own),
+        lambda b: b.match.peer is not None and _peer_matches(b.match.peer, parent),
+        lambda b: b.match.peer is None and _account_pattern(b) != "*",
+        lambda b: b.match.peer is None and _account_pattern(b) == "*",
+    )
+    for tier in tiers:
+        for binding in candidates:
+            if tier(binding):
+                return binding.agentId
+    return None
+
+
+def _existing_agent(agent_id: str, cfg: Config) -> str:
+    """A bound agent that `agents.list` does not know falls back to the default (as OpenClaw)."""
+    normalised = normalize_agent_id(agent_id)
+    known = {normalize_agent_id(a.id) for a in cfg.agents.list}
+    if not known or normalised in known:
+        return normalised
+    return cfg.default_agent_id()
+
+
+def _agent_for(scope: _Scope, inbound: Inbound, cfg: Config) -> str:
+    if _trimmed(inbound.agent_id):
+        return normalize_agent_id(inbound.agent_id)
+    bound = _bound_agent(scope, cfg.bindings)
+    if bound is not None:
+        return _existing_agent(bound, cfg)
+    return cfg.default_agent_id()
+
+
+def resolve_agent(inbound: Inbound, cfg: Config) -> str:
+    """The agent a message belongs to; raises InvalidParams when the message is malformed."""
+    return _agent_for(_scope_of(inbound), inbound, cfg)
+
+
+# ---------------------------------------------------------------------------------------------
+# Session keys.
+
+
+def _linked_peer(links: Mapping[str, Sequence[str]], channel: str, peer: str) -> str | None:
+    """`session.identityLinks`: the canonical name whose list holds "<channel>:<peer>" or peer."""
+    wanted = {peer.lower(), f"{channel}:{peer}".lower()}
+    for canonical, ids in links.items():
+        name = canonical.strip()
+        if name and any(i.strip().lower() in wanted for i in ids if i.strip()):
+            return name
+    return None
+
+
+def _session_key(agent_id: str, scope: _Scope, cfg: Config) -> str:
+    session = cfg.session
+    if scope.kind == "direct":
+        dm_scope = session.dmScope
+        peer = scope.peer
+        if dm_scope != "main":
+            peer = _linked_peer(session.identityLinks, scope.channel, peer) or peer
+        peer_id = _component(peer)
+        if dm_scope == "per-account-channel-peer":
+            base = f"agent:{agent_id}:{scope.channel}:{scope.account_id}:direct:{peer_id}"
+        elif dm_scope == "per-channel-peer":
+            base = f"agent:{agent_id}:{scope.channel}:direct:{peer_id}"
+        elif dm_scope == "per-peer":
+            base = f"agent:{agent_id}:direct:{peer_id}"
+        else:
+            base = f"agent:{agent_id}:{_main_key(session.mainKey)}"
+    else:
+        base = f"agent:{agent_id}:{scope.channel}:{scope.kind}:{_component(scope.group_id)}"
+    if not scope.thread_id:
+        return base
+    thread = _component(scope.thread_id)
+    if scope.kind != "direct" and scope.channel in _TOPIC_PLATFORMS:
+        return f"{base}:topic:{thread}"
+    return f"{base}:thread:{thread}"
+
+
+def resolve_route(inbound: Inbound, cfg: Config) -> Route:
+    """Agent and session key for an inbound message; raises InvalidParams naming the bad field."""
+    scope = _scope_of(inbound)
+    agent_id = _agent_for(scope, inbound, cfg)
+    return Route(
+        agent_id=agent_id,
+        session_key=_session_key(agent_id, scope, cfg),
+        chat_type=scope.kind,
+        account_id=scope.account_id,
+        channel=scope.channel,
+    )
+
+
+def agent_of_key(session_key: str) -> str | None:
+    """The agent an "agent:<id>:<rest>" key belongs to, or None if it is not such a key.
+
+    Parsed as OpenClaw does (trimmed, case-insensitive, empty segments ignored), but an agent
+    segment that is not already a normalised id ("..", "Work/") yields None rather than being
+    normalised: authorisation must never map a foreign-looking key onto a real agent.
+    """
+    parts = [p for p in session_key.strip().lower().split(":") if p]
+    if len(parts) < 3 or parts[0] != "agent":
+        return None
+    agent_id = parts[1]
+    return agent_id if normalize_agent_id(agent_id) == agent_id else None
