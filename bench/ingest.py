@@ -157,11 +157,11 @@ def bare_server(path: str, data_file: str) -> None:
             buffered.clear()
             pending.clear()
 
-            def write_sync() -> None:
-                os.write(fd, batch)
+            def write_sync(data: bytes) -> None:
+                os.write(fd, data)
                 os.fdatasync(fd)
 
-            await loop.run_in_executor(None, write_sync)
+            await loop.run_in_executor(None, write_sync, batch)
             out: dict[asyncio.Transport, list[bytes]] = {}
             for t, a in acks:
                 out.setdefault(t, []).append(a)

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
+from collections import deque
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,8 +28,8 @@ from daemon.core.protocol import AppendParams, IngestParams
 from daemon.errors import NotFound, RequestError, SenderNotAllowed, StorageUnavailable
 from daemon.store.dedup import DedupKey
 from daemon.store.registry import SessionState
-from daemon.store.store import Batch, Store, now_ms
-from daemon.store.transcript import message_line, next_entry_id
+from daemon.store.store import Batch, Store, ingest_answer, now_ms
+from daemon.store.transcript import iso_ms, message_line, next_entry_id
 
 log = structlog.get_logger("daemon.pipeline")
 
@@ -36,6 +37,7 @@ Reply = Callable[[dict[str, Any] | RequestError], None]
 
 QUEUE_SIZE = 16_384  # requests waiting for the committer; beyond it adapters are pushed back
 MAX_BATCH = 8_192
+ROUTE_CACHE_SIZE = 65_536
 
 
 @dataclass(slots=True)
@@ -73,8 +75,14 @@ class Pipeline:
         self.store = store
         self.config = config
         self.counters = Counters()
-        self._send, self._recv = anyio.create_memory_object_stream[Work](QUEUE_SIZE)
+        # A bounded queue without a checkpoint per item: adapters wait only when it is full.
+        self._queue: deque[Work] = deque()
+        self._has_work = anyio.Event()
+        self._room = anyio.Event()
+        self._room.set()
+        self._closed = False
         self._inflight: dict[tuple[str, DedupKey], list[Reply]] = {}
+        self._routes: dict[tuple[str | None, ...], tuple[Route, str | None]] = {}
         self._checkpointing = False
         self._checkpoint_done = anyio.Event()
         self._checkpoint_done.set()
@@ -82,20 +90,13 @@ class Pipeline:
     # ------------------------------------------------------------------------------------------
     # Entrances (event loop)
 
-    async def ingest(self, params: IngestParams, reply: Reply) -> None:
-        """Run the pure stages, then hand the message to the committer; `reply` is called once."""
-        cfg = self.config
-        inbound = Inbound(
-            channel=params.channel,
-            chat_type=params.chat_type,
-            peer=params.peer,
-            account_id=params.account_id,
-            group_id=params.group_id,
-            thread_id=params.thread_id,
-            agent_id=params.agent_id,
-        )
-        route = resolve_route(inbound, cfg)
-        denied = check_access(inbound, cfg.access)
+    def ingest(self, params: IngestParams, reply: Reply) -> Awaitable[None] | None:
+        """Run the pure stages, then hand the message to the committer; `reply` is called once.
+
+        Returns None when the message was queued (or answered), or an awaitable to wait on when
+        the committer's queue is full. Raises RequestError for a message that is refused.
+        """
+        route, denied = self._route(params)
         if denied is not None:
             self.counters.rejected += 1
             log.warning(
@@ -106,7 +107,7 @@ class Pipeline:
                 agentId=route.agent_id,
             )
             raise SenderNotAllowed(denied, data={"channel": route.channel})
-        self.store.check_writable()
+        self._check_open()
         dkey: DedupKey | None = None
         if params.message_id is not None:
             dkey = (route.channel, route.account_id, params.message_id)
@@ -114,32 +115,67 @@ class Pipeline:
             if prior is not None:
                 self.counters.duplicates += 1
                 reply({**prior, "duplicate": True})
-                return
+                return None
             waiters = self._inflight.get((route.agent_id, dkey))
             if waiters is not None:
                 self.counters.duplicates += 1
                 waiters.append(reply)
-                return
+                return None
             self._inflight[(route.agent_id, dkey)] = []
-        try:
-            await self._send.send(IngestWork(route, params, reply, dkey))
-        except anyio.get_cancelled_exc_class():
-            if dkey is not None:
-                self._inflight.pop((route.agent_id, dkey), None)
-            raise
-        except anyio.ClosedResourceError:
-            if dkey is not None:
-                self._inflight.pop((route.agent_id, dkey), None)
-            raise StorageUnavailable("the daemon is shutting down; nothing was stored") from None
+        return self._put(IngestWork(route, params, reply, dkey))
 
-    async def append(self, params: AppendParams, reply: Reply) -> None:
+    def _check_open(self) -> None:
+        if self._closed:
+            raise StorageUnavailable("the daemon is shutting down; nothing was stored, retry")
+        self.store.check_writable()
+
+    def _put(self, work: Work) -> Awaitable[None] | None:
+        if len(self._queue) < QUEUE_SIZE:
+            self._queue.append(work)
+            self._has_work.set()
+            return None
+        self._room = anyio.Event() if self._room.is_set() else self._room
+        return self._put_later(work)
+
+    async def _put_later(self, work: Work) -> None:
+        try:
+            while len(self._queue) >= QUEUE_SIZE:
+                await self._room.wait()
+                self._check_open()
+        except (anyio.get_cancelled_exc_class(), RequestError):
+            if isinstance(work, IngestWork) and work.dedup_key is not None:
+                self._inflight.pop((work.route.agent_id, work.dedup_key), None)
+            raise
+        self._queue.append(work)
+        self._has_work.set()
+
+    def _route(self, p: IngestParams) -> tuple[Route, str | None]:
+        """Key resolution and access: pure functions of the message and the config, memoised
+        because an adapter sends the same conversation's coordinates again and again."""
+        ck = (p.channel, p.chat_type, p.peer, p.account_id, p.group_id, p.thread_id, p.agent_id)
+        hit = self._routes.get(ck)
+        if hit is None:
+            inbound = Inbound(
+                channel=p.channel,
+                chat_type=p.chat_type,
+                peer=p.peer,
+                account_id=p.account_id,
+                group_id=p.group_id,
+                thread_id=p.thread_id,
+                agent_id=p.agent_id,
+            )
+            route = resolve_route(inbound, self.config)
+            if len(self._routes) >= ROUTE_CACHE_SIZE:
+                self._routes.clear()
+            hit = self._routes[ck] = (route, check_access(inbound, self.config.access))
+        return hit
+
+    def append(self, params: AppendParams, reply: Reply) -> Awaitable[None] | None:
+        """Queue an agent's message for a session; same contract as `ingest`."""
         if self.find_by_key(params.session_key) is None:
             raise NotFound(f"no session with key {params.session_key!r}")
-        self.store.check_writable()
-        try:
-            await self._send.send(AppendWork(params, reply))
-        except anyio.ClosedResourceError:
-            raise StorageUnavailable("the daemon is shutting down; nothing was stored") from None
+        self._check_open()
+        return self._put(AppendWork(params, reply))
 
     def find_by_key(self, session_key: str) -> SessionState | None:
         from daemon.core.keys import agent_of_key
@@ -152,7 +188,9 @@ class Pipeline:
 
     def close(self) -> None:
         """No more requests: the committer finishes what is queued, checkpoints and returns."""
-        self._send.close()
+        self._closed = True
+        self._has_work.set()
+        self._room.set()
 
     # ------------------------------------------------------------------------------------------
     # The committer
@@ -161,19 +199,19 @@ class Pipeline:
         interval = self.config.daemon.checkpointIntervalMs / 1000
         next_checkpoint = time.monotonic() + interval
         task_status.started()
-        async with anyio.create_task_group() as tg, self._recv:
+        async with anyio.create_task_group() as tg:
             while True:
-                items: list[Work] = []
-                with anyio.move_on_after(max(0.0, next_checkpoint - time.monotonic())):
-                    try:
-                        items.append(await self._recv.receive())
-                    except anyio.EndOfStream:
+                if not self._queue:
+                    if self._closed:
                         break
-                while len(items) < MAX_BATCH:
-                    try:
-                        items.append(self._recv.receive_nowait())
-                    except (anyio.WouldBlock, anyio.EndOfStream):
-                        break
+                    self._has_work = anyio.Event()
+                    with anyio.move_on_after(max(0.0, next_checkpoint - time.monotonic())):
+                        await self._has_work.wait()
+                queue = self._queue
+                n = min(len(queue), MAX_BATCH)
+                items = [queue.popleft() for _ in range(n)]
+                if not self._room.is_set() and len(queue) < QUEUE_SIZE:
+                    self._room.set()
                 if items:
                     await self._commit(items)
                 if time.monotonic() >= next_checkpoint:
@@ -201,15 +239,16 @@ class Pipeline:
         if unloaded:
             await anyio.to_thread.run_sync(store.ensure_loaded, unloaded)
         now = now_ms()
+        ts = iso_ms(now)
         batch = Batch()
         created: dict[tuple[str, str], SessionState] = {}
         answers: list[tuple[Work, dict[str, Any]]] = []
         for item in items:
             try:
                 if isinstance(item, IngestWork):
-                    answer = self._prepare_ingest(item, batch, created, now)
+                    answer = self._prepare_ingest(item, batch, created, now, ts)
                 else:
-                    answer = self._prepare_append(item, batch, created, now)
+                    answer = self._prepare_append(item, batch, now, ts)
             except RequestError as e:
                 self._finish(item, e)
                 continue
@@ -240,18 +279,22 @@ class Pipeline:
                 sessionKey=st.session_key,
                 sessionId=st.session_id,
             )
+        ingested = 0
         for item, answer in answers:
             if isinstance(item, IngestWork):
-                self.counters.ingested += 1
-                log.debug(
-                    "message.appended",
-                    sessionKey=answer["sessionKey"],
-                    entryId=answer["entryId"],
-                    channel=item.route.channel,
-                )
-            else:
-                self.counters.appended += 1
+                ingested += 1
             self._finish(item, answer)
+        self.counters.ingested += ingested
+        self.counters.appended += len(answers) - ingested
+        self.store.dedup.trim_all(now)
+        # One line per batch, not per message: at full speed a line per message would cost
+        # more than storing the message.
+        log.debug(
+            "message.appended",
+            messages=len(answers),
+            sessions=len(batch.positions),
+            created=len(batch.created),
+        )
 
     def _prepare_ingest(
         self,
@@ -259,6 +302,7 @@ class Pipeline:
         batch: Batch,
         created: dict[tuple[str, str], SessionState],
         now: int,
+        ts: str,
     ) -> dict[str, Any]:
         store = self.store
         route, p = item.route, item.params
@@ -274,47 +318,35 @@ class Pipeline:
             created[(route.agent_id, route.session_key)] = st
             batch.created.append(st)
             store.add_line(batch, st, header, None)
-        entry_id = next_entry_id(store.last_entry_id(batch, st), _seed(st))
+        entry_id = next_entry_id(store.last_entry_id(batch, st))
         message: dict[str, Any] = {
             "role": "user",
             "content": p.content,
             "timestamp": p.timestamp_ms if p.timestamp_ms is not None else now,
         }
         line = message_line(
-            entry_id, store.last_entry_id(batch, st), now, message, origin_of(route, p)
+            entry_id, store.last_entry_id(batch, st), ts, message, origin_of(route, p)
         )
         store.add_line(batch, st, line, entry_id)
         touch_registry(st, route, p, now)
         store.agent(route.agent_id).dirty = True
-        answer = {
-            "sessionKey": st.session_key,
-            "sessionId": st.session_id,
-            "entryId": entry_id,
-            "created": is_new,
-            "duplicate": False,
-            "reset": None,
-            "command": None,
-            "compaction": None,
-        }
-        if item.dedup_key is not None:
-            store.add_dedup(batch, route.agent_id, item.dedup_key, now, answer)
-        return answer
+        return ingest_answer(st, entry_id, is_new)
 
     def _prepare_append(
         self,
         item: AppendWork,
         batch: Batch,
-        created: dict[tuple[str, str], SessionState],
         now: int,
+        ts: str,
     ) -> dict[str, Any]:
         st = self.find_by_key(item.params.session_key)
         if st is None:
             raise NotFound(f"no session with key {item.params.session_key!r}")
         store = self.store
-        entry_id = next_entry_id(store.last_entry_id(batch, st), _seed(st))
+        entry_id = next_entry_id(store.last_entry_id(batch, st))
         message = dict(item.params.message)
         message.setdefault("timestamp", now)
-        line = message_line(entry_id, store.last_entry_id(batch, st), now, message)
+        line = message_line(entry_id, store.last_entry_id(batch, st), ts, message)
         store.add_line(batch, st, line, entry_id)
         st.entry["updatedAt"] = now
         usage = message.get("usage")
@@ -336,6 +368,8 @@ class Pipeline:
             waiters = self._inflight.pop((item.route.agent_id, item.dedup_key), [])
             if isinstance(outcome, dict):
                 self.store.dedup.remember(item.route.agent_id, item.dedup_key, now_ms(), outcome)
+                if not waiters:
+                    return
                 outcome = {**outcome, "duplicate": True}
             for w in waiters:
                 w(outcome)
@@ -352,7 +386,8 @@ class Pipeline:
         if store.broken is not None:
             return
         registries = store.dirty_registries()
-        if not store.written_since_switch and not store.new_dirs and not registries:
+        dedup = store.dedup.snapshots()
+        if not (store.written_since_switch or store.new_dirs or registries or dedup):
             return
         try:
             paths, dirs = await anyio.to_thread.run_sync(store.switch_journal)
@@ -362,12 +397,16 @@ class Pipeline:
             return
         self._checkpointing = True
         self._checkpoint_done = anyio.Event()
-        tg.start_soon(self._checkpoint, paths, dirs, registries)
+        tg.start_soon(self._checkpoint, paths, dirs, registries, dedup)
 
-    async def _checkpoint(self, paths: set[str], dirs: set[str], registries: list[Any]) -> None:
+    async def _checkpoint(
+        self, paths: set[str], dirs: set[str], registries: list[Any], dedup: list[Any]
+    ) -> None:
         started = time.monotonic()
         try:
-            await anyio.to_thread.run_sync(self.store.checkpoint_sync, paths, dirs, registries)
+            await anyio.to_thread.run_sync(
+                self.store.checkpoint_sync, paths, dirs, registries, dedup
+            )
         except OSError as e:
             self.store.broken = f"checkpoint sync failed: {e.strerror or e}"
             log.error("store.checkpoint_failed", error=self.store.broken)
@@ -396,10 +435,6 @@ class Pipeline:
 
 # ---------------------------------------------------------------------------------------------
 # Registry and origin fields, as OpenClaw writes them
-
-
-def _seed(st: SessionState) -> int:
-    return int(st.session_id.replace("-", "")[:8], 16) if st.session_id else 0
 
 
 def _content_chars(content: Any) -> int:
@@ -441,7 +476,9 @@ def registry_fields(route: Route, p: IngestParams) -> dict[str, Any]:
         origin["label"] = p.sender_name
     delivery: dict[str, Any] = {"channel": route.channel, "to": to, "accountId": route.account_id}
     fields: dict[str, Any] = {
-        "chatType": route.chat_type,
+        # OpenClaw's registry knows direct and group; a channel shows as group there, and as
+        # channel in origin.chatType.
+        "chatType": "direct" if route.chat_type == "direct" else "group",
         "origin": origin,
         "deliveryContext": delivery,
         "lastChannel": route.channel,

@@ -143,7 +143,11 @@ class Connection:
                     if len(line) > max_line:
                         self._too_large(len(line))
                         return
-                    await self.handle_line(line, tg)
+                    if not self.room.is_set():
+                        await self.room.wait()
+                    waiter = self.handle_line(line, tg)
+                    if waiter is not None:
+                        await waiter
                 if start:
                     del buf[:start]
                 if len(buf) > max_line:
@@ -160,27 +164,39 @@ class Connection:
         )
         self.deliver(encode_error(None, err))
 
-    async def handle_line(self, line: bytes, tg: TaskGroup) -> None:
+    def handle_line(self, line: bytes, tg: TaskGroup) -> Awaitable[None] | None:
+        """Parse and dispatch one line. Returns an awaitable only when the request must wait
+        (the committer's queue is full); everything else completes synchronously."""
         if line.endswith(b"\r"):
             line = line[:-1]
         if not line.strip():
-            return
+            return None
         try:
             req = protocol.parse_request(line)
         except RequestError as e:
             log.info("request.rejected", reason="malformed", code=e.code, connection=self.number)
             self.deliver(encode_error(protocol.request_id_of(e), e))
-            return
-        if not self.room.is_set():
-            await self.room.wait()
+            return None
         reply = self.answer(req.id, req.notification)
         try:
-            await self.server.dispatch(req, reply, tg)
+            waiter = self.server.dispatch(req, reply, tg)
+        except Exception as e:
+            self._failed(req, reply, e)
+            return None
+        return None if waiter is None else self._wait(req, reply, waiter)
+
+    async def _wait(self, req: protocol.Request, reply: Reply, waiter: Awaitable[None]) -> None:
+        try:
+            await waiter
         except anyio.get_cancelled_exc_class():
             # Shutting down while waiting for room in the committer's queue: nothing was stored.
             reply(StorageUnavailable("the daemon is shutting down; nothing was stored, retry"))
             raise
-        except RequestError as e:
+        except Exception as e:
+            self._failed(req, reply, e)
+
+    def _failed(self, req: protocol.Request, reply: Reply, e: Exception) -> None:
+        if isinstance(e, RequestError):
             if e.code == -32602:
                 log.info(
                     "request.rejected",
@@ -190,11 +206,18 @@ class Connection:
                     connection=self.number,
                 )
             reply(e)
-        except Exception:
-            log.exception("request.failed", method=req.method, connection=self.number)
-            reply(RequestError("internal error; the daemon logged the details"))
+            return
+        log.error(
+            "request.failed",
+            method=req.method,
+            connection=self.number,
+            error=f"{type(e).__name__}: {e}",
+            exc_info=e,
+        )
+        reply(RequestError("internal error; the daemon logged the details"))
 
 
+Reply = Callable[[Any], None]
 Handler = Callable[[dict[str, Any]], Awaitable[Any] | Any]
 
 
@@ -228,21 +251,23 @@ class Server:
             "sessions.get": lambda p: api.sessions_get(protocol.parse_get(p)),
         }
 
-    async def dispatch(
+    def dispatch(
         self, req: protocol.Request, reply: Callable[[Any], None], tg: TaskGroup
-    ) -> None:
+    ) -> Awaitable[None] | None:
+        """Route a request to its method. Raises RequestError for a request refused at once."""
         m = req.method
         if m == "message.ingest":
-            await self.pipeline.ingest(protocol.parse_ingest(req.params), reply)
-        elif m == "message.append":
-            await self.pipeline.append(protocol.parse_append(req.params), reply)
-        elif m in self.sync_methods:
+            return self.pipeline.ingest(protocol.parse_ingest(req.params), reply)
+        if m == "message.append":
+            return self.pipeline.append(protocol.parse_append(req.params), reply)
+        if m in self.sync_methods:
             reply(self.sync_methods[m](req.params))
-        elif m == "sessions.history":
+            return None
+        if m == "sessions.history":
             hp = protocol.parse_history(req.params)
             tg.start_soon(self._run_async, self.api.sessions_history(hp), reply)
-        else:
-            raise MethodNotFound(f"unknown method {m!r}")
+            return None
+        raise MethodNotFound(f"unknown method {m!r}")
 
     async def _run_async(self, coro: Awaitable[Any], reply: Callable[[Any], None]) -> None:
         try:

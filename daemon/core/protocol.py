@@ -204,7 +204,57 @@ class IngestParams:
     metadata: dict[str, Any] | None
 
 
+_INGEST_KEYS = frozenset(
+    (
+        "channel",
+        "chatType",
+        "peer",
+        "accountId",
+        "groupId",
+        "threadId",
+        "agentId",
+        "messageId",
+        "text",
+        "content",
+        "timestamp",
+        "senderName",
+        "metadata",
+    )
+)
+
+
+def _fast_ingest(params: dict[str, Any]) -> IngestParams | None:
+    """The common shape (text message, string ids) checked in one pass; None means "let the
+    thorough reader decide", which also words any error."""
+    g = params.get
+    channel, chat_type, text = g("channel"), g("chatType"), g("text")
+    if not (params.keys() <= _INGEST_KEYS and type(text) is str and "content" not in params):
+        return None
+    if type(channel) is not str or not 0 < len(channel) <= 64 or "\x00" in channel:
+        return None
+    if chat_type not in CHAT_TYPES or "timestamp" in params:
+        return None
+    peer, account, group = g("peer"), g("accountId"), g("groupId")
+    thread, agent, mid = g("threadId"), g("agentId"), g("messageId")
+    for v in (peer, account, group, thread, agent, mid):
+        if v is not None and (
+            type(v) is not str or not 0 < len(v) <= MAX_ID_LEN or "\x00" in v or v.isspace()
+        ):
+            return None
+    sender, metadata = g("senderName"), g("metadata")
+    if sender is not None and (type(sender) is not str or len(sender) > 256 or "\x00" in sender):
+        return None
+    if metadata is not None and type(metadata) is not dict:
+        return None
+    return IngestParams(
+        channel, chat_type, peer, account, group, thread, agent, mid, text, None, sender, metadata
+    )
+
+
 def parse_ingest(params: dict[str, Any]) -> IngestParams:
+    fast = _fast_ingest(params)
+    if fast is not None:
+        return fast
     p = Params(params)
     channel = p.text("channel", required=True, max_len=64)
     assert channel is not None

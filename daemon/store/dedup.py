@@ -1,10 +1,11 @@
 """Idempotency of `message.ingest`: a repeated (agent, channel, accountId, messageId) gets the first
 answer back, flagged as a duplicate, also after a restart.
 
-Each agent keeps its recent ids in memory (bounded by count and age) and in an append-only file
-`<stateDir>/dedup/<agentId>.jsonl`. Records reach that file in the same batch as the entry they
-describe (and the journal, so a crash cannot lose one); the file is synced at checkpoints and
-compacted by an atomic rewrite when it grows past twice its bound.
+Each agent keeps its recent ids in memory, bounded by count (`dedupMaxPerAgent`) and age
+(`dedupWindowHours`); an id is forgotten once it passes either bound. Persistence costs nothing
+per message: each checkpoint writes a snapshot `<stateDir>/dedup/<agentId>.json` of the ids known
+at its journal switch, and after a crash the journal's replayed entries (whose `origin` carries
+the message id) add the ids since. So snapshot + journal always cover every acknowledged id.
 """
 
 from __future__ import annotations
@@ -17,19 +18,18 @@ from typing import Any
 
 import orjson
 
-from daemon.store.fsutil import FILE_MODE, atomic_write, ensure_dir, write_all
+from daemon.store.fsutil import atomic_write, ensure_dir
 
 DedupKey = tuple[str, str, str]  # (channel, accountId, messageId)
+Snapshot = list[tuple[DedupKey, tuple[int, dict[str, Any]]]]
 
 
 @dataclass(slots=True)
 class AgentIds:
-    """The recent message ids of one agent and the file that keeps them."""
+    """The recent message ids of one agent."""
 
-    path: Path
     answers: OrderedDict[DedupKey, tuple[int, dict[str, Any]]] = field(default_factory=OrderedDict)
-    file_lines: int = 0
-    fd: int | None = None
+    dirty: bool = False
 
 
 class DedupIndex:
@@ -42,20 +42,23 @@ class DedupIndex:
         self.agents: dict[str, AgentIds] = {}
 
     def load(self, now_ms: int) -> int:
-        """Read every agent's file (bounded by compaction); return the number of ids known."""
+        """Read every agent's snapshot; return the number of ids known. A damaged snapshot is
+        ignored (the ids in it are forgotten, nothing else is lost) and kept for inspection."""
         ensure_dir(self.folder)
         total = 0
         for entry in os.scandir(self.folder):
-            if not entry.name.endswith(".jsonl") or entry.name.startswith("."):
+            if not entry.name.endswith(".json") or entry.name.startswith("."):
                 continue
-            agent = entry.name[: -len(".jsonl")]
-            ids = self._agent(agent)
-            with open(entry.path, "rb") as f:
-                for line in f:
-                    ids.file_lines += 1
-                    rec = parse_record(line)
-                    if rec is not None:
-                        self._put(ids, *rec)
+            ids = self._agent(entry.name[: -len(".json")])
+            try:
+                doc = orjson.loads(Path(entry.path).read_bytes())
+            except (OSError, orjson.JSONDecodeError):
+                continue
+            for rec in doc if isinstance(doc, list) else []:
+                parsed = parse_record(rec)
+                if parsed is not None:
+                    key, at, answer = parsed
+                    ids.answers[key] = (at, answer)
             self._trim(ids, now_ms)
             total += len(ids.answers)
         return total
@@ -63,7 +66,7 @@ class DedupIndex:
     def _agent(self, agent: str) -> AgentIds:
         ids = self.agents.get(agent)
         if ids is None:
-            ids = self.agents[agent] = AgentIds(self.folder / f"{agent}.jsonl")
+            ids = self.agents[agent] = AgentIds()
         return ids
 
     def lookup(self, agent: str, key: DedupKey) -> dict[str, Any] | None:
@@ -74,17 +77,19 @@ class DedupIndex:
         return None if hit is None else hit[1]
 
     def remember(self, agent: str, key: DedupKey, at_ms: int, answer: dict[str, Any]) -> None:
+        """Record an answer; bounds are enforced by `trim_all`, once per batch."""
         ids = self._agent(agent)
-        self._put(ids, key, at_ms, answer)
-        self._trim(ids, at_ms)
-
-    def _put(self, ids: AgentIds, key: DedupKey, at_ms: int, answer: dict[str, Any]) -> None:
         ids.answers[key] = (at_ms, answer)
-        ids.answers.move_to_end(key)
+        ids.dirty = True
+
+    def trim_all(self, now_ms: int) -> None:
+        for ids in self.agents.values():
+            self._trim(ids, now_ms)
 
     def _trim(self, ids: AgentIds, now_ms: int) -> None:
         answers = ids.answers
-        while len(answers) > self.max_per_agent:
+        excess = len(answers) - self.max_per_agent
+        for _ in range(max(0, excess)):
             answers.popitem(last=False)
         oldest = now_ms - self.window_ms
         while answers:
@@ -93,52 +98,26 @@ class DedupIndex:
                 break
             answers.popitem(last=False)
 
-    # --- file side (called from the committer's worker thread, one batch at a time) ---------
+    def snapshots(self) -> list[tuple[str, Snapshot]]:
+        """Copies of the changed agents' ids (event loop; cheap), to be written by `save`."""
+        out = []
+        for agent, ids in self.agents.items():
+            if ids.dirty:
+                out.append((agent, list(ids.answers.items())))
+                ids.dirty = False
+        return out
 
-    def append_lines(self, agent: str, data: bytes, count: int) -> None:
-        """Append records to the agent's file (durable via the journal, synced at checkpoints)."""
-        ids = self._agent(agent)
-        if ids.fd is None:
-            ids.fd = os.open(ids.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, FILE_MODE)
-        write_all(ids.fd, data)
-        ids.file_lines += count
-
-    def sync_all(self) -> None:
-        """fsync every agent's file; compact the ones grown past twice their bound."""
-        for agent, ids in list(self.agents.items()):
-            if ids.fd is not None:
-                os.fsync(ids.fd)
-            if ids.file_lines > 2 * self.max_per_agent:
-                self.compact(agent)
-
-    def compact(self, agent: str) -> None:
-        ids = self.agents[agent]
-        data = b"".join(encode_record(k, at, a) for k, (at, a) in list(ids.answers.items()))
-        atomic_write(ids.path, data)
-        if ids.fd is not None:
-            os.close(ids.fd)
-            ids.fd = None
-        ids.file_lines = len(ids.answers)
-
-    def close(self) -> None:
-        for ids in self.agents.values():
-            if ids.fd is not None:
-                os.close(ids.fd)
-                ids.fd = None
+    def save(self, snapshots: list[tuple[str, Snapshot]]) -> None:
+        """Write snapshots atomically (worker thread). Raises OSError."""
+        for agent, items in snapshots:
+            doc = [{"k": list(k), "t": at, "r": answer} for k, (at, answer) in items]
+            atomic_write(self.folder / f"{agent}.json", orjson.dumps(doc))
 
 
-def encode_record(key: DedupKey, at_ms: int, answer: dict[str, Any]) -> bytes:
-    return orjson.dumps({"k": list(key), "t": at_ms, "r": answer}) + b"\n"
-
-
-def parse_record(line: bytes) -> tuple[DedupKey, int, dict[str, Any]] | None:
-    try:
-        obj = orjson.loads(line)
-    except orjson.JSONDecodeError:
+def parse_record(rec: Any) -> tuple[DedupKey, int, dict[str, Any]] | None:
+    if not isinstance(rec, dict):
         return None
-    if not isinstance(obj, dict):
-        return None
-    k, t, r = obj.get("k"), obj.get("t"), obj.get("r")
+    k, t, r = rec.get("k"), rec.get("t"), rec.get("r")
     if not (isinstance(k, list) and len(k) == 3 and all(isinstance(x, str) for x in k)):
         return None
     if not isinstance(t, int) or not isinstance(r, dict):

@@ -14,8 +14,9 @@ Two journal files take turns (`a.wal`, `b.wal`), so that nothing is ever unlinke
 
 Record format, one per line: `<crc32 hex8>\t<kind>\t<a>\t<b>\t<payload>\n`, where the CRC covers
 everything after the first tab. Kinds: H (header: a = generation), T (transcript line: a = path
-relative to the state folder, b = byte offset, payload = the line), D (idempotency record: a =
-agentId, payload = JSON). Replay of a file stops at its first damaged record: nothing after it
+relative to the state folder, b = byte offset, payload = the line). Idempotency records need no
+kind of their own: they are rebuilt from the replayed lines' `origin.messageId`.
+Replay of a file stops at its first damaged record: nothing after it
 was acknowledged.
 """
 
@@ -27,7 +28,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from daemon.store.fsutil import FILE_MODE, ensure_dir, fsync_dir, write_all
+from daemon.store.fsutil import FILE_MODE, ensure_dir, fsync_dir
 
 NAMES = ("a.wal", "b.wal")
 
@@ -159,4 +160,4 @@ class Journal:
         self.fds.clear()
 
 
-__all__ = ["Journal", "Record", "decode_file", "encode", "write_all"]
+__all__ = ["Journal", "Record", "decode_file", "encode"]

@@ -21,14 +21,22 @@ import structlog
 
 from daemon.errors import StorageUnavailable
 from daemon.store import transcript
-from daemon.store.dedup import DedupIndex, DedupKey, encode_record
-from daemon.store.fsutil import FILE_MODE, ensure_dir, fsync_dir, raise_fd_limit, write_all
+from daemon.store.dedup import DedupIndex, Snapshot
+from daemon.store.fsutil import (
+    FILE_MODE,
+    ensure_dir,
+    fsync_dir,
+    raise_fd_limit,
+    sync_filesystem,
+    write_all,
+)
 from daemon.store.journal import Journal, Record, encode
 from daemon.store.registry import AgentRegistry, SessionState, load_agent
 
 log = structlog.get_logger("daemon.store")
 
 MAX_OPEN_TRANSCRIPTS = 4096
+SYNCFS_ABOVE = 16  # transcripts per checkpoint beyond which one syncfs beats many fsyncs
 
 
 def now_ms() -> int:
@@ -58,7 +66,6 @@ class Batch:
 
     lines: list[PendingLine] = field(default_factory=list)
     journal: list[bytes] = field(default_factory=list)
-    dedup: dict[str, list[bytes]] = field(default_factory=dict)
     created: list[SessionState] = field(default_factory=list)
     # per touched session: (size before, size after, last entry id after)
     positions: dict[int, tuple[SessionState, int, int, str | None]] = field(default_factory=dict)
@@ -108,6 +115,7 @@ class Store:
                     sessions=len(reg.sessions),
                 )
             self._add_agent(reg)
+        ids = self.dedup.load(now_ms())
         records = self.journal.open_and_read()
         replayed = self._replay(records)
         torn = 0
@@ -122,13 +130,13 @@ class Store:
                 log.warning(
                     "transcript.torn_tail_repaired", sessionId=st.session_id, kept=str(side)
                 )
-        ids = self.dedup.load(now_ms())
         # Everything replayed is made durable before the journal is emptied (invariant 2).
         self._sync_paths({st.rel_path for st in self.by_id.values() if st.new} | self._replayed)
         for reg in self.agents.values():
             if reg.dirty:
                 reg.save(reg.serialize())
                 reg.dirty = False
+        self.dedup.save(self.dedup.snapshots())
         for st in self.by_id.values():
             st.new = False
         self.journal.start_fresh()
@@ -158,26 +166,33 @@ class Store:
         return reg
 
     def _replay(self, records: list[Record]) -> int:
-        """Bring transcripts (and the registry) up to the journal; idempotent (invariant 3)."""
+        """Bring transcripts (and the registry and idempotency index) up to the journal.
+
+        Idempotent (invariant 3). Idempotency records are rebuilt from the replayed entries'
+        `origin.messageId`, so the journal needs no record of its own for them.
+        """
+        by_rel = {st.rel_path: st for st in self.by_id.values()}
+        after_header: set[str] = set()
         count = 0
         for rec in records:
-            if rec.kind == "T":
-                self._replay_line(rec.a, int(rec.b), rec.payload)
-                count += 1
-            elif rec.kind == "D":
-                parsed = _parse_dedup(rec.payload)
-                if parsed is not None:
-                    key, at, answer = parsed
-                    self.dedup.remember(rec.a, key, at, answer)
-                    self.dedup.append_lines(rec.a, rec.payload + b"\n", 1)
-                count += 1
+            if rec.kind != "T":
+                continue
+            rel = rec.a
+            if ".." in Path(rel).parts or not rel.startswith("agents/") or rel.count("/") != 3:
+                log.error("journal.bad_path", path=rel)
+                continue
+            self._replay_line(rel, int(rec.b), rec.payload)
+            count += 1
+            try:
+                obj = orjson.loads(rec.payload)
+            except orjson.JSONDecodeError:
+                continue
+            if isinstance(obj, dict):
+                self._replay_registry(rel, obj, by_rel, after_header)
         return count
 
     def _replay_line(self, rel: str, offset: int, line: bytes) -> None:
         path = self.state_dir / rel
-        if ".." in Path(rel).parts or not rel.startswith("agents/"):
-            log.error("journal.bad_path", path=rel)
-            return
         ensure_dir(path.parent)
         data = line + b"\n"
         fd = os.open(path, os.O_RDWR | os.O_CREAT, FILE_MODE)
@@ -192,7 +207,6 @@ class Store:
                 side = transcript.cut_tail(path, offset, now_ms())
                 log.warning("journal.replaced_tail", path=rel, offset=offset, kept=str(side))
                 fd = os.open(path, os.O_RDWR)
-                size = offset
             elif size < offset:
                 log.error("journal.gap", path=rel, expected=offset, size=size)
             write_all_at_end(fd, data)
@@ -200,45 +214,55 @@ class Store:
             if fd >= 0:
                 os.close(fd)
         self._replayed.add(rel)
-        self._replay_registry(rel, line)
 
-    def _replay_registry(self, rel: str, line: bytes) -> None:
-        try:
-            obj = orjson.loads(line)
-        except orjson.JSONDecodeError:
-            return
-        if not isinstance(obj, dict):
-            return
-        parts = rel.split("/")
-        agent_id = parts[1]
+    def _replay_registry(
+        self,
+        rel: str,
+        obj: dict[str, Any],
+        by_rel: dict[str, SessionState],
+        after_header: set[str],
+    ) -> None:
+        agent_id = rel.split("/")[1]
         reg = self.agent(agent_id)
+        ts = _parse_iso_ms(obj.get("timestamp"))
         if obj.get("type") == "session":
             key, sid = obj.get("sessionKey"), obj.get("id")
-            if isinstance(key, str) and isinstance(sid, str):
-                old = reg.sessions.get(key)
-                if old is None or old.session_id != sid:
-                    started = _parse_iso_ms(obj.get("timestamp"))
-                    entry = {
-                        "sessionId": sid,
-                        "sessionFile": str(self.state_dir / rel),
-                        "updatedAt": started,
-                        "sessionStartedAt": started,
-                        "compactionCount": 0,
-                    }
-                    st = SessionState(agent_id, key, sid, rel, entry, new=True)
-                    reg.sessions[key] = st
-                    self.by_id[sid] = st
-                    reg.dirty = True
-            return
-        for st in reg.sessions.values():
-            if st.rel_path == rel:
-                ts = _parse_iso_ms(obj.get("timestamp"))
-                st.entry["updatedAt"] = max(int(st.entry.get("updatedAt") or 0), ts)
-                msg = obj.get("message")
-                if isinstance(msg, dict) and msg.get("role") == "user":
-                    st.entry["lastInteractionAt"] = ts
-                reg.dirty = True
+            if not isinstance(key, str) or not isinstance(sid, str):
                 return
+            after_header.add(rel)
+            old = reg.sessions.get(key)
+            if old is None or old.session_id != sid:
+                entry = {
+                    "sessionId": sid,
+                    "sessionFile": str(self.state_dir / rel),
+                    "updatedAt": ts,
+                    "sessionStartedAt": ts,
+                    "compactionCount": 0,
+                }
+                st = SessionState(agent_id, key, sid, rel, entry, new=True)
+                reg.sessions[key] = st
+                self.by_id[sid] = st
+                by_rel[rel] = st
+                reg.dirty = True
+            return
+        found = by_rel.get(rel)
+        if found is None:
+            return
+        st = found
+        created = rel in after_header
+        after_header.discard(rel)
+        st.entry["updatedAt"] = max(int(st.entry.get("updatedAt") or 0), ts)
+        msg = obj.get("message")
+        if isinstance(msg, dict) and msg.get("role") == "user":
+            st.entry["lastInteractionAt"] = ts
+        reg.dirty = True
+        origin = obj.get("origin")
+        if not isinstance(origin, dict) or not isinstance(origin.get("messageId"), str):
+            return
+        key3 = (str(origin.get("channel")), str(origin.get("accountId")), origin["messageId"])
+        if self.dedup.lookup(agent_id, key3) is None:
+            answer = ingest_answer(st, str(obj.get("id")), created)
+            self.dedup.remember(agent_id, key3, ts, answer)
 
     # ------------------------------------------------------------------------------------------
     # Writing (the committer's side)
@@ -307,13 +331,6 @@ class Store:
         pos = batch.positions.get(id(st))
         return st.last_entry_id if pos is None else pos[3]
 
-    def add_dedup(
-        self, batch: Batch, agent_id: str, key: DedupKey, at: int, answer: dict[str, Any]
-    ) -> None:
-        rec = encode_record(key, at, answer)
-        batch.dedup.setdefault(agent_id, []).append(rec)
-        batch.journal.append(encode("D", agent_id, "-", rec[:-1]))
-
     def write_batch(self, batch: Batch) -> None:
         """Write a batch to its transcripts and the journal, then sync the journal (worker thread).
 
@@ -332,8 +349,6 @@ class Store:
                 fd = self._fd(st)
                 written.append((fd, before))
                 write_all(fd, b"\n".join(chunks) + b"\n")
-            for agent_id, recs in batch.dedup.items():
-                self.dedup.append_lines(agent_id, b"".join(recs), len(recs))
             self.journal.append(b"".join(batch.journal))
         except OSError:
             self._undo(written, journal_size)
@@ -392,14 +407,17 @@ class Store:
     def switch_journal(self) -> tuple[set[str], set[str]]:
         """Start a new journal generation (worker thread, between batches) and return what the
         checkpoint must sync: transcripts written before the switch and folders with new files."""
-        self.dedup.sync_all()
         self.journal.switch()
         paths, dirs = self.written_since_switch, self.new_dirs
         self.written_since_switch, self.new_dirs = set(), set()
         return paths, dirs
 
     def checkpoint_sync(
-        self, paths: set[str], dirs: set[str], registries: list[tuple[AgentRegistry, bytes]]
+        self,
+        paths: set[str],
+        dirs: set[str],
+        registries: list[tuple[AgentRegistry, bytes]],
+        dedup: list[tuple[str, Snapshot]],
     ) -> None:
         """Sync transcripts and folders, then write registries (worker thread, concurrent with
         batches). Raises OSError; the caller marks the store broken."""
@@ -408,8 +426,21 @@ class Store:
             fsync_dir(self.state_dir / d)
         for reg, data in registries:
             reg.save(data)
+        self.dedup.save(dedup)
 
     def _sync_paths(self, paths: set[str]) -> None:
+        """Make the given transcripts durable: one syncfs per file system when there are many
+        (a fsync per file would cost one disk flush each), else one fdatasync per file."""
+        folders = {str(Path(r).parent) for r in paths}
+        if len(paths) > SYNCFS_ABOVE:
+            devices: dict[int, Path] = {}
+            for d in folders:
+                try:
+                    devices.setdefault(os.stat(self.state_dir / d).st_dev, self.state_dir / d)
+                except FileNotFoundError:
+                    continue
+            if all(sync_filesystem(folder) for folder in devices.values()):
+                return
         for rel in paths:
             try:
                 fd = os.open(self.state_dir / rel, os.O_RDONLY | os.O_CLOEXEC)
@@ -419,7 +450,7 @@ class Store:
                 os.fdatasync(fd)
             finally:
                 os.close(fd)
-        for d in {str(Path(r).parent) for r in paths}:
+        for d in folders:
             fsync_dir(self.state_dir / d)
 
     def dirty_registries(self) -> list[tuple[AgentRegistry, bytes]]:
@@ -436,7 +467,6 @@ class Store:
                 os.close(st.fd)
                 st.fd = None
         self.open_fds.clear()
-        self.dedup.close()
         self.journal.close()
 
     def check_writable(self) -> None:
@@ -449,10 +479,18 @@ def write_all_at_end(fd: int, data: bytes) -> None:
     write_all(fd, data)
 
 
-def _parse_dedup(payload: bytes) -> tuple[DedupKey, int, dict[str, Any]] | None:
-    from daemon.store.dedup import parse_record
-
-    return parse_record(payload)
+def ingest_answer(st: SessionState, entry_id: str, created: bool) -> dict[str, Any]:
+    """The answer to a `message.ingest` stored in `st` (also what a duplicate gets back)."""
+    return {
+        "sessionKey": st.session_key,
+        "sessionId": st.session_id,
+        "entryId": entry_id,
+        "created": created,
+        "duplicate": False,
+        "reset": None,
+        "command": None,
+        "compaction": None,
+    }
 
 
 def _parse_iso_ms(v: Any) -> int:

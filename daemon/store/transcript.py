@@ -44,16 +44,19 @@ def header_line(session_id: str, session_key: str, now_ms: int, cwd: str) -> byt
 def message_line(
     entry_id: str,
     parent_id: str | None,
-    now_ms: int,
+    timestamp: str,
     message: dict[str, Any],
     origin: dict[str, Any] | None = None,
 ) -> bytes:
-    """A v3 `message` entry; `origin` carries inbound metadata (channel, sender, message id)."""
+    """A v3 `message` entry; `origin` carries inbound metadata (channel, sender, message id).
+
+    `timestamp` is the ISO form (`iso_ms`), computed once per batch by the caller.
+    """
     entry: dict[str, Any] = {
         "type": "message",
         "id": entry_id,
         "parentId": parent_id,
-        "timestamp": iso_ms(now_ms),
+        "timestamp": timestamp,
         "message": message,
     }
     if origin is not None:
@@ -61,18 +64,19 @@ def message_line(
     return orjson.dumps(entry)
 
 
-def next_entry_id(last_id: str | None, fallback_seed: int) -> str:
+def next_entry_id(last_id: str | None) -> str:
     """The id after `last_id`: sequential 8-hex ids never collide within a session.
 
     Random 8-hex ids (as OpenClaw draws them) collide by the birthday bound once a session holds
     tens of thousands of entries; counting up from the last id cannot, and needs no id index.
+    A session's first id, or one after an id of another form (UUIDs in newer OpenClaw), is random.
     """
     if last_id is not None and len(last_id) == 8:
         try:
             return f"{(int(last_id, 16) + 1) & 0xFFFFFFFF:08x}"
         except ValueError:
             pass
-    return f"{fallback_seed & 0xFFFFFFFF:08x}"
+    return os.urandom(4).hex()
 
 
 # ---------------------------------------------------------------------------------------------
