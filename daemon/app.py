@@ -94,7 +94,7 @@ async def run(opts: RunOptions) -> int:
             server.stop()
             pipeline.close()
         store.close()
-        log.info("daemon.stopped", **pipeline._counts())
+        log.info("daemon.stopped", **pipeline.counts())
     finally:
         lock.release()
     return 0

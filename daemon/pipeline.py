@@ -20,6 +20,7 @@ from typing import Any
 import anyio
 import structlog
 from anyio.abc import TaskGroup, TaskStatus
+from anyio.streams.memory import MemoryObjectReceiveStream
 
 from daemon.config import Config
 from daemon.core.access import check_access
@@ -57,6 +58,13 @@ class AppendWork:
 Work = IngestWork | AppendWork
 
 
+@dataclass(frozen=True, slots=True)
+class CheckpointMark:
+    """Sent down the writer's stream: checkpoint between the batches before and after it."""
+
+    final: bool
+
+
 @dataclass(slots=True)
 class Counters:
     ingested: int = 0
@@ -81,6 +89,7 @@ class Pipeline:
         self._room = anyio.Event()
         self._room.set()
         self._closed = False
+        self._epoch = 0  # advanced by a failed write: batches prepared before it are void
         self._inflight: dict[tuple[str, DedupKey], list[Reply]] = {}
         self._routes: dict[tuple[str | None, ...], tuple[Route, str | None]] = {}
         self._checkpointing = False
@@ -196,68 +205,101 @@ class Pipeline:
     # The committer
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """The committer: prepares batches and hands them to the writer, one batch ahead.
+
+        While the writer syncs batch N, batch N+1 is prepared, so the event loop's work and the
+        disk's overlap. Checkpoint markers travel in the same stream, so a journal switch always
+        falls between two batches.
+        """
         interval = self.config.daemon.checkpointIntervalMs / 1000
         next_checkpoint = time.monotonic() + interval
+        send, recv = anyio.create_memory_object_stream[Batch | CheckpointMark](1)
         task_status.started()
         async with anyio.create_task_group() as tg:
-            while True:
-                if not self._queue:
-                    if self._closed:
-                        break
-                    self._has_work = anyio.Event()
-                    with anyio.move_on_after(max(0.0, next_checkpoint - time.monotonic())):
-                        await self._has_work.wait()
-                queue = self._queue
-                n = min(len(queue), MAX_BATCH)
-                items = [queue.popleft() for _ in range(n)]
-                if not self._room.is_set() and len(queue) < QUEUE_SIZE:
-                    self._room.set()
-                if items:
-                    await self._commit(items)
-                if time.monotonic() >= next_checkpoint:
-                    next_checkpoint = time.monotonic() + interval
-                    if not self._checkpointing:
-                        await self._start_checkpoint(tg)
-            await self._checkpoint_done.wait()
-            await self._start_checkpoint(tg)
-        log.info("store.flushed", **self._counts())
+            tg.start_soon(self._writer, recv, tg)
+            async with send:
+                while True:
+                    if not self._queue:
+                        if self._closed:
+                            break
+                        self._has_work = anyio.Event()
+                        with anyio.move_on_after(max(0.0, next_checkpoint - time.monotonic())):
+                            await self._has_work.wait()
+                    queue = self._queue
+                    items = [queue.popleft() for _ in range(min(len(queue), MAX_BATCH))]
+                    if not self._room.is_set() and len(queue) < QUEUE_SIZE:
+                        self._room.set()
+                    if items:
+                        batch = await self._prepare(items)
+                        if batch is not None:
+                            await send.send(batch)
+                    if time.monotonic() >= next_checkpoint:
+                        next_checkpoint = time.monotonic() + interval
+                        await send.send(CheckpointMark(final=False))
+                await send.send(CheckpointMark(final=True))
+        log.info("store.flushed", **self.counts())
 
-    async def _commit(self, items: list[Work]) -> None:
+    async def _prepare(self, items: list[Work]) -> Batch | None:
+        """Build one batch from queued requests (event loop, after any tail reads it needs)."""
         store = self.store
         if store.broken is not None:
             self._reject_all(items, StorageUnavailable(f"storage unavailable: {store.broken}"))
-            return
-        unloaded: list[SessionState] = []
-        for item in items:
-            if isinstance(item, IngestWork):
-                reg = store.agents.get(item.route.agent_id)
-                st = None if reg is None else reg.sessions.get(item.route.session_key)
-            else:
-                st = self.find_by_key(item.params.session_key)
-            if st is not None and not st.loaded:
-                unloaded.append(st)
-        if unloaded:
+            return None
+        while True:
+            unloaded: list[SessionState] = []
+            for item in items:
+                if isinstance(item, IngestWork):
+                    reg = store.agents.get(item.route.agent_id)
+                    st = None if reg is None else reg.sessions.get(item.route.session_key)
+                else:
+                    st = self.find_by_key(item.params.session_key)
+                if st is not None and not st.loaded:
+                    unloaded.append(st)
+            if not unloaded:
+                break
+            # A failed write may unload sessions meanwhile: check again after the read.
             await anyio.to_thread.run_sync(store.ensure_loaded, unloaded)
         now = now_ms()
         ts = iso_ms(now)
-        batch = Batch()
-        created: dict[tuple[str, str], SessionState] = {}
-        answers: list[tuple[Work, dict[str, Any]]] = []
+        batch = Batch(epoch=self._epoch, now=now)
         for item in items:
             try:
                 if isinstance(item, IngestWork):
-                    answer = self._prepare_ingest(item, batch, created, now, ts)
+                    answer = self._prepare_ingest(item, batch, now, ts)
                 else:
                     answer = self._prepare_append(item, batch, now, ts)
             except RequestError as e:
                 self._finish(item, e)
                 continue
-            answers.append((item, answer))
-        if not answers:
+            batch.answers.append((item, answer))
+        return batch if batch.answers else None
+
+    async def _writer(
+        self, recv: MemoryObjectReceiveStream[Batch | CheckpointMark], tg: TaskGroup
+    ) -> None:
+        async with recv:
+            async for item in recv:
+                if isinstance(item, CheckpointMark):
+                    if item.final:
+                        await self._checkpoint_done.wait()
+                    if not self._checkpointing:
+                        await self._start_checkpoint(tg)
+                else:
+                    await self._write(item)
+
+    async def _write(self, batch: Batch) -> None:
+        store = self.store
+        answers = batch.answers
+        if batch.epoch != self._epoch or store.broken is not None:
+            # Prepared on top of a batch that failed: its offsets are wrong; nothing written.
+            store.fail(batch)
+            reason = store.broken or "an earlier write failed"
+            self._reject_all([w for w, _ in answers], _unavailable(reason))
             return
         try:
             await anyio.to_thread.run_sync(store.write_batch, batch)
         except OSError as e:
+            self._epoch += 1
             store.fail(batch)
             reason = e.strerror or str(e)
             log.error(
@@ -267,8 +309,7 @@ class Pipeline:
                 messages=len(answers),
                 broken=store.broken is not None,
             )
-            err = StorageUnavailable(f"storage unavailable: {reason}; nothing was stored, retry")
-            self._reject_all([w for w, _ in answers], err)
+            self._reject_all([w for w, _ in answers], _unavailable(reason))
             return
         store.apply(batch)
         self.counters.batches += 1
@@ -286,47 +327,37 @@ class Pipeline:
             self._finish(item, answer)
         self.counters.ingested += ingested
         self.counters.appended += len(answers) - ingested
-        self.store.dedup.trim_all(now)
+        store.dedup.trim_all(batch.now)
         # One line per batch, not per message: at full speed a line per message would cost
         # more than storing the message.
         log.debug(
             "message.appended",
             messages=len(answers),
-            sessions=len(batch.positions),
+            sessions=len(batch.touched),
             created=len(batch.created),
         )
 
-    def _prepare_ingest(
-        self,
-        item: IngestWork,
-        batch: Batch,
-        created: dict[tuple[str, str], SessionState],
-        now: int,
-        ts: str,
-    ) -> dict[str, Any]:
+    def _prepare_ingest(self, item: IngestWork, batch: Batch, now: int, ts: str) -> dict[str, Any]:
         store = self.store
         route, p = item.route, item.params
         reg = store.agents.get(route.agent_id)
         st = None if reg is None else reg.sessions.get(route.session_key)
-        if st is None:
-            st = created.get((route.agent_id, route.session_key))
         is_new = st is None
         if st is None:
             st, header = store.create_session(
                 route.agent_id, route.session_key, now, registry_fields(route, p)
             )
-            created[(route.agent_id, route.session_key)] = st
+            # Registered now, so the next batch (prepared during this one's sync) finds it.
+            store.register(st)
             batch.created.append(st)
             store.add_line(batch, st, header, None)
-        entry_id = next_entry_id(store.last_entry_id(batch, st))
+        entry_id = next_entry_id(st.last_entry_id)
         message: dict[str, Any] = {
             "role": "user",
             "content": p.content,
             "timestamp": p.timestamp_ms if p.timestamp_ms is not None else now,
         }
-        line = message_line(
-            entry_id, store.last_entry_id(batch, st), ts, message, origin_of(route, p)
-        )
+        line = message_line(entry_id, st.last_entry_id, ts, message, origin_of(route, p))
         store.add_line(batch, st, line, entry_id)
         touch_registry(st, route, p, now)
         store.agent(route.agent_id).dirty = True
@@ -343,10 +374,10 @@ class Pipeline:
         if st is None:
             raise NotFound(f"no session with key {item.params.session_key!r}")
         store = self.store
-        entry_id = next_entry_id(store.last_entry_id(batch, st))
+        entry_id = next_entry_id(st.last_entry_id)
         message = dict(item.params.message)
         message.setdefault("timestamp", now)
-        line = message_line(entry_id, store.last_entry_id(batch, st), ts, message)
+        line = message_line(entry_id, st.last_entry_id, ts, message)
         store.add_line(batch, st, line, entry_id)
         st.entry["updatedAt"] = now
         usage = message.get("usage")
@@ -423,7 +454,7 @@ class Pipeline:
             self._checkpointing = False
             self._checkpoint_done.set()
 
-    def _counts(self) -> dict[str, int]:
+    def counts(self) -> dict[str, int]:
         c = self.counters
         return {
             "ingested": c.ingested,
@@ -526,3 +557,7 @@ def origin_of(route: Route, p: IngestParams) -> dict[str, Any]:
     if p.metadata is not None:
         origin["metadata"] = p.metadata
     return origin
+
+
+def _unavailable(reason: str) -> StorageUnavailable:
+    return StorageUnavailable(f"storage unavailable: {reason}; nothing was stored, retry")

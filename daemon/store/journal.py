@@ -12,12 +12,13 @@ Two journal files take turns (`a.wal`, `b.wal`), so that nothing is ever unlinke
                switched away from it has synced every transcript line written before the switch.
   invariant 3: replay is idempotent: a record whose bytes are already at their offset is skipped.
 
-Record format, one per line: `<crc32 hex8>\t<kind>\t<a>\t<b>\t<payload>\n`, where the CRC covers
-everything after the first tab. Kinds: H (header: a = generation), T (transcript line: a = path
-relative to the state folder, b = byte offset, payload = the line). Idempotency records need no
-kind of their own: they are rebuilt from the replayed lines' `origin.messageId`.
-Replay of a file stops at its first damaged record: nothing after it
-was acknowledged.
+Format: a file is a sequence of frames, one per batch: `B\t<crc32 hex8>\t<length>\n` followed
+by `length` bytes of records, one per line, `<kind>\t<a>\t<b>\t<payload>\n`; the CRC covers the
+records. Kinds: H (header, first frame of a file: a = generation), T (transcript line: a = path
+relative to the state folder, b = byte offset, payload = the line, which holds no newline).
+Idempotency records need no kind of their own: they are rebuilt from the replayed lines'
+`origin.messageId`. Replay of a file stops at its first damaged or torn frame: a batch is
+acknowledged only after its whole frame is synced, so nothing after that point was.
 """
 
 from __future__ import annotations
@@ -43,35 +44,41 @@ class Record:
     payload: bytes
 
 
-def encode(kind: str, a: str, b: str, payload: bytes) -> bytes:
-    """One journal record line. `a` and `b` must not contain tabs or newlines."""
-    body = f"{kind}\t{a}\t{b}\t".encode() + payload
-    return b"%08x\t%s\n" % (zlib.crc32(body), body)
+def record(kind: str, a: str, b: str | int, payload: bytes) -> bytes:
+    """One record line. `a` and `b` must not contain tabs or newlines, `payload` no newline."""
+    return b"%s\t%s\t%s\t%s\n" % (kind.encode(), a.encode(), str(b).encode(), payload)
+
+
+def frame(records: list[bytes]) -> bytes:
+    """One batch's records, framed with their length and CRC."""
+    body = b"".join(records)
+    return b"B\t%08x\t%d\n%s" % (zlib.crc32(body), len(body), body)
 
 
 def decode_file(data: bytes) -> Iterator[Record]:
-    """Records of one journal file, in order, stopping at the first damaged or torn one."""
+    """Records of one journal file, in order, stopping at the first damaged or torn frame."""
     pos = 0
     n = len(data)
     while pos < n:
         nl = data.find(b"\n", pos)
         if nl < 0:
             return
-        line = data[pos:nl]
-        pos = nl + 1
-        if len(line) < 10 or line[8:9] != b"\t":
+        head = data[pos:nl].split(b"\t")
+        if len(head) != 3 or head[0] != b"B":
             return
-        body = line[9:]
         try:
-            crc = int(line[:8], 16)
+            crc, length = int(head[1], 16), int(head[2])
         except ValueError:
             return
-        if zlib.crc32(body) != crc:
+        body = data[nl + 1 : nl + 1 + length]
+        if len(body) != length or zlib.crc32(body) != crc:
             return
-        parts = body.split(b"\t", 3)
-        if len(parts) != 4:
-            return
-        yield Record(parts[0].decode(), parts[1].decode(), parts[2].decode(), parts[3])
+        pos = nl + 1 + length
+        for line in body.split(b"\n")[:-1]:
+            parts = line.split(b"\t", 3)
+            if len(parts) != 4:
+                return
+            yield Record(parts[0].decode(), parts[1].decode(), parts[2].decode(), parts[3])
 
 
 class Journal:
@@ -128,7 +135,7 @@ class Journal:
         fd = self.fds[index]
         self.generation += 1
         os.ftruncate(fd, 0)
-        header = encode("H", str(self.generation), "-", b"")
+        header = frame([record("H", str(self.generation), "-", b"")])
         os.pwrite(fd, header, 0)
         os.fdatasync(fd)
         self.active = index
@@ -160,4 +167,4 @@ class Journal:
         self.fds.clear()
 
 
-__all__ = ["Journal", "Record", "decode_file", "encode"]
+__all__ = ["Journal", "Record", "decode_file", "frame", "record"]

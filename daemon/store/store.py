@@ -30,7 +30,7 @@ from daemon.store.fsutil import (
     sync_filesystem,
     write_all,
 )
-from daemon.store.journal import Journal, Record, encode
+from daemon.store.journal import Journal, Record, frame
 from daemon.store.registry import AgentRegistry, SessionState, load_agent
 
 log = structlog.get_logger("daemon.store")
@@ -52,23 +52,20 @@ class NewSession:
 
 
 @dataclass(slots=True)
-class PendingLine:
-    """One line of a batch, bound for a session's transcript."""
-
-    state: SessionState
-    data: bytes
-    entry_id: str | None
-
-
-@dataclass(slots=True)
 class Batch:
-    """A prepared batch: bytes per transcript, journal records, idempotency records."""
+    """A prepared batch: lines per transcript, journal records, and what to answer.
 
-    lines: list[PendingLine] = field(default_factory=list)
+    Writer positions (size, last entry id) advance when a line is added, so the next batch can
+    be prepared while this one is being synced; `Store.fail` undoes that if the write fails.
+    """
+
+    epoch: int = 0
+    now: int = 0
+    # per touched session: (state, size before the batch, lines)
+    touched: dict[int, tuple[SessionState, int, list[bytes]]] = field(default_factory=dict)
     journal: list[bytes] = field(default_factory=list)
     created: list[SessionState] = field(default_factory=list)
-    # per touched session: (size before, size after, last entry id after)
-    positions: dict[int, tuple[SessionState, int, int, str | None]] = field(default_factory=dict)
+    answers: list[tuple[Any, dict[str, Any]]] = field(default_factory=list)
 
 
 class Store:
@@ -311,25 +308,17 @@ class Store:
         reg.dirty = True
 
     def add_line(self, batch: Batch, st: SessionState, data: bytes, entry_id: str | None) -> int:
-        """Queue one line for `st`; return the offset it will be written at."""
-        pos = batch.positions.get(id(st))
-        start = st.size if pos is None else pos[2]
-        last = st.last_entry_id if pos is None else pos[3]
+        """Queue one line for `st` and advance its writer position; return the line's offset."""
+        t = batch.touched.get(id(st))
+        if t is None:
+            t = batch.touched[id(st)] = (st, st.size, [])
+        t[2].append(data)
+        start = st.size
+        st.size = start + len(data) + 1
         if entry_id is not None:
-            last = entry_id
-        batch.positions[id(st)] = (
-            st,
-            st.size if pos is None else pos[1],
-            start + len(data) + 1,
-            last,
-        )
-        batch.lines.append(PendingLine(st, data, entry_id))
-        batch.journal.append(encode("T", st.rel_path, str(start), data))
+            st.last_entry_id = entry_id
+        batch.journal.append(b"T\t%s\t%d\t%s\n" % (st.rel_path.encode(), start, data))
         return start
-
-    def last_entry_id(self, batch: Batch, st: SessionState) -> str | None:
-        pos = batch.positions.get(id(st))
-        return st.last_entry_id if pos is None else pos[3]
 
     def write_batch(self, batch: Batch) -> None:
         """Write a batch to its transcripts and the journal, then sync the journal (worker thread).
@@ -338,18 +327,15 @@ class Store:
         behind, and the error is raised: nothing in the batch may be acknowledged. A failed sync
         also marks the store broken (it is never retried: the kernel may have dropped the pages).
         """
-        by_state: dict[int, list[bytes]] = {}
-        for pl in batch.lines:
-            by_state.setdefault(id(pl.state), []).append(pl.data)
         written: list[tuple[int, int]] = []
         journal_size = self.journal.size
         try:
-            for key, chunks in by_state.items():
-                st, before, _after, _last = batch.positions[key]
+            for st, before, lines in batch.touched.values():
                 fd = self._fd(st)
                 written.append((fd, before))
-                write_all(fd, b"\n".join(chunks) + b"\n")
-            self.journal.append(b"".join(batch.journal))
+                lines.append(b"")
+                write_all(fd, b"\n".join(lines))
+            self.journal.append(frame(batch.journal))
         except OSError:
             self._undo(written, journal_size)
             raise
@@ -387,19 +373,28 @@ class Store:
         return st.fd
 
     def apply(self, batch: Batch) -> None:
-        """After a successful write: advance writer positions (event loop)."""
-        for st, _before, after, last in batch.positions.values():
-            st.size = after
-            st.last_entry_id = last
+        """After a successful write: remember what the next checkpoint must sync (event loop)."""
+        for st, _before, _lines in batch.touched.values():
             self.written_since_switch.add(st.rel_path)
         for st in batch.created:
-            self.register(st)
             self.new_dirs.add(str(Path(st.rel_path).parent))
 
     def fail(self, batch: Batch) -> None:
-        """After a failed write: forget the batch's new sessions (nothing was acknowledged)."""
+        """After a failed (or abandoned) write: nothing of the batch was acknowledged. Touched
+        sessions re-read their tails before their next write; new sessions are forgotten."""
+        for st, _before, _lines in batch.touched.values():
+            st.size = -1
+            st.last_entry_id = None
         for st in batch.created:
-            st.fd = None
+            reg = self.agents.get(st.agent_id)
+            if reg is not None and reg.sessions.get(st.session_key) is st:
+                del reg.sessions[st.session_key]
+            if self.by_id.get(st.session_id) is st:
+                del self.by_id[st.session_id]
+            self.open_fds.pop(st.session_id, None)
+            if st.fd is not None:
+                os.close(st.fd)
+                st.fd = None
 
     # ------------------------------------------------------------------------------------------
     # Checkpoints
