@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import orjson
@@ -71,10 +72,8 @@ def test_an_invalid_request_keeps_its_id_when_readable() -> None:
 @settings(max_examples=500, deadline=None)
 @given(st.binary(max_size=300))
 def test_no_bytes_make_the_parser_raise_anything_but_a_request_error(data: bytes) -> None:
-    try:
+    with contextlib.suppress(RequestError):
         protocol.parse_request(data)
-    except RequestError:
-        pass
 
 
 json_values = st.recursive(
@@ -87,7 +86,7 @@ json_values = st.recursive(
 
 
 @settings(max_examples=500, deadline=None)
-@given(st.dictionaries(st.sampled_from(sorted(protocol._INGEST_KEYS) + ["x"]), json_values))
+@given(st.dictionaries(st.sampled_from([*sorted(protocol._INGEST_KEYS), "x"]), json_values))
 def test_ingest_params_either_validate_or_name_the_field(params: dict[str, Any]) -> None:
     try:
         p = protocol.parse_ingest(params)

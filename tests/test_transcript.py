@@ -95,5 +95,5 @@ def test_entries_backwards_page_with_a_cursor(tmp_path: Path) -> None:
     assert [e["id"] for _, e in page] == ["00000009", "00000008", "00000007", "00000006"]
     assert not at_start
     page2, at_start2 = transcript.read_entries_backwards(p, page[-1][0], 100)
-    assert [e["id"] for _, e in page2][0] == "00000005"
+    assert page2[0][1]["id"] == "00000005"
     assert len(page2) == 6 and at_start2
