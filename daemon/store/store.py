@@ -32,6 +32,7 @@ from daemon.store.fsutil import (
 )
 from daemon.store.journal import Journal, Record, frame
 from daemon.store.registry import AgentRegistry, SessionState, load_agent
+from daemon.store.transcript import parse_iso_ms
 
 log = structlog.get_logger("daemon.store")
 
@@ -221,7 +222,7 @@ class Store:
     ) -> None:
         agent_id = rel.split("/")[1]
         reg = self.agent(agent_id)
-        ts = _parse_iso_ms(obj.get("timestamp"))
+        ts = parse_iso_ms(obj.get("timestamp"))
         if obj.get("type") == "session":
             key, sid = obj.get("sessionKey"), obj.get("id")
             if not isinstance(key, str) or not isinstance(sid, str):
@@ -486,14 +487,3 @@ def ingest_answer(st: SessionState, entry_id: str, created: bool) -> dict[str, A
         "command": None,
         "compaction": None,
     }
-
-
-def _parse_iso_ms(v: Any) -> int:
-    if not isinstance(v, str):
-        return 0
-    from datetime import datetime
-
-    try:
-        return int(datetime.fromisoformat(v.replace("Z", "+00:00")).timestamp() * 1000)
-    except ValueError:
-        return 0

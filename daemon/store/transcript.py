@@ -27,6 +27,16 @@ def iso_ms(epoch_ms: int) -> str:
     return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{epoch_ms % 1000:03d}Z"
 
 
+def parse_iso_ms(v: Any) -> int:
+    """An ISO-8601 timestamp (as in transcripts) as epoch milliseconds; 0 when unreadable."""
+    if not isinstance(v, str):
+        return 0
+    try:
+        return int(datetime.fromisoformat(v.replace("Z", "+00:00")).timestamp() * 1000)
+    except ValueError:
+        return 0
+
+
 def header_line(session_id: str, session_key: str, now_ms: int, cwd: str) -> bytes:
     """The v3 session header; `sessionKey` is our addition so the registry can be rebuilt."""
     return orjson.dumps(
