@@ -1,4 +1,4 @@
-"""Reset policy: when a session has gone stale, and why. Pure: a function of config, times and a zone.
+"""Reset policy: when a session has gone stale, and why. Pure: config, times and a zone in.
 
 Rules (SPEC 4.3, OpenClaw's documented behaviour):
 - The effective policy for a session is `session.reset`, overridden key by key by
@@ -103,7 +103,8 @@ def effective_policy(cfg: SessionConfig, kind: str, channel: str | None) -> Poli
 
 
 def _local_instant(day: datetime, hour: int, tz: ZoneInfo) -> datetime:
-    """`hour`:00 local on `day`'s date, as a UTC instant (fold=0: gap -> after it; repeat -> first)."""
+    """`hour`:00 local on `day`'s date as a UTC instant (fold=0: a gap maps past it, a repeated
+    hour to its first occurrence)."""
     local = datetime(day.year, day.month, day.day, hour, 0, tzinfo=tz, fold=0)
     return local.astimezone(UTC)
 
