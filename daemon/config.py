@@ -6,12 +6,14 @@ spelling; unknown keys are rejected so that a typo never silently falls back to 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import json5
 from pydantic import (
@@ -452,3 +454,25 @@ def resolve_socket_path(cfg: Config, state_dir: Path) -> Path:
     if cfg.daemon.socket:
         return Path(cfg.daemon.socket).expanduser()
     return state_dir / "sessiond.sock"
+
+
+def resolve_timezone(cfg: Config, env: Mapping[str, str] | None = None) -> ZoneInfo:
+    """`daemon.timezone`, else the host's zone ($TZ, /etc/timezone, /etc/localtime), else UTC."""
+    env = os.environ if env is None else env
+    candidates: list[str] = []
+    if cfg.daemon.timezone:
+        candidates.append(cfg.daemon.timezone)
+    if env.get("TZ"):
+        candidates.append(env["TZ"].lstrip(":"))
+    with contextlib.suppress(OSError):
+        candidates.append(Path("/etc/timezone").read_text().strip())
+    with contextlib.suppress(OSError):
+        target = os.readlink("/etc/localtime")
+        if "zoneinfo/" in target:
+            candidates.append(target.split("zoneinfo/", 1)[1])
+    for name in candidates:
+        try:
+            return ZoneInfo(name)
+        except (ZoneInfoNotFoundError, ValueError):
+            continue
+    return ZoneInfo("UTC")

@@ -22,15 +22,26 @@ import structlog
 from anyio.abc import TaskGroup, TaskStatus
 from anyio.streams.memory import MemoryObjectReceiveStream
 
-from daemon.config import Config
+from daemon.config import Config, resolve_timezone
 from daemon.core.access import check_access
+from daemon.core.commands import Command, message_text, parse_command
 from daemon.core.keys import Inbound, Route, resolve_route
 from daemon.core.protocol import AppendParams, IngestParams
 from daemon.errors import NotFound, RequestError, SenderNotAllowed, StorageUnavailable
+from daemon.events import EventBus
+from daemon.lifecycle import (
+    ROUTE_FIELD,
+    Policies,
+    carried_fields,
+    sessions_reply,
+    status_reply,
+)
 from daemon.store.dedup import DedupKey
 from daemon.store.registry import SessionState
-from daemon.store.store import Batch, Store, ingest_answer, now_ms
-from daemon.store.transcript import iso_ms, message_line, next_entry_id
+from daemon.store.store import Batch, Closing, Store, ingest_answer, now_ms
+from daemon.store.transcript import custom_line, header_line, iso_ms, message_line, next_entry_id
+
+RESET_ENTRY = "sessiond.reset"  # first entry of a session begun by a reset: why, and after what
 
 log = structlog.get_logger("daemon.pipeline")
 
@@ -55,7 +66,20 @@ class AppendWork:
     reply: Reply
 
 
-Work = IngestWork | AppendWork
+@dataclass(slots=True)
+class ResetWork:
+    """A reset without a message: `sessions.reset` (starts a new session at once) or the
+    scheduler (archives a stale session; the next message begins a new one)."""
+
+    agent_id: str
+    session_key: str
+    reason: str
+    reply: Reply
+    only_if_stale: bool = False
+    start_new: bool = True
+
+
+Work = IngestWork | AppendWork | ResetWork
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,9 +103,11 @@ class Counters:
 class Pipeline:
     """Owns the committer task; `ingest` and `append` are its entrances."""
 
-    def __init__(self, store: Store, config: Config) -> None:
+    def __init__(self, store: Store, config: Config, events: EventBus | None = None) -> None:
         self.store = store
         self.config = config
+        self.events = events if events is not None else EventBus()
+        self.policies = Policies(config.session, resolve_timezone(config))
         self.counters = Counters()
         # A bounded queue without a checkpoint per item: adapters wait only when it is full.
         self._queue: deque[Work] = deque()
@@ -186,6 +212,40 @@ class Pipeline:
         self._check_open()
         return self._put(AppendWork(params, reply))
 
+    def reset(
+        self,
+        agent_id: str,
+        session_key: str,
+        reason: str,
+        reply: Reply,
+        *,
+        only_if_stale: bool = False,
+        start_new: bool = True,
+    ) -> Awaitable[None] | None:
+        """Queue a reset of one session; same contract as `ingest`."""
+        self._check_open()
+        work = ResetWork(agent_id, session_key, reason, reply, only_if_stale, start_new)
+        return self._put(work)
+
+    async def reset_and_wait(
+        self, agent_id: str, session_key: str, reason: str, **kw: bool
+    ) -> dict[str, Any]:
+        """`reset`, awaiting its outcome (for the API and the scheduler)."""
+        done = anyio.Event()
+        box: list[dict[str, Any] | RequestError] = []
+
+        def reply(outcome: dict[str, Any] | RequestError) -> None:
+            box.append(outcome)
+            done.set()
+
+        waiter = self.reset(agent_id, session_key, reason, reply, **kw)
+        if waiter is not None:
+            await waiter
+        await done.wait()
+        if isinstance(box[0], RequestError):
+            raise box[0]
+        return box[0]
+
     def find_by_key(self, session_key: str) -> SessionState | None:
         from daemon.core.keys import agent_of_key
 
@@ -216,6 +276,7 @@ class Pipeline:
         send, recv = anyio.create_memory_object_stream[Batch | CheckpointMark](1)
         task_status.started()
         async with anyio.create_task_group() as tg:
+            self._archive_tg = tg
             tg.start_soon(self._writer, recv, tg)
             async with send:
                 while True:
@@ -248,13 +309,9 @@ class Pipeline:
         while True:
             unloaded: list[SessionState] = []
             for item in items:
-                if isinstance(item, IngestWork):
-                    reg = store.agents.get(item.route.agent_id)
-                    st = None if reg is None else reg.sessions.get(item.route.session_key)
-                else:
-                    st = self.find_by_key(item.params.session_key)
-                if st is not None and not st.loaded:
-                    unloaded.append(st)
+                for st in self._sessions_of(item):
+                    if not st.loaded:
+                        unloaded.append(st)
             if not unloaded:
                 break
             # A failed write may unload sessions meanwhile: check again after the read.
@@ -266,13 +323,32 @@ class Pipeline:
             try:
                 if isinstance(item, IngestWork):
                     answer = self._prepare_ingest(item, batch, now, ts)
-                else:
+                elif isinstance(item, AppendWork):
                     answer = self._prepare_append(item, batch, now, ts)
+                else:
+                    answer = self._prepare_reset(item, batch, now, ts)
             except RequestError as e:
                 self._finish(item, e)
                 continue
             batch.answers.append((item, answer))
         return batch if batch.answers else None
+
+    def _sessions_of(self, item: Work) -> list[SessionState]:
+        """The existing sessions a request may write to (their tails must be read first)."""
+        if isinstance(item, AppendWork):
+            st = self.find_by_key(item.params.session_key)
+            return [] if st is None else [st]
+        if isinstance(item, IngestWork):
+            agent_id, key = item.route.agent_id, item.route.session_key
+        else:
+            agent_id, key = item.agent_id, item.session_key
+        reg = self.store.agents.get(agent_id)
+        st = None if reg is None else reg.sessions.get(key)
+        if st is None or reg is None:
+            return []
+        target = st.entry.get(ROUTE_FIELD)
+        routed = reg.sessions.get(target) if isinstance(target, str) else None
+        return [st] if routed is None else [st, routed]
 
     async def _writer(
         self, recv: MemoryObjectReceiveStream[Batch | CheckpointMark], tg: TaskGroup
@@ -320,6 +396,24 @@ class Pipeline:
                 sessionKey=st.session_key,
                 sessionId=st.session_id,
             )
+            self.events.publish(
+                "session.created",
+                {"agentId": st.agent_id, "sessionKey": st.session_key, "sessionId": st.session_id},
+            )
+        for old, new, reason in batch.resets:
+            info = {
+                "agentId": old.agent_id,
+                "sessionKey": old.session_key,
+                "previousSessionId": old.session_id,
+                "sessionId": None if new is None else new.session_id,
+                "reason": reason,
+            }
+            log.info("session.reset", **info)
+            self.events.publish("session.reset", info)
+        if batch.closing:
+            for c in batch.closing:
+                store.release_fd(c.state)
+            self._archive_tg.start_soon(self._archive, batch.closing, batch.now)
         ingested = 0
         for item, answer in answers:
             if isinstance(item, IngestWork):
@@ -341,27 +435,193 @@ class Pipeline:
         store = self.store
         route, p = item.route, item.params
         reg = store.agents.get(route.agent_id)
-        st = None if reg is None else reg.sessions.get(route.session_key)
-        is_new = st is None
+        chat = None if reg is None else reg.sessions.get(route.session_key)
+        cmd = None
+        text = p.content if isinstance(p.content, str) else message_text(p.content)
+        if text and text.lstrip().startswith("/"):
+            cmd = parse_command(text, self.config.session.resetTriggers)
+        system = is_system_event(p)
+        st = chat
+        if chat is not None and reg is not None and not (cmd and cmd.name == "session"):
+            target = chat.entry.get(ROUTE_FIELD)
+            if isinstance(target, str) and target in reg.sessions:
+                st = reg.sessions[target]
+        old: SessionState | None = None
+        reason: str | None = None
+        if st is not None and not system:
+            if cmd is not None and cmd.is_reset:
+                reason = "new" if cmd.trigger.lower() == "/new" else "reset"
+            else:
+                verdict = self.policies.staleness(st, now)
+                if verdict.stale:
+                    reason = verdict.reason
+            if reason is not None:
+                old, st = st, None
+        created = st is None
         if st is None:
-            st, header = store.create_session(
-                route.agent_id, route.session_key, now, registry_fields(route, p)
+            fields = (
+                carried_fields(old.entry, cmd) if old is not None else registry_fields(route, p)
             )
-            # Registered now, so the next batch (prepared during this one's sync) finds it.
-            store.register(st)
-            batch.created.append(st)
-            store.add_line(batch, st, header, None)
+            st = self._begin_session(
+                batch,
+                route.agent_id,
+                old.session_key if old is not None else route.session_key,
+                fields,
+                old,
+                reason,
+                cmd,
+                now,
+                ts,
+            )
+        if st.size == 0:
+            # A registry entry whose transcript is gone: start the file again with a header.
+            self._rewrite_header(batch, st, now)
         entry_id = next_entry_id(st.last_entry_id)
         message: dict[str, Any] = {
             "role": "user",
             "content": p.content,
             "timestamp": p.timestamp_ms if p.timestamp_ms is not None else now,
         }
-        line = message_line(entry_id, st.last_entry_id, ts, message, origin_of(route, p))
+        origin = origin_of(route, p)
+        if cmd is not None:
+            origin["command"] = command_origin(cmd)
+        line = message_line(entry_id, st.last_entry_id, ts, message, origin)
         store.add_line(batch, st, line, entry_id)
-        touch_registry(st, route, p, now)
+        if system:
+            st.entry["updatedAt"] = now
+        else:
+            touch_registry(st, route, p, now)
         store.agent(route.agent_id).dirty = True
-        return ingest_answer(st, entry_id, is_new)
+        answer = ingest_answer(st, entry_id, created)
+        if old is not None:
+            answer["reset"] = {"reason": reason, "previousSessionId": old.session_id}
+        if cmd is not None:
+            answer["command"] = self._command(cmd, st, chat, route.agent_id, now, batch)
+        return answer
+
+    def _begin_session(
+        self,
+        batch: Batch,
+        agent_id: str,
+        key: str,
+        fields: dict[str, Any],
+        old: SessionState | None,
+        reason: str | None,
+        cmd: Command | None,
+        now: int,
+        ts: str,
+    ) -> SessionState:
+        """Create a session (header first); when it replaces `old`, close and archive that one
+        and record why in the new one, so a reset is never silent."""
+        store = self.store
+        st, header = store.create_session(
+            agent_id, key, now, fields, old.session_id if old is not None else None
+        )
+        # Registered now, so the next batch (prepared during this one's sync) finds it.
+        store.register(st)
+        batch.created.append(st)
+        store.add_line(batch, st, header, None)
+        if old is not None and reason is not None:
+            store.close_session(batch, old, reason, st.session_id, ts)
+            data: dict[str, Any] = {"reason": reason, "predecessor": old.session_id}
+            if cmd is not None and cmd.is_reset:
+                data["trigger"] = cmd.trigger
+                if cmd.model:
+                    data["model"] = cmd.model
+            eid = next_entry_id(st.last_entry_id)
+            store.add_line(batch, st, custom_line(eid, None, ts, RESET_ENTRY, data), eid)
+            batch.resets.append((old, st, reason))
+        return st
+
+    def _rewrite_header(self, batch: Batch, st: SessionState, now: int) -> None:
+        cwd = self.store.workspaces.get(st.agent_id) or str(self.store.state_dir / "workspace")
+        self.store.add_line(batch, st, header_line(st.session_id, st.session_key, now, cwd), None)
+
+    def _command(
+        self,
+        cmd: Command,
+        st: SessionState,
+        chat: SessionState | None,
+        agent_id: str,
+        now: int,
+        batch: Batch,
+    ) -> dict[str, Any]:
+        """The reply to a chat command (the message itself is stored like any other)."""
+        tz = self.policies.tz
+        if cmd.is_reset:
+            reply = f"New session started ({st.session_id})."
+            if cmd.model:
+                reply += f" Model: {cmd.model}."
+        elif cmd.name == "status":
+            reply = status_reply(st, self.policies, now)
+        elif cmd.name == "sessions":
+            reply = sessions_reply(self.store, agent_id, tz)
+        elif cmd.name == "session":
+            reply = self._switch(cmd.arg, chat or st, agent_id)
+        elif cmd.name == "context":
+            reply = (
+                f"Context of {st.session_key}: no summary (compaction is not available in this "
+                f"version); about {st.entry.get('totalTokens', 0)} tokens."
+            )
+        else:  # compact
+            reply = "Compaction is not available in this version; nothing was changed."
+        return {"name": cmd.name, "reply": reply}
+
+    def _switch(self, arg: str, chat: SessionState, agent_id: str) -> str:
+        reg = self.store.agents[agent_id]
+        if not arg:
+            chat.entry.pop(ROUTE_FIELD, None)
+            reg.dirty = True
+            return f"This chat is back on its own session ({chat.session_key})."
+        target = arg.strip()
+        if target not in reg.sessions:
+            return f"No active session {target!r} for agent {agent_id}; nothing changed."
+        if target == chat.session_key:
+            chat.entry.pop(ROUTE_FIELD, None)
+        else:
+            chat.entry[ROUTE_FIELD] = target
+        reg.dirty = True
+        return f"This chat now writes to {target}. Send /session alone to switch back."
+
+    def _prepare_reset(self, item: ResetWork, batch: Batch, now: int, ts: str) -> dict[str, Any]:
+        """A reset asked for by the API or the scheduler (no message to carry)."""
+        reg = self.store.agents.get(item.agent_id)
+        st = None if reg is None else reg.sessions.get(item.session_key)
+        if st is None:
+            raise NotFound(f"no session with key {item.session_key!r}")
+        if item.only_if_stale:
+            verdict = self.policies.staleness(st, now)
+            if not verdict.stale:
+                return {"sessionKey": st.session_key, "skipped": True}
+            reason = verdict.reason or item.reason
+        else:
+            reason = item.reason
+        if item.start_new:
+            new = self._begin_session(
+                batch,
+                st.agent_id,
+                st.session_key,
+                carried_fields(st.entry, None),
+                st,
+                reason,
+                None,
+                now,
+                ts,
+            )
+            return {
+                "sessionKey": st.session_key,
+                "previousSessionId": st.session_id,
+                "sessionId": new.session_id,
+                "reason": reason,
+            }
+        self.store.close_session(batch, st, reason, None, ts)
+        batch.resets.append((st, None, reason))
+        return {
+            "sessionKey": st.session_key,
+            "previousSessionId": st.session_id,
+            "sessionId": None,
+            "reason": reason,
+        }
 
     def _prepare_append(
         self,
@@ -392,6 +652,31 @@ class Pipeline:
             )
         self.store.agents[st.agent_id].dirty = True
         return {"sessionKey": st.session_key, "sessionId": st.session_id, "entryId": entry_id}
+
+    async def _archive(self, closing: list[Closing], now: int) -> None:
+        """Move closed sessions into archive/ (after their batch is durable; readers find them
+        where they are until the move is done)."""
+        for c in closing:
+            try:
+                rec = await anyio.to_thread.run_sync(self.store.archive_closed, c, now)
+            except OSError as e:
+                # The transcript stays where it is with its closing entry: start-up finishes it.
+                log.error(
+                    "archive.failed",
+                    sessionId=c.state.session_id,
+                    error=e.strerror or str(e),
+                )
+                continue
+            self.store.archived_done(rec)
+            log.info(
+                "session.archived",
+                agentId=rec.agentId,
+                sessionKey=rec.sessionKey,
+                sessionId=rec.sessionId,
+                reason=rec.reason,
+                messages=rec.messages,
+                bytes=rec.bytes,
+            )
 
     def _finish(self, item: Work, outcome: dict[str, Any] | RequestError) -> None:
         item.reply(outcome)
@@ -561,3 +846,23 @@ def origin_of(route: Route, p: IngestParams) -> dict[str, Any]:
 
 def _unavailable(reason: str) -> StorageUnavailable:
     return StorageUnavailable(f"storage unavailable: {reason}; nothing was stored, retry")
+
+
+def is_system_event(p: IngestParams) -> bool:
+    """Heartbeats and cron wake-ups are stored but are not interaction: they never move
+    lastInteractionAt and never trigger a reset. Adapters mark them in `metadata`."""
+    md = p.metadata
+    if not md:
+        return False
+    return md.get("system") is True or md.get("event") in ("heartbeat", "cron")
+
+
+def command_origin(cmd: Command) -> dict[str, Any]:
+    out: dict[str, Any] = {"name": cmd.name, "trigger": cmd.trigger}
+    if cmd.is_reset:
+        out["text"] = cmd.text
+        if cmd.model:
+            out["model"] = cmd.model
+    elif cmd.arg:
+        out["arg"] = cmd.arg
+    return out

@@ -134,13 +134,24 @@ def next_daily_boundary(now_ms: int, at_hour: int, tz: ZoneInfo) -> int:
 
 
 def evaluate(
-    policy: Policy, started_ms: int, last_interaction_ms: int, now_ms: int, tz: ZoneInfo
+    policy: Policy,
+    started_ms: int,
+    last_interaction_ms: int,
+    now_ms: int,
+    tz: ZoneInfo,
+    boundary_ms: int | None = None,
 ) -> Staleness:
-    """Is a session begun at `started_ms`, last used at `last_interaction_ms`, stale at `now_ms`?"""
+    """Is a session begun at `started_ms`, last used at `last_interaction_ms`, stale at `now_ms`?
+
+    `boundary_ms` may pass in `daily_boundary(now_ms, policy.at_hour, tz)` when the caller keeps
+    it (it changes once a day; computing it per message would cost more than the rest).
+    """
     candidates: list[tuple[int, Reason]] = []
     quiet_ms = now_ms - last_interaction_ms
     if policy.daily:
-        boundary = daily_boundary(now_ms, policy.at_hour, tz)
+        boundary = (
+            boundary_ms if boundary_ms is not None else daily_boundary(now_ms, policy.at_hour, tz)
+        )
         defer_ms = policy.defer_minutes * 60_000
         if started_ms < boundary and quiet_ms >= defer_ms:
             # Stale since the boundary, or since the deferral ran out if that was later.

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -81,6 +82,7 @@ class TranscriptStats:
     ended_at: int | None
     session_key: str | None
     session_id: str | None
+    predecessor: str | None = None
 
 
 def archive_folder(sessions_folder: Path) -> Path:
@@ -97,6 +99,7 @@ def transcript_stats(path: Path) -> TranscriptStats:
     started = ended = None
     key = sid = None
     tail = b""
+    predecessor = None
     opener: Any = open
     if path.name.endswith(".gz"):
         import gzip
@@ -111,6 +114,8 @@ def transcript_stats(path: Path) -> TranscriptStats:
             size += len(chunk)
             lines = (tail + chunk).split(b"\n")
             tail = lines.pop()
+            if size == len(chunk) and lines:
+                predecessor = _header_field(lines[0], "predecessor")
             for line in lines:
                 messages, started, ended, key, sid = _count(
                     line, messages, started, ended, key, sid, parse_iso_ms
@@ -119,7 +124,18 @@ def transcript_stats(path: Path) -> TranscriptStats:
             messages, started, ended, key, sid = _count(
                 tail, messages, started, ended, key, sid, parse_iso_ms
             )
-    return TranscriptStats(messages, size, h.hexdigest(), started, ended, key, sid)
+    return TranscriptStats(messages, size, h.hexdigest(), started, ended, key, sid, predecessor)
+
+
+def _header_field(line: bytes, name: str) -> str | None:
+    try:
+        obj = orjson.loads(line)
+    except orjson.JSONDecodeError:
+        return None
+    if isinstance(obj, dict) and obj.get("type") == "session":
+        v = obj.get(name)
+        return v if isinstance(v, str) else None
+    return None
 
 
 def _count(
@@ -219,3 +235,154 @@ def missing_index_entries(sessions_folder: Path) -> list[Path]:
     """Files in archive/ that no index line describes (a crash between move and index)."""
     known = {r.file for r in read_index(sessions_folder)}
     return sorted(p for p in archived_files(sessions_folder) if p.name not in known)
+
+
+# ---------------------------------------------------------------------------------------------
+# Archiving a session, and finishing what a crash interrupted
+
+CLOSED = "sessiond.closed"
+OPENCLAW_SUFFIX = re.compile(
+    r"^(?P<base>.+?\.jsonl)\.(?P<kind>reset|deleted)\.(?P<ts>[0-9TZ:.-]+)$"
+)
+
+
+def closing_entry(path: Path) -> dict[str, Any] | None:
+    """The `data` of a sessiond.closed entry if it is the transcript's last entry."""
+    from daemon.store.transcript import iter_lines_backwards
+
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return None
+    try:
+        for _off, line in iter_lines_backwards(fd, os.fstat(fd).st_size):
+            try:
+                obj = orjson.loads(line)
+            except orjson.JSONDecodeError:
+                return None
+            if isinstance(obj, dict) and obj.get("customType") == CLOSED:
+                data = obj.get("data")
+                return data if isinstance(data, dict) else {}
+            return None
+    finally:
+        os.close(fd)
+    return None
+
+
+def archive_transcript(
+    path: Path,
+    agent_id: str,
+    reason: str,
+    *,
+    session_id: str,
+    session_key: str | None,
+    predecessor: str | None,
+    successor: str | None,
+    now: int,
+) -> ArchiveRecord:
+    """Sync, describe, move into archive/ and index one transcript (worker thread).
+
+    Order: fsync the file (so nothing depends on the journal any more), hash it, rename it into
+    archive/ (both folders synced), then append and sync the index line. Raises OSError; a crash
+    at any point leaves the file in one place, and start-up completes the index.
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    stats = transcript_stats(path)
+    dest = move_into_archive(path, path.name)
+    rec = ArchiveRecord(
+        sessionId=session_id,
+        sessionKey=session_key or stats.session_key,
+        agentId=agent_id,
+        reason=reason,
+        startedAt=stats.started_at,
+        endedAt=stats.ended_at,
+        archivedAt=now,
+        messages=stats.messages,
+        bytes=stats.bytes,
+        sha256=stats.sha256,
+        predecessor=predecessor or stats.predecessor,
+        successor=successor,
+        file=dest.name,
+    )
+    append_index(path.parent, [rec])
+    return rec
+
+
+def index_orphan(path: Path, agent_id: str, now: int, reason: str | None = None) -> ArchiveRecord:
+    """An index line for a file already in archive/ that no line describes (after a crash)."""
+    stats = transcript_stats(path)
+    closed = closing_entry(path) or {}
+    rec = ArchiveRecord(
+        sessionId=stats.session_id or path.name.split(".jsonl")[0],
+        sessionKey=stats.session_key,
+        agentId=agent_id,
+        reason=reason or str(closed.get("reason") or "orphan"),
+        startedAt=stats.started_at,
+        endedAt=stats.ended_at,
+        archivedAt=now,
+        messages=stats.messages,
+        bytes=stats.bytes,
+        sha256=stats.sha256,
+        predecessor=closed.get("predecessor")
+        if isinstance(closed.get("predecessor"), str)
+        else None,
+        successor=closed.get("successor") if isinstance(closed.get("successor"), str) else None,
+        file=path.name,
+    )
+    append_index(path.parent.parent, [rec])
+    return rec
+
+
+def openclaw_archive_time(ts: str) -> int | None:
+    """`2026-11-17T07-45-00.013Z` (OpenClaw's file-name form) as epoch ms."""
+    from daemon.store.transcript import parse_iso_ms
+
+    m = re.match(r"^(\d{4}-\d{2}-\d{2})T(\d{2})-(\d{2})-(\d{2})(\.\d+)?Z$", ts)
+    if m is None:
+        return None
+    return parse_iso_ms(f"{m.group(1)}T{m.group(2)}:{m.group(3)}:{m.group(4)}{m.group(5) or ''}Z")
+
+
+def adopt_openclaw_archives(
+    sessions_folder: Path, agent_id: str, key_of: dict[str, str], now: int
+) -> list[ArchiveRecord]:
+    """Move OpenClaw's `<id>.jsonl.reset.<ts>` / `.jsonl.deleted.<ts>` files into archive/.
+
+    Content stays byte-identical (a rename); the index line takes its reason from the suffix,
+    archivedAt from the timestamp, and the session key from `key_of` (session id -> key, e.g.
+    from OpenClaw's usageFamilySessionIds) or the transcript itself when it can be recovered.
+    """
+    out: list[ArchiveRecord] = []
+    for entry in sorted(os.scandir(sessions_folder), key=lambda e: e.name):
+        m = OPENCLAW_SUFFIX.match(entry.name)
+        if m is None or not entry.is_file():
+            continue
+        src = Path(entry.path)
+        stats = transcript_stats(src)
+        base = m.group("base")
+        sid = stats.session_id or base[: -len(".jsonl")]
+        dest = move_into_archive(
+            src, base if not (archive_folder(sessions_folder) / base).exists() else entry.name
+        )
+        rec = ArchiveRecord(
+            sessionId=sid,
+            sessionKey=key_of.get(sid) or stats.session_key,
+            agentId=agent_id,
+            reason=m.group("kind"),
+            startedAt=stats.started_at,
+            endedAt=stats.ended_at,
+            archivedAt=openclaw_archive_time(m.group("ts")) or now,
+            messages=stats.messages,
+            bytes=stats.bytes,
+            sha256=stats.sha256,
+            predecessor=None,
+            successor=None,
+            file=dest.name,
+        )
+        append_index(sessions_folder, [rec])
+        out.append(rec)
+    return out

@@ -20,7 +20,8 @@ import orjson
 import structlog
 
 from daemon.errors import StorageUnavailable
-from daemon.store import transcript
+from daemon.store import archive, transcript
+from daemon.store.archive import ArchiveRecord
 from daemon.store.dedup import DedupIndex, Snapshot
 from daemon.store.fsutil import (
     FILE_MODE,
@@ -31,8 +32,13 @@ from daemon.store.fsutil import (
     write_all,
 )
 from daemon.store.journal import Journal, Record, frame
-from daemon.store.registry import AgentRegistry, SessionState, load_agent
-from daemon.store.transcript import parse_iso_ms
+from daemon.store.registry import (
+    AgentRegistry,
+    SessionState,
+    is_active_transcript_name,
+    load_agent,
+)
+from daemon.store.transcript import next_entry_id, parse_iso_ms
 
 log = structlog.get_logger("daemon.store")
 
@@ -53,6 +59,31 @@ class NewSession:
 
 
 @dataclass(slots=True)
+class Archived:
+    """An archived session as the daemon knows it: its index record (None while the move is
+    still under way) and where its transcript is right now."""
+
+    agent_id: str
+    session_id: str
+    session_key: str | None
+    reason: str
+    rel_path: str
+    archived_at: int
+    successor: str | None = None
+    record: ArchiveRecord | None = None
+
+
+@dataclass(slots=True)
+class Closing:
+    """A session closed by a batch: archived once the batch is durable."""
+
+    state: SessionState
+    reason: str
+    successor: str | None
+    predecessor: str | None
+
+
+@dataclass(slots=True)
 class Batch:
     """A prepared batch: lines per transcript, journal records, and what to answer.
 
@@ -66,6 +97,9 @@ class Batch:
     touched: dict[int, tuple[SessionState, int, list[bytes]]] = field(default_factory=dict)
     journal: list[bytes] = field(default_factory=list)
     created: list[SessionState] = field(default_factory=list)
+    closing: list[Closing] = field(default_factory=list)
+    # (old session, new session or None, reason) for every reset in the batch
+    resets: list[tuple[SessionState, SessionState | None, str]] = field(default_factory=list)
     answers: list[tuple[Any, dict[str, Any]]] = field(default_factory=list)
 
 
@@ -83,6 +117,9 @@ class Store:
         self.new_dirs: set[str] = set()
         self.broken: str | None = None  # set when a sync failed: no more writes
         self.workspaces: dict[str, str] = {}
+        # Archived sessions per agent, oldest first; `archived_by_id` finds one by session id.
+        self.archives: dict[str, list[Archived]] = {}
+        self.archived_by_id: dict[str, Archived] = {}
         self._replayed: set[str] = set()
 
     # ------------------------------------------------------------------------------------------
@@ -128,6 +165,7 @@ class Store:
                 log.warning(
                     "transcript.torn_tail_repaired", sessionId=st.session_id, kept=str(side)
                 )
+        archived = self._recover_archives()
         # Everything replayed is made durable before the journal is emptied (invariant 2).
         self._sync_paths({st.rel_path for st in self.by_id.values() if st.new} | self._replayed)
         for reg in self.agents.values():
@@ -145,7 +183,139 @@ class Store:
             "tornTails": torn,
             "registriesRebuilt": rebuilt,
             "dedupIds": ids,
+            **archived,
         }
+
+    def _recover_archives(self) -> dict[str, int]:
+        """Finish archive moves a crash interrupted, adopt OpenClaw's renamed archives, and load
+        every agent's archive index. Reads only the tails of transcripts no session owns."""
+        now = now_ms()
+        finished = indexed = adopted = 0
+        for agent_id, reg in list(self.agents.items()):
+            folder = reg.folder
+            if not folder.is_dir():
+                continue
+            for p in archive.missing_index_entries(folder):
+                archive.index_orphan(p, agent_id, now)
+                indexed += 1
+            registered = {Path(st.rel_path).name for st in reg.sessions.values()}
+            for entry in sorted(os.scandir(folder), key=lambda e: e.name):
+                name = entry.name
+                if name in registered or not is_active_transcript_name(name):
+                    continue
+                path = Path(entry.path)
+                closed = archive.closing_entry(path)
+                if closed is None or not entry.is_file():
+                    continue
+                header = transcript.read_header(path) or {}
+                archive.archive_transcript(
+                    path,
+                    agent_id,
+                    str(closed.get("reason") or "reset"),
+                    session_id=str(header.get("id") or name.split(".jsonl")[0]),
+                    session_key=header.get("sessionKey"),
+                    predecessor=None,
+                    successor=_str_or_none(closed.get("successor")),
+                    now=now,
+                )
+                finished += 1
+                log.warning("archive.completed", agentId=agent_id, file=name)
+            key_of: dict[str, str] = {}
+            for key, st in reg.sessions.items():
+                family = st.entry.get("usageFamilySessionIds")
+                for sid in family if isinstance(family, list) else []:
+                    if isinstance(sid, str) and sid != st.session_id:
+                        key_of.setdefault(sid, key)
+            for rec in archive.adopt_openclaw_archives(folder, agent_id, key_of, now):
+                adopted += 1
+                log.info(
+                    "archive.adopted", agentId=agent_id, sessionId=rec.sessionId, file=rec.file
+                )
+            for rec in archive.read_index(folder):
+                self._add_archived(rec)
+        return {
+            "archivesCompleted": finished,
+            "archivesIndexed": indexed,
+            "archivesAdopted": adopted,
+            "archives": len(self.archived_by_id),
+        }
+
+    def _add_archived(self, rec: ArchiveRecord) -> Archived:
+        a = Archived(
+            agent_id=rec.agentId,
+            session_id=rec.sessionId,
+            session_key=rec.sessionKey,
+            reason=rec.reason,
+            rel_path=f"agents/{rec.agentId}/sessions/{archive.ARCHIVE_DIR}/{rec.file}",
+            archived_at=rec.archivedAt,
+            successor=rec.successor,
+            record=rec,
+        )
+        prior = self.archived_by_id.get(rec.sessionId)
+        if prior is not None:
+            # A later index line for the same session (e.g. after a restore) replaces the earlier.
+            self.archives[rec.agentId].remove(prior)
+        self.archives.setdefault(rec.agentId, []).append(a)
+        self.archived_by_id[rec.sessionId] = a
+        return a
+
+    def close_session(
+        self, batch: Batch, st: SessionState, reason: str, successor: str | None, ts: str
+    ) -> None:
+        """Append the closing entry, take the session out of the registry, and queue its
+        archiving for when the batch is durable. Until then it is readable where it is."""
+        eid = next_entry_id(st.last_entry_id)
+        data = {"reason": reason, "successor": successor}
+        self.add_line(
+            batch, st, transcript.custom_line(eid, st.last_entry_id, ts, archive.CLOSED, data), eid
+        )
+        reg = self.agents[st.agent_id]
+        if reg.sessions.get(st.session_key) is st:
+            del reg.sessions[st.session_key]
+        self.by_id.pop(st.session_id, None)
+        reg.dirty = True
+        batch.closing.append(Closing(st, reason, successor, None))
+        self.archives.setdefault(st.agent_id, []).append(
+            pending := Archived(
+                st.agent_id,
+                st.session_id,
+                st.session_key,
+                reason,
+                st.rel_path,
+                batch.now,
+                successor,
+            )
+        )
+        self.archived_by_id[st.session_id] = pending
+
+    def release_fd(self, st: SessionState) -> None:
+        """Close a closed session's descriptor (event loop, between batches)."""
+        self.open_fds.pop(st.session_id, None)
+        if st.fd is not None:
+            os.close(st.fd)
+            st.fd = None
+
+    def archive_closed(self, c: Closing, now: int) -> ArchiveRecord:
+        """Move a closed session into archive/ and index it (worker thread). Raises OSError."""
+        st = c.state
+        return archive.archive_transcript(
+            self.state_dir / st.rel_path,
+            st.agent_id,
+            c.reason,
+            session_id=st.session_id,
+            session_key=st.session_key,
+            predecessor=c.predecessor,
+            successor=c.successor,
+            now=now,
+        )
+
+    def archived_done(self, rec: ArchiveRecord) -> None:
+        a = self.archived_by_id.get(rec.sessionId)
+        if a is None:
+            self._add_archived(rec)
+            return
+        a.record = rec
+        a.rel_path = f"agents/{rec.agentId}/sessions/{archive.ARCHIVE_DIR}/{rec.file}"
 
     def _add_agent(self, reg: AgentRegistry) -> None:
         self.agents[reg.agent_id] = reg
@@ -191,6 +361,10 @@ class Store:
 
     def _replay_line(self, rel: str, offset: int, line: bytes) -> None:
         path = self.state_dir / rel
+        moved = path.parent / archive.ARCHIVE_DIR / path.name
+        if not path.exists() and moved.exists():
+            # Archived after this line was written; archiving synced the file first.
+            path = moved
         ensure_dir(path.parent)
         data = line + b"\n"
         fd = os.open(path, os.O_RDWR | os.O_CREAT, FILE_MODE)
@@ -247,6 +421,13 @@ class Store:
         if found is None:
             return
         st = found
+        if obj.get("customType") == archive.CLOSED:
+            # Closed by a reset: the key no longer points at it (its successor, if any, does).
+            if reg.sessions.get(st.session_key) is st:
+                del reg.sessions[st.session_key]
+                reg.dirty = True
+            self.by_id.pop(st.session_id, None)
+            return
         created = rel in after_header
         after_header.discard(rel)
         st.entry["updatedAt"] = max(int(st.entry.get("updatedAt") or 0), ts)
@@ -282,7 +463,12 @@ class Store:
             st.last_entry_id = tail.last_entry_id
 
     def create_session(
-        self, agent_id: str, session_key: str, now: int, entry_fields: dict[str, Any]
+        self,
+        agent_id: str,
+        session_key: str,
+        now: int,
+        entry_fields: dict[str, Any],
+        predecessor: str | None = None,
     ) -> tuple[SessionState, bytes]:
         """A new session's state and header line (not yet written)."""
         self.agent(agent_id)  # creates the agent's folder on first use
@@ -300,7 +486,7 @@ class Store:
         entry.setdefault("totalTokens", 0)
         st = SessionState(agent_id, session_key, sid, rel, entry, size=0, new=True)
         cwd = self.workspaces.get(agent_id) or str(self.state_dir / "workspace")
-        return st, transcript.header_line(sid, session_key, now, cwd)
+        return st, transcript.header_line(sid, session_key, now, cwd, predecessor)
 
     def register(self, st: SessionState) -> None:
         reg = self.agent(st.agent_id)
@@ -487,3 +673,7 @@ def ingest_answer(st: SessionState, entry_id: str, created: bool) -> dict[str, A
         "command": None,
         "compaction": None,
     }
+
+
+def _str_or_none(v: Any) -> str | None:
+    return v if isinstance(v, str) else None

@@ -37,16 +37,36 @@ def parse_iso_ms(v: Any) -> int:
         return 0
 
 
-def header_line(session_id: str, session_key: str, now_ms: int, cwd: str) -> bytes:
-    """The v3 session header; `sessionKey` is our addition so the registry can be rebuilt."""
+def header_line(
+    session_id: str, session_key: str, now_ms: int, cwd: str, predecessor: str | None = None
+) -> bytes:
+    """The v3 session header. `sessionKey` (and `predecessor`, the session a reset replaced) are
+    our additions, which OpenClaw ignores: they let registry and lineage be rebuilt from files."""
+    header: dict[str, Any] = {
+        "type": "session",
+        "version": 3,
+        "id": session_id,
+        "timestamp": iso_ms(now_ms),
+        "cwd": cwd,
+        "sessionKey": session_key,
+    }
+    if predecessor is not None:
+        header["predecessor"] = predecessor
+    return orjson.dumps(header)
+
+
+def custom_line(
+    entry_id: str, parent_id: str | None, timestamp: str, kind: str, data: Any
+) -> bytes:
+    """An OpenClaw `custom` entry (as model-snapshot is): `customType` names what it records."""
     return orjson.dumps(
         {
-            "type": "session",
-            "version": 3,
-            "id": session_id,
-            "timestamp": iso_ms(now_ms),
-            "cwd": cwd,
-            "sessionKey": session_key,
+            "type": "custom",
+            "customType": kind,
+            "data": data,
+            "id": entry_id,
+            "parentId": parent_id,
+            "timestamp": timestamp,
         }
     )
 
