@@ -15,11 +15,17 @@ import anyio
 
 from daemon import __version__
 from daemon.core.keys import agent_of_key
-from daemon.core.protocol import HistoryParams, ListParams, SessionRef
+from daemon.core.protocol import (
+    ArchivedParams,
+    HistoryParams,
+    ListParams,
+    ResetParams,
+    SessionRef,
+)
 from daemon.errors import NotFound
 from daemon.pipeline import Pipeline
 from daemon.store.registry import SessionState
-from daemon.store.store import Store, now_ms
+from daemon.store.store import Archived, Store, now_ms
 from daemon.store.transcript import read_entries_backwards
 
 SUMMARY_FIELDS = (
@@ -47,10 +53,11 @@ class Api:
         self.connections = 0
 
     def find(self, ref: SessionRef) -> SessionState:
+        """An active session by id or key; raises NotFound."""
         if ref.session_id is not None:
             st = self.store.by_id.get(ref.session_id)
             if st is None or (ref.session_key is not None and st.session_key != ref.session_key):
-                raise NotFound(f"no session with id {ref.session_id!r}")
+                raise NotFound(f"no active session with id {ref.session_id!r}")
             return st
         assert ref.session_key is not None
         agent = agent_of_key(ref.session_key)
@@ -59,6 +66,38 @@ class Api:
         if st is None:
             raise NotFound(f"no session with key {ref.session_key!r}")
         return st
+
+    def find_transcript(self, ref: SessionRef, previous: int | None) -> tuple[str | None, str, str]:
+        """(sessionKey, sessionId, transcript path relative to the state folder) of an active or
+        archived session: by id, by key, or the `previous`-th session before a key's current."""
+        store = self.store
+        if previous is not None:
+            key = ref.session_key
+            if key is None:
+                a = store.archived_by_id.get(ref.session_id or "")
+                st = store.by_id.get(ref.session_id or "")
+                key = a.session_key if a is not None else (st.session_key if st else None)
+            if key is None:
+                raise NotFound(f"no session with id {ref.session_id!r}")
+            agent = agent_of_key(key)
+            older = sorted(
+                (a for a in store.archives.get(agent or "", []) if a.session_key == key),
+                key=lambda a: a.archived_at,
+                reverse=True,
+            )
+            if previous > len(older):
+                raise NotFound(
+                    f"{key!r} has {len(older)} earlier session(s); previous={previous} is too far"
+                )
+            a = older[previous - 1]
+            return a.session_key, a.session_id, a.rel_path
+        if ref.session_id is not None and ref.session_id not in store.by_id:
+            a = store.archived_by_id.get(ref.session_id)
+            if a is None:
+                raise NotFound(f"no session with id {ref.session_id!r}")
+            return a.session_key, a.session_id, a.rel_path
+        st = self.find(ref)
+        return st.session_key, st.session_id, st.rel_path
 
     def sessions_list(self, p: ListParams) -> dict[str, Any]:
         cutoff = now_ms() - p.active_minutes * 60_000 if p.active_minutes else None
@@ -79,22 +118,34 @@ class Api:
         return {"sessionKey": st.session_key, "agentId": st.agent_id, **st.entry}
 
     async def sessions_history(self, p: HistoryParams) -> dict[str, Any]:
-        st = self.find(p.ref)
-        if p.previous is not None:
-            raise NotFound(
-                f"no session before the current one of {st.session_key!r} "
-                "(archived sessions are not kept by this version)"
-            )
-        path = self.store.state_dir / st.rel_path
+        key, sid, rel = self.find_transcript(p.ref, p.previous)
         entries, before = await anyio.to_thread.run_sync(
-            read_history, path, p.before, p.limit, p.include_tools
+            read_history, self.store.state_dir, rel, sid, p.before, p.limit, p.include_tools
         )
-        return {
-            "sessionKey": st.session_key,
-            "sessionId": st.session_id,
-            "entries": entries,
-            "before": before,
-        }
+        return {"sessionKey": key, "sessionId": sid, "entries": entries, "before": before}
+
+    def sessions_archived(self, p: ArchivedParams) -> dict[str, Any]:
+        out = []
+        for agent_id, items in self.store.archives.items():
+            if p.agent_id is not None and agent_id != p.agent_id:
+                continue
+            for a in items:
+                if p.session_key is not None and a.session_key != p.session_key:
+                    continue
+                if p.after is not None and a.archived_at < p.after:
+                    continue
+                if p.before is not None and a.archived_at >= p.before:
+                    continue
+                out.append(archived_summary(a))
+        out.sort(key=lambda r: (-int(r["archivedAt"]), r["sessionId"]))
+        return {"sessions": out[: p.limit]}
+
+    async def sessions_reset(self, p: ResetParams) -> dict[str, Any]:
+        agent = agent_of_key(p.session_key)
+        reg = self.store.agents.get(agent) if agent is not None else None
+        if agent is None or reg is None or p.session_key not in reg.sessions:
+            raise NotFound(f"no session with key {p.session_key!r}")
+        return await self.pipeline.reset_and_wait(agent, p.session_key, p.reason, start_new=True)
 
     def status(self, _params: object = None) -> dict[str, Any]:
         c = self.pipeline.counters
@@ -113,12 +164,27 @@ class Api:
             "ingested": c.ingested,
             "appended": c.appended,
             "duplicates": c.duplicates,
+            "resets": c.resets,
             "rejected": c.rejected,
             "batches": c.batches,
             "checkpoints": c.checkpoints,
             "lastCheckpointAt": c.last_checkpoint_ms or None,
             "journalBytes": store.journal.size,
         }
+
+
+def archived_summary(a: Archived) -> dict[str, Any]:
+    if a.record is not None:
+        return a.record.to_json()
+    return {
+        "sessionId": a.session_id,
+        "sessionKey": a.session_key,
+        "agentId": a.agent_id,
+        "reason": a.reason,
+        "archivedAt": a.archived_at,
+        "successor": a.successor,
+        "pending": True,
+    }
 
 
 def summary(st: SessionState) -> dict[str, Any]:
@@ -130,9 +196,17 @@ def summary(st: SessionState) -> dict[str, Any]:
 
 
 def read_history(
-    path: Path, before: int | None, limit: int, include_tools: bool
+    state_dir: Path, rel: str, session_id: str, before: int | None, limit: int, include_tools: bool
 ) -> tuple[list[dict[str, Any]], int | None]:
-    """Newest-first entries ending before `before`; the cursor is the oldest one's offset."""
+    """Newest-first entries ending before `before`; the cursor is the oldest one's offset.
+
+    A session being archived may move while it is read: then it is read from archive/.
+    """
+    path = state_dir / rel
+    if not path.exists():
+        moved = path.parent / "archive" / path.name
+        if moved.exists():
+            path = moved
     out: list[dict[str, Any]] = []
     cursor = before
     while len(out) < limit:

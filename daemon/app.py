@@ -15,12 +15,14 @@ from pathlib import Path
 
 import anyio
 import structlog
+from anyio.abc import TaskStatus
 
 from daemon import __version__
 from daemon.api import Api
 from daemon.config import Config, resolve_socket_path
 from daemon.lock import StateLock
 from daemon.pipeline import Pipeline
+from daemon.scheduler import Scheduler
 from daemon.server import Server
 from daemon.store.store import Store
 
@@ -83,14 +85,23 @@ async def run(opts: RunOptions) -> int:
             max_connections=cfg.daemon.maxConnections,
             idle_timeout=cfg.daemon.idleTimeoutSeconds,
         )
+        scheduler = Scheduler(pipeline, state_dir)
+        jobs = anyio.CancelScope()
+
+        async def run_jobs(*, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+            with jobs:
+                await scheduler.run(task_status=task_status)
+
         async with anyio.create_task_group() as tg:
             await tg.start(pipeline.run)
             await tg.start(server.serve)
+            await tg.start(run_jobs)
             log.info("daemon.started", socket=str(socket_path), pid=os.getpid())
             with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
                 async for signum in signals:
                     log.info("daemon.stopping", signal=signal.Signals(signum).name)
                     break
+            jobs.cancel()
             server.stop()
             pipeline.close()
         store.close()

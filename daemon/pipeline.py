@@ -77,6 +77,7 @@ class ResetWork:
     reply: Reply
     only_if_stale: bool = False
     start_new: bool = True
+    at: int | None = None  # the time staleness is judged at (the scheduler's run time)
 
 
 Work = IngestWork | AppendWork | ResetWork
@@ -94,6 +95,7 @@ class Counters:
     ingested: int = 0
     appended: int = 0
     duplicates: int = 0
+    resets: int = 0
     rejected: int = 0
     batches: int = 0
     checkpoints: int = 0
@@ -221,14 +223,15 @@ class Pipeline:
         *,
         only_if_stale: bool = False,
         start_new: bool = True,
+        at: int | None = None,
     ) -> Awaitable[None] | None:
         """Queue a reset of one session; same contract as `ingest`."""
         self._check_open()
-        work = ResetWork(agent_id, session_key, reason, reply, only_if_stale, start_new)
+        work = ResetWork(agent_id, session_key, reason, reply, only_if_stale, start_new, at)
         return self._put(work)
 
     async def reset_and_wait(
-        self, agent_id: str, session_key: str, reason: str, **kw: bool
+        self, agent_id: str, session_key: str, reason: str, **kw: Any
     ) -> dict[str, Any]:
         """`reset`, awaiting its outcome (for the API and the scheduler)."""
         done = anyio.Event()
@@ -254,6 +257,13 @@ class Pipeline:
             return None
         reg = self.store.agents.get(agent_id)
         return None if reg is None else reg.sessions.get(session_key)
+
+    def set_config(self, config: Config) -> None:
+        """Swap in a reloaded config (daemon/reload.py): the next message is routed, checked and
+        reset by it. Memoised routes and policies were derived from the old one, so they go."""
+        self.config = config
+        self.policies = Policies(config.session, resolve_timezone(config))
+        self._routes.clear()
 
     def close(self) -> None:
         """No more requests: the committer finishes what is queued, checkpoints and returns."""
@@ -414,13 +424,14 @@ class Pipeline:
             for c in batch.closing:
                 store.release_fd(c.state)
             self._archive_tg.start_soon(self._archive, batch.closing, batch.now)
-        ingested = 0
         for item, answer in answers:
             if isinstance(item, IngestWork):
-                ingested += 1
+                self.counters.ingested += 1
+            elif isinstance(item, AppendWork):
+                self.counters.appended += 1
+            else:
+                self.counters.resets += 1
             self._finish(item, answer)
-        self.counters.ingested += ingested
-        self.counters.appended += len(answers) - ingested
         store.dedup.trim_all(batch.now)
         # One line per batch, not per message: at full speed a line per message would cost
         # more than storing the message.
@@ -590,7 +601,7 @@ class Pipeline:
         if st is None:
             raise NotFound(f"no session with key {item.session_key!r}")
         if item.only_if_stale:
-            verdict = self.policies.staleness(st, now)
+            verdict = self.policies.staleness(st, max(now, item.at or 0))
             if not verdict.stale:
                 return {"sessionKey": st.session_key, "skipped": True}
             reason = verdict.reason or item.reason
@@ -745,6 +756,7 @@ class Pipeline:
             "ingested": c.ingested,
             "appended": c.appended,
             "duplicates": c.duplicates,
+            "resets": c.resets,
             "batches": c.batches,
         }
 

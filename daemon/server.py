@@ -29,6 +29,7 @@ from daemon.errors import (
     StorageUnavailable,
     TooLarge,
 )
+from daemon.events import EVENTS
 from daemon.pipeline import Pipeline
 
 log = structlog.get_logger("daemon.server")
@@ -57,6 +58,13 @@ class Connection:
     def deliver(self, data: bytes) -> None:
         self.out.append(data)
         self.wake.set()
+
+    def notify(self, line: bytes) -> bool:
+        """Deliver an event notification; False (unsubscribe me) once the client stops reading."""
+        if self.closed or len(self.out) > MAX_PENDING:
+            return False
+        self.deliver(line)
+        return True
 
     def answer(self, rid: RequestId, notification: bool) -> Callable[[Any], None]:
         """A reply callback for one request; decrements the pending count when called."""
@@ -179,7 +187,7 @@ class Connection:
             return None
         reply = self.answer(req.id, req.notification)
         try:
-            waiter = self.server.dispatch(req, reply, tg)
+            waiter = self.server.dispatch(req, reply, tg, self)
         except Exception as e:
             self._failed(req, reply, e)
             return None
@@ -249,10 +257,18 @@ class Server:
             "status": lambda p: api.status(protocol.parse_empty(p)),
             "sessions.list": lambda p: api.sessions_list(protocol.parse_list(p)),
             "sessions.get": lambda p: api.sessions_get(protocol.parse_get(p)),
+            "sessions.archived": lambda p: api.sessions_archived(protocol.parse_archived(p)),
         }
+        # Methods answered by a coroutine, registered by the component that owns them (app.py
+        # wires `config.reload` to daemon/reload.py).
+        self.async_methods: dict[str, Callable[[dict[str, Any]], Awaitable[Any]]] = {}
 
     def dispatch(
-        self, req: protocol.Request, reply: Callable[[Any], None], tg: TaskGroup
+        self,
+        req: protocol.Request,
+        reply: Callable[[Any], None],
+        tg: TaskGroup,
+        conn: Connection | None = None,
     ) -> Awaitable[None] | None:
         """Route a request to its method. Raises RequestError for a request refused at once."""
         m = req.method
@@ -266,6 +282,18 @@ class Server:
         if m == "sessions.history":
             hp = protocol.parse_history(req.params)
             tg.start_soon(self._run_async, self.api.sessions_history(hp), reply)
+            return None
+        if m == "sessions.reset":
+            rp = protocol.parse_reset(req.params)
+            tg.start_soon(self._run_async, self.api.sessions_reset(rp), reply)
+            return None
+        if m == "events.subscribe" and conn is not None:
+            events = protocol.parse_subscribe(req.params, EVENTS)
+            self.pipeline.events.subscribe(conn.number, conn.notify, events)
+            reply({"subscribed": sorted(events)})
+            return None
+        if m in self.async_methods:
+            tg.start_soon(self._run_async, self.async_methods[m](req.params), reply)
             return None
         raise MethodNotFound(f"unknown method {m!r}")
 
@@ -327,6 +355,7 @@ class Server:
                     await conn.flush()
                     tg.cancel_scope.cancel()
             finally:
+                self.pipeline.events.unsubscribe(conn.number)
                 self.connections.discard(conn)
                 self.api.connections = len(self.connections)
 

@@ -426,3 +426,63 @@ def parse_empty(params: dict[str, Any]) -> dict[str, Any]:
     """For methods without parameters: reject any that are given."""
     Params(params).done()
     return params
+
+
+# ---------------------------------------------------------------------------------------------
+# lifecycle methods
+
+
+@dataclass(frozen=True, slots=True)
+class ArchivedParams:
+    agent_id: str | None
+    session_key: str | None
+    after: int | None
+    before: int | None
+    limit: int
+
+
+def parse_archived(params: dict[str, Any]) -> ArchivedParams:
+    p = Params(params)
+    out = ArchivedParams(
+        agent_id=p.text("agentId", max_len=128),
+        session_key=p.text("sessionKey", max_len=1024),
+        after=parse_timestamp("after", p.raw("after")),
+        before=parse_timestamp("before", p.raw("before")),
+        limit=p.integer("limit", default=100, lo=1, hi=10_000) or 100,
+    )
+    p.done()
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class ResetParams:
+    session_key: str
+    reason: str
+
+
+RESET_REASONS = ("reset", "new", "daily", "idle", "deleted")
+
+
+def parse_reset(params: dict[str, Any]) -> ResetParams:
+    p = Params(params)
+    key = p.text("sessionKey", required=True, max_len=1024)
+    reason = p.text("reason", max_len=32) or "reset"
+    p.done()
+    if reason not in RESET_REASONS:
+        raise InvalidParams("reason", f"must be one of {', '.join(RESET_REASONS)}, got {reason!r}")
+    assert key is not None
+    return ResetParams(key, reason)
+
+
+def parse_subscribe(params: dict[str, Any], known: tuple[str, ...]) -> frozenset[str]:
+    p = Params(params)
+    events = p.raw("events")
+    p.done()
+    if events is None:
+        return frozenset(known)
+    if not isinstance(events, list) or not all(isinstance(e, str) for e in events):
+        raise InvalidParams("events", "must be an array of event names")
+    unknown = sorted(set(events) - set(known))
+    if unknown:
+        raise InvalidParams("events", f"unknown event {unknown[0]!r}; known: {', '.join(known)}")
+    return frozenset(events)

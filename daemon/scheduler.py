@@ -1,0 +1,157 @@
+"""Scheduled jobs: the daily reset at each configured atHour, and expiry every minute.
+
+apscheduler 3.x (AsyncIOScheduler) runs inside our event loop and only decides *when*: each job
+is a coroutine that hands its name to our task (a memory stream), so the work itself runs inside
+the daemon's task group, under structured concurrency, one job at a time.
+
+Both jobs apply the same pure policy (`daemon.core.policy`) to every active session: the daily
+job archives sessions whose day has ended at atHour; the minute job catches idle expiry and the
+daily resets that were deferred while a conversation was in progress. A session that is not
+stale is never touched, so a job that fires twice (or a DST quirk of the trigger) cannot reset
+anything twice. The time of each job's last run is kept in `<stateDir>/scheduler.json`; a daily
+run missed while the daemon was down runs once at start-up.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from pathlib import Path
+from typing import Any
+
+import anyio
+import orjson
+import structlog
+from anyio.abc import TaskStatus
+from apscheduler.schedulers.asyncio import AsyncIOScheduler
+from apscheduler.triggers.cron import CronTrigger
+from apscheduler.triggers.interval import IntervalTrigger
+
+from daemon.core.policy import all_at_hours, daily_boundary
+from daemon.errors import RequestError
+from daemon.pipeline import Pipeline
+from daemon.store.fsutil import atomic_write
+from daemon.store.store import now_ms
+
+log = structlog.get_logger("daemon.scheduler")
+
+EXPIRY = "expiry"
+
+
+def daily_job(hour: int) -> str:
+    return f"daily@{hour:02d}"
+
+
+class Scheduler:
+    """Owns the apscheduler instance and the task that runs its jobs."""
+
+    def __init__(self, pipeline: Pipeline, state_dir: Path) -> None:
+        self.pipeline = pipeline
+        self.path = state_dir / "scheduler.json"
+        self.last_runs: dict[str, int] = {}
+
+    def _load(self) -> None:
+        try:
+            doc = orjson.loads(self.path.read_bytes())
+        except (OSError, orjson.JSONDecodeError):
+            return
+        runs = doc.get("lastRuns") if isinstance(doc, dict) else None
+        if isinstance(runs, dict):
+            self.last_runs = {k: v for k, v in runs.items() if isinstance(v, int)}
+
+    def _save(self) -> None:
+        atomic_write(self.path, orjson.dumps({"lastRuns": self.last_runs}))
+
+    def missed(self, now: int) -> list[str]:
+        """Daily jobs whose latest boundary passed while the daemon was down."""
+        tz = self.pipeline.policies.tz
+        out = []
+        for hour in sorted(all_at_hours(self.pipeline.config.session)):
+            name = daily_job(hour)
+            last = self.last_runs.get(name)
+            if last is not None and last < daily_boundary(now, hour, tz) <= now:
+                out.append(name)
+        return out
+
+    async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        await anyio.to_thread.run_sync(self._load)
+        send, recv = anyio.create_memory_object_stream[str](64)
+        tz = self.pipeline.policies.tz
+
+        async def fire(name: str) -> None:
+            # Runs as apscheduler's own task: it only hands the job over, and never blocks.
+            with contextlib.suppress(anyio.WouldBlock, anyio.BrokenResourceError):
+                send.send_nowait(name)
+
+        sched = AsyncIOScheduler(timezone=tz)
+        for hour in sorted(all_at_hours(self.pipeline.config.session)):
+            sched.add_job(
+                fire,
+                CronTrigger(hour=hour, minute=0, timezone=tz),
+                args=[daily_job(hour)],
+                id=daily_job(hour),
+                coalesce=True,
+                misfire_grace_time=3600,
+            )
+        sched.add_job(
+            fire, IntervalTrigger(minutes=1, timezone=tz), args=[EXPIRY], id=EXPIRY, coalesce=True
+        )
+        sched.start()
+        try:
+            for name in [*self.missed(now_ms()), EXPIRY]:
+                send.send_nowait(name)
+            task_status.started()
+            async with recv:
+                async for name in recv:
+                    await self.run_job(name)
+        finally:
+            sched.shutdown(wait=False)
+            send.close()
+
+    async def run_job(self, name: str, at: int | None = None) -> dict[str, Any]:
+        """Archive every session that is stale at `at` (default now); log and persist the run."""
+        started = time.monotonic()
+        now = at if at is not None else now_ms()
+        store = self.pipeline.store
+        checked = 0
+        stale: list[tuple[str, str, str]] = []
+        for agent_id, reg in list(store.agents.items()):
+            for key, st in list(reg.sessions.items()):
+                checked += 1
+                verdict = self.pipeline.policies.staleness(st, now)
+                if verdict.stale and verdict.reason is not None:
+                    stale.append((agent_id, key, verdict.reason))
+        reasons: dict[str, int] = {}
+        failed = 0
+        for agent_id, key, reason in stale:
+            try:
+                res = await self.pipeline.reset_and_wait(
+                    agent_id, key, reason, only_if_stale=True, start_new=False, at=now
+                )
+            except RequestError as e:
+                failed += 1
+                log.warning("job.reset_failed", job=name, sessionKey=key, error=e.message)
+                continue
+            if not res.get("skipped"):
+                r = str(res.get("reason") or reason)
+                reasons[r] = reasons.get(r, 0) + 1
+        self.last_runs[name] = now
+        try:
+            await anyio.to_thread.run_sync(self._save)
+        except OSError as e:
+            log.error("job.state_not_saved", job=name, error=e.strerror or str(e))
+        info = {
+            "job": name,
+            "checked": checked,
+            "archived": sum(reasons.values()),
+            "reasons": reasons,
+            "failed": failed,
+            "seconds": round(time.monotonic() - started, 4),
+        }
+        # The minute job says nothing when it did nothing: the log stays readable.
+        if name != EXPIRY or info["archived"] or failed:
+            log.info("job.run", **info)
+        else:
+            log.debug("job.run", **info)
+        self.pipeline.events.publish("job.run", info)
+        return info
