@@ -124,7 +124,9 @@ class Api:
         )
         return {"sessionKey": key, "sessionId": sid, "entries": entries, "before": before}
 
-    def sessions_archived(self, p: ArchivedParams) -> dict[str, Any]:
+    async def sessions_archived(self, p: ArchivedParams) -> dict[str, Any]:
+        # Archiving follows a reset by milliseconds; answer with complete index records.
+        await self.pipeline.archives_settled()
         out = []
         for agent_id, items in self.store.archives.items():
             if p.agent_id is not None and agent_id != p.agent_id:

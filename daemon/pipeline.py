@@ -118,6 +118,9 @@ class Pipeline:
         self._room.set()
         self._closed = False
         self._epoch = 0  # advanced by a failed write: batches prepared before it are void
+        self._archiving = 0
+        self._archived = anyio.Event()
+        self._archived.set()
         self._inflight: dict[tuple[str, DedupKey], list[Reply]] = {}
         self._routes: dict[tuple[str | None, ...], tuple[Route, str | None]] = {}
         self._checkpointing = False
@@ -308,6 +311,9 @@ class Pipeline:
                         next_checkpoint = time.monotonic() + interval
                         await send.send(CheckpointMark(final=False))
                 await send.send(CheckpointMark(final=True))
+        if self.store.broken is None:
+            # Everything is in the transcripts and synced: a clean stop leaves nothing to replay.
+            await anyio.to_thread.run_sync(self.store.journal.start_fresh)
         log.info("store.flushed", **self.counts())
 
     async def _prepare(self, items: list[Work]) -> Batch | None:
@@ -423,6 +429,9 @@ class Pipeline:
         if batch.closing:
             for c in batch.closing:
                 store.release_fd(c.state)
+            if self._archiving == 0:
+                self._archived = anyio.Event()
+            self._archiving += 1
             self._archive_tg.start_soon(self._archive, batch.closing, batch.now)
         for item, answer in answers:
             if isinstance(item, IngestWork):
@@ -667,6 +676,19 @@ class Pipeline:
     async def _archive(self, closing: list[Closing], now: int) -> None:
         """Move closed sessions into archive/ (after their batch is durable; readers find them
         where they are until the move is done)."""
+        try:
+            await self._archive_all(closing, now)
+        finally:
+            self._archiving -= 1
+            if self._archiving == 0:
+                self._archived.set()
+
+    async def archives_settled(self, timeout: float = 10.0) -> None:
+        """Wait until sessions closed so far are in archive/ with their index lines."""
+        with anyio.move_on_after(timeout):
+            await self._archived.wait()
+
+    async def _archive_all(self, closing: list[Closing], now: int) -> None:
         for c in closing:
             try:
                 rec = await anyio.to_thread.run_sync(self.store.archive_closed, c, now)

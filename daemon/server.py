@@ -257,7 +257,6 @@ class Server:
             "status": lambda p: api.status(protocol.parse_empty(p)),
             "sessions.list": lambda p: api.sessions_list(protocol.parse_list(p)),
             "sessions.get": lambda p: api.sessions_get(protocol.parse_get(p)),
-            "sessions.archived": lambda p: api.sessions_archived(protocol.parse_archived(p)),
         }
         # Methods answered by a coroutine, registered by the component that owns them (app.py
         # wires `config.reload` to daemon/reload.py).
@@ -282,6 +281,10 @@ class Server:
         if m == "sessions.history":
             hp = protocol.parse_history(req.params)
             tg.start_soon(self._run_async, self.api.sessions_history(hp), reply)
+            return None
+        if m == "sessions.archived":
+            ap = protocol.parse_archived(req.params)
+            tg.start_soon(self._run_async, self.api.sessions_archived(ap), reply)
             return None
         if m == "sessions.reset":
             rp = protocol.parse_reset(req.params)
