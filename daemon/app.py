@@ -1,8 +1,9 @@
 """`sessiond run`: wires config, lock, store, pipeline and server into one task group.
 
 Start-up order: config -> logs -> state-folder lock -> store recovery (journal replay, torn tails)
--> committer -> socket. Shutdown on SIGTERM/SIGINT: stop accepting and reading, let the committer
-finish what is queued and checkpoint, answer everything in flight, exit 0.
+-> committer -> socket -> scheduler, spool -> READY=1 to systemd. Shutdown on SIGTERM/SIGINT:
+STOPPING=1, stop accepting and reading, let the committer finish what is queued and checkpoint,
+answer everything in flight, exit 0. SIGHUP reloads the config (daemon/reload.py).
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import os
 import signal
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,14 +19,17 @@ import anyio
 import structlog
 from anyio.abc import TaskStatus
 
-from daemon import __version__
+from daemon import __version__, logs
 from daemon.api import Api
 from daemon.config import Config, resolve_socket_path
 from daemon.lock import StateLock
 from daemon.pipeline import Pipeline
+from daemon.reload import Reloader
 from daemon.scheduler import Scheduler
 from daemon.server import Server
+from daemon.spool import Spool, spool_dir
 from daemon.store.store import Store
+from daemon.systemd import Notifier
 
 log = structlog.get_logger("daemon")
 
@@ -34,6 +39,7 @@ class RunOptions:
     config: Config
     config_path: Path | None
     state_dir: Path
+    overrides: frozenset[str] = frozenset()  # config keys the command line set (win on reload)
 
 
 def workspace_of(cfg: Config, state_dir: Path, agent_id: str) -> str:
@@ -60,16 +66,15 @@ async def run(opts: RunOptions) -> int:
     state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     lock = StateLock(state_dir)
     lock.acquire()
+    notifier = Notifier.from_environ()
     try:
+        notifier.status("opening the state folder (recovery after a crash may take a while)")
         store = Store(
             state_dir,
             dedup_max=cfg.daemon.dedupMaxPerAgent,
             dedup_window_ms=cfg.daemon.dedupWindowHours * 3_600_000,
         )
-        for a in cfg.agents.list:
-            from daemon.core.keys import normalize_agent_id
-
-            store.workspaces[normalize_agent_id(a.id)] = workspace_of(cfg, state_dir, a.id)
+        set_workspaces(store, cfg, state_dir)
         t0 = time.monotonic()
         counts = await anyio.to_thread.run_sync(store.open)
         log.info("store.opened", seconds=round(time.monotonic() - t0, 3), **counts)
@@ -92,20 +97,83 @@ async def run(opts: RunOptions) -> int:
             with jobs:
                 await scheduler.run(task_status=task_status)
 
+        reloader = Reloader(opts.config_path, cfg, overrides=opts.overrides, notifier=notifier)
+        server.async_methods["config.reload"] = reloader.rpc
+        spool = None
+        if cfg.daemon.spool.enabled:
+            folder = spool_dir(cfg.daemon.spool.dir, state_dir)
+            spool = Spool(folder, pipeline, max_bytes=cfg.daemon.maxLineBytes)
+        reloader.subscribe(pipeline.set_config)
+        reloader.subscribe(live_settings(cfg, server, store, spool, state_dir))
+        services = anyio.CancelScope()  # the watchdog ping and the config watch
+
+        async def run_services(
+            *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+        ) -> None:
+            with services:
+                async with anyio.create_task_group() as stg:
+                    stg.start_soon(notifier.watchdog)
+                    await stg.start(reloader.watch)
+                    task_status.started()
+
         async with anyio.create_task_group() as tg:
             await tg.start(pipeline.run)
             await tg.start(server.serve)
             await tg.start(run_jobs)
+            if spool is not None:
+                await tg.start(spool.run)
             log.info("daemon.started", socket=str(socket_path), pid=os.getpid())
-            with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+            stop_signals = (signal.SIGTERM, signal.SIGINT)
+            with anyio.open_signal_receiver(*stop_signals, signal.SIGHUP) as signals:
+                await tg.start(run_services)
+                notifier.ready(f"serving on {socket_path}")
                 async for signum in signals:
+                    if signum == signal.SIGHUP:
+                        await reloader.reload("SIGHUP")
+                        continue
                     log.info("daemon.stopping", signal=signal.Signals(signum).name)
                     break
+            notifier.stopping("stopping: answering what was accepted")
+            reloader.stop()
+            services.cancel()
+            if spool is not None:
+                spool.stop()
             jobs.cancel()
             server.stop()
             pipeline.close()
         store.close()
         log.info("daemon.stopped", **pipeline.counts())
     finally:
+        notifier.close()
         lock.release()
     return 0
+
+
+def set_workspaces(store: Store, cfg: Config, state_dir: Path) -> None:
+    from daemon.core.keys import normalize_agent_id
+
+    for a in cfg.agents.list:
+        store.workspaces[normalize_agent_id(a.id)] = workspace_of(cfg, state_dir, a.id)
+
+
+def live_settings(
+    running: Config, server: Server, store: Store, spool: Spool | None, state_dir: Path
+) -> Callable[[Config], None]:
+    """What a reload changes outside the pipeline: limits (for connections and spool files from
+    now on), logging, agents' workspaces."""
+    last = running
+
+    def apply(new: Config) -> None:
+        nonlocal last
+        d = new.daemon
+        server.max_line = d.maxLineBytes
+        server.max_connections = d.maxConnections
+        server.idle_timeout = d.idleTimeoutSeconds
+        if spool is not None:
+            spool.max_bytes = d.maxLineBytes
+        if (d.logLevel, d.logFormat) != (last.daemon.logLevel, last.daemon.logFormat):
+            logs.configure(d.logLevel, d.logFormat)
+        set_workspaces(store, new, state_dir)
+        last = new
+
+    return apply

@@ -223,7 +223,15 @@ def cmd_run(args: argparse.Namespace) -> int:
         cfg = cfg.model_copy(
             update={"daemon": cfg.daemon.model_copy(update={"socket": args.socket})}
         )
-    opts = app.RunOptions(config=cfg, config_path=path, state_dir=state_dir)
+    # Keys the command line set win over the file, also when it is reloaded.
+    given = {
+        "stateDir": args.state_dir,
+        "socket": args.socket,
+        "logLevel": args.log_level,
+        "logFormat": args.log_format,
+    }
+    overrides = frozenset(f"daemon.{k}" for k, v in given.items() if v)
+    opts = app.RunOptions(config=cfg, config_path=path, state_dir=state_dir, overrides=overrides)
     try:
         return anyio.run(app.run, opts)
     except StateLocked as e:

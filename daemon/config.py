@@ -84,6 +84,13 @@ class _Model(BaseModel):
 # daemon
 
 
+class SpoolConfig(_Model):
+    """The spool folder (daemon/spool.py): message.ingest for adapters that write files."""
+
+    enabled: Flag = False
+    dir: str | None = None  # default <stateDir>/spool; a relative path is under the state folder
+
+
 class DaemonConfig(_Model):
     stateDir: str | None = None
     socket: str | None = None
@@ -97,6 +104,7 @@ class DaemonConfig(_Model):
     dedupMaxPerAgent: PositiveInt = 10_000
     logLevel: Literal["debug", "info", "warning", "error"] = "info"
     logFormat: Literal["auto", "json", "console"] = "auto"
+    spool: SpoolConfig = SpoolConfig()
 
     @field_validator("timezone")
     @classmethod

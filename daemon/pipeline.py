@@ -50,6 +50,7 @@ Reply = Callable[[dict[str, Any] | RequestError], None]
 QUEUE_SIZE = 16_384  # requests waiting for the committer; beyond it adapters are pushed back
 MAX_BATCH = 8_192
 ROUTE_CACHE_SIZE = 65_536
+ARCHIVE_WAIT_SECONDS = 10.0
 
 
 @dataclass(slots=True)
@@ -683,9 +684,9 @@ class Pipeline:
             if self._archiving == 0:
                 self._archived.set()
 
-    async def archives_settled(self, timeout: float = 10.0) -> None:
-        """Wait until sessions closed so far are in archive/ with their index lines."""
-        with anyio.move_on_after(timeout):
+    async def archives_settled(self) -> None:
+        """Wait (a bounded while) until closed sessions are in archive/ with their index lines."""
+        with anyio.move_on_after(ARCHIVE_WAIT_SECONDS):
             await self._archived.wait()
 
     async def _archive_all(self, closing: list[Closing], now: int) -> None:
