@@ -500,7 +500,10 @@ class Pipeline:
         entry_id = next_entry_id(st.last_entry_id)
         message: dict[str, Any] = {
             "role": "user",
-            "content": p.content,
+            # SPEC 2: content as blocks (OpenClaw readers accept blocks and plain strings).
+            "content": [{"type": "text", "text": p.content}]
+            if isinstance(p.content, str)
+            else p.content,
             "timestamp": p.timestamp_ms if p.timestamp_ms is not None else now,
         }
         origin = origin_of(route, p)

@@ -36,6 +36,8 @@ log = structlog.get_logger("daemon.server")
 
 MAX_PENDING = 4096
 READ_CHUNK = 256 * 1024
+LINGER_SECONDS = 2.0
+SHUTDOWN_GRACE_SECONDS = 1.0
 
 
 class Connection:
@@ -54,6 +56,9 @@ class Connection:
         self.room.set()
         self.read_scope = anyio.CancelScope()
         self.closed = False
+        self.too_large = False
+        self.draining = False
+        self.writer_done = anyio.Event()
 
     def deliver(self, data: bytes) -> None:
         self.out.append(data)
@@ -100,28 +105,28 @@ class Connection:
             self.idle.set()
 
     async def writer(self) -> None:
+        """The only task that sends on this connection (two senders would interleave bytes)."""
         try:
             while True:
                 await self.wake.wait()
                 self.wake = anyio.Event()
-                if not self.out:
-                    continue
-                data = b"".join(self.out)
-                self.out.clear()
-                await self.stream.send(data)
+                while self.out:
+                    data = b"".join(self.out)
+                    self.out.clear()
+                    await self.stream.send(data)
+                if self.draining:
+                    return
         except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
             self.closed = True
+        finally:
+            self.writer_done.set()
 
     async def flush(self) -> None:
         """Wait until every accepted request is answered and the answers are sent."""
         await self.idle.wait()
-        if self.out and not self.closed:
-            data = b"".join(self.out)
-            self.out.clear()
-            try:
-                await self.stream.send(data)
-            except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
-                self.closed = True
+        self.draining = True
+        self.wake.set()
+        await self.writer_done.wait()
 
     async def reader(self, tg: TaskGroup) -> None:
         max_line = self.server.max_line
@@ -163,7 +168,21 @@ class Connection:
                     self._too_large(len(buf))
                     return
 
+    async def linger(self) -> None:
+        """After a too-large line: say we are done writing, then read and discard (never buffer)
+        what the client is still sending, for a moment, so it can read our answer; closing
+        with unread data would make the kernel reset the connection and lose the answer."""
+        with contextlib.suppress(anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
+            await self.stream.send_eof()
+        with anyio.move_on_after(LINGER_SECONDS):
+            with contextlib.suppress(
+                anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError, OSError
+            ):
+                while await self.stream.receive(READ_CHUNK):
+                    pass
+
     def _too_large(self, seen: int) -> None:
+        self.too_large = True
         limit = self.server.max_line
         log.warning("request.rejected", reason="too_large", connection=self.number, bytes=seen)
         err = TooLarge(
@@ -357,13 +376,18 @@ class Server:
                     await conn.reader(tg)
                     await conn.flush()
                     tg.cancel_scope.cancel()
+                if conn.too_large:
+                    await conn.linger()
             finally:
                 self.pipeline.events.unsubscribe(conn.number)
                 self.connections.discard(conn)
                 self.api.connections = len(self.connections)
 
     def stop(self) -> None:
-        """Stop accepting and stop reading new requests; in-flight ones are still answered."""
+        """Stop accepting; keep reading for a short grace so that requests still arriving are
+        answered (1004, nothing stored: the pipeline is closed) instead of vanishing with the
+        connection; every request accepted before is answered with its real outcome."""
         self.accept_scope.cancel()
+        deadline = anyio.current_time() + SHUTDOWN_GRACE_SECONDS
         for conn in list(self.connections):
-            conn.read_scope.cancel()
+            conn.read_scope.deadline = min(conn.read_scope.deadline, deadline)

@@ -31,12 +31,14 @@ def test_a_reset_trigger_keeps_the_message_in_the_new_session(launch: Launch) ->
     assert reset["reset"]["previousSessionId"] == first["sessionId"]
     assert "New session" in reset["command"]["reply"]
     hist = c.call("sessions.history", {"sessionKey": first["sessionKey"]})
-    texts = [e["message"]["content"] for e in hist["entries"] if e.get("type") == "message"]
+    texts = [
+        e["message"]["content"][0]["text"] for e in hist["entries"] if e.get("type") == "message"
+    ]
     assert texts == ["/new what did I say?"]
     prev = c.call("sessions.history", {"sessionKey": first["sessionKey"], "previous": 1})
     assert prev["sessionId"] == first["sessionId"]
     assert "remember the number 4711" in [
-        e["message"]["content"] for e in prev["entries"] if e.get("type") == "message"
+        e["message"]["content"][0]["text"] for e in prev["entries"] if e.get("type") == "message"
     ]
     archived = c.call("sessions.archived", {"sessionKey": first["sessionKey"]})["sessions"]
     assert [a["sessionId"] for a in archived] == [first["sessionId"]]
@@ -71,7 +73,9 @@ def test_an_idle_reset_keeps_the_triggering_message(launch: Launch) -> None:
     second = d.client().call("message.ingest", ingest_params("8", "after the pause"))
     assert second["sessionId"] != first["sessionId"]
     hist = d.client().call("sessions.history", {"sessionKey": second["sessionKey"]})
-    texts = [e["message"]["content"] for e in hist["entries"] if e.get("type") == "message"]
+    texts = [
+        e["message"]["content"][0]["text"] for e in hist["entries"] if e.get("type") == "message"
+    ]
     assert texts == ["after the pause"]
     archived = d.client().call("sessions.archived", {})["sessions"]
     assert archived[0]["sessionId"] == first["sessionId"] and archived[0]["reason"] == "idle"
@@ -149,6 +153,6 @@ def test_an_openclaw_folder_works_in_place_and_its_archives_are_adopted(
     )
     assert after[: len(before)] == before
     assert after[-1]["parentId"] == before[-1]["id"]
-    assert after[-1]["message"]["content"] == "back again"
+    assert after[-1]["message"]["content"] == [{"type": "text", "text": "back again"}]
     reg = orjson.loads((state / "agents/main/sessions/sessions.json").read_bytes())
     assert "skillsSnapshot" in reg[key], "fields sessiond does not know are kept"
