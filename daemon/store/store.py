@@ -326,9 +326,14 @@ class Store:
         reg = self.agents.get(agent_id)
         if reg is None:
             folder = self.state_dir / "agents" / agent_id / "sessions"
-            if ensure_dir(folder):
-                self.new_dirs.add(f"agents/{agent_id}")
-                self.new_dirs.add(f"agents/{agent_id}/sessions")
+            if not folder.is_dir():
+                # No fsync here (this runs on the event loop): the journal can recreate the
+                # folder, and the next checkpoint makes it durable.
+                for d in (folder.parent, folder):
+                    d.mkdir(mode=0o700, exist_ok=True)
+                self.new_dirs.update(
+                    ("agents", f"agents/{agent_id}", f"agents/{agent_id}/sessions")
+                )
             reg = AgentRegistry(agent_id, folder)
             self.agents[agent_id] = reg
         return reg
