@@ -111,6 +111,28 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--before", type=int, help="cursor from a previous page")
     q.add_argument("--previous", type=int, help="1 = the session before the current one")
     q.add_argument("--no-tools", action="store_true", help="leave out tool calls and results")
+    q = ssub.add_parser(
+        "archived",
+        help="list archived sessions (resets, expiries, adopted OpenClaw archives)",
+        description="Archived sessions, newest first, with why they ended and their lineage. "
+        "Read one with `sessions history --id SESSION_ID`.",
+    )
+    _common(q, json_flag=True)
+    q.add_argument("--agent", dest="agent_id", help="only this agent's archives")
+    q.add_argument("--key", dest="session_key", help="only this session key's archives")
+    q.add_argument("--after", help="archived at or after (epoch ms or ISO-8601)")
+    q.add_argument("--before", help="archived before (epoch ms or ISO-8601)")
+    q.add_argument("--limit", type=int, default=100)
+
+    p = sub.add_parser(
+        "reset",
+        help="end a session now and start a new one",
+        description="Archive the session's transcript (never deleted) and begin a new session "
+        "for the key, as the /reset chat command would.",
+    )
+    _common(p, json_flag=True)
+    p.add_argument("key", help="session key, e.g. agent:main:main")
+    p.add_argument("--reason", default="reset", choices=["reset", "new", "daily", "idle"])
 
     p = sub.add_parser("status", help="show the daemon's status")
     _common(p, json_flag=True)
@@ -133,6 +155,26 @@ def build_parser() -> argparse.ArgumentParser:
         "when valid, 1 with one line per problem (file, line:column or key path) when not.",
     )
     _common(q, json_flag=True)
+
+    p = sub.add_parser(
+        "import-openclaw",
+        help="import an OpenClaw state folder (JSONL or SQLite era)",
+        description="Copy the sessions, archives and memory files of an OpenClaw state folder "
+        "(e.g. ~/.openclaw) into the state folder, verified by sha256 or entry count. The "
+        "source is only read. Re-running skips what is already there. Refuses while a daemon "
+        "holds the state folder. Exit 0 when everything was imported, 1 when anything could "
+        "not be (the rest is imported and the report says why), 2 for bad usage.",
+    )
+    _common(p, json_flag=True)
+    p.add_argument("src", metavar="SRC", help="the OpenClaw state folder to import from")
+    p.add_argument(
+        "--agent",
+        metavar="ID",
+        help="import only this source agent (its id and session keys are kept as they are)",
+    )
+    p.add_argument(
+        "--dry-run", action="store_true", help="read and verify everything, write nothing"
+    )
     return parser
 
 
@@ -189,6 +231,16 @@ def dispatch(args: argparse.Namespace) -> int:
         return cmd_send(args)
     if cmd == "sessions":
         return cmd_sessions(args)
+    if cmd == "reset":
+        res = _call(args, "sessions.reset", {"sessionKey": args.key, "reason": args.reason})
+        if args.json:
+            _print_json(res)
+        else:
+            print(
+                f"archived {res['previousSessionId']}; {res['sessionKey']} is now "
+                f"{res['sessionId']}"
+            )
+        return EXIT_OK
     if cmd == "status":
         st = _call(args, "status", {})
         if args.json:
@@ -208,6 +260,8 @@ def dispatch(args: argparse.Namespace) -> int:
         return EXIT_OK
     if cmd == "config":
         return cmd_config_check(args)
+    if cmd == "import-openclaw":
+        return cmd_import_openclaw(args)
     raise UsageError(f"unknown command {cmd}")
 
 
@@ -293,6 +347,25 @@ def cmd_sessions(args: argparse.Namespace) -> int:
             for s in res["sessions"]:
                 print(f"{_when(s.get('updatedAt'))}  {s['sessionId']}  {s['sessionKey']}")
         return EXIT_OK
+    if sc == "archived":
+        params = {"limit": args.limit}
+        for name, key in (("agent_id", "agentId"), ("session_key", "sessionKey")):
+            if getattr(args, name):
+                params[key] = getattr(args, name)
+        for name in ("after", "before"):
+            v = getattr(args, name)
+            if v is not None:
+                params[name] = int(v) if v.isdigit() else v
+        res = _call(args, "sessions.archived", params)
+        if args.json:
+            _print_json(res)
+        else:
+            for a in res["sessions"]:
+                print(
+                    f"{_when(a.get('archivedAt'))}  {a['sessionId']}  {a.get('reason', '?'):8} "
+                    f"{a.get('messages', '?'):>5} msgs  {a.get('sessionKey') or '?'}"
+                )
+        return EXIT_OK
     if sc == "show":
         res = _call(args, "sessions.get", _ref(args))
         _print_json(res) if args.json else _print_entry(res)
@@ -369,3 +442,26 @@ def cmd_config_check(args: argparse.Namespace) -> int:
     else:
         print(f"ok: {where}")
     return EXIT_OK
+
+
+def cmd_import_openclaw(args: argparse.Namespace) -> int:
+    from daemon.app import workspace_of
+    from daemon.importers import SourceError, import_openclaw
+
+    cfg, _ = _config(args)
+    state_dir = resolve_state_dir(args.state_dir, cfg)
+    try:
+        report = import_openclaw(
+            Path(args.src).expanduser(),
+            state_dir,
+            lambda agent: Path(workspace_of(cfg, state_dir, agent)),
+            agent=args.agent,
+            dry_run=args.dry_run,
+        )
+    except SourceError as e:
+        raise UsageError(str(e)) from None
+    if args.json:
+        _print_json(report.to_json())
+    else:
+        print(report.render())
+    return EXIT_OK if report.ok else EXIT_FAIL
