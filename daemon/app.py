@@ -67,6 +67,8 @@ async def run(opts: RunOptions) -> int:
     lock = StateLock(state_dir)
     lock.acquire()
     notifier = Notifier.from_environ()
+    # Made now, so that a change to the file during a long recovery is noticed afterwards.
+    reloader = Reloader(opts.config_path, cfg, overrides=opts.overrides, notifier=notifier)
     try:
         notifier.status("opening the state folder (recovery after a crash may take a while)")
         store = Store(
@@ -97,7 +99,6 @@ async def run(opts: RunOptions) -> int:
             with jobs:
                 await scheduler.run(task_status=task_status)
 
-        reloader = Reloader(opts.config_path, cfg, overrides=opts.overrides, notifier=notifier)
         server.async_methods["config.reload"] = reloader.rpc
         spool = None
         if cfg.daemon.spool.enabled:
@@ -116,15 +117,16 @@ async def run(opts: RunOptions) -> int:
                     await stg.start(reloader.watch)
                     task_status.started()
 
+        stop_signals = (signal.SIGTERM, signal.SIGINT)
         async with anyio.create_task_group() as tg:
-            await tg.start(pipeline.run)
-            await tg.start(server.serve)
-            await tg.start(run_jobs)
-            if spool is not None:
-                await tg.start(spool.run)
-            log.info("daemon.started", socket=str(socket_path), pid=os.getpid())
-            stop_signals = (signal.SIGTERM, signal.SIGINT)
+            # Caught from before the socket exists: a stop the moment it accepts is a clean one.
             with anyio.open_signal_receiver(*stop_signals, signal.SIGHUP) as signals:
+                await tg.start(pipeline.run)
+                await tg.start(server.serve)
+                await tg.start(run_jobs)
+                if spool is not None:
+                    await tg.start(spool.run)
+                log.info("daemon.started", socket=str(socket_path), pid=os.getpid())
                 await tg.start(run_services)
                 notifier.ready(f"serving on {socket_path}")
                 async for signum in signals:
