@@ -8,6 +8,7 @@ only caller of `prepare`, `write_batch`, `apply` and `switch_journal`.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 import uuid
@@ -513,37 +514,47 @@ class Store:
         return start
 
     def write_batch(self, batch: Batch) -> None:
-        """Write a batch to its transcripts and the journal, then sync the journal (worker thread).
+        """Journal a batch and sync it, then write its lines to their transcripts (worker thread).
 
-        On any OSError the bytes written for this batch are cut off again, so no garbage is left
-        behind, and the error is raised: nothing in the batch may be acknowledged. A failed sync
-        also marks the store broken (it is never retried: the kernel may have dropped the pages).
+        The journal comes first: a line may only reach a transcript once the journal holds it,
+        so that whatever a crash leaves in a transcript is also known to replay (and its message
+        id to the idempotency index): a retry can then never store a message twice.
+
+        Errors (OSError is raised; nothing in the batch may be acknowledged):
+        - writing the journal fails (ENOSPC, EIO): the frame is cut off again, no garbage stays;
+        - the journal's sync fails: the store is marked broken and takes no more writes (a failed
+          fsync is never retried: the kernel may have dropped the pages);
+        - a transcript write fails after the sync: the batch is durable in the journal, which a
+          restart replays; the transcripts are cut back and the store is marked broken.
         """
-        written: list[tuple[int, int]] = []
         journal_size = self.journal.size
+        try:
+            self.journal.append(frame(batch.journal))
+        except OSError:
+            self._undo_journal(journal_size)
+            raise
+        try:
+            self.journal.sync()
+        except OSError as e:
+            self.broken = f"journal sync failed: {e.strerror or e}"
+            self._undo_journal(journal_size)
+            raise
+        written: list[tuple[int, int]] = []
         try:
             for st, before, lines in batch.touched.values():
                 fd = self._fd(st)
                 written.append((fd, before))
                 lines.append(b"")
                 write_all(fd, b"\n".join(lines))
-            self.journal.append(frame(batch.journal))
-        except OSError:
-            self._undo(written, journal_size)
-            raise
-        try:
-            self.journal.sync()
         except OSError as e:
-            self.broken = f"journal sync failed: {e.strerror or e}"
-            self._undo(written, journal_size)
+            self.broken = f"transcript write failed: {e.strerror or e}; a restart replays it"
+            for fd, size in written:
+                with contextlib.suppress(OSError):
+                    os.ftruncate(fd, size)
             raise
 
-    def _undo(self, written: list[tuple[int, int]], journal_size: int) -> None:
-        for fd, size in written:
-            try:
-                os.ftruncate(fd, size)
-            except OSError as e:
-                log.error("transcript.undo_failed", error=str(e))
+    def _undo_journal(self, journal_size: int) -> None:
+        """Cut an unacknowledged frame off the journal again (no garbage left behind)."""
         try:
             self.journal.truncate_to(journal_size)
         except OSError as e:
