@@ -28,7 +28,7 @@ import hashlib
 import os
 import stat
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -71,7 +71,7 @@ class Item:
     result: dict[str, Any] | None = None
     error: dict[str, Any] | None = None
     retry: str | None = None  # why it stays in cur/
-    final: str | None = field(default=None)  # its name in done/ or rejected/
+    final: str | None = None  # its name in done/ or rejected/
 
 
 def spool_dir(configured: str | None, state_dir: Path) -> Path:
