@@ -38,23 +38,48 @@ class ConnectError(Exception):
 class Client:
     """One connection to the daemon; not thread-safe. Use as a context manager."""
 
-    def __init__(self, socket_path: str | Path, timeout: float | None = 60.0) -> None:
+    def __init__(
+        self, socket_path: str | Path, timeout: float | None = 60.0, token: str | None = None
+    ) -> None:
+        """`socket_path` is a Unix socket path or `tcp://HOST:PORT` (a loopback listener of
+        `daemon.listeners`); with `token`, the connection authenticates first (auth.hello)."""
         self.path = str(socket_path)
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        tcp = self.path.startswith("tcp://")
+        family = socket.AF_INET6 if tcp and self.path[6:].startswith("[") else socket.AF_INET
+        self.sock = socket.socket(family if tcp else socket.AF_UNIX, socket.SOCK_STREAM)
         self.sock.settimeout(timeout)
         try:
-            self.sock.connect(self.path)
+            if tcp:
+                host, _, port = self.path[6:].rpartition(":")
+                if not port.isdigit():
+                    raise OSError(0, "expected tcp://HOST:PORT")
+                self.sock.connect((host.strip("[]"), int(port)))
+            else:
+                self.sock.connect(self.path)
         except FileNotFoundError:
             self.sock.close()
             raise ConnectError(
                 f"cannot connect to sessiond at {self.path}: no such socket "
                 "(is the daemon running? start it with `sessiond run`)"
             ) from None
+        except ConnectionRefusedError:
+            self.sock.close()
+            raise ConnectError(
+                f"cannot connect to sessiond at {self.path}: nobody is listening "
+                "(the daemon is not running; it may have stopped uncleanly; start it with "
+                "`sessiond run`)"
+            ) from None
         except OSError as e:
             self.sock.close()
             raise ConnectError(f"cannot connect to sessiond at {self.path}: {e.strerror}") from None
         self._ids = itertools.count(1)
         self._buf = b""
+        if token is not None:
+            try:
+                self.call("auth.hello", {"token": token})
+            except BaseException:
+                self.sock.close()
+                raise
 
     def __enter__(self) -> Client:
         return self
