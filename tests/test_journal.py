@@ -42,7 +42,8 @@ def test_a_torn_or_damaged_frame_and_everything_after_it_are_ignored(cut: int, j
     damaged[pos : pos + len(junk)] = junk
     got = list(decode_file(bytes(damaged)))
     assert len(got) in (4, 7)
-    if bytes(damaged) != data:
+    if bytes(damaged[: len(data)]) != data:
+        # Bytes of the second frame changed (not merely junk appended after it).
         assert len(got) == 4
 
 

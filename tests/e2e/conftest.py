@@ -53,3 +53,23 @@ def launch(tmp_path: Path) -> Iterator[Launch]:
 def daemon(launch: Launch) -> Daemon:
     """A running daemon with built-in defaults on an empty state folder."""
     return launch()
+
+
+@pytest.fixture(scope="module")
+def shared_daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
+    """One daemon (built-in defaults) for a module's tests that only need it to answer."""
+    d = Daemon(short_workdir(tmp_path_factory.mktemp("shared")))
+    try:
+        d.start()
+        yield d
+    finally:
+        d.cleanup()
+
+
+@pytest.fixture
+def served(shared_daemon: Daemon) -> Iterator[Daemon]:
+    """The module's shared daemon; after each test its connections are closed, and it must
+    still be running: no input may crash it."""
+    yield shared_daemon
+    shared_daemon.close_clients()
+    assert shared_daemon.running, f"the daemon died:\n{shared_daemon.output()}"

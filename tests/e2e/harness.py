@@ -149,7 +149,7 @@ class PipelinedSender(threading.Thread):
             self._run(conn)
         except (EOFError, BrokenPipeError, ConnectionResetError):
             pass  # the daemon went away: what is pending stays unanswered
-        except BaseException as e:  # reported by the test
+        except Exception as e:  # reported by the test
             self.failure = e
         finally:
             conn.close()
@@ -198,6 +198,7 @@ class Daemon:
             text = config if isinstance(config, str) else json.dumps(config or {}, indent=2)
             self.config_path.write_text(text)
         self.wrapper = wrapper or []
+        self.env: dict[str, str] = {}  # added to daemon_env() (e.g. SESSIOND_FAILPOINTS)
         self.proc: subprocess.Popen[bytes] | None = None
         self.pid: int | None = None  # the daemon's own pid (differs from proc.pid under strace)
         self.runs = 0
@@ -229,7 +230,7 @@ class Daemon:
             return subprocess.Popen(
                 self.command(),
                 cwd=self.workdir,
-                env=daemon_env(),
+                env={**daemon_env(), **self.env},
                 stdin=subprocess.DEVNULL,
                 stdout=out,
                 stderr=err,
@@ -375,6 +376,9 @@ def daemon_env() -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("SESSIOND_", "NOTIFY_"))}
     env.pop("STATE_DIRECTORY", None)
     env["PYTHONUNBUFFERED"] = "1"
+    # The never-delete guard (daemon/guard.py): the daemon refuses, and reports, any removal of
+    # user data; tests/conftest.py names the file that collects the reports.
+    env["SESSIOND_DELETE_GUARD"] = os.environ.get("SESSIOND_DELETE_GUARD", "1")
     return env
 
 
