@@ -28,7 +28,7 @@ import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from daemon.client import Client  # noqa: E402
+from daemon.client import Client
 
 
 def make_state(state: Path, sessions: int, total_bytes: int, history_bytes: int) -> str:
