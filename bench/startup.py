@@ -178,7 +178,8 @@ def main() -> None:
         )
         # The daily reset job over every session: all are stale under a daily policy.
         cfg.write_text(
-            '{daemon: {logLevel: "info", timezone: "UTC"}, session: {reset: {mode: "daily", atHour: 4, deferWhileActiveMinutes: 0}}}'
+            '{daemon: {logLevel: "info", timezone: "UTC"}, '
+            'session: {reset: {mode: "daily", atHour: 4, deferWhileActiveMinutes: 0}}}'
         )
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE)
         assert proc.stdout is not None
