@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import orjson
 
 from daemon import __version__
 from daemon.core.keys import agent_of_key
@@ -22,8 +23,10 @@ from daemon.core.protocol import (
     ResetParams,
     SessionRef,
 )
+from daemon.core.roles import ReadCaps, cap_entry
 from daemon.errors import NotFound
 from daemon.pipeline import Pipeline
+from daemon.store.archive import locate_transcript
 from daemon.store.registry import SessionState
 from daemon.store.store import Archived, Store, now_ms
 from daemon.store.transcript import read_entries_backwards
@@ -117,14 +120,23 @@ class Api:
         st = self.find(ref)
         return {"sessionKey": st.session_key, "agentId": st.agent_id, **st.entry}
 
-    async def sessions_history(self, p: HistoryParams) -> dict[str, Any]:
+    async def sessions_history(
+        self, p: HistoryParams, caps: ReadCaps | None = None
+    ) -> dict[str, Any]:
+        """`caps` (agents' reads, daemon/auth.py) bound the answer's size; `truncated: true`
+        then says that something was cut or left for the next page."""
         key, sid, rel = self.find_transcript(p.ref, p.previous)
-        entries, before = await anyio.to_thread.run_sync(
-            read_history, self.store.state_dir, rel, sid, p.before, p.limit, p.include_tools
+        entries, before, truncated = await anyio.to_thread.run_sync(
+            read_history, self.store.state_dir, rel, sid, p.before, p.limit, p.include_tools, caps
         )
-        return {"sessionKey": key, "sessionId": sid, "entries": entries, "before": before}
+        out = {"sessionKey": key, "sessionId": sid, "entries": entries, "before": before}
+        if truncated:
+            out["truncated"] = True
+        return out
 
-    async def sessions_archived(self, p: ArchivedParams) -> dict[str, Any]:
+    async def sessions_archived(
+        self, p: ArchivedParams, caps: ReadCaps | None = None
+    ) -> dict[str, Any]:
         # Archiving follows a reset by milliseconds; answer with complete index records.
         await self.pipeline.archives_settled()
         out = []
@@ -140,7 +152,14 @@ class Api:
                     continue
                 out.append(archived_summary(a))
         out.sort(key=lambda r: (-int(r["archivedAt"]), r["sessionId"]))
-        return {"sessions": out[: p.limit]}
+        out = out[: p.limit]
+        if caps is not None:
+            used = 0
+            for n, rec in enumerate(out):
+                used += len(orjson.dumps(rec)) + 1
+                if used > caps.max_bytes and n:
+                    return {"sessions": out[:n], "truncated": True}
+        return {"sessions": out}
 
     async def sessions_reset(self, p: ResetParams) -> dict[str, Any]:
         agent = agent_of_key(p.session_key)
@@ -172,6 +191,7 @@ class Api:
             "checkpoints": c.checkpoints,
             "lastCheckpointAt": c.last_checkpoint_ms or None,
             "journalBytes": store.journal.size,
+            "backup": m.status() if (m := self.pipeline.mirror) else {"state": "disabled"},
         }
 
 
@@ -198,32 +218,48 @@ def summary(st: SessionState) -> dict[str, Any]:
 
 
 def read_history(
-    state_dir: Path, rel: str, session_id: str, before: int | None, limit: int, include_tools: bool
-) -> tuple[list[dict[str, Any]], int | None]:
+    state_dir: Path,
+    rel: str,
+    session_id: str,
+    before: int | None,
+    limit: int,
+    include_tools: bool,
+    caps: ReadCaps | None = None,
+) -> tuple[list[dict[str, Any]], int | None, bool]:
     """Newest-first entries ending before `before`; the cursor is the oldest one's offset.
 
     A session being archived may move while it is read: then it is read from archive/.
+    With `caps`, long texts are cut and the page ends early once the byte budget is spent (at
+    least one entry is always returned, so paging makes progress); the flag says so.
     """
-    path = state_dir / rel
-    if not path.exists():
-        moved = path.parent / "archive" / path.name
-        if moved.exists():
-            path = moved
+    # Moved into archive/ by a reset, or compressed to .gz by the retention sweep meanwhile.
+    path = locate_transcript(state_dir / rel)
     out: list[dict[str, Any]] = []
     cursor = before
+    used = 0
+    truncated = False
     while len(out) < limit:
         try:
             page, at_start = read_entries_backwards(path, cursor, limit - len(out))
         except FileNotFoundError:
-            return out, None
+            if locate_transcript(path) == path:
+                return out, None, truncated
+            path = locate_transcript(path)  # compressed while it was read: same offsets
+            continue
         for off, entry in page:
-            cursor = off
             kept = entry if include_tools else without_tools(entry)
+            if kept is not None and caps is not None:
+                kept, cut = cap_entry(kept, caps)
+                used += len(orjson.dumps(kept)) + 1
+                if used > caps.max_bytes and out:
+                    return out, cursor, True
+                truncated = truncated or cut
+            cursor = off
             if kept is not None:
                 out.append(kept)
         if at_start:
-            return out, None
-    return out, cursor
+            return out, None, truncated
+    return out, cursor, truncated
 
 
 def without_tools(entry: dict[str, Any]) -> dict[str, Any] | None:

@@ -21,11 +21,16 @@ from anyio.abc import TaskStatus
 
 from daemon import __version__, logs
 from daemon.api import Api
+from daemon.auth import bind_listeners, listeners_of
+from daemon.backup import Mirror
+from daemon.compaction import Compactor
 from daemon.config import Config, resolve_socket_path
 from daemon.lock import StateLock
 from daemon.pipeline import Pipeline
 from daemon.reload import Reloader
+from daemon.retention import Retention
 from daemon.scheduler import Scheduler
+from daemon.search import SearchService
 from daemon.server import Server
 from daemon.spool import Spool, spool_dir
 from daemon.store.store import Store
@@ -91,8 +96,11 @@ async def run(opts: RunOptions) -> int:
             max_line=cfg.daemon.maxLineBytes,
             max_connections=cfg.daemon.maxConnections,
             idle_timeout=cfg.daemon.idleTimeoutSeconds,
+            frame_timeout=cfg.daemon.frameTimeoutSeconds,
         )
         scheduler = Scheduler(pipeline, state_dir)
+        pipeline.mirror = mirror = Mirror(store, cfg, state_dir)  # stage 5: the backup mirror
+        scheduler.retention = Retention(pipeline, mirror)
         jobs = anyio.CancelScope()
 
         async def run_jobs(*, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
@@ -100,11 +108,25 @@ async def run(opts: RunOptions) -> int:
                 await scheduler.run(task_status=task_status)
 
         server.async_methods["config.reload"] = reloader.rpc
+        server.auth.set_config(cfg)  # tokens (raises ConfigError for an unreadable tokenFile)
+        search = SearchService(
+            state_dir,
+            pipeline.counters,
+            lambda agent: Path(workspace_of(pipeline.config, state_dir, agent)),
+            lambda: agent_ids(pipeline.config),
+        )
+        server.async_methods["memory.search"] = search.rpc
+        compactor = Compactor(
+            pipeline, lambda agent: workspace_of(pipeline.config, state_dir, agent)
+        )
+        server.async_methods["sessions.compact"] = compactor.rpc_compact
+        server.async_methods["sessions.context"] = compactor.rpc_context
         spool = None
         if cfg.daemon.spool.enabled:
             folder = spool_dir(cfg.daemon.spool.dir, state_dir)
             spool = Spool(folder, pipeline, max_bytes=cfg.daemon.maxLineBytes)
         reloader.subscribe(pipeline.set_config)
+        reloader.subscribe(server.auth.reload)
         reloader.subscribe(live_settings(cfg, server, store, spool, state_dir))
         services = anyio.CancelScope()  # the watchdog ping and the config watch
 
@@ -117,13 +139,17 @@ async def run(opts: RunOptions) -> int:
                     await stg.start(reloader.watch)
                     task_status.started()
 
+        server.listeners = await bind_listeners(listeners_of(cfg))  # ListenFailed: exit 1
         stop_signals = (signal.SIGTERM, signal.SIGINT)
         async with anyio.create_task_group() as tg:
             # Caught from before the socket exists: a stop the moment it accepts is a clean one.
             with anyio.open_signal_receiver(*stop_signals, signal.SIGHUP) as signals:
+                await tg.start(mirror.run)  # before the committer: it reads durable sizes
                 await tg.start(pipeline.run)
                 await tg.start(server.serve)
                 await tg.start(run_jobs)
+                await tg.start(search.run)
+                await tg.start(compactor.run)
                 if spool is not None:
                     await tg.start(spool.run)
                 log.info("daemon.started", socket=str(socket_path), pid=os.getpid())
@@ -141,14 +167,22 @@ async def run(opts: RunOptions) -> int:
             if spool is not None:
                 spool.stop()
             jobs.cancel()
+            search.stop()
+            compactor.stop()
             server.stop()
             pipeline.close()
+            mirror.close()
         store.close()
         log.info("daemon.stopped", **pipeline.counts())
     finally:
         notifier.close()
         lock.release()
     return 0
+
+
+def agent_ids(cfg: Config) -> list[str]:
+    """The configured agents, the default one first (also when the list is empty)."""
+    return [cfg.default_agent_id(), *(a.id for a in cfg.agents.list)]
 
 
 def set_workspaces(store: Store, cfg: Config, state_dir: Path) -> None:
@@ -171,6 +205,7 @@ def live_settings(
         server.max_line = d.maxLineBytes
         server.max_connections = d.maxConnections
         server.idle_timeout = d.idleTimeoutSeconds
+        server.frame_timeout = d.frameTimeoutSeconds
         if spool is not None:
             spool.max_bytes = d.maxLineBytes
         if (d.logLevel, d.logFormat) != (last.daemon.logLevel, last.daemon.logFormat):

@@ -15,7 +15,7 @@ from typing import Any
 
 import orjson
 
-from daemon import __version__
+from daemon import __version__, guard, maintenance
 from daemon.client import Client, ConnectError, RpcError
 from daemon.config import (
     Config,
@@ -24,7 +24,7 @@ from daemon.config import (
     resolve_socket_path,
     resolve_state_dir,
 )
-from daemon.errors import ConfigError, StateLocked
+from daemon.errors import ConfigError, ListenFailed, StateLocked
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
 
@@ -134,6 +134,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("key", help="session key, e.g. agent:main:main")
     p.add_argument("--reason", default="reset", choices=["reset", "new", "daily", "idle"])
 
+    p = sub.add_parser(
+        "compact",
+        help="compact a session's context now",
+        description="Save the cycle's memory notes, then append a summary of the older entries "
+        "(the transcript keeps every entry), as the /compact chat command would; waits for it.",
+    )
+    _common(p, json_flag=True)
+    p.add_argument("key", help="session key, e.g. agent:main:main")
+    p.add_argument("--instructions", help="what the summary should focus on")
+
     p = sub.add_parser("status", help="show the daemon's status")
     _common(p, json_flag=True)
 
@@ -175,10 +185,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--dry-run", action="store_true", help="read and verify everything, write nothing"
     )
+    _search_parsers(sub)
+    maintenance.add_parsers(sub, _common)  # doctor, backup verify|restore, retention
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    guard.install_from_env()  # tests: refuse (and report) any removal of user data
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
@@ -189,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"sessiond: invalid config:\n{e}", file=sys.stderr)
         return EXIT_FAIL
-    except StateLocked as e:
+    except (StateLocked, ListenFailed) as e:
         print(f"sessiond: {e}", file=sys.stderr)
         return EXIT_FAIL
     except ConnectError as e:
@@ -220,7 +233,8 @@ def _socket(args: argparse.Namespace, cfg: Config) -> Path:
 
 def _call(args: argparse.Namespace, method: str, params: dict[str, Any]) -> Any:
     cfg, _ = _config(args)
-    with Client(_socket(args, cfg)) as c:
+    # $SESSIOND_TOKEN: for sockets and TCP listeners that need a token (auth.hello).
+    with Client(_socket(args, cfg), token=os.environ.get("SESSIOND_TOKEN") or None) as c:
         return c.call(method, params)
 
 
@@ -246,6 +260,24 @@ def dispatch(args: argparse.Namespace) -> int:
                 f"{res['sessionId']}"
             )
         return EXIT_OK
+    if cmd == "compact":
+        params = {"sessionKey": args.key}
+        if args.instructions:
+            params["instructions"] = args.instructions
+        res = _call(args, "sessions.compact", params)
+        if args.json:
+            _print_json(res)
+        elif res.get("compacted"):
+            print(
+                f"compacted {res['sessionKey']}: {res['summarizedEntries']} entries summarised, "
+                f"{res['tokensBefore']} -> {res['tokensAfter']} tokens "
+                f"(compaction {res['compactionCount']})"
+            )
+        else:
+            print(f"not compacted: {res.get('reason')}")
+            # A failed summarizer is a failure (retried in the background); nothing to do is not.
+            return EXIT_FAIL if "retryInSeconds" in res else EXIT_OK
+        return EXIT_OK
     if cmd == "status":
         st = _call(args, "status", {})
         if args.json:
@@ -267,6 +299,12 @@ def dispatch(args: argparse.Namespace) -> int:
         return cmd_config_check(args)
     if cmd == "import-openclaw":
         return cmd_import_openclaw(args)
+    if cmd == "search":
+        return cmd_search(args)
+    if cmd == "reindex":
+        return cmd_reindex(args)
+    if cmd in maintenance.COMMANDS:
+        return maintenance.dispatch(args)
     raise UsageError(f"unknown command {cmd}")
 
 
@@ -470,3 +508,120 @@ def cmd_import_openclaw(args: argparse.Namespace) -> int:
     else:
         print(report.render())
     return EXIT_OK if report.ok else EXIT_FAIL
+
+
+# ---------------------------------------------------------------------------------------------
+# search and reindex
+
+
+def _search_parsers(sub: Any) -> None:
+    p = sub.add_parser(
+        "search",
+        help="search transcripts (active and archived) and memory files",
+        description="Full-text search through the daemon (memory.search). QUERY is FTS5 syntax: "
+        'words (all must occur), "quoted phrases", OR, NOT, NEAR(a b), prefix*. Hits are '
+        "ranked by bm25; the match is marked «like this».",
+    )
+    _common(p, json_flag=True)
+    p.add_argument("query", metavar="QUERY")
+    p.add_argument("--agent", dest="agent_id", help="only this agent")
+    p.add_argument("--session-key", help="only sessions with this key (current and archived)")
+    p.add_argument("--session-id", help="only this session")
+    p.add_argument("--after", help="at or after (epoch ms or ISO-8601)")
+    p.add_argument("--before", help="before (epoch ms or ISO-8601)")
+    p.add_argument("--only", choices=["sessions", "memory"], help="only one kind of source")
+    p.add_argument("--limit", type=int, default=20, help="most hits (default 20, at most 200)")
+
+    p = sub.add_parser(
+        "reindex",
+        help="rebuild the search index from the files",
+        description="Build <stateDir>/index/ from scratch out of the transcripts, archives and "
+        "memory files, into a new file that replaces the old one when complete. Works on the "
+        "folder itself: refuses while a daemon holds it (stop the daemon, or delete the index "
+        "folder and restart the daemon, which rebuilds it too). Progress on a terminal.",
+    )
+    _common(p, json_flag=True)
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    params: dict[str, Any] = {"query": args.query, "limit": args.limit}
+    for name, key in (
+        ("agent_id", "agentId"),
+        ("session_key", "sessionKey"),
+        ("session_id", "sessionId"),
+    ):
+        if getattr(args, name):
+            params[key] = getattr(args, name)
+    for name in ("after", "before"):
+        v = getattr(args, name)
+        if v is not None:
+            params[name] = int(v) if v.isdigit() else v
+    if args.only:
+        params["includeSessions"] = args.only == "sessions"
+        params["includeMemory"] = args.only == "memory"
+    res = _call(args, "memory.search", params)
+    if args.json:
+        _print_json(res)
+        return EXIT_OK
+    for h in res["hits"]:
+        when = str(h.get("timestamp", ""))[:19].replace("T", " ")
+        if h.get("source") == "memory":
+            where = f"{h.get('agentId')} memory {h.get('file') or h.get('entryId')}"
+        else:
+            archived = " (archived)" if h.get("archived") else ""
+            where = f"{h.get('sessionKey') or '?'} [{h.get('sessionId')}] {h.get('entryId')}"
+            where += archived
+        print(f"{h.get('score', 0):7.2f}  {when}  {h.get('role') or '-':9}  {where}")
+        print(f"         {h.get('snippet', '')}")
+    if not res["hits"]:
+        print("no hits", file=sys.stderr)
+    return EXIT_OK
+
+
+def cmd_reindex(args: argparse.Namespace) -> int:
+    import time
+
+    from daemon.app import agent_ids, workspace_of
+    from daemon.lock import StateLock
+    from daemon.search import rebuild
+
+    cfg, _ = _config(args)
+    state_dir = resolve_state_dir(args.state_dir, cfg)
+    if not state_dir.is_dir():
+        raise UsageError(f"no state folder at {state_dir}")
+    lock = StateLock(state_dir)
+    lock.acquire()
+    started = time.monotonic()
+    shown = [0.0]
+
+    def progress(done: int, total: int, entries: int) -> None:
+        now = time.monotonic()
+        if now - shown[0] < 0.2 and done < total:
+            return
+        shown[0] = now
+        rate = entries / max(now - started, 1e-6)
+        sys.stderr.write(
+            f"\rindexing: {done:,}/{total:,} files, {entries:,} entries ({rate:,.0f}/s)   "
+        )
+        sys.stderr.flush()
+
+    tty = sys.stderr.isatty() and not args.json
+    try:
+        stats = rebuild(
+            state_dir,
+            lambda agent: Path(workspace_of(cfg, state_dir, agent)),
+            agent_ids(cfg),
+            progress if tty else None,
+        )
+    finally:
+        lock.release()
+        if tty:
+            sys.stderr.write("\n")
+    if args.json:
+        _print_json(stats.to_json())
+    else:
+        print(
+            f"indexed {stats.docs:,} entries from {stats.files:,} files in "
+            f"{stats.seconds:.1f} s ({stats.docs / max(stats.seconds, 1e-6):,.0f} entries/s)"
+        )
+    return EXIT_OK

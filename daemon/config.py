@@ -25,6 +25,7 @@ from pydantic import (
     Strict,
     ValidationError,
     field_validator,
+    model_validator,
 )
 
 from daemon.errors import ConfigError
@@ -91,6 +92,78 @@ class SpoolConfig(_Model):
     dir: str | None = None  # default <stateDir>/spool; a relative path is under the state folder
 
 
+# ---------------------------------------------------------------------------------------------
+# listeners (daemon/auth.py): more sockets, each with a default role
+
+
+RoleName = Literal["admin", "adapter", "agent"]
+_LOOPBACK_NAMES = ("localhost",)
+
+
+def parse_tcp_address(v: str) -> tuple[str, int]:
+    """`127.0.0.1:7000`, `[::1]:7000` or `localhost:7000` as (host, port); loopback only,
+    because sessiond speaks no TLS: anything else would send tokens and transcripts in clear."""
+    import ipaddress
+
+    host, sep, port_text = v.rpartition(":")
+    if not sep or not port_text.isdigit():
+        raise ValueError(f'must be "HOST:PORT" such as "127.0.0.1:7000", got {_show(v)}')
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    port = int(port_text)
+    if not 0 <= port <= 65535:
+        raise ValueError(f"port must be between 0 and 65535, got {port}")
+    if host.lower() in _LOOPBACK_NAMES:
+        return "127.0.0.1", port
+    try:
+        loopback = ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = False
+    if not loopback:
+        raise ValueError(
+            f"must be a loopback address (127.0.0.1, [::1] or localhost), got {_show(v)}: "
+            "sessiond has no TLS, so it never listens beyond this machine"
+        )
+    return host, port
+
+
+def _check_agents(role: str | None, agents: tuple[str, ...], what: str) -> None:
+    if role == "agent" and len(agents) != 1:
+        raise ValueError(f'{what} with role "agent" must name exactly one agent in agents')
+    if role in (None, "admin") and agents:
+        raise ValueError(f"agents only applies to the adapter and agent roles ({what})")
+
+
+class ListenerConfig(_Model):
+    """A socket served besides daemon.socket: a Unix socket (unix, mode) or TCP on loopback."""
+
+    unix: str | None = None
+    tcp: str | None = None
+    mode: FileMode | None = None  # Unix sockets only; default "0660"
+    role: RoleName | None = None  # None: every connection must present a token
+    agents: tuple[str, ...] = ()
+
+    @field_validator("tcp")
+    @classmethod
+    def _loopback_only(cls, v: str | None) -> str | None:
+        if v is not None:
+            parse_tcp_address(v)
+        return v
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> ListenerConfig:
+        if (self.unix is None) == (self.tcp is None):
+            raise ValueError('give exactly one of unix (a socket path) or tcp ("127.0.0.1:PORT")')
+        if self.tcp is not None and self.role is not None:
+            raise ValueError(
+                "a TCP listener has no default role: every TCP connection presents a token "
+                "(auth.hello); remove role"
+            )
+        if self.tcp is not None and self.mode is not None:
+            raise ValueError("mode applies to Unix sockets only")
+        _check_agents(self.role, self.agents, "a listener")
+        return self
+
+
 class DaemonConfig(_Model):
     stateDir: str | None = None
     socket: str | None = None
@@ -99,12 +172,15 @@ class DaemonConfig(_Model):
     maxLineBytes: PositiveInt = 1024 * 1024
     maxConnections: PositiveInt = 1024
     idleTimeoutSeconds: PositiveInt = 600
+    frameTimeoutSeconds: PositiveInt = 30  # a begun request line must end within this
     checkpointIntervalMs: PositiveInt = 1000
     dedupWindowHours: PositiveInt = 24
     dedupMaxPerAgent: PositiveInt = 10_000
     logLevel: Literal["debug", "info", "warning", "error"] = "info"
     logFormat: Literal["auto", "json", "console"] = "auto"
     spool: SpoolConfig = SpoolConfig()
+    listeners: tuple[ListenerConfig, ...] = ()
+    compactionWorkers: PositiveInt = 2  # memory flushes and compactions running at once
 
     @field_validator("timezone")
     @classmethod
@@ -126,10 +202,43 @@ class DaemonConfig(_Model):
 # agents and routing
 
 
+class MemoryFlushConfig(_Model):
+    """The memory flush before a compaction (and a reset): lasting notes to memory/DATE.md."""
+
+    enabled: Flag = True
+    softThresholdTokens: NonNegativeInt = 4_000
+    prompt: str | None = None  # None: the built-in prompt (daemon/summarizers/__init__.py)
+    onReset: Flag = True
+
+
+class SummarizerConfig(_Model):
+    """Who writes summaries and memory notes (daemon/summarizers/)."""
+
+    kind: Literal["builtin", "command", "openai"] = "builtin"
+    command: tuple[str, ...] = ()
+    baseUrl: str | None = None
+    model: str | None = None
+    apiKeyEnv: str | None = None
+    timeoutSeconds: PositiveInt = 120
+    retries: NonNegativeInt = 2
+    maxOutputTokens: PositiveInt = 2_048
+
+    @model_validator(mode="after")
+    def _complete(self) -> SummarizerConfig:
+        if self.kind == "command" and not self.command:
+            raise ValueError('kind "command" needs command: the program and its arguments')
+        if self.kind == "openai" and not (self.baseUrl and self.model):
+            raise ValueError('kind "openai" needs baseUrl and model')
+        return self
+
+
 class CompactionConfig(_Model):
     contextWindow: PositiveInt = 200_000
     reserveTokensFloor: NonNegativeInt = 20_000
     keepRecentTokens: NonNegativeInt = 20_000
+    retryBaseSeconds: PositiveInt = 30
+    memoryFlush: MemoryFlushConfig = MemoryFlushConfig()
+    summarizer: SummarizerConfig = SummarizerConfig()
 
 
 class AgentDefaults(_Model):
@@ -142,6 +251,7 @@ class AgentEntry(_Model):
     default: Flag = False
     name: str | None = None
     workspace: str | None = None
+    compaction: CompactionConfig | None = None  # keys set here override agents.defaults
 
 
 class AgentsConfig(_Model):
@@ -155,6 +265,15 @@ class AgentsConfig(_Model):
         if len(defaults) > 1:
             raise ValueError(f"at most one agent may be the default, got {', '.join(defaults)}")
         return v
+
+    @model_validator(mode="after")
+    def _thresholds(self) -> AgentsConfig:
+        from daemon.core.tokens import threshold_problem
+
+        problem = threshold_problem(self)
+        if problem is not None:
+            raise ValueError(problem)
+        return self
 
 
 class PeerMatch(_Model):
@@ -231,6 +350,80 @@ class AccessConfig(_Model):
 
 
 # ---------------------------------------------------------------------------------------------
+# auth (daemon/auth.py): tokens and what agents' reads may return
+
+MIN_TOKEN_CHARS = 16
+
+
+class TokenConfig(_Model):
+    """One token: where its secret comes from, the role it grants, and for which agents."""
+
+    token: str | None = None
+    tokenFile: str | None = None
+    tokenEnv: str | None = None
+    role: RoleName
+    agents: tuple[str, ...] = ()
+    name: str | None = None  # shown in logs instead of the secret
+
+    @field_validator("token")
+    @classmethod
+    def _long_enough(cls, v: str | None) -> str | None:
+        if v is not None and len(v.strip()) < MIN_TOKEN_CHARS:
+            raise ValueError(f"must be at least {MIN_TOKEN_CHARS} characters (use a random one)")
+        return v
+
+    @model_validator(mode="after")
+    def _one_source(self) -> TokenConfig:
+        given = [k for k in ("token", "tokenFile", "tokenEnv") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError("give exactly one of token, tokenFile or tokenEnv")
+        _check_agents(self.role, self.agents, "a token")
+        return self
+
+
+class ReadLimitsConfig(_Model):
+    maxBytes: PositiveInt = 262_144
+    maxBlockChars: PositiveInt = 8192
+
+
+class AuthConfig(_Model):
+    tokens: tuple[TokenConfig, ...] = ()
+    agentReads: ReadLimitsConfig = ReadLimitsConfig()
+
+    @field_validator("tokens")
+    @classmethod
+    def _distinct(cls, v: tuple[TokenConfig, ...]) -> tuple[TokenConfig, ...]:
+        inline = [t.token for t in v if t.token is not None]
+        if len(inline) != len(set(inline)):
+            raise ValueError("the same token is listed twice")
+        return v
+
+
+# ---------------------------------------------------------------------------------------------
+# sessions.backup and retention (daemon/backup.py, daemon/retention.py). The SPEC spells these keys
+# `sessions.backup.retention_days` and `exclude_patterns`, so they are kept as written there.
+
+
+class BackupConfig(_Model):
+    """The backup mirror: every transcript entry copied to <path>/<sessionId>/history.jsonl."""
+
+    enabled: Flag = True
+    format: Literal["jsonl"] = "jsonl"
+    path: str | None = None  # default <stateDir>/backup; a relative path is under the state folder
+    retention_days: NonNegativeInt = 30
+    exclude_patterns: tuple[str, ...] = ()
+    sync: Literal["async", "ack"] = "async"
+
+
+class SessionsConfig(_Model):
+    backup: BackupConfig = BackupConfig()
+
+
+class RetentionConfig(_Model):
+    compressAfterDays: NonNegativeInt = 30
+
+
+# ---------------------------------------------------------------------------------------------
 
 
 class Config(_Model):
@@ -239,6 +432,9 @@ class Config(_Model):
     bindings: tuple[Binding, ...] = ()
     session: SessionConfig = SessionConfig()
     access: AccessConfig = AccessConfig()
+    auth: AuthConfig = AuthConfig()
+    sessions: SessionsConfig = SessionsConfig()
+    retention: RetentionConfig = RetentionConfig()
 
     def default_agent_id(self) -> str:
         from daemon.core.keys import normalize_agent_id

@@ -35,6 +35,10 @@ class StateLocked(SessiondError):
     """Another daemon holds the exclusive lock on the state folder."""
 
 
+class ListenFailed(SessiondError):
+    """A socket of `daemon.listeners` cannot be opened (address in use, path taken)."""
+
+
 class RequestError(SessiondError):
     """A request cannot be served; carries the JSON-RPC error code and optional data."""
 
@@ -120,3 +124,8 @@ class ServerBusy(RequestError):
     """The connection limit is reached; the connection is closed right after this answer."""
 
     code = SERVER_BUSY
+
+
+class SummarizerFailed(SessiondError):
+    """A summarizer gave no usable text (timeout, exit code, HTTP error, garbage, an empty or
+    template-only summary): the flush or compaction is skipped and retried; nothing is written."""

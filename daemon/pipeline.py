@@ -15,20 +15,23 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import anyio
 import structlog
 from anyio.abc import TaskGroup, TaskStatus
 from anyio.streams.memory import MemoryObjectReceiveStream
 
+from daemon.backup import Mirror
 from daemon.config import Config, resolve_timezone
+from daemon.core import tokens
 from daemon.core.access import check_access
 from daemon.core.commands import Command, message_text, parse_command
 from daemon.core.keys import Inbound, Route, resolve_route
 from daemon.core.protocol import AppendParams, IngestParams
 from daemon.errors import NotFound, RequestError, SenderNotAllowed, StorageUnavailable
 from daemon.events import EventBus
+from daemon.failpoints import failpoint
 from daemon.lifecycle import (
     ROUTE_FIELD,
     Policies,
@@ -37,6 +40,7 @@ from daemon.lifecycle import (
     status_reply,
 )
 from daemon.store.dedup import DedupKey
+from daemon.store.fileio import SyncFailed
 from daemon.store.registry import SessionState
 from daemon.store.store import Batch, Closing, Store, ingest_answer, now_ms
 from daemon.store.transcript import custom_line, header_line, iso_ms, message_line, next_entry_id
@@ -81,7 +85,28 @@ class ResetWork:
     at: int | None = None  # the time staleness is judged at (the scheduler's run time)
 
 
-Work = IngestWork | AppendWork | ResetWork
+@dataclass(slots=True)
+class EntryWork:
+    """Entries built outside the committer (compaction summaries, memory-flush markers): the
+    committer calls `prepare(batch, state, now, ts)` at the session's current end, where it adds
+    its lines with `Store.add_line` and returns the answer."""
+
+    session_id: str
+    prepare: Callable[[Batch, SessionState, int, str], dict[str, Any]]
+    reply: Reply
+
+
+Work = IngestWork | AppendWork | ResetWork | EntryWork
+
+
+class CompactionHooks(Protocol):
+    """What the background compaction (daemon/compaction.py) needs from the committer."""
+
+    def after_write(self, batch: Batch) -> None:
+        """A batch is durable (before its answers go out)."""
+
+    def command_reply(self, cmd: Command, st: SessionState) -> str:
+        """The reply to /compact or /context."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,6 +135,7 @@ class Pipeline:
         self.store = store
         self.config = config
         self.events = events if events is not None else EventBus()
+        self.mirror: Mirror | None = None  # the backup mirror stage (daemon/backup.py), set by app
         self.policies = Policies(config.session, resolve_timezone(config))
         self.counters = Counters()
         # A bounded queue without a checkpoint per item: adapters wait only when it is full.
@@ -119,6 +145,10 @@ class Pipeline:
         self._room.set()
         self._closed = False
         self._epoch = 0  # advanced by a failed write: batches prepared before it are void
+        # Batches prepared and not yet taken by the writer, oldest first. When a write fails,
+        # their sessions are unloaded at once, not when the writer reaches them: a batch
+        # prepared meanwhile under the new epoch must not build on their lines.
+        self._unwritten: deque[Batch] = deque()
         self._archiving = 0
         self._archived = anyio.Event()
         self._archived.set()
@@ -127,6 +157,11 @@ class Pipeline:
         self._checkpointing = False
         self._checkpoint_done = anyio.Event()
         self._checkpoint_done.set()
+        self.compaction: CompactionHooks | None = None
+        # A checkpoint that failed for a reason that may pass (ENOSPC, EMFILE; never a failed
+        # sync): its transcripts and folders, synced again by the next checkpoint before any
+        # journal switch (which would reuse the journal file that still covers them).
+        self._unfinished: tuple[set[str], set[str]] | None = None
 
     # ------------------------------------------------------------------------------------------
     # Entrances (event loop)
@@ -238,6 +273,20 @@ class Pipeline:
         self, agent_id: str, session_key: str, reason: str, **kw: Any
     ) -> dict[str, Any]:
         """`reset`, awaiting its outcome (for the API and the scheduler)."""
+        return await self._outcome(
+            lambda reply: self.reset(agent_id, session_key, reason, reply, **kw)
+        )
+
+    async def append_prepared(
+        self, session_id: str, prepare: Callable[[Batch, SessionState, int, str], dict[str, Any]]
+    ) -> dict[str, Any]:
+        """Append entries built by `prepare` to an active session and wait until they are
+        durable. Raises NotFound (the session was reset or archived) or StorageUnavailable."""
+        self._check_open()
+        return await self._outcome(lambda reply: self._put(EntryWork(session_id, prepare, reply)))
+
+    async def _outcome(self, put: Callable[[Reply], Awaitable[None] | None]) -> dict[str, Any]:
+        """Queue a request with `put(reply)` and wait for its outcome; raises its RequestError."""
         done = anyio.Event()
         box: list[dict[str, Any] | RequestError] = []
 
@@ -245,7 +294,7 @@ class Pipeline:
             box.append(outcome)
             done.set()
 
-        waiter = self.reset(agent_id, session_key, reason, reply, **kw)
+        waiter = put(reply)
         if waiter is not None:
             await waiter
         await done.wait()
@@ -307,14 +356,18 @@ class Pipeline:
                     if items:
                         batch = await self._prepare(items)
                         if batch is not None:
+                            self._unwritten.append(batch)
                             await send.send(batch)
                     if time.monotonic() >= next_checkpoint:
                         next_checkpoint = time.monotonic() + interval
                         await send.send(CheckpointMark(final=False))
                 await send.send(CheckpointMark(final=True))
-        if self.store.broken is None:
+        if self.store.broken is None and self._unfinished is None:
             # Everything is in the transcripts and synced: a clean stop leaves nothing to replay.
-            await anyio.to_thread.run_sync(self.store.journal.start_fresh)
+            try:
+                await anyio.to_thread.run_sync(self.store.journal.start_fresh)
+            except OSError as e:  # a full disk, say: the next start replays the journal instead
+                log.warning("store.journal_kept", error=e.strerror or str(e))
         log.info("store.flushed", **self.counts())
 
     async def _prepare(self, items: list[Work]) -> Batch | None:
@@ -332,7 +385,11 @@ class Pipeline:
             if not unloaded:
                 break
             # A failed write may unload sessions meanwhile: check again after the read.
-            await anyio.to_thread.run_sync(store.ensure_loaded, unloaded)
+            try:
+                await anyio.to_thread.run_sync(store.ensure_loaded, unloaded)
+            except OSError as e:  # EMFILE, EIO: these requests fail, the committer goes on
+                self._reject_all(items, _unavailable(f"reading a transcript: {e.strerror or e}"))
+                return None
         now = now_ms()
         ts = iso_ms(now)
         batch = Batch(epoch=self._epoch, now=now)
@@ -342,6 +399,8 @@ class Pipeline:
                     answer = self._prepare_ingest(item, batch, now, ts)
                 elif isinstance(item, AppendWork):
                     answer = self._prepare_append(item, batch, now, ts)
+                elif isinstance(item, EntryWork):
+                    answer = self._prepare_entries(item, batch, now, ts)
                 else:
                     answer = self._prepare_reset(item, batch, now, ts)
             except RequestError as e:
@@ -354,6 +413,9 @@ class Pipeline:
         """The existing sessions a request may write to (their tails must be read first)."""
         if isinstance(item, AppendWork):
             st = self.find_by_key(item.params.session_key)
+            return [] if st is None else [st]
+        if isinstance(item, EntryWork):
+            st = self.store.by_id.get(item.session_id)
             return [] if st is None else [st]
         if isinstance(item, IngestWork):
             agent_id, key = item.route.agent_id, item.route.session_key
@@ -383,6 +445,8 @@ class Pipeline:
     async def _write(self, batch: Batch) -> None:
         store = self.store
         answers = batch.answers
+        if self._unwritten and self._unwritten[0] is batch:
+            self._unwritten.popleft()
         if batch.epoch != self._epoch or store.broken is not None:
             # Prepared on top of a batch that failed: its offsets are wrong; nothing written.
             store.fail(batch)
@@ -394,6 +458,8 @@ class Pipeline:
         except OSError as e:
             self._epoch += 1
             store.fail(batch)
+            for later in self._unwritten:
+                store.fail(later)  # void already (old epoch); its sessions re-read their tails
             reason = e.strerror or str(e)
             log.error(
                 "store.write_failed",
@@ -405,6 +471,9 @@ class Pipeline:
             self._reject_all([w for w, _ in answers], _unavailable(reason))
             return
         store.apply(batch)
+        if self.mirror is not None:
+            # Stage 5: hand the batch to the backup mirror (waits only with sync "ack").
+            await self.mirror.committed(batch)
         self.counters.batches += 1
         for st in batch.created:
             log.info(
@@ -427,6 +496,8 @@ class Pipeline:
             }
             log.info("session.reset", **info)
             self.events.publish("session.reset", info)
+        if self.compaction is not None:
+            self.compaction.after_write(batch)
         if batch.closing:
             for c in batch.closing:
                 store.release_fd(c.state)
@@ -439,9 +510,10 @@ class Pipeline:
                 self.counters.ingested += 1
             elif isinstance(item, AppendWork):
                 self.counters.appended += 1
-            else:
+            elif isinstance(item, ResetWork):
                 self.counters.resets += 1
             self._finish(item, answer)
+        failpoint("append.after_ack")
         store.dedup.trim_all(batch.now)
         # One line per batch, not per message: at full speed a line per message would cost
         # more than storing the message.
@@ -582,13 +654,10 @@ class Pipeline:
             reply = sessions_reply(self.store, agent_id, tz)
         elif cmd.name == "session":
             reply = self._switch(cmd.arg, chat or st, agent_id)
-        elif cmd.name == "context":
-            reply = (
-                f"Context of {st.session_key}: no summary (compaction is not available in this "
-                f"version); about {st.entry.get('totalTokens', 0)} tokens."
-            )
-        else:  # compact
-            reply = "Compaction is not available in this version; nothing was changed."
+        elif self.compaction is not None:  # compact, context
+            reply = self.compaction.command_reply(cmd, st)
+        else:
+            reply = f"/{cmd.name} is not available: the compaction service is not running."
         return {"name": cmd.name, "reply": reply}
 
     def _switch(self, arg: str, chat: SessionState, agent_id: str) -> str:
@@ -647,6 +716,12 @@ class Pipeline:
             "reason": reason,
         }
 
+    def _prepare_entries(self, item: EntryWork, batch: Batch, now: int, ts: str) -> dict[str, Any]:
+        st = self.store.by_id.get(item.session_id)
+        if st is None or st.size <= 0:
+            raise NotFound(f"no active session with id {item.session_id!r}")
+        return item.prepare(batch, st, now, ts)
+
     def _prepare_append(
         self,
         item: AppendWork,
@@ -664,16 +739,10 @@ class Pipeline:
         line = message_line(entry_id, st.last_entry_id, ts, message)
         store.add_line(batch, st, line, entry_id)
         st.entry["updatedAt"] = now
-        usage = message.get("usage")
-        if isinstance(usage, dict) and isinstance(usage.get("totalTokens"), int):
-            st.entry["totalTokens"] = usage["totalTokens"]
-        elif isinstance(usage, dict):
-            pass
-        else:
-            text_len = _content_chars(message.get("content"))
-            st.entry["totalTokens"] = int(st.entry.get("totalTokens") or 0) + math.ceil(
-                text_len / 4
-            )
+        # SPEC 4.6: the provider's usage where known, else ceil(chars/4) on top.
+        st.entry["totalTokens"] = tokens.after_message(
+            int(st.entry.get("totalTokens") or 0), message
+        )
         self.store.agents[st.agent_id].dirty = True
         return {"sessionKey": st.session_key, "sessionId": st.session_id, "entryId": entry_id}
 
@@ -740,14 +809,17 @@ class Pipeline:
             return
         registries = store.dirty_registries()
         dedup = store.dedup.snapshots()
-        if not (store.written_since_switch or store.new_dirs or registries or dedup):
+        if self._unfinished is not None:
+            # No switch until the failed checkpoint is complete: retry it with today's registries.
+            (paths, dirs), self._unfinished = self._unfinished, None
+        elif not (store.written_since_switch or store.new_dirs or registries or dedup):
             return
-        try:
-            paths, dirs = await anyio.to_thread.run_sync(store.switch_journal)
-        except OSError as e:
-            store.broken = f"journal switch failed: {e.strerror or e}"
-            log.error("store.checkpoint_failed", error=store.broken)
-            return
+        else:
+            try:
+                paths, dirs = await anyio.to_thread.run_sync(store.switch_journal)
+            except OSError as e:
+                self._checkpoint_failed(e, "journal switch", registries, dedup)
+                return
         self._checkpointing = True
         self._checkpoint_done = anyio.Event()
         tg.start_soon(self._checkpoint, paths, dirs, registries, dedup)
@@ -761,8 +833,7 @@ class Pipeline:
                 self.store.checkpoint_sync, paths, dirs, registries, dedup
             )
         except OSError as e:
-            self.store.broken = f"checkpoint sync failed: {e.strerror or e}"
-            log.error("store.checkpoint_failed", error=self.store.broken)
+            self._checkpoint_failed(e, "checkpoint", registries, dedup, (paths, dirs))
         else:
             self.counters.checkpoints += 1
             self.counters.last_checkpoint_ms = now_ms()
@@ -775,6 +846,31 @@ class Pipeline:
         finally:
             self._checkpointing = False
             self._checkpoint_done.set()
+
+    def _checkpoint_failed(
+        self,
+        e: OSError,
+        step: str,
+        registries: list[Any],
+        dedup: list[Any],
+        unfinished: tuple[set[str], set[str]] | None = None,
+    ) -> None:
+        """A failed sync stops the store (the kernel may have dropped pages: never retried).
+        Anything else (ENOSPC or EMFILE writing sessions.json, say) is tried again at the
+        next checkpoint: the registries and id snapshots are marked changed again, and the
+        journal is not switched until the checkpoint is complete (invariant 2)."""
+        store = self.store
+        if isinstance(e, SyncFailed):
+            store.broken = f"{step} sync failed: {e.strerror or e}"
+            log.error("store.checkpoint_failed", error=store.broken)
+            return
+        for reg, _data in registries:
+            reg.dirty = True
+        for agent, _items in dedup:
+            store.dedup.agents[agent].dirty = True
+        if unfinished is not None:
+            self._unfinished = unfinished
+        log.warning("store.checkpoint_deferred", step=step, error=e.strerror or str(e))
 
     def counts(self) -> dict[str, int]:
         c = self.counters
@@ -792,17 +888,7 @@ class Pipeline:
 
 
 def _content_chars(content: Any) -> int:
-    if isinstance(content, str):
-        return len(content)
-    total = 0
-    if isinstance(content, list):
-        for block in content:
-            if isinstance(block, dict):
-                if block.get("type") == "image":
-                    total += 4800
-                else:
-                    total += len(str(block.get("text") or block.get("content") or ""))
-    return total
+    return tokens.content_chars(content)
 
 
 def _from_to(route: Route, p: IngestParams) -> tuple[str, str]:

@@ -46,6 +46,7 @@ RESTART_REQUIRED: tuple[str, ...] = (
     "daemon.dedupWindowHours",
     "daemon.dedupMaxPerAgent",
     "daemon.timezone",
+    "sessions.backup",  # the mirror's folder, sync mode and exclusions (daemon/backup.py)
 )
 
 # How often the file is looked at when no event arrives: events are hints, and a config file

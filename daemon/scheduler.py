@@ -30,12 +30,14 @@ from apscheduler.triggers.interval import IntervalTrigger
 from daemon.core.policy import all_at_hours, daily_boundary
 from daemon.errors import RequestError
 from daemon.pipeline import Pipeline
+from daemon.retention import Retention
 from daemon.store.fsutil import atomic_write
 from daemon.store.store import now_ms
 
 log = structlog.get_logger("daemon.scheduler")
 
 EXPIRY = "expiry"
+RETENTION = "retention"  # hourly; the sweep itself (daemon/retention.py) is bounded per run
 
 
 def daily_job(hour: int) -> str:
@@ -49,6 +51,7 @@ class Scheduler:
         self.pipeline = pipeline
         self.path = state_dir / "scheduler.json"
         self.last_runs: dict[str, int] = {}
+        self.retention: Retention | None = None  # set by app.py
 
     def _load(self) -> None:
         try:
@@ -96,9 +99,17 @@ class Scheduler:
         sched.add_job(
             fire, IntervalTrigger(minutes=1, timezone=tz), args=[EXPIRY], id=EXPIRY, coalesce=True
         )
+        if self.retention is not None:
+            hourly = IntervalTrigger(hours=1, timezone=tz)
+            sched.add_job(fire, hourly, args=[RETENTION], id=RETENTION, coalesce=True)
         sched.start()
         try:
-            for name in [*self.missed(now_ms()), EXPIRY]:
+            # The retention sweep also runs once at start-up when its last run is over an hour ago.
+            due = (
+                self.retention is not None
+                and self.last_runs.get(RETENTION, 0) < now_ms() - 3_600_000
+            )
+            for name in [*self.missed(now_ms()), EXPIRY, *([RETENTION] if due else [])]:
                 send.send_nowait(name)
             task_status.started()
             async with recv:
@@ -108,8 +119,21 @@ class Scheduler:
             sched.shutdown(wait=False)
             send.close()
 
+    async def _run_retention(self, name: str) -> dict[str, Any]:
+        assert self.retention is not None
+        info = await self.retention.run_job(name)
+        self.last_runs[name] = now_ms()
+        try:
+            await anyio.to_thread.run_sync(self._save)
+        except OSError as e:
+            log.error("job.state_not_saved", job=name, error=e.strerror or str(e))
+        self.pipeline.events.publish("job.run", info)
+        return info
+
     async def run_job(self, name: str, at: int | None = None) -> dict[str, Any]:
         """Archive every session that is stale at `at` (default now); log and persist the run."""
+        if name == RETENTION and self.retention is not None:
+            return await self._run_retention(name)
         started = time.monotonic()
         now = at if at is not None else now_ms()
         store = self.pipeline.store

@@ -9,6 +9,7 @@ unanswered, so a client that never reads its answers cannot grow our memory.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import stat
 from collections.abc import Awaitable, Callable
@@ -17,11 +18,13 @@ from typing import Any
 
 import anyio
 import structlog
-from anyio.abc import SocketStream, TaskGroup, TaskStatus
+from anyio.abc import SocketListener, SocketStream, TaskGroup, TaskStatus
 
 from daemon.api import Api
+from daemon.auth import Auth, Bound, close_bound
 from daemon.core import protocol
 from daemon.core.protocol import RequestId, encode_error, encode_result
+from daemon.core.roles import ADMIN, Principal
 from daemon.errors import (
     MethodNotFound,
     RequestError,
@@ -38,6 +41,9 @@ MAX_PENDING = 4096
 READ_CHUNK = 256 * 1024
 LINGER_SECONDS = 2.0
 SHUTDOWN_GRACE_SECONDS = 1.0
+# accept() failing for want of descriptors or memory: wait, then try again (never give up).
+ACCEPT_TRANSIENT = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+ACCEPT_BACKOFF_MAX = 1.0
 
 
 class Connection:
@@ -59,6 +65,7 @@ class Connection:
         self.too_large = False
         self.draining = False
         self.writer_done = anyio.Event()
+        self.principal: Principal | None = ADMIN  # who is calling (daemon/auth.py)
 
     def deliver(self, data: bytes) -> None:
         self.out.append(data)
@@ -132,15 +139,29 @@ class Connection:
         max_line = self.server.max_line
         idle_timeout = self.server.idle_timeout
         buf = bytearray()
+        # A line that has begun must end within the frame deadline: a client trickling bytes
+        # (one a second keeps the idle timeout away forever) would hold its buffer and task.
+        line_deadline: float | None = None
         with self.read_scope:
             while True:
                 data = b""
-                with anyio.move_on_after(idle_timeout) as timeout:
+                wait = idle_timeout
+                if line_deadline is not None:
+                    wait = min(wait, max(0.0, line_deadline - anyio.current_time()))
+                with anyio.move_on_after(wait) as timeout:
                     try:
                         data = await self.stream.receive(READ_CHUNK)
                     except (anyio.EndOfStream, anyio.BrokenResourceError, OSError):
                         return
                 if timeout.cancelled_caught:
+                    if line_deadline is not None and anyio.current_time() >= line_deadline:
+                        log.info(
+                            "connection.frame_timeout",
+                            connection=self.number,
+                            bytes=len(buf),
+                            seconds=self.server.frame_timeout,
+                        )
+                        return
                     if self.pending:
                         continue
                     log.info("connection.idle_timeout", connection=self.number)
@@ -163,6 +184,10 @@ class Connection:
                         await waiter
                 if start:
                     del buf[:start]
+                if not buf:
+                    line_deadline = None
+                elif start or line_deadline is None:
+                    line_deadline = anyio.current_time() + self.server.frame_timeout
                 if len(buf) > max_line:
                     # The rest of the line is not read: answer now and close.
                     self._too_large(len(buf))
@@ -261,6 +286,7 @@ class Server:
         max_line: int,
         max_connections: int,
         idle_timeout: float,
+        frame_timeout: float = 30.0,
     ) -> None:
         self.pipeline = pipeline
         self.api = api
@@ -269,6 +295,7 @@ class Server:
         self.max_line = max_line
         self.max_connections = max_connections
         self.idle_timeout = idle_timeout
+        self.frame_timeout = frame_timeout
         self.connections: set[Connection] = set()
         self.accept_scope = anyio.CancelScope()
         self._counter = 0
@@ -280,6 +307,10 @@ class Server:
         # Methods answered by a coroutine, registered by the component that owns them (app.py
         # wires `config.reload` to daemon/reload.py).
         self.async_methods: dict[str, Callable[[dict[str, Any]], Awaitable[Any]]] = {}
+        # Roles (daemon/auth.py), checked before every dispatch; app.py gives it the tokens and
+        # opens `daemon.listeners` into `listeners` before serving.
+        self.auth = Auth(api.store)
+        self.listeners: list[Bound] = []
 
     def dispatch(
         self,
@@ -290,6 +321,10 @@ class Server:
     ) -> Awaitable[None] | None:
         """Route a request to its method. Raises RequestError for a request refused at once."""
         m = req.method
+        if m == "auth.hello":
+            reply(self.auth.hello(conn, req.params))
+            return None
+        req = self.auth.admit(req, conn)
         if m == "message.ingest":
             return self.pipeline.ingest(protocol.parse_ingest(req.params), reply)
         if m == "message.append":
@@ -299,11 +334,13 @@ class Server:
             return None
         if m == "sessions.history":
             hp = protocol.parse_history(req.params)
-            tg.start_soon(self._run_async, self.api.sessions_history(hp), reply)
+            caps = self.auth.read_caps(conn)
+            tg.start_soon(self._run_async, self.api.sessions_history(hp, caps), reply)
             return None
         if m == "sessions.archived":
             ap = protocol.parse_archived(req.params)
-            tg.start_soon(self._run_async, self.api.sessions_archived(ap), reply)
+            caps = self.auth.read_caps(conn)
+            tg.start_soon(self._run_async, self.api.sessions_archived(ap, caps), reply)
             return None
         if m == "sessions.reset":
             rp = protocol.parse_reset(req.params)
@@ -348,15 +385,48 @@ class Server:
             async with listener:
                 task_status.started()
                 with self.accept_scope:
-                    while True:
-                        stream = await listener.accept()
-                        conns.start_soon(self._serve_one, stream)
+                    async with anyio.create_task_group() as accepting:
+                        for b in self.listeners:
+                            role = b.spec.principal.role if b.spec.principal else None
+                            log.info("server.listening", address=b.address, role=role)
+                            for sock in b.sockets:
+                                accepting.start_soon(self._accept, sock, conns, b.spec.principal)
+                        await self._accept(listener, conns, ADMIN)
             # The socket file is ours (not user data): take it away so clients fail fast.
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(path)
+            for b in self.listeners:
+                await close_bound(b)
             log.info("server.stopped_accepting", connections=len(self.connections))
 
-    async def _serve_one(self, stream: SocketStream) -> None:
+    async def _accept(
+        self, listener: SocketListener, conns: TaskGroup, principal: Principal | None
+    ) -> None:
+        """Accept on one listener; its connections start with `principal` (None: must send
+        auth.hello first)."""
+        backoff = 0.0
+        while True:
+            try:
+                stream = await listener.accept()
+            except anyio.BrokenResourceError as e:
+                # Out of descriptors (EMFILE): the waiting clients stay in the backlog; those
+                # already connected go on being served, and accepting resumes once fds free up.
+                cause = e.__cause__
+                if not isinstance(cause, OSError) or cause.errno not in ACCEPT_TRANSIENT:
+                    raise
+                if backoff == 0.0:
+                    log.warning(
+                        "server.accept_failed",
+                        error=cause.strerror,
+                        connections=len(self.connections),
+                    )
+                backoff = min(ACCEPT_BACKOFF_MAX, max(0.05, backoff * 2))
+                await anyio.sleep(backoff)
+                continue
+            backoff = 0.0
+            conns.start_soon(self._serve_one, stream, principal)
+
+    async def _serve_one(self, stream: SocketStream, principal: Principal | None = ADMIN) -> None:
         self._counter += 1
         async with stream:
             if len(self.connections) >= self.max_connections:
@@ -368,6 +438,7 @@ class Server:
                     await stream.send(encode_error(None, err))
                 return
             conn = Connection(self, stream, self._counter)
+            conn.principal = principal
             self.connections.add(conn)
             self.api.connections = len(self.connections)
             try:

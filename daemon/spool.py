@@ -49,6 +49,7 @@ from daemon.errors import (
     InvalidParams,
     RequestError,
 )
+from daemon.failpoints import failpoint
 from daemon.pipeline import Pipeline
 from daemon.store.fsutil import FILE_MODE, ensure_dir, fsync_dir, write_all
 
@@ -153,6 +154,7 @@ def claim(root: Path, names: Iterable[str]) -> list[str]:
         except FileNotFoundError:
             continue
         claimed.append(target)
+        failpoint("spool.after_claim")
     return claimed
 
 
@@ -248,6 +250,7 @@ def settle(root: Path, items: list[Item]) -> None:
     for item, folder in moves:
         assert item.final is not None
         os.rename(cur / item.name, folder / item.final)
+        failpoint("spool.after_move")
     for folder in folders:
         fsync_dir(folder)
     fsync_dir(cur)

@@ -154,10 +154,11 @@ def test_config_reload_answers_with_what_happened(launch: Launch) -> None:
     assert ingest(d, "111")["sessionKey"] == "agent:main:direct:111"  # applied
     assert wait_log(d, "config.restart_required")[0]["keys"] == ["daemon.socketMode"]
 
-    replace_file(d.config_path, "{session: {dmScope: 'per-peer'}, sessions: {}}")
+    # (`sessions` itself is a real key since sessions.backup; a misspelling is not)
+    replace_file(d.config_path, "{session: {dmScope: 'per-peer'}, sesions: {}}")
     res = d.call("config.reload")
     assert res["reloaded"] is False
-    assert "sessions" in res["error"] and "unknown key" in res["error"]
+    assert "sesions" in res["error"] and "unknown key" in res["error"]
     assert ingest(d, "222")["sessionKey"] == "agent:main:direct:222"
 
 

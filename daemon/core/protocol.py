@@ -19,6 +19,10 @@ RequestId = str | int | None
 CHAT_TYPES = ("direct", "group", "channel", "thread")
 ROLES = ("user", "assistant", "toolResult")
 MAX_ID_LEN = 256
+# Levels of arrays and objects in a client's own values (content, metadata, an appended message).
+# orjson reads 1024 levels but writes at most 254: a deeper value would pass validation and then
+# fail in the committer, when its transcript line is written.
+MAX_NESTING = 128
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,6 +172,28 @@ class Params:
             raise InvalidParams(extra[0], "unknown parameter")
 
 
+def nesting_ok(value: Any, limit: int = MAX_NESTING) -> bool:
+    """True when `value` has at most `limit` levels of arrays and objects (iterative: a deep
+    value must not exhaust the Python stack either)."""
+    if not isinstance(value, (dict, list)):
+        return True
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        v, depth = stack.pop()
+        if depth > limit:
+            return False
+        for c in v.values() if isinstance(v, dict) else v:
+            if isinstance(c, (dict, list)):
+                stack.append((c, depth + 1))
+    return True
+
+
+def check_nesting(field: str, value: Any) -> None:
+    """Raise InvalidParams naming `field` when `value` is nested deeper than MAX_NESTING."""
+    if not nesting_ok(value):
+        raise InvalidParams(field, f"must not be nested more than {MAX_NESTING} levels deep")
+
+
 def _kind(v: Any) -> str:
     if v is None:
         return "null"
@@ -244,7 +270,7 @@ def _fast_ingest(params: dict[str, Any]) -> IngestParams | None:
     sender, metadata = g("senderName"), g("metadata")
     if sender is not None and (type(sender) is not str or len(sender) > 256 or "\x00" in sender):
         return None
-    if metadata is not None and type(metadata) is not dict:
+    if metadata is not None and (type(metadata) is not dict or not nesting_ok(metadata)):
         return None
     return IngestParams(
         channel, chat_type, peer, account, group, thread, agent, mid, text, None, sender, metadata
@@ -292,6 +318,7 @@ def parse_ingest(params: dict[str, Any]) -> IngestParams:
         metadata=p.obj("metadata"),
     )
     p.done()
+    check_nesting("metadata", out.metadata)
     return out
 
 
@@ -306,6 +333,7 @@ def validate_content(field: str, content: Any) -> str | list[Any]:
             raise InvalidParams(f"{field}[{i}]", 'must be an object with a string "type"')
         if block["type"] == "text" and not isinstance(block.get("text"), str):
             raise InvalidParams(f"{field}[{i}].text", "must be a string")
+    check_nesting(field, content)
     return content
 
 
@@ -353,6 +381,7 @@ def parse_append(params: dict[str, Any]) -> AppendParams:
     usage = msg.get("usage")
     if usage is not None and not isinstance(usage, dict):
         raise InvalidParams("message.usage", f"must be an object, got {_kind(usage)}")
+    check_nesting("message", msg)
     return AppendParams(key, msg)
 
 
@@ -486,3 +515,72 @@ def parse_subscribe(params: dict[str, Any], known: tuple[str, ...]) -> frozenset
     if unknown:
         raise InvalidParams("events", f"unknown event {unknown[0]!r}; known: {', '.join(known)}")
     return frozenset(events)
+
+
+# ---------------------------------------------------------------------------------------------
+# memory.search
+
+
+@dataclass(frozen=True, slots=True)
+class SearchParams:
+    query: str  # FTS5 query syntax: words, "phrases", AND/OR/NOT, prefix*
+    agent_id: str | None
+    include_sessions: bool
+    include_memory: bool
+    after: int | None  # epoch ms, inclusive
+    before: int | None  # epoch ms, exclusive
+    session_id: str | None
+    session_key: str | None
+    limit: int
+
+
+def parse_search(params: dict[str, Any]) -> SearchParams:
+    p = Params(params)
+    query = p.text("query", required=True, max_len=1000)
+    assert query is not None
+    if not query.strip():
+        raise InvalidParams("query", "must not be blank")
+    out = SearchParams(
+        query=query,
+        agent_id=p.text("agentId", max_len=128),
+        include_sessions=p.flag("includeSessions", True),
+        include_memory=p.flag("includeMemory", True),
+        after=parse_timestamp("after", p.raw("after")),
+        before=parse_timestamp("before", p.raw("before")),
+        session_id=p.text("sessionId", max_len=128),
+        session_key=p.text("sessionKey", max_len=1024),
+        limit=p.integer("limit", default=20, lo=1, hi=200) or 20,
+    )
+    p.done()
+    if not (out.include_sessions or out.include_memory):
+        raise InvalidParams(
+            "includeSessions", "includeSessions and includeMemory are both false: nothing to search"
+        )
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# compaction methods
+
+
+@dataclass(frozen=True, slots=True)
+class CompactParams:
+    session_key: str
+    instructions: str | None
+
+
+def parse_compact(params: dict[str, Any]) -> CompactParams:
+    p = Params(params)
+    key = p.text("sessionKey", required=True, max_len=1024)
+    instructions = p.text("instructions", max_len=4096)
+    p.done()
+    assert key is not None
+    return CompactParams(key, (instructions or "").strip() or None)
+
+
+def parse_context(params: dict[str, Any]) -> SessionRef:
+    """sessions.context {sessionKey | sessionId}: an active session."""
+    p = Params(params)
+    ref = parse_session_ref(p)
+    p.done()
+    return ref

@@ -21,6 +21,8 @@ from typing import Any
 
 import orjson
 
+from daemon.failpoints import failpoint
+from daemon.store import fileio
 from daemon.store.fsutil import FILE_MODE, ensure_dir, fsync_dir, write_all
 
 ARCHIVE_DIR = "archive"
@@ -179,24 +181,30 @@ def move_into_archive(src: Path, name: str) -> Path:
     while dest.exists():
         dest = folder / f"{name}.{n}"
         n += 1
-    os.rename(src, dest)
+    fileio.rename(src, dest)
     fsync_dir(folder)
     fsync_dir(src.parent)
     return dest
 
 
 def append_index(sessions_folder: Path, records: list[ArchiveRecord]) -> None:
-    """Append lines to archive/index.jsonl and fsync it. Raises OSError."""
+    """Append lines to archive/index.jsonl and fsync it. Raises OSError.
+
+    A torn last line (a crash during an earlier append) is ended with a newline first, so that
+    it stays an unreadable line of its own instead of swallowing the new record."""
     folder = archive_folder(sessions_folder)
     created = ensure_dir(folder)
     path = folder / INDEX
     existed = path.exists()
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, FILE_MODE)
+    fd = fileio.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, FILE_MODE)
     try:
-        write_all(fd, b"".join(orjson.dumps(r.to_json()) + b"\n" for r in records))
-        os.fsync(fd)
+        size = os.fstat(fd).st_size
+        torn = size > 0 and os.pread(fd, 1, size - 1) != b"\n"
+        lines = b"".join(orjson.dumps(r.to_json()) + b"\n" for r in records)
+        write_all(fd, b"\n" + lines if torn else lines)
+        fileio.fsync(fd)
     finally:
-        os.close(fd)
+        fileio.close(fd)
     if created or not existed:
         fsync_dir(folder)
 
@@ -229,6 +237,26 @@ def archived_files(sessions_folder: Path) -> Iterator[Path]:
         name = entry.name
         if entry.is_file() and name != INDEX and ".jsonl" in name and not name.startswith("."):
             yield Path(entry.path)
+
+
+def transcript_candidates(path: Path) -> list[Path]:
+    """Where a transcript last known at `path` may be now: moved into archive/ by a reset, or
+    compressed to `.gz` by the retention sweep (or the other way round, for an index line that
+    names the `.gz` a crash kept from being written)."""
+    plain = path.with_name(path.name[: -len(".gz")]) if path.name.endswith(".gz") else path
+    gz = plain.with_name(plain.name + ".gz")
+    out = [path, plain, gz]
+    if plain.parent.name != ARCHIVE_DIR:
+        out += [plain.parent / ARCHIVE_DIR / plain.name, plain.parent / ARCHIVE_DIR / gz.name]
+    return list(dict.fromkeys(out))
+
+
+def locate_transcript(path: Path) -> Path:
+    """The first of `transcript_candidates(path)` that exists, else `path` itself."""
+    for p in transcript_candidates(path):
+        if p.is_file():
+            return p
+    return path
 
 
 def missing_index_entries(sessions_folder: Path) -> list[Path]:
@@ -286,13 +314,15 @@ def archive_transcript(
     archive/ (both folders synced), then append and sync the index line. Raises OSError; a crash
     at any point leaves the file in one place, and start-up completes the index.
     """
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    fd = fileio.open(path, os.O_RDONLY | os.O_CLOEXEC)
     try:
-        os.fsync(fd)
+        fileio.fsync(fd)
     finally:
-        os.close(fd)
+        fileio.close(fd)
+    failpoint("archive.after_fsync")
     stats = transcript_stats(path)
     dest = move_into_archive(path, path.name)
+    failpoint("archive.after_move")
     rec = ArchiveRecord(
         sessionId=session_id,
         sessionKey=session_key or stats.session_key,
@@ -309,6 +339,7 @@ def archive_transcript(
         file=dest.name,
     )
     append_index(path.parent, [rec])
+    failpoint("archive.after_index")
     return rec
 
 

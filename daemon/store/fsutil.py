@@ -6,10 +6,12 @@ Every durable write in sessiond goes through here, so there is one place that kn
 
 from __future__ import annotations
 
-import ctypes
+import contextlib
 import os
 from pathlib import Path
-from typing import Any
+
+from daemon.failpoints import failpoint
+from daemon.store import fileio
 
 FILE_MODE = 0o600
 DIR_MODE = 0o700
@@ -25,73 +27,54 @@ def ensure_dir(path: Path) -> bool:
         missing.append(p)
         p = p.parent
     for d in reversed(missing):
-        d.mkdir(mode=DIR_MODE, exist_ok=True)
+        with contextlib.suppress(FileExistsError):
+            fileio.mkdir(d, DIR_MODE)
         fsync_dir(d.parent)
     return True
 
 
 def fsync_dir(path: Path) -> None:
     """Make a folder's entries (new, renamed files) durable."""
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    fd = fileio.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
-        os.fsync(fd)
+        fileio.fsync(fd)
     finally:
-        os.close(fd)
+        fileio.close(fd)
 
 
-def atomic_write(path: Path, data: bytes, mode: int = FILE_MODE) -> None:
+def atomic_write(path: Path, data: bytes, mode: int = FILE_MODE, *, step: str = "file") -> None:
     """Replace `path` with `data` so that a crash leaves either the old or the new file.
 
     Raises OSError when any step fails; the temporary file is then removed (it is ours).
+    `step` names the failpoints on the way (`registry` for sessions.json: `registry.renamed`).
     """
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    fd = fileio.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
     try:
         try:
-            view = memoryview(data)
-            while view:
-                n = os.write(fd, view)
-                view = view[n:]
-            os.fsync(fd)
+            write_all(fd, data)
+            failpoint(f"{step}.temp_written")
+            fileio.fsync(fd)
         finally:
-            os.close(fd)
-        os.replace(tmp, path)
+            fileio.close(fd)
+        failpoint(f"{step}.temp_synced")
+        fileio.replace(tmp, path)
     except OSError:
         # Only our own temporary file is ever removed.
-        with _suppress_missing():
-            os.unlink(tmp)
+        with contextlib.suppress(FileNotFoundError):
+            fileio.unlink(tmp)
         raise
+    failpoint(f"{step}.renamed")
     fsync_dir(path.parent)
-
-
-class _suppress_missing:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, et: type[BaseException] | None, e: BaseException | None, tb: object) -> bool:
-        return et is not None and issubclass(et, FileNotFoundError)
+    failpoint(f"{step}.folder_synced")
 
 
 def write_all(fd: int, data: bytes) -> None:
     """os.write until every byte is written (regular files may write short on ENOSPC edges)."""
     view = memoryview(data)
     while view:
-        n = os.write(fd, view)
+        n = fileio.write(fd, view)
         view = view[n:]
-
-
-def _load_syncfs() -> Any:
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        fn = libc.syncfs
-    except (OSError, AttributeError):
-        return None
-    fn.argtypes = [ctypes.c_int]
-    fn.restype = ctypes.c_int
-    return fn
-
-
-_syncfs = _load_syncfs()
 
 
 def sync_filesystem(folder: Path) -> bool:
@@ -100,16 +83,11 @@ def sync_filesystem(folder: Path) -> bool:
     Returns False when syncfs is not available (the caller then syncs file by file); raises
     OSError when the kernel reports a write-back error (Linux 5.8 and later report them).
     """
-    if _syncfs is None:
-        return False
-    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    fd = fileio.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
-        if _syncfs(fd) != 0:
-            err = ctypes.get_errno()
-            raise OSError(err, os.strerror(err), str(folder))
+        return fileio.syncfs(fd)
     finally:
-        os.close(fd)
-    return True
+        fileio.close(fd)
 
 
 def raise_fd_limit() -> int:

@@ -29,6 +29,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from daemon.failpoints import failpoint
+from daemon.store import fileio
 from daemon.store.fsutil import FILE_MODE, ensure_dir, fsync_dir
 
 NAMES = ("a.wal", "b.wal")
@@ -67,11 +69,12 @@ def decode_file(data: bytes) -> Iterator[Record]:
         if len(head) != 3 or head[0] != b"B":
             return
         try:
-            crc, length = int(head[1], 16), int(head[2])
+            length = int(head[2])
         except ValueError:
             return
         body = data[nl + 1 : nl + 1 + length]
-        if len(body) != length or zlib.crc32(body) != crc:
+        # The CRC as written (`%08x`), byte for byte: "A" for "a" is damage, not the same CRC.
+        if len(body) != length or head[1] != b"%08x" % zlib.crc32(body):
             return
         pos = nl + 1 + length
         for line in body.split(b"\n")[:-1]:
@@ -103,7 +106,7 @@ class Journal:
         for p in self.paths:
             if not p.exists():
                 created = True
-            self.fds.append(os.open(p, os.O_RDWR | os.O_CREAT, FILE_MODE))
+            self.fds.append(fileio.open(p, os.O_RDWR | os.O_CREAT, FILE_MODE))
         if created:
             fsync_dir(self.folder)
         files: list[tuple[int, int, list[Record]]] = []
@@ -123,21 +126,26 @@ class Journal:
     def start_fresh(self) -> None:
         """After replay and a full checkpoint: empty both files and begin a new generation."""
         other = 1 - self.active
-        os.ftruncate(self.fds[other], 0)
-        os.fsync(self.fds[other])
+        fileio.ftruncate(self.fds[other], 0)
+        fileio.fsync(self.fds[other])
         self._activate(self.active)
 
     def switch(self) -> None:
-        """Make the other file active (truncated, new generation header, synced)."""
+        """Make the other file active (truncated, new generation header, synced).
+
+        A failure before the header is synced leaves the active file as it was (still taking
+        appends); the other file was already free to reuse. Raises OSError (SyncFailed when
+        the sync failed)."""
         self._activate(1 - self.active)
+        failpoint("journal.after_switch")
 
     def _activate(self, index: int) -> None:
         fd = self.fds[index]
         self.generation += 1
-        os.ftruncate(fd, 0)
+        fileio.ftruncate(fd, 0)
         header = frame([record("H", str(self.generation), "-", b"")])
-        os.pwrite(fd, header, 0)
-        os.fdatasync(fd)
+        fileio.pwrite(fd, header, 0)
+        fileio.fdatasync(fd)
         self.active = index
         self.size = len(header)
 
@@ -147,23 +155,23 @@ class Journal:
         view = memoryview(data)
         off = self.size
         while view:
-            n = os.pwrite(fd, view, off)
+            n = fileio.pwrite(fd, view, off)
             view = view[n:]
             off += n
         self.size = off
 
     def truncate_to(self, size: int) -> None:
         """Cut the active file back to `size` (to remove an unacknowledged, failed batch)."""
-        os.ftruncate(self.fds[self.active], size)
+        fileio.ftruncate(self.fds[self.active], size)
         self.size = size
 
     def sync(self) -> None:
         """fdatasync the active file; after it returns, every appended record is durable."""
-        os.fdatasync(self.fds[self.active])
+        fileio.fdatasync(self.fds[self.active])
 
     def close(self) -> None:
         for fd in self.fds:
-            os.close(fd)
+            fileio.close(fd)
         self.fds.clear()
 
 

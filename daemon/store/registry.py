@@ -15,6 +15,7 @@ from typing import Any
 
 import orjson
 
+from daemon.store import fileio
 from daemon.store.fsutil import atomic_write
 from daemon.store.transcript import read_header
 
@@ -55,7 +56,7 @@ class AgentRegistry:
 
     def save(self, data: bytes) -> None:
         """Atomically replace sessions.json (mode 0600). Raises OSError on failure."""
-        atomic_write(self.folder / SESSIONS_JSON, data)
+        atomic_write(self.folder / SESSIONS_JSON, data, step="registry")
 
 
 def is_active_transcript_name(name: str) -> bool:
@@ -110,7 +111,7 @@ def load_agent(state_dir: Path, agent_id: str, folder: Path) -> tuple[AgentRegis
         import time
 
         aside = path.with_name(f"{SESSIONS_JSON}.corrupt-{int(time.time() * 1000)}")
-        os.replace(path, aside)
+        fileio.replace(path, aside)
     rebuild_from_transcripts(state_dir, reg)
     reg.dirty = True
     return reg, reason

@@ -21,7 +21,8 @@ import orjson
 import structlog
 
 from daemon.errors import StorageUnavailable
-from daemon.store import archive, transcript
+from daemon.failpoints import failpoint
+from daemon.store import archive, context, fileio, transcript
 from daemon.store.archive import ArchiveRecord
 from daemon.store.dedup import DedupIndex, Snapshot
 from daemon.store.fsutil import (
@@ -122,6 +123,9 @@ class Store:
         self.archives: dict[str, list[Archived]] = {}
         self.archived_by_id: dict[str, Archived] = {}
         self._replayed: set[str] = set()
+        # Sessions whose token fields the registry may have behind their transcript (replayed
+        # after a crash, or a rebuilt registry): recounted from the tail at start-up.
+        self._recount: set[str] = set()
 
     # ------------------------------------------------------------------------------------------
     # Start-up
@@ -130,7 +134,9 @@ class Store:
         """Load the registry, replay the journal, repair torn tails, then checkpoint.
 
         Runs in a worker thread before the daemon listens. Reads only transcript heads and tails,
-        so its time does not grow with transcript size. Returns counts for the log.
+        so its time does not grow with transcript size; sessions the journal replay touched are
+        recounted from their end back to their latest compaction (store/context.py), which the
+        compaction threshold bounds. Returns counts for the log.
         """
         raise_fd_limit()
         ensure_dir(self.state_dir)
@@ -150,6 +156,7 @@ class Store:
                     reason=reason,
                     sessions=len(reg.sessions),
                 )
+                self._recount.update(st.session_id for st in reg.sessions.values())
             self._add_agent(reg)
         ids = self.dedup.load(now_ms())
         records = self.journal.open_and_read()
@@ -166,6 +173,12 @@ class Store:
                 log.warning(
                     "transcript.torn_tail_repaired", sessionId=st.session_id, kept=str(side)
                 )
+        for sid in self._recount:
+            rst = self.by_id.get(sid)
+            counted = None if rst is None else context.recount(self.state_dir / rst.rel_path)
+            if rst is not None and counted is not None:
+                context.apply_recount(rst.entry, counted)
+                self.agents[rst.agent_id].dirty = True
         archived = self._recover_archives()
         # Everything replayed is made durable before the journal is emptied (invariant 2).
         self._sync_paths({st.rel_path for st in self.by_id.values() if st.new} | self._replayed)
@@ -331,7 +344,14 @@ class Store:
                 # No fsync here (this runs on the event loop): the journal can recreate the
                 # folder, and the next checkpoint makes it durable.
                 for d in (folder.parent, folder):
-                    d.mkdir(mode=0o700, exist_ok=True)
+                    try:
+                        fileio.mkdir(d, 0o700)
+                    except FileExistsError:
+                        pass
+                    except OSError as e:  # ENOSPC: this request fails (1004), not the committer
+                        raise StorageUnavailable(
+                            f"storage unavailable: cannot create {d}: {e.strerror or e}; retry"
+                        ) from e
                 self.new_dirs.update(
                     ("agents", f"agents/{agent_id}", f"agents/{agent_id}/sessions")
                 )
@@ -373,7 +393,7 @@ class Store:
             path = moved
         ensure_dir(path.parent)
         data = line + b"\n"
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, FILE_MODE)
+        fd = fileio.open(path, os.O_RDWR | os.O_CREAT, FILE_MODE)
         try:
             size = os.fstat(fd).st_size
             if size > offset:
@@ -427,6 +447,7 @@ class Store:
         if found is None:
             return
         st = found
+        self._recount.add(st.session_id)
         if obj.get("customType") == archive.CLOSED:
             # Closed by a reset: the key no longer points at it (its successor, if any, does).
             if reg.sessions.get(st.session_key) is st:
@@ -524,21 +545,25 @@ class Store:
         - writing the journal fails (ENOSPC, EIO): the frame is cut off again, no garbage stays;
         - the journal's sync fails: the store is marked broken and takes no more writes (a failed
           fsync is never retried: the kernel may have dropped the pages);
-        - a transcript write fails after the sync: the batch is durable in the journal, which a
-          restart replays; the transcripts are cut back and the store is marked broken.
+        - a transcript write (or open) fails after the sync (ENOSPC, EMFILE): the batch is
+          taken back everywhere (`_take_back`) and the store goes on; if that fails too, the
+          store is marked broken (the journal still holds the batch, which a restart replays).
         """
         journal_size = self.journal.size
+        failpoint("append.before_journal_write")
         try:
             self.journal.append(frame(batch.journal))
         except OSError:
             self._undo_journal(journal_size)
             raise
+        failpoint("append.after_journal_write")
         try:
             self.journal.sync()
         except OSError as e:
             self.broken = f"journal sync failed: {e.strerror or e}"
             self._undo_journal(journal_size)
             raise
+        failpoint("append.after_journal_sync")
         written: list[tuple[int, int]] = []
         try:
             for st, before, lines in batch.touched.values():
@@ -547,11 +572,29 @@ class Store:
                 lines.append(b"")
                 write_all(fd, b"\n".join(lines))
         except OSError as e:
-            self.broken = f"transcript write failed: {e.strerror or e}; a restart replays it"
-            for fd, size in written:
-                with contextlib.suppress(OSError):
-                    os.ftruncate(fd, size)
+            self._take_back(written, journal_size, e)
             raise
+        failpoint("append.after_transcript_write")
+
+    def _take_back(self, written: list[tuple[int, int]], journal_size: int, e: OSError) -> None:
+        """Remove a batch whose transcript write failed from the transcripts and the journal.
+
+        The transcripts are cut back and synced before the journal frame goes: a crash in
+        between must never leave a line in a transcript that replay (and so the idempotency
+        index) does not know, or a retry would store its message twice. Every sync here is a
+        new one (nothing is retried); if any step fails, the store stops taking writes.
+        """
+        try:
+            for fd, size in written:
+                fileio.ftruncate(fd, size)
+                fileio.fdatasync(fd)
+            self.journal.truncate_to(journal_size)
+            self.journal.sync()
+        except OSError as undo:
+            self.broken = (
+                f"transcript write failed: {e.strerror or e}, and taking the batch back failed: "
+                f"{undo.strerror or undo}; a restart replays it"
+            )
 
     def _undo_journal(self, journal_size: int) -> None:
         """Cut an unacknowledged frame off the journal again (no garbage left behind)."""
@@ -566,7 +609,7 @@ class Store:
             return st.fd
         path = self.state_dir / st.rel_path
         flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC
-        st.fd = os.open(path, flags, FILE_MODE)
+        st.fd = fileio.open(path, flags, FILE_MODE)
         self.open_fds[st.session_id] = st
         while len(self.open_fds) > MAX_OPEN_TRANSCRIPTS:
             _sid, old = self.open_fds.popitem(last=False)
@@ -584,7 +627,9 @@ class Store:
 
     def fail(self, batch: Batch) -> None:
         """After a failed (or abandoned) write: nothing of the batch was acknowledged. Touched
-        sessions re-read their tails before their next write; new sessions are forgotten."""
+        sessions re-read their tails before their next write; new sessions are forgotten, and
+        sessions the batch closed are active again (their closing entry was never written).
+        Calling it twice for a batch is harmless."""
         for st, _before, _lines in batch.touched.values():
             st.size = -1
             st.last_entry_id = None
@@ -598,6 +643,17 @@ class Store:
             if st.fd is not None:
                 os.close(st.fd)
                 st.fd = None
+        for c in batch.closing:
+            old = c.state
+            reg = self.agents[old.agent_id]
+            reg.sessions.setdefault(old.session_key, old)
+            reg.dirty = True
+            self.by_id[old.session_id] = old
+            pending = self.archived_by_id.get(old.session_id)
+            if pending is not None and pending.record is None:
+                del self.archived_by_id[old.session_id]
+                with contextlib.suppress(ValueError):
+                    self.archives[old.agent_id].remove(pending)
 
     # ------------------------------------------------------------------------------------------
     # Checkpoints
@@ -618,10 +674,12 @@ class Store:
         dedup: list[tuple[str, Snapshot]],
     ) -> None:
         """Sync transcripts and folders, then write registries (worker thread, concurrent with
-        batches). Raises OSError; the caller marks the store broken."""
+        batches). Raises OSError: SyncFailed when a sync failed (the caller marks the store
+        broken), another OSError when a step may simply be tried again (ENOSPC, EMFILE)."""
         self._sync_paths(paths)
         for d in sorted(dirs, key=len):
             fsync_dir(self.state_dir / d)
+        failpoint("checkpoint.after_sync")
         for reg, data in registries:
             reg.save(data)
         self.dedup.save(dedup)
@@ -641,13 +699,13 @@ class Store:
                 return
         for rel in paths:
             try:
-                fd = os.open(self.state_dir / rel, os.O_RDONLY | os.O_CLOEXEC)
+                fd = fileio.open(self.state_dir / rel, os.O_RDONLY | os.O_CLOEXEC)
             except FileNotFoundError:
                 continue
             try:
-                os.fdatasync(fd)
+                fileio.fdatasync(fd)
             finally:
-                os.close(fd)
+                fileio.close(fd)
         for d in folders:
             fsync_dir(self.state_dir / d)
 

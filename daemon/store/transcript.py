@@ -16,6 +16,7 @@ from typing import Any
 
 import orjson
 
+from daemon.store import fileio
 from daemon.store.fsutil import FILE_MODE, fsync_dir, write_all
 
 TAIL_CHUNK = 64 * 1024
@@ -201,7 +202,11 @@ def read_entries_backwards(
     """Up to `limit` entries (not the header) ending before byte offset `before`, newest first.
 
     Returns the entries with their offsets and whether the start of the file was reached.
+    A compressed archive (`.gz`) is read whole, decompressed: archives are bounded, and offsets
+    into the decompressed bytes work as cursors just as file offsets do.
     """
+    if path.name.endswith(".gz"):
+        return _entries_backwards_in(read_gz(path), before, limit)
     fd = os.open(path, os.O_RDONLY)
     try:
         size = os.fstat(fd).st_size
@@ -220,6 +225,46 @@ def read_entries_backwards(
         return out, True
     finally:
         os.close(fd)
+
+
+def read_gz(path: Path) -> bytes:
+    """The decompressed content of a `.gz` transcript (raises OSError, EOFError, BadGzipFile)."""
+    import gzip
+
+    with gzip.open(path, "rb") as f:
+        return f.read()
+
+
+def lines_backwards_in(data: bytes, end: int) -> Iterator[tuple[int, bytes]]:
+    """`iter_lines_backwards` over bytes in memory (a decompressed archive)."""
+    end = min(end, len(data))
+    cut = data.rfind(b"\n", 0, end)
+    if cut < 0:
+        return
+    pos = cut  # the newline that ends the line to yield next
+    while True:
+        start = data.rfind(b"\n", 0, pos) + 1
+        yield start, data[start:pos]
+        if start == 0:
+            return
+        pos = start - 1
+
+
+def _entries_backwards_in(
+    data: bytes, before: int | None, limit: int
+) -> tuple[list[tuple[int, dict[str, Any]]], bool]:
+    out: list[tuple[int, dict[str, Any]]] = []
+    for off, line in lines_backwards_in(data, len(data) if before is None else before):
+        try:
+            obj = orjson.loads(line)
+        except orjson.JSONDecodeError:
+            continue
+        if not isinstance(obj, dict) or obj.get("type") == "session":
+            continue
+        out.append((off, obj))
+        if len(out) >= limit:
+            return out, False
+    return out, True
 
 
 # ---------------------------------------------------------------------------------------------
@@ -248,15 +293,15 @@ def cut_tail(path: Path, keep: int, now_ms: int) -> Path | None:
         while side.exists():
             n += 1
             side = torn_fragment_path(path, now_ms + n)
-        sfd = os.open(side, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
+        sfd = fileio.open(side, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
         try:
             write_all(sfd, fragment)
-            os.fsync(sfd)
+            fileio.fsync(sfd)
         finally:
             os.close(sfd)
         fsync_dir(path.parent)
-        os.ftruncate(fd, keep)
-        os.fsync(fd)
+        fileio.ftruncate(fd, keep)
+        fileio.fsync(fd)
         return side
     finally:
         os.close(fd)

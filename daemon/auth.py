@@ -1,0 +1,336 @@
+"""Tokens, listeners and the role check in front of every request (SPEC 3, roles).
+
+`daemon.core.roles` decides (pure, one table); this module owns what that needs from the world:
+token secrets read from the config, files and the environment; the extra sockets of
+`daemon.listeners` and the principal their connections start with; the live store, to tell
+which agent a session id belongs to; and the log lines (`request.forbidden`,
+`request.unauthenticated`, `auth.hello`, `auth.failed`).
+
+Authentication is per connection: `auth.hello {token}` once, then every request on that
+connection runs with the token's role. A per-request token would have to travel (and be
+stripped) on every line of a pipelined adapter, and each copy is one more place a secret can leak
+into a log; one hello per connection keeps the secret in one request.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import socket
+import stat
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, NoReturn, Protocol
+
+import anyio
+import structlog
+from anyio.abc import SocketAttribute, SocketListener
+
+from daemon.config import Config, TokenConfig, parse_tcp_address
+from daemon.core import protocol
+from daemon.core.keys import Inbound, normalize_agent_id, resolve_route
+from daemon.core.protocol import Request
+from daemon.core.roles import (
+    ADMIN,
+    Denied,
+    Lookups,
+    Principal,
+    ReadCaps,
+    decide,
+)
+from daemon.errors import ConfigError, Forbidden, ListenFailed, Unauthenticated
+from daemon.store.store import Store
+
+log = structlog.get_logger("daemon.auth")
+
+MAX_TOKEN_BYTES = 4096
+
+
+class Conn(Protocol):
+    """What the check needs of a connection (daemon.server.Connection)."""
+
+    number: int
+    principal: Principal | None
+
+
+# ---------------------------------------------------------------------------------------------
+# Tokens
+
+
+def token_digest(secret: str) -> bytes:
+    """Tokens are kept and compared as sha256 digests: the table never holds the secrets, and a
+    lookup's timing depends on the digest, which tells an attacker nothing about the secret."""
+    return hashlib.sha256(secret.strip().encode()).digest()
+
+
+def resolve_tokens(
+    tokens: tuple[TokenConfig, ...], env: Mapping[str, str] | None = None
+) -> dict[bytes, Principal]:
+    """digest -> principal for every configured token. Raises ConfigError naming the token
+    (`auth.tokens[2].tokenFile: ...`) when its secret cannot be read or is too short."""
+    from daemon.config import MIN_TOKEN_CHARS
+
+    env = os.environ if env is None else env
+    out: dict[bytes, Principal] = {}
+    for i, t in enumerate(tokens):
+        where = f"auth.tokens[{i}]"
+        if t.token is not None:
+            secret = t.token
+        elif t.tokenFile is not None:
+            path = Path(t.tokenFile).expanduser()
+            where += ".tokenFile"
+            try:
+                secret = path.read_text(encoding="utf-8")
+                mode = path.stat().st_mode
+            except (OSError, UnicodeDecodeError) as e:
+                reason = e.strerror if isinstance(e, OSError) else "not UTF-8 text"
+                raise ConfigError(f"{where}: cannot read {path}: {reason}") from None
+            if mode & stat.S_IROTH:
+                log.warning("auth.token_file_readable", file=str(path), token=t.name or i)
+        else:
+            assert t.tokenEnv is not None
+            where += ".tokenEnv"
+            secret = env.get(t.tokenEnv, "")
+            if not secret:
+                raise ConfigError(f"{where}: the environment variable {t.tokenEnv} is not set")
+        if len(secret.strip()) < MIN_TOKEN_CHARS:
+            raise ConfigError(f"{where}: the token must be at least {MIN_TOKEN_CHARS} characters")
+        digest = token_digest(secret)
+        if digest in out:
+            raise ConfigError(f"{where}: the same token as {out[digest].name}")
+        agents = frozenset(normalize_agent_id(a) for a in t.agents) or None
+        out[digest] = Principal(t.role, agents, t.name or f"token #{i}", digest)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Listeners
+
+
+@dataclass(frozen=True, slots=True)
+class Listener:
+    """A socket served besides daemon.socket, and the principal its connections start with."""
+
+    name: str  # "unix:/run/sessiond/work.sock", "tcp:127.0.0.1:7700"
+    principal: Principal | None
+    path: Path | None = None
+    mode: int = 0o660
+    host: str = ""
+    port: int = 0
+
+
+@dataclass(slots=True)
+class Bound:
+    """A listener with its open sockets (one per address family a host name gives)."""
+
+    spec: Listener
+    sockets: list[SocketListener] = field(default_factory=list)
+    address: str = ""
+
+
+def listeners_of(cfg: Config) -> list[Listener]:
+    out = []
+    for i, lc in enumerate(cfg.daemon.listeners):
+        principal = None
+        if lc.role is not None:
+            agents = frozenset(normalize_agent_id(a) for a in lc.agents) or None
+            principal = Principal(lc.role, agents, f"listener #{i}")
+        if lc.unix is not None:
+            path = Path(lc.unix).expanduser()
+            mode = 0o660 if lc.mode is None else lc.mode
+            out.append(Listener(f"unix:{path}", principal, path=path, mode=mode))
+        else:
+            assert lc.tcp is not None
+            host, port = parse_tcp_address(lc.tcp)
+            out.append(Listener(f"tcp:{lc.tcp}", principal, host=host, port=port))
+    return out
+
+
+async def bind_listeners(specs: list[Listener]) -> list[Bound]:
+    """Open every listener before the daemon starts serving; raises ListenFailed (and closes
+    what it opened) so that a taken port or path stops start-up with a clear message."""
+    bound: list[Bound] = []
+    try:
+        for spec in specs:
+            bound.append(await _bind(spec))
+    except BaseException:
+        for b in bound:
+            await close_bound(b)
+        raise
+    return bound
+
+
+async def _bind(spec: Listener) -> Bound:
+    if spec.path is not None:
+        path = spec.path
+        _clear_stale_socket(path)
+        old_umask = os.umask(0o177)
+        try:
+            lst = await anyio.create_unix_listener(path)
+        except OSError as e:
+            raise ListenFailed(f"cannot listen on {path}: {e.strerror or e}") from None
+        finally:
+            os.umask(old_umask)
+        os.chmod(path, spec.mode)
+        return Bound(spec, [lst], str(path))
+    try:
+        multi = await anyio.create_tcp_listener(local_host=spec.host, local_port=spec.port)
+    except OSError as e:
+        raise ListenFailed(f"cannot listen on {spec.host}:{spec.port}: {e.strerror or e}") from None
+    socks = list(multi.listeners)
+    port = socks[0].extra(SocketAttribute.local_port) if socks else spec.port
+    host = f"[{spec.host}]" if ":" in spec.host else spec.host
+    return Bound(spec, [s for s in socks if isinstance(s, SocketListener)], f"{host}:{port}")
+
+
+def _clear_stale_socket(path: Path) -> None:
+    """A socket file nobody answers on is left by a daemon that died: take it away. One that
+    answers belongs to another process (this path is outside our locked state folder)."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(st.st_mode):
+        raise ListenFailed(f"cannot listen on {path}: it exists and is not a socket")
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.settimeout(1.0)
+        probe.connect(str(path))
+    except OSError:
+        os.unlink(path)
+        return
+    finally:
+        probe.close()
+    raise ListenFailed(f"cannot listen on {path}: another process is serving on it")
+
+
+async def close_bound(b: Bound) -> None:
+    for s in b.sockets:
+        with contextlib.suppress(OSError, anyio.BrokenResourceError):
+            await s.aclose()
+    if b.spec.path is not None:
+        # Our socket file, not user data: take it away so that clients fail fast.
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(b.spec.path)
+
+
+# ---------------------------------------------------------------------------------------------
+# The check
+
+
+class Auth:
+    """The role check the server runs before dispatching each request (event loop only)."""
+
+    def __init__(self, store: Store, config: Config | None = None) -> None:
+        self.store = store
+        self.config = config or Config()
+        self.tokens: dict[bytes, Principal] = {}
+        self.agent_caps = ReadCaps(262_144, 8192)
+        self.lookups = Lookups(self._agent_of_session, self._routed_agent)
+        if config is not None:
+            self.set_config(config)
+
+    def set_config(self, cfg: Config) -> None:
+        """Take tokens and caps from `cfg`. Raises ConfigError (and changes nothing) when a
+        token's secret cannot be read."""
+        tokens = resolve_tokens(cfg.auth.tokens)
+        self.tokens = tokens
+        reads = cfg.auth.agentReads
+        self.agent_caps = ReadCaps(reads.maxBytes, reads.maxBlockChars)
+        self.config = cfg
+
+    def reload(self, cfg: Config) -> None:
+        """A reload subscriber: a token file that cannot be read keeps the old tokens."""
+        try:
+            self.set_config(cfg)
+        except ConfigError as e:
+            log.error("auth.reload_failed", error=str(e))
+            self.config = cfg  # routing for the adapter check follows the new config
+
+    def hello(self, conn: Conn | None, params: dict[str, Any]) -> dict[str, Any]:
+        """`auth.hello {token}`: from now on the connection has the token's role."""
+        p = protocol.Params(params)
+        secret = p.text("token", required=True, max_len=MAX_TOKEN_BYTES)
+        p.done()
+        assert secret is not None
+        principal = self.tokens.get(token_digest(secret))
+        number = conn.number if conn is not None else None
+        if principal is None:
+            log.warning("auth.failed", connection=number)
+            raise Unauthenticated("invalid token")
+        if conn is not None:
+            conn.principal = principal
+        log.info("auth.hello", connection=number, role=principal.role, token=principal.name)
+        agents = None if principal.agents is None else sorted(principal.agents)
+        return {"role": principal.role, "agents": agents, "name": principal.name}
+
+    def principal_of(self, conn: Conn | None) -> Principal | None:
+        """The connection's principal now: a token removed by a reload no longer counts."""
+        if conn is None:
+            return ADMIN
+        p = conn.principal
+        if p is not None and p.digest is not None:
+            current = self.tokens.get(p.digest)
+            if current is None:
+                conn.principal = p = None
+            elif current is not p:
+                conn.principal = p = current  # the same token, its role or agents changed
+        return p
+
+    def admit(self, req: Request, conn: Conn | None) -> Request:
+        """The request to dispatch (params may be confined to the caller's agent). Raises
+        Unauthenticated (1001) or Forbidden (1002), after logging why."""
+        p = self.principal_of(conn)
+        if p is ADMIN:
+            return req
+        verdict = decide(p, req.method, req.params, self.lookups)
+        if isinstance(verdict, Denied):
+            self._refused(req, conn, p, verdict)
+        elif verdict is not req.params:
+            return replace(req, params=verdict)
+        return req
+
+    def read_caps(self, conn: Conn | None) -> ReadCaps | None:
+        """Caps on what a read may return: agents get `auth.agentReads`, others everything."""
+        p = self.principal_of(conn)
+        return self.agent_caps if p is not None and p.role == "agent" else None
+
+    def _refused(self, req: Request, conn: Conn | None, p: Principal | None, d: Denied) -> NoReturn:
+        number = conn.number if conn is not None else None
+        if d.reason == "unauthenticated":
+            log.info("request.unauthenticated", method=req.method, connection=number)
+            raise Unauthenticated(d.message)
+        assert p is not None
+        log.warning(
+            "request.forbidden",
+            method=req.method,
+            role=p.role,
+            token=p.name,
+            agentId=d.agent,
+            reason=d.reason,
+            connection=number,
+        )
+        raise Forbidden(d.message, data={"agentId": d.agent} if d.agent else None)
+
+    def _agent_of_session(self, session_id: str) -> str | None:
+        st = self.store.by_id.get(session_id)
+        if st is not None:
+            return st.agent_id
+        a = self.store.archived_by_id.get(session_id)
+        return None if a is None else a.agent_id
+
+    def _routed_agent(self, params: dict[str, Any]) -> str | None:
+        """The agent an inbound message would go to (raises InvalidParams like ingest would)."""
+        ip = protocol.parse_ingest(params)
+        inbound = Inbound(
+            channel=ip.channel,
+            chat_type=ip.chat_type,
+            peer=ip.peer,
+            account_id=ip.account_id,
+            group_id=ip.group_id,
+            thread_id=ip.thread_id,
+            agent_id=ip.agent_id,
+        )
+        return resolve_route(inbound, self.config).agent_id

@@ -1,0 +1,384 @@
+"""The backup mirror stage (SPEC 4.5, 6): every transcript line copied, in the background, to
+`<path>/<sessionId>/history.jsonl` (the files and their format: daemon/store/backup.py).
+
+The contract (docs/backup.md): an acknowledgement waits for the primary transcript only; the
+mirror follows and is synced within about a second (`sync: "ack"` makes the acknowledgement wait
+for it too, while the mirror is healthy). The mirror keeps no copy of a batch in memory: it
+remembers, per session, how far the transcript is durable and how far it is mirrored, and reads
+the bytes in between from the transcript itself (still in the page cache). Its position survives
+a crash because it is the last entry id in the mirror file: at start-up every session is located
+again (the mirror's last entry id, found in the transcript) and whatever follows is mirrored, so
+nothing is missing and nothing doubled. When that entry cannot be found (the transcript was
+rebuilt), every line already mirrored is recognised and skipped.
+
+If the mirror's folder is gone (its marker file is missing: an unmounted disk) or a write or sync
+fails (ENOSPC, EIO), ingest is not affected: `status` shows the mirror degraded with its lag, the
+round is retried with a growing pause, and once the disk is back the mirror catches up.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import anyio
+import structlog
+from anyio.abc import TaskStatus
+
+from daemon.store.backup import MAX_JOBS_PER_ROUND, Job, MirrorWriter, ensure_root
+
+if TYPE_CHECKING:
+    from daemon.config import Config
+    from daemon.store.store import Batch, Store
+
+log = structlog.get_logger("daemon.backup")
+
+ROUND_INTERVAL = 0.5  # async mode: a round gathers what arrived in this long; synced within 1 s
+ACK_WAIT_SECONDS = 5.0  # sync "ack": the longest an answer waits for the mirror
+BACKOFF_MAX = 30.0
+CLOSE_GRACE = 0.5  # after close(): the committer's last batches arrive within this
+CLOSE_MAX = 10.0
+
+
+def backup_root(config: Config, state_dir: Path) -> Path:
+    """`sessions.backup.path`, else `<stateDir>/backup`; relative paths are in the state folder."""
+    p = config.sessions.backup.path
+    if not p:
+        return state_dir / "backup"
+    path = Path(p).expanduser()
+    return path if path.is_absolute() else state_dir / path
+
+
+def excluded(session_key: str | None, patterns: tuple[str, ...]) -> bool:
+    """Whether `exclude_patterns` (globs over session keys) leave this session out."""
+    return session_key is not None and any(fnmatch.fnmatchcase(session_key, p) for p in patterns)
+
+
+# ---------------------------------------------------------------------------------------------
+# The mirror stage of the daemon
+
+
+@dataclass(slots=True)
+class Track:
+    """One session the mirror follows: how far its transcript is durable, how far mirrored."""
+
+    agent_id: str
+    session_key: str | None
+    session_id: str
+    channel: str | None
+    end: int | None  # durable transcript bytes; None: the whole file (nothing writes to it)
+    done: int | None = None  # mirrored and synced up to; None until located
+    behind_since: float | None = None  # monotonic time since it has been behind
+    closed: bool = False  # archived: once caught up, it is dropped
+
+    def caught_up(self) -> bool:
+        return self.done is not None and self.end is not None and self.done >= self.end
+
+
+@dataclass(slots=True)
+class MirrorCounters:
+    rounds: int = 0
+    records: int = 0
+    failures: int = 0
+    last_sync_ms: int = 0
+
+
+class Mirror:
+    """The mirror stage: the committer calls `committed` after each durable batch; `run` (a task
+    in the daemon's task group) writes and syncs the mirror in a worker thread.
+
+    State is read and changed on the event loop only; the worker thread gets immutable jobs and
+    returns outcomes. `lock` is held for each round, so the retention sweep can compress a
+    finished mirror without racing a write to it.
+    """
+
+    def __init__(self, store: Store, config: Config, state_dir: Path) -> None:
+        bc = config.sessions.backup
+        self.store = store
+        self.enabled = bc.enabled
+        self.ack = bc.sync == "ack"
+        self.patterns = bc.exclude_patterns
+        self.root = backup_root(config, state_dir)
+        self.writer = MirrorWriter(self.root)
+        self.tracks: dict[str, Track] = {}
+        self.error: str | None = None
+        self.counters = MirrorCounters()
+        self.lock = anyio.Lock()
+        self._limiter = anyio.CapacityLimiter(1)
+        self._wake = anyio.Event()
+        self._round_done = anyio.Event()
+        self._closing = False
+        self._closed = anyio.Event()
+        self._closing_at = 0.0
+        self._last_commit = 0.0
+        self._stopped = False
+        self._excluded: dict[str, bool] = {}
+
+    # --- the committer's side (event loop) ----------------------------------------------------
+
+    async def committed(self, batch: Batch) -> None:
+        """Note what a durable batch added; with sync "ack", wait (bounded) until it is mirrored."""
+        if not self.enabled:
+            return
+        now = time.monotonic()
+        self._last_commit = now
+        targets: list[tuple[Track, int]] = []
+        created = {id(st) for st in batch.created}
+        for st, before, lines in batch.touched.values():
+            if self._is_excluded(st.session_key):
+                continue
+            end = before + sum(len(line) + 1 for line in lines if line)
+            t = self.tracks.get(st.session_id)
+            if t is None:
+                t = self.tracks[st.session_id] = Track(
+                    st.agent_id,
+                    st.session_key,
+                    st.session_id,
+                    _channel(st.entry),
+                    end,
+                    # A new session's mirror starts with its header; others are located first.
+                    done=0 if before == 0 and id(st) in created else None,
+                )
+            elif t.end is None or end > t.end:
+                t.end = end
+            if t.behind_since is None:
+                t.behind_since = now
+            targets.append((t, end))
+        for c in batch.closing:
+            t = self.tracks.get(c.state.session_id)
+            if t is not None:
+                t.closed = True
+        if not targets:
+            return
+        self._wake.set()
+        if not self.ack:
+            return
+        with anyio.move_on_after(ACK_WAIT_SECONDS):
+            while self.error is None and not self._stopped:
+                if all(t.done is not None and t.done >= end for t, end in targets):
+                    return
+                await self._round_done.wait()
+
+    def _is_excluded(self, key: str) -> bool:
+        hit = self._excluded.get(key)
+        if hit is None:
+            if len(self._excluded) > 65_536:
+                self._excluded.clear()
+            hit = self._excluded[key] = excluded(key, self.patterns)
+        return hit
+
+    def close(self) -> None:
+        """Stop once what the committer hands over in its last moments is mirrored (bounded)."""
+        self._closing = True
+        self._closed.set()
+        self._closing_at = time.monotonic()
+        self._wake.set()
+
+    # --- the task -----------------------------------------------------------------------------
+
+    async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Prime the tracks (before the committer starts, so file sizes are durable sizes), then
+        mirror rounds until closed. Never raises for disk trouble: it reports and retries."""
+        if not self.enabled:
+            task_status.started()
+            return
+        try:
+            await anyio.to_thread.run_sync(ensure_root, self.root)
+        except OSError as e:
+            self._fail(e)
+        await self._prime()
+        task_status.started()
+        log.info(
+            "backup.started",
+            path=str(self.root),
+            sync="ack" if self.ack else "async",
+            sessions=len(self.tracks),
+        )
+        backoff = 0.0
+        try:
+            while True:
+                jobs = self._jobs()
+                if self._closing and (
+                    time.monotonic() - self._closing_at > CLOSE_MAX
+                    or (
+                        (not jobs or self.error is not None)
+                        and time.monotonic() - self._last_commit > CLOSE_GRACE
+                    )
+                ):
+                    break
+                if not jobs:
+                    self._wake = anyio.Event()
+                    with anyio.move_on_after(CLOSE_GRACE if self._closing else None):
+                        await self._wake.wait()
+                    continue
+                if backoff:
+                    with anyio.move_on_after(backoff):
+                        while not self._closing:
+                            self._wake = anyio.Event()
+                            await self._wake.wait()
+                ok = await self._round(jobs)
+                backoff = 0.0 if ok else min(BACKOFF_MAX, max(1.0, backoff * 2))
+                if ok and not self.ack and not self._closing:
+                    with anyio.move_on_after(ROUND_INTERVAL):
+                        await self._closed.wait()
+        finally:
+            self._stopped = True
+            self._signal_round()
+        log.info("backup.stopped", behind=sum(1 for t in self.tracks.values() if not t.caught_up()))
+
+    async def _prime(self) -> None:
+        """Follow every session: active ones up to their size now, archived ones to their end."""
+        store = self.store
+        active = [
+            (st.session_id, st.agent_id, st.session_key, _channel(st.entry), st.rel_path)
+            for st in store.by_id.values()
+            if not self._is_excluded(st.session_key)
+        ]
+        state_dir = store.state_dir
+
+        def sizes() -> list[int]:
+            out = []
+            for _sid, _a, _k, _c, rel in active:
+                try:
+                    out.append(os.stat(state_dir / rel).st_size)
+                except OSError:
+                    out.append(0)
+            return out
+
+        for (sid, agent, key, channel, _rel), size in zip(
+            active, await anyio.to_thread.run_sync(sizes), strict=True
+        ):
+            self.tracks[sid] = Track(agent, key, sid, channel, size)
+        for sid, a in store.archived_by_id.items():
+            if sid in self.tracks or (a.session_key and self._is_excluded(a.session_key)):
+                continue
+            self.tracks[sid] = Track(a.agent_id, a.session_key, sid, None, None, closed=True)
+
+    def _paths(self, sid: str) -> tuple[Path, ...]:
+        store = self.store
+        out = []
+        st = store.by_id.get(sid)
+        if st is not None:
+            out.append(store.state_dir / st.rel_path)
+        a = store.archived_by_id.get(sid)
+        if a is not None:
+            out.append(store.state_dir / a.rel_path)
+        return tuple(out)
+
+    def _jobs(self) -> list[Job]:
+        behind = [t for t in self.tracks.values() if not t.caught_up()]
+        # Sessions with new batches first, the start-up catch-up after them.
+        behind.sort(key=lambda t: (t.behind_since is None, t.behind_since or 0.0))
+        out = []
+        for t in behind[:MAX_JOBS_PER_ROUND]:
+            paths = self._paths(t.session_id)
+            if paths:
+                out.append(
+                    Job(t.session_id, t.agent_id, t.session_key, t.channel, paths, t.done, t.end)
+                )
+        return out
+
+    async def _round(self, jobs: list[Job]) -> bool:
+        try:
+            async with self.lock:
+                outcomes = await anyio.to_thread.run_sync(
+                    self.writer.run, jobs, limiter=self._limiter
+                )
+        except OSError as e:
+            # A failed round may have left a record half-written: locate those sessions again.
+            for j in jobs:
+                t = self.tracks.get(j.session_id)
+                if t is not None:
+                    t.done = None
+            self._fail(e)
+            self._signal_round()
+            return False
+        if self.error is not None:
+            log.warning("backup.recovered", path=str(self.root), was=self.error)
+            self.error = None
+        c = self.counters
+        c.rounds += 1
+        c.last_sync_ms = time.time_ns() // 1_000_000
+        for o in outcomes:
+            c.records += o.records
+            t = self.tracks.get(o.session_id)
+            if t is None:
+                continue
+            if o.missing:
+                if t.closed or not t.end:
+                    # An archive whose file is gone, or a registry entry whose transcript is
+                    # (its header is written again with the next message): nothing to follow.
+                    log.warning("backup.transcript_missing", sessionId=o.session_id)
+                    t.done = t.end = t.end or 0
+                    t.behind_since = None
+                    if t.closed:
+                        del self.tracks[o.session_id]
+                continue
+            t.done = o.done
+            if t.end is None and o.done is not None and o.done >= o.end:
+                t.end = o.end  # a finished transcript: caught up to its whole length
+            if t.caught_up():
+                t.behind_since = None
+                if t.closed:
+                    del self.tracks[o.session_id]
+        self._signal_round()
+        return True
+
+    def _signal_round(self) -> None:
+        self._round_done.set()
+        self._round_done = anyio.Event()
+
+    def _fail(self, e: Exception) -> None:
+        reason = (e.strerror if isinstance(e, OSError) else None) or str(e)
+        self.counters.failures += 1
+        if self.error != reason:
+            log.error("backup.degraded", path=str(self.root), error=reason)
+        self.error = reason
+
+    # --- status -------------------------------------------------------------------------------
+
+    def busy(self, session_id: str) -> bool:
+        """Whether the mirror still has work for this session (the sweep leaves it alone)."""
+        t = self.tracks.get(session_id)
+        return t is not None and not t.caught_up()
+
+    def status(self) -> dict[str, Any]:
+        """For `status`: state ok | catching-up | degraded, with the lag."""
+        if not self.enabled:
+            return {"enabled": False, "state": "disabled"}
+        now = time.monotonic()
+        behind = [t for t in self.tracks.values() if not t.caught_up()]
+        since = [t.behind_since for t in behind if t.behind_since is not None]
+        lag_s = now - min(since) if since else 0.0
+        lag_bytes = sum(t.end - (t.done or 0) for t in behind if t.end is not None)
+        if self.error is not None:
+            state = "degraded"
+        elif behind and (lag_s > 2.0 or any(t.behind_since is None for t in behind)):
+            state = "catching-up"
+        else:
+            state = "ok"
+        c = self.counters
+        return {
+            "enabled": True,
+            "path": str(self.root),
+            "sync": "ack" if self.ack else "async",
+            "state": state,
+            "error": self.error,
+            "lagSessions": len(behind),
+            "lagBytes": lag_bytes,
+            "lagSeconds": round(lag_s, 3),
+            "records": c.records,
+            "lastSyncAt": c.last_sync_ms or None,
+        }
+
+
+def _channel(entry: dict[str, Any]) -> str | None:
+    for k in ("lastChannel", "channel"):
+        v = entry.get(k)
+        if isinstance(v, str):
+            return v
+    return None

@@ -1,0 +1,40 @@
+"""Full-text search over transcripts and memory files (SPEC 3 `memory.search`, SPEC 2 `index/`).
+
+    sources.py   which files are read, and which lines become entries (pure)
+    index.py     the SQLite FTS5 database: incremental passes, rebuilding from scratch
+    query.py     answering a search: bm25 order, filters, snippets, query errors
+    service.py   the daemon's task: passes about a second behind the appends, and the method
+
+Everything in the index is derived from files the store keeps; deleting `<stateDir>/index/`
+loses nothing: the next start (or `sessiond reindex`) reads the files again and gives the same
+answers.
+"""
+
+from daemon.search.index import (
+    Halted,
+    IndexUnavailable,
+    SearchIndex,
+    SyncStats,
+    index_path,
+    lower_priority,
+    rebuild,
+)
+from daemon.search.query import check_prefixes
+from daemon.search.service import SearchService, run_in_thread
+from daemon.search.sources import is_archived_name, message_text, transcript_docs
+
+__all__ = [
+    "Halted",
+    "IndexUnavailable",
+    "SearchIndex",
+    "SearchService",
+    "SyncStats",
+    "check_prefixes",
+    "index_path",
+    "is_archived_name",
+    "lower_priority",
+    "message_text",
+    "rebuild",
+    "run_in_thread",
+    "transcript_docs",
+]

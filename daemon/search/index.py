@@ -1,0 +1,746 @@
+"""The index database: schema, incremental passes, and rebuilding from scratch.
+
+    <stateDir>/index/search.sqlite3     (WAL mode; derived data only)
+
+Per file the index remembers how far it has read (complete lines only), the file's identity
+(device, inode) and the bytes just before that offset. A pass stats each file and reads only what
+was appended since; a file whose remembered bytes changed (an edited memory file, a transcript
+cut back by crash recovery) is read again from the start; a file that moved (a reset moves the
+transcript into archive/, same inode) keeps its entries and only changes its path and archived
+flag; a file that is gone takes its entries with it.
+
+A pass reads and parses on the calling thread and hands every write, in order, to a writer
+thread of its own (`_Writer`), joined before the pass returns.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gzip
+import os
+import queue
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from daemon.core.protocol import SearchParams
+from daemon.search.query import Readers
+from daemon.search.sources import (
+    DEFAULT_AGENTS,
+    MAX_TEXT_CHARS,
+    Doc,
+    Source,
+    Timestamps,
+    memory_ts,
+    scan_sources,
+    session_keys,
+    split_lines,
+    transcript_docs,
+)
+from daemon.store.fsutil import fsync_dir
+
+log = structlog.get_logger("daemon.search")
+
+INDEX_DIR = "index"
+DB_NAME = "search.sqlite3"
+SCHEMA_VERSION = "1"
+ANCHOR_BYTES = 64  # bytes before the read offset that must be unchanged to continue reading
+READ_CHUNK = 16 << 20
+FLUSH_DOCS = 20_000  # rows per executemany
+COMMIT_DOCS = 200_000  # rows per transaction during a long build (readers see progress)
+FULL_STAT_SECONDS = 30.0  # how often unchanged archive folders are looked into file by file
+
+SCHEMA = f"""
+CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS files(
+  id INTEGER PRIMARY KEY,
+  path TEXT NOT NULL UNIQUE,  -- relative to the state folder, absolute outside it
+  source TEXT NOT NULL,       -- session | memory
+  agent_id TEXT NOT NULL,
+  session_id TEXT,
+  session_key TEXT,
+  archived INTEGER NOT NULL,
+  dev INTEGER NOT NULL,
+  ino INTEGER NOT NULL,
+  size INTEGER NOT NULL,      -- on disk (compressed for .gz)
+  mtime_ns INTEGER NOT NULL,
+  offset INTEGER NOT NULL,    -- bytes read, up to the last complete line (uncompressed)
+  lines INTEGER NOT NULL,     -- complete lines before offset
+  tail INTEGER NOT NULL,      -- 1: an unfinished last line of a memory file is indexed for now
+  anchor BLOB NOT NULL        -- the bytes just before offset
+);
+CREATE TABLE IF NOT EXISTS docs(
+  id INTEGER PRIMARY KEY,
+  file_id INTEGER NOT NULL,
+  off INTEGER NOT NULL,
+  entry_id TEXT NOT NULL,
+  role TEXT,
+  ts INTEGER NOT NULL,
+  text TEXT NOT NULL
+);
+CREATE VIRTUAL TABLE IF NOT EXISTS fts USING fts5(
+  text, content='docs', content_rowid='id', tokenize='unicode61 remove_diacritics 2'
+);
+INSERT OR IGNORE INTO meta(key, value) VALUES ('schema', '{SCHEMA_VERSION}');
+"""
+# Made at the end of a bulk build (one sort beats keeping it up to date row by row).
+DOCS_INDEX = "CREATE INDEX IF NOT EXISTS docs_file ON docs(file_id, off);"
+
+
+@dataclass(slots=True)
+class FileRow:
+    id: int
+    path: str
+    source: str
+    agent_id: str
+    session_id: str | None
+    session_key: str | None
+    archived: bool
+    dev: int
+    ino: int
+    size: int
+    mtime_ns: int
+    offset: int
+    lines: int
+    tail: bool
+    anchor: bytes
+
+
+@dataclass(slots=True)
+class SyncStats:
+    files: int = 0  # looked at
+    read: int = 0  # with new bytes read
+    moved: int = 0
+    removed: int = 0  # gone from disk (their entries too)
+    restarted: int = 0  # changed under us: read again from the start
+    docs: int = 0  # entries added
+    seconds: float = 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "files": self.files,
+            "read": self.read,
+            "moved": self.moved,
+            "removed": self.removed,
+            "restarted": self.restarted,
+            "docs": self.docs,
+            "seconds": round(self.seconds, 3),
+        }
+
+
+Progress = Callable[[int, int, int], None]  # files done, files in all, entries indexed
+
+
+class Halted(Exception):
+    """A pass was asked to stop (the daemon is shutting down); what it did is committed."""
+
+
+class IndexUnavailable(Exception):
+    """This Python's SQLite cannot hold the index (no FTS5)."""
+
+
+Job = Callable[[sqlite3.Connection], None]
+
+
+class _Writer:
+    """The thread that runs a pass's SQL, in order, while the pass goes on reading and parsing
+    files: SQLite releases the GIL while it works, so the two overlap (about 1.5x on a large
+    build). Owned by one `sync` call, which always joins it before returning. A job that fails
+    makes every later `submit` and `barrier` raise its error."""
+
+    def __init__(self, conn: sqlite3.Connection, nice: int = 0) -> None:
+        self.conn = conn
+        self.nice = nice
+        self.jobs: queue.Queue[Job | None] = queue.Queue(maxsize=4)
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, name="search-writer", daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        lower_priority(self.nice)
+        while True:
+            job = self.jobs.get()
+            try:
+                if job is None:
+                    return
+                if self.error is None:
+                    job(self.conn)
+            except BaseException as e:  # handed to the pass, which re-raises it
+                self.error = e
+            finally:
+                self.jobs.task_done()
+
+    def submit(self, job: Job) -> None:
+        if self.error is not None:
+            raise self.error
+        self.jobs.put(job)
+
+    def barrier(self) -> None:
+        """Wait until every job so far has run."""
+        self.jobs.join()
+        if self.error is not None:
+            raise self.error
+
+    def join(self) -> None:
+        self.jobs.put(None)
+        self.thread.join()
+
+
+@dataclass(slots=True)
+class _Pass:
+    halt: threading.Event | None
+    progress: Progress | None
+    stats: SyncStats
+    pending: list[Doc] = field(default_factory=list)
+    uncommitted: int = 0
+    keys: dict[str, dict[str, str]] = field(default_factory=dict)  # agent -> sessionId -> key
+    writer: _Writer | None = None
+    in_transaction: bool = False
+
+
+def connect(path: Path, *, bulk: bool = False) -> sqlite3.Connection:
+    """A connection in autocommit mode (transactions are explicit). WAL lets searches read
+    while a pass writes; synchronous=NORMAL because the index can always be rebuilt."""
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    conn.execute("PRAGMA page_size=8192")  # a new file only; FTS5 segments fill them well
+    if bulk:
+        conn.execute("PRAGMA journal_mode=OFF")
+        conn.execute("PRAGMA synchronous=OFF")
+    else:
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=NORMAL")
+    conn.execute("PRAGMA cache_size=-65536")
+    conn.execute("PRAGMA temp_store=MEMORY")
+    return conn
+
+
+def check_fts5() -> None:
+    """Raise IndexUnavailable when SQLite was built without FTS5."""
+    conn = sqlite3.connect(":memory:")
+    try:
+        conn.execute("CREATE VIRTUAL TABLE t USING fts5(x)")
+    except sqlite3.OperationalError as e:
+        raise IndexUnavailable(f"SQLite {sqlite3.sqlite_version} has no FTS5: {e}") from None
+    finally:
+        conn.close()
+
+
+class SearchIndex:
+    """One index database. `sync` and `close` are called from one thread at a time; `search`
+    from any number of threads."""
+
+    def __init__(
+        self,
+        path: Path,
+        state_dir: Path,
+        workspace_of: Callable[[str], Path],
+        agents: Callable[[], Iterable[str]] = lambda: DEFAULT_AGENTS,
+        *,
+        bulk: bool = False,
+        nice: int = 0,
+    ) -> None:
+        self.path = path
+        self.state_dir = state_dir
+        self.workspace_of = workspace_of
+        self.agents = agents
+        self.bulk = bulk
+        self.nice = nice  # for the writer thread: the daemon indexes below the ingest path
+        self.conn: sqlite3.Connection | None = None
+        self.files: dict[str, FileRow] = {}
+        self._identity: tuple[int, int] | None = None
+        self._next_file_id = 1
+        self._archive_cache: dict[str, tuple[int, list[Source]]] = {}
+        self._last_full = 0.0
+        self.readers = Readers(path)
+
+    # --- opening --------------------------------------------------------------------------
+
+    def open(self) -> None:
+        """Open (or create) the database. One that is unreadable or of another schema version
+        is replaced by an empty one, built into a new file and renamed over it: it is derived
+        data, and the next `sync` reads everything again."""
+        check_fts5()
+        folder = self.path.parent
+        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+        try:
+            conn = connect(self.path, bulk=self.bulk)
+            conn.executescript(SCHEMA if self.bulk else SCHEMA + DOCS_INDEX)
+            row = conn.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()
+            if row is None or row[0] != SCHEMA_VERSION:
+                conn.close()
+                raise sqlite3.DatabaseError(f"schema version {row[0] if row else None}")
+        except sqlite3.DatabaseError as e:
+            log.warning("search.index_replaced", reason=str(e), path=str(self.path))
+            self._replace_with_empty()
+            conn = connect(self.path, bulk=self.bulk)
+            conn.executescript(SCHEMA if self.bulk else SCHEMA + DOCS_INDEX)
+        self.conn = conn
+        os.chmod(self.path, 0o600)  # it holds what the transcripts say
+        st = os.stat(self.path)
+        self._identity = (st.st_dev, st.st_ino)
+        self._load_files()
+
+    def _load_files(self) -> None:
+        rows = self._load_rows()
+        self.files = {r.path: r for r in rows}
+        # File ids are handed out here, so that a pass never waits for the writer to learn one.
+        self._next_file_id = max((r.id for r in rows), default=0) + 1
+
+    def _replace_with_empty(self) -> None:
+        tmp = self.path.with_name(f"{self.path.name}.new-{os.getpid()}")
+        for p in (tmp, Path(f"{tmp}-wal"), Path(f"{tmp}-shm")):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(p)
+        conn = connect(tmp, bulk=True)
+        try:
+            conn.executescript(SCHEMA)
+        finally:
+            conn.close()
+        install(tmp, self.path)
+
+    def _load_rows(self) -> list[FileRow]:
+        assert self.conn is not None
+        rows = self.conn.execute(
+            "SELECT id, path, source, agent_id, session_id, session_key, archived, dev, ino, "
+            "size, mtime_ns, offset, lines, tail, anchor FROM files"
+        ).fetchall()
+        return [FileRow(*r) for r in rows]
+
+    def close(self) -> None:
+        self.readers.close()
+        if self.conn is not None:
+            self.conn.close()
+            self.conn = None
+
+    def finish_bulk(self) -> None:
+        """After a bulk build: make the file complete and durable before it is renamed in."""
+        assert self.conn is not None
+        self.conn.executescript(DOCS_INDEX)
+        self.conn.execute("INSERT INTO fts(fts) VALUES ('optimize')")
+        self.conn.close()
+        self.conn = None
+        fd = os.open(self.path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def search(self, q: SearchParams) -> list[dict[str, Any]]:
+        """Ranked hits for `q` (see daemon/search/query.py); any number of threads at once."""
+        return self.readers.search(q)
+
+    # --- one pass ---------------------------------------------------------------------------
+
+    def sync(
+        self, halt: threading.Event | None = None, progress: Progress | None = None
+    ) -> SyncStats:
+        """Bring the index up to the files: read what was appended, follow moves, drop what is
+        gone. Runs in a worker thread. Raises Halted when `halt` is set (work done so far is
+        committed and kept), sqlite3.Error or OSError when the index cannot be written."""
+        started = time.monotonic()
+        self._reopen_if_replaced()
+        conn = self.conn
+        assert conn is not None
+        full = self.bulk or started - self._last_full >= FULL_STAT_SECONDS
+        cache = None if full else self._archive_cache
+        if full:
+            self._archive_cache.clear()
+            cache = self._archive_cache
+        found: list[tuple[Source, os.stat_result | None]] = []
+        for src, cached in scan_sources(self.state_dir, self.workspace_of, self.agents(), cache):
+            row = self.files.get(src.key)
+            if cached and not full and row is not None and row.offset > 0:
+                found.append((src, None))  # an archive that was already read and cannot change
+                continue
+            try:
+                found.append((src, os.stat(src.path)))
+            except OSError:
+                continue
+        if full:
+            self._last_full = started
+        ps = _Pass(halt, progress, SyncStats(files=len(found)))
+        present = {src.key for src, _ in found}
+        vanished = {(r.dev, r.ino): r for k, r in self.files.items() if k not in present}
+        try:
+            for n, (src, st) in enumerate(found):
+                if st is not None:
+                    self._sync_file(ps, src, st, vanished)
+                if progress is not None:
+                    progress(n + 1, len(found), ps.stats.docs + len(ps.pending))
+                if ps.uncommitted + len(ps.pending) >= COMMIT_DOCS or _halted(ps):
+                    self._commit(ps)
+            for row in vanished.values():
+                self._drop_file(ps, row)
+                ps.stats.removed += 1
+            self._commit(ps, final=True)
+        except BaseException as e:
+            if ps.writer is not None:
+                ps.writer.join()
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            if not isinstance(e, Halted):  # Halted comes after a commit: nothing is void
+                # Rows changed in memory since the last commit are void: read them back.
+                self._load_files()
+            raise
+        if ps.writer is not None:
+            ps.writer.join()
+        ps.stats.seconds = time.monotonic() - started
+        return ps.stats
+
+    def _sql(self, ps: _Pass, job: Job) -> None:
+        """Run `job` on the writer thread, after everything submitted before it."""
+        if ps.writer is None:
+            assert self.conn is not None
+            ps.writer = _Writer(self.conn, self.nice)
+        if not ps.in_transaction:
+            ps.writer.submit(_begin)
+            ps.in_transaction = True
+        ps.writer.submit(job)
+
+    def _reopen_if_replaced(self) -> None:
+        """Someone deleted the index (allowed: it is derived): start a new one."""
+        try:
+            st = os.stat(self.path)
+            same = (st.st_dev, st.st_ino) == self._identity
+        except FileNotFoundError:
+            same = False
+        if same and self.conn is not None:
+            return
+        if self.conn is not None:
+            log.warning("search.index_missing", path=str(self.path))
+            self.close()
+        self.open()
+
+    def _sync_file(
+        self,
+        ps: _Pass,
+        src: Source,
+        st: os.stat_result,
+        vanished: dict[tuple[int, int], FileRow],
+    ) -> None:
+        row = self.files.get(src.key)
+        if row is None:
+            moved = vanished.pop((st.st_dev, st.st_ino), None)
+            if moved is not None and moved.source == src.source:
+                row = self._move(ps, moved, src)
+                ps.stats.moved += 1
+        if row is not None and (row.dev, row.ino) != (st.st_dev, st.st_ino):
+            self._restart(row, ps)  # a new file under a known name
+            row.dev, row.ino = st.st_dev, st.st_ino
+        if row is not None and row.size == st.st_size and row.mtime_ns == st.st_mtime_ns:
+            return
+        if row is None:
+            row = self._new_row(ps, src, st)
+        if src.gz:
+            self._read_gz(ps, src, row, st)
+        else:
+            self._read_plain(ps, src, row, st)
+        self._save_row(ps, row)
+
+    def _new_row(self, ps: _Pass, src: Source, st: os.stat_result) -> FileRow:
+        row = FileRow(
+            self._next_file_id, src.key, src.source, src.agent_id, None, None, src.archived,
+            st.st_dev, st.st_ino, 0, 0, 0, 0, False, b"",
+        )  # fmt: skip
+        self._next_file_id += 1
+        values = (row.id, src.key, src.source, src.agent_id, int(src.archived), row.dev, row.ino)
+        self._sql(
+            ps,
+            lambda c: _execute(
+                c,
+                "INSERT INTO files(id, path, source, agent_id, session_id, session_key, "
+                "archived, dev, ino, size, mtime_ns, offset, lines, tail, anchor) "
+                "VALUES (?, ?, ?, ?, NULL, NULL, ?, ?, ?, 0, 0, 0, 0, 0, x'')",
+                values,
+            ),
+        )
+        self.files[src.key] = row
+        return row
+
+    def _save_row(self, ps: _Pass, row: FileRow) -> None:
+        # A snapshot: the row changes on while the writer catches up.
+        values = (
+            row.path,
+            row.agent_id,
+            row.session_id,
+            row.session_key,
+            int(row.archived),
+            row.dev,
+            row.ino,
+            row.size,
+            row.mtime_ns,
+            row.offset,
+            row.lines,
+            int(row.tail),
+            row.anchor,
+            row.id,
+        )
+        self._sql(
+            ps,
+            lambda c: _execute(
+                c,
+                "UPDATE files SET path = ?, agent_id = ?, session_id = ?, session_key = ?, "
+                "archived = ?, dev = ?, ino = ?, size = ?, mtime_ns = ?, offset = ?, "
+                "lines = ?, tail = ?, anchor = ? WHERE id = ?",
+                values,
+            ),
+        )
+
+    def _move(self, ps: _Pass, row: FileRow, src: Source) -> FileRow:
+        """A file renamed (a reset moves a transcript into archive/): same entries, new place."""
+        del self.files[row.path]
+        row.path, row.archived, row.agent_id = src.key, src.archived, src.agent_id
+        self.files[row.path] = row
+        self._save_row(ps, row)
+        return row
+
+    def _restart(self, row: FileRow, ps: _Pass) -> None:
+        """Forget what was read of a file that changed under us; it is read again."""
+        self._flush(ps)
+        self._delete_docs(ps, row.id, 0)
+        row.offset = row.lines = row.size = row.mtime_ns = 0
+        row.tail = False
+        row.anchor = b""
+        row.session_id = row.session_key = None
+        ps.stats.restarted += 1
+
+    def _drop_file(self, ps: _Pass, row: FileRow) -> None:
+        self._flush(ps)
+        self._delete_docs(ps, row.id, 0)
+        file_id = row.id
+        self._sql(ps, lambda c: _execute(c, "DELETE FROM files WHERE id = ?", (file_id,)))
+        self.files.pop(row.path, None)
+
+    def _delete_docs(self, ps: _Pass, file_id: int, from_off: int) -> None:
+        def job(c: sqlite3.Connection) -> None:
+            # External-content FTS5 needs the old text to take a row out of its index.
+            c.execute(
+                "INSERT INTO fts(fts, rowid, text) SELECT 'delete', id, text FROM docs "
+                "WHERE file_id = ? AND off >= ?",
+                (file_id, from_off),
+            )
+            c.execute("DELETE FROM docs WHERE file_id = ? AND off >= ?", (file_id, from_off))
+
+        self._sql(ps, job)
+
+    def _read_plain(self, ps: _Pass, src: Source, row: FileRow, st: os.stat_result) -> None:
+        try:
+            f = open(src.path, "rb")  # noqa: SIM115 (closed below; the with would hide the flow)
+        except OSError:
+            return
+        with f:
+            if row.offset and not self._anchor_holds(f, row, st.st_size):
+                self._restart(row, ps)
+            if row.tail:
+                self._flush(ps)
+                self._delete_docs(ps, row.id, row.offset)
+                row.tail = False
+            f.seek(row.offset)
+            remaining = st.st_size - row.offset
+            carry = b""
+            pos = row.offset  # file offset of carry's first byte
+            ts_of = Timestamps()
+            while remaining > 0:
+                chunk = f.read(min(READ_CHUNK, remaining))
+                if not chunk:
+                    break
+                remaining -= len(chunk)
+                data = carry + chunk
+                cut = data.rfind(b"\n") + 1
+                lines = split_lines(data[:cut], pos)
+                self._add_lines(ps, src, row, lines, st, ts_of)
+                if cut:
+                    row.anchor = data[max(0, cut - ANCHOR_BYTES) : cut]
+                carry = data[cut:]
+                pos += cut
+                row.offset = pos
+                row.lines += len(lines)
+                if remaining > 0 and ps.uncommitted + len(ps.pending) >= COMMIT_DOCS:
+                    # Mid-file: size 0 makes the next pass look again, from `offset` on.
+                    row.size = row.mtime_ns = 0
+                    self._save_row(ps, row)
+                    self._commit(ps)
+            if carry and src.source == "memory":
+                # A memory file's last line may never get its newline: index it for now, and
+                # take it out again before reading on.
+                self._add_lines(ps, src, row, [(pos, carry)], st, ts_of)
+                row.tail = True
+        row.size, row.mtime_ns = st.st_size, st.st_mtime_ns
+        ps.stats.read += 1
+
+    def _anchor_holds(self, f: Any, row: FileRow, size: int) -> bool:
+        if size < row.offset:
+            return False
+        n = len(row.anchor)
+        f.seek(row.offset - n)
+        return bool(f.read(n) == row.anchor)
+
+    def _read_gz(self, ps: _Pass, src: Source, row: FileRow, st: os.stat_result) -> None:
+        """A compressed archive never grows: it is read whole, once (again if it changed)."""
+        if row.offset:
+            self._restart(row, ps)
+        try:
+            with gzip.open(src.path, "rb") as f:
+                data = f.read()
+        except (OSError, EOFError) as e:
+            log.warning("search.unreadable", path=row.path, error=str(e))
+            row.size, row.mtime_ns = st.st_size, st.st_mtime_ns
+            return
+        cut = data.rfind(b"\n") + 1
+        lines = split_lines(data[:cut], 0)
+        self._add_lines(ps, src, row, lines, st, Timestamps())
+        row.offset, row.lines = cut, len(lines)
+        row.anchor = data[max(0, cut - ANCHOR_BYTES) : cut]
+        row.size, row.mtime_ns = st.st_size, st.st_mtime_ns
+        ps.stats.read += 1
+
+    def _add_lines(
+        self,
+        ps: _Pass,
+        src: Source,
+        row: FileRow,
+        lines: list[tuple[int, bytes]],
+        st: os.stat_result,
+        ts_of: Callable[[Any], int],
+    ) -> None:
+        if src.source == "memory":
+            ts = memory_ts(src.path, st.st_mtime_ns)
+            name = src.path.name
+            first = row.lines + 1
+            for i, (off, line) in enumerate(lines):
+                text = line.decode("utf-8", "replace").strip()[:MAX_TEXT_CHARS]
+                if text:
+                    ps.pending.append((row.id, off, f"{name}:{first + i}", None, ts, text))
+        else:
+            docs, header = transcript_docs(row.id, lines, ts_of)
+            if row.session_id is None:
+                self._identify(ps, src, row, header)
+            ps.pending.extend(docs)
+        if len(ps.pending) >= FLUSH_DOCS:
+            self._flush(ps)
+
+    def _identify(
+        self, ps: _Pass, src: Source, row: FileRow, header: dict[str, Any] | None
+    ) -> None:
+        """Session id and key: from the header (ours always carry sessionKey), else from the
+        file name and the agent's registry or archive index (OpenClaw's transcripts)."""
+        sid = header.get("id") if header else None
+        key = header.get("sessionKey") if header else None
+        if not isinstance(sid, str):
+            sid = src.path.name.split(".jsonl")[0]
+        if not isinstance(key, str):
+            key = self._keys_of(ps, src.agent_id).get(sid)
+        row.session_id, row.session_key = sid, key
+
+    def _keys_of(self, ps: _Pass, agent: str) -> dict[str, str]:
+        keys = ps.keys.get(agent)
+        if keys is None:
+            keys = ps.keys[agent] = session_keys(self.state_dir / "agents" / agent / "sessions")
+        return keys
+
+    def _flush(self, ps: _Pass) -> None:
+        if not ps.pending:
+            return
+        docs, ps.pending = ps.pending, []
+
+        def job(c: sqlite3.Connection) -> None:
+            (last,) = c.execute("SELECT coalesce(max(id), 0) FROM docs").fetchone()
+            c.executemany(
+                "INSERT INTO docs(file_id, off, entry_id, role, ts, text) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                docs,
+            )
+            c.execute(
+                "INSERT INTO fts(rowid, text) SELECT id, text FROM docs WHERE id > ?", (last,)
+            )
+
+        self._sql(ps, job)
+        ps.stats.docs += len(docs)
+        ps.uncommitted += len(docs)
+
+    def _commit(self, ps: _Pass, *, final: bool = False) -> None:
+        """Commit at a safe point: every doc inserted belongs to a file row saved with the
+        offset after it. Raises Halted (after committing) when asked to stop."""
+        self._flush(ps)
+        if ps.writer is not None and ps.in_transaction:
+            ps.writer.submit(_commit)
+            ps.writer.barrier()
+            ps.in_transaction = False
+        ps.uncommitted = 0
+        if not final and _halted(ps):
+            raise Halted
+
+
+def lower_priority(nice: int) -> None:
+    """Lower the CPU priority of the calling thread only (Linux schedules threads one by one):
+    when the machine is busy, acknowledging messages goes before indexing them."""
+    if nice <= 0:
+        return
+    with contextlib.suppress(OSError, AttributeError):
+        tid = threading.get_native_id()
+        os.setpriority(os.PRIO_PROCESS, tid, os.getpriority(os.PRIO_PROCESS, tid) + nice)
+
+
+def _begin(c: sqlite3.Connection) -> None:
+    c.execute("BEGIN")
+
+
+def _commit(c: sqlite3.Connection) -> None:
+    c.execute("COMMIT")
+
+
+def _execute(c: sqlite3.Connection, sql: str, params: tuple[Any, ...]) -> None:
+    c.execute(sql, params)
+
+
+def _halted(ps: _Pass) -> bool:
+    return ps.halt is not None and ps.halt.is_set()
+
+
+def index_path(state_dir: Path) -> Path:
+    return state_dir / INDEX_DIR / DB_NAME
+
+
+def install(new: Path, dest: Path) -> None:
+    """Put a finished database in place of `dest` by renaming; the old one's WAL and shared
+    memory files are taken away first, since SQLite would otherwise apply them to the new one."""
+    for suffix in ("-wal", "-shm"):
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(f"{dest}{suffix}")
+    os.replace(new, dest)
+    fsync_dir(dest.parent)
+
+
+def rebuild(
+    state_dir: Path,
+    workspace_of: Callable[[str], Path],
+    agents: Iterable[str] = ("main",),
+    progress: Progress | None = None,
+) -> SyncStats:
+    """Build the index from scratch into a new file and rename it into place (`sessiond
+    reindex`; the caller holds the state lock). The old index serves until the rename."""
+    dest = index_path(state_dir)
+    dest.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    tmp = dest.with_name(f"{DB_NAME}.rebuild-{os.getpid()}")
+    for p in (tmp, Path(f"{tmp}-wal"), Path(f"{tmp}-shm")):
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(p)
+    listed = tuple(agents)
+    idx = SearchIndex(tmp, state_dir, workspace_of, lambda: listed, bulk=True)
+    try:
+        idx.open()
+        stats = idx.sync(progress=progress)
+        idx.finish_bulk()
+    except BaseException:
+        idx.close()
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    install(tmp, dest)
+    return stats
