@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -147,18 +148,38 @@ class Scheduler:
                     stale.append((agent_id, key, verdict.reason))
         reasons: dict[str, int] = {}
         failed = 0
+        outstanding = len(stale)
+        all_done = anyio.Event()
+
+        def answered(key: str, reason: str) -> Callable[[Any], None]:
+            def reply(res: dict[str, Any] | RequestError) -> None:
+                nonlocal failed, outstanding
+                if isinstance(res, RequestError):
+                    failed += 1
+                    log.warning("job.reset_failed", job=name, sessionKey=key, error=res.message)
+                elif not res.get("skipped"):
+                    r = str(res.get("reason") or reason)
+                    reasons[r] = reasons.get(r, 0) + 1
+                outstanding -= 1
+                if outstanding == 0:
+                    all_done.set()
+
+            return reply
+
+        # All at once: the committer batches them, so thousands of resets share a few syncs.
         for agent_id, key, reason in stale:
+            reply = answered(key, reason)
             try:
-                res = await self.pipeline.reset_and_wait(
-                    agent_id, key, reason, only_if_stale=True, start_new=False, at=now
+                waiter = self.pipeline.reset(
+                    agent_id, key, reason, reply, only_if_stale=True, start_new=False, at=now
                 )
+                if waiter is not None:
+                    await waiter
             except RequestError as e:
-                failed += 1
-                log.warning("job.reset_failed", job=name, sessionKey=key, error=e.message)
-                continue
-            if not res.get("skipped"):
-                r = str(res.get("reason") or reason)
-                reasons[r] = reasons.get(r, 0) + 1
+                reply(e)
+        if stale:
+            await all_done.wait()
+            await self.pipeline.archives_settled()
         self.last_runs[name] = now
         try:
             await anyio.to_thread.run_sync(self._save)
