@@ -280,6 +280,9 @@ class SearchIndex:
             self._replace_with_empty()
             conn = connect(self.path, bulk=self.bulk)
             conn.executescript(SCHEMA if self.bulk else SCHEMA + DOCS_INDEX)
+        if self.bulk:
+            # No merging of FTS segments while a build goes on: one `optimize` at the end.
+            conn.execute("INSERT INTO fts(fts, rank) VALUES ('automerge', 0)")
         self.conn = conn
         os.chmod(self.path, 0o600)  # it holds what the transcripts say
         st = os.stat(self.path)
@@ -323,6 +326,7 @@ class SearchIndex:
         assert self.conn is not None
         self.conn.executescript(DOCS_INDEX)
         self.conn.execute("INSERT INTO fts(fts) VALUES ('optimize')")
+        self.conn.execute("INSERT INTO fts(fts, rank) VALUES ('automerge', 4)")  # the default
         self.conn.close()
         self.conn = None
         fd = os.open(self.path, os.O_RDONLY)
