@@ -37,7 +37,7 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger("daemon.backup")
 
-ROUND_INTERVAL = 0.5  # async mode: a round gathers what arrived in this long; synced within 1 s
+ROUND_INTERVAL = 0.9  # async mode: a round gathers what arrived in this long; synced within ~1 s
 ACK_WAIT_SECONDS = 5.0  # sync "ack": the longest an answer waits for the mirror
 BACKOFF_MAX = 30.0
 CLOSE_GRACE = 0.5  # after close(): the committer's last batches arrive within this
