@@ -124,3 +124,41 @@ def test_a_daily_run_missed_while_down_runs_once_at_start_up(tmp_path: Path) -> 
     sched.last_runs = {daily_job(4): ms("2026-01-10 04:00", "UTC")}
     assert sched.missed(now) == []
     store.close()
+
+
+async def test_system_events_neither_count_as_interaction_nor_trigger_a_reset(
+    tmp_path: Path,
+) -> None:
+    store, pipeline = make(tmp_path, "UTC", {"mode": "idle", "idleMinutes": 10})
+    async with anyio.create_task_group() as tg:
+        await tg.start(pipeline.run)
+        first = await ingest(pipeline, "1", "hello")
+        key = first["sessionKey"]
+        backdate(store, key, 0, 0)
+        done = anyio.Event()
+        box: list[Any] = []
+
+        def reply(o: Any) -> None:
+            box.append(o)
+            done.set()
+
+        params = parse_ingest(
+            {
+                "channel": "telegram",
+                "chatType": "direct",
+                "peer": "1",
+                "text": "HEARTBEAT",
+                "metadata": {"event": "heartbeat"},
+            }
+        )
+        w = pipeline.ingest(params, reply)
+        if w is not None:
+            await w
+        await done.wait()
+        assert box[0]["sessionId"] == first["sessionId"] and box[0]["reset"] is None
+        assert store.agents["main"].sessions[key].entry["lastInteractionAt"] == 0
+        # A real message after the same pause does reset.
+        second = await ingest(pipeline, "1", "back")
+        assert second["reset"] == {"reason": "idle", "previousSessionId": first["sessionId"]}
+        pipeline.close()
+    store.close()

@@ -156,3 +156,28 @@ def test_an_openclaw_folder_works_in_place_and_its_archives_are_adopted(
     assert after[-1]["message"]["content"] == [{"type": "text", "text": "back again"}]
     reg = orjson.loads((state / "agents/main/sessions/sessions.json").read_bytes())
     assert "skillsSnapshot" in reg[key], "fields sessiond does not know are kept"
+
+
+def test_chat_commands_reply_and_session_switching(launch: Launch) -> None:
+    d = launch({"session": {"dmScope": "per-channel-peer"}})
+    c = d.client()
+    a = c.call("message.ingest", ingest_params("11", "hello from a"))
+    b = c.call("message.ingest", ingest_params("12", "hello from b"))
+    status = c.call("message.ingest", ingest_params("11", "/status"))["command"]
+    assert status["name"] == "status"
+    assert a["sessionKey"] in status["reply"] and "next reset" in status["reply"]
+    listing = c.call("message.ingest", ingest_params("11", "/sessions"))["command"]["reply"]
+    assert a["sessionKey"] in listing and b["sessionKey"] in listing
+    # /session <key>: this chat now writes to b's session, until /session alone.
+    switched = c.call("message.ingest", ingest_params("11", f"/session {b['sessionKey']}"))
+    assert "now writes to" in switched["command"]["reply"]
+    routed = c.call("message.ingest", ingest_params("11", "this goes to b"))
+    assert routed["sessionKey"] == b["sessionKey"]
+    back = c.call("message.ingest", ingest_params("11", "/session"))
+    assert "back on its own session" in back["command"]["reply"]
+    home = c.call("message.ingest", ingest_params("11", "home again"))
+    assert home["sessionKey"] == a["sessionKey"]
+    model = c.call("message.ingest", ingest_params("11", "/new openai/gpt-4o"))
+    assert model["reset"]["reason"] == "new"
+    entry = c.call("sessions.get", {"sessionKey": a["sessionKey"]})
+    assert (entry["providerOverride"], entry["modelOverride"]) == ("openai", "gpt-4o")
