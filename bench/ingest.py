@@ -225,7 +225,12 @@ def run_driver(path: Path, args: argparse.Namespace, tag: str) -> dict[str, floa
 def run_ours(args: argparse.Namespace, workdir: Path, n: int) -> dict[str, float]:
     state = workdir / f"ours-{n}"
     cfg = workdir / "config.json5"
-    cfg.write_text(os.environ.get("BENCH_CONFIG", "{session: {dmScope: \"per-channel-peer\"}, daemon: {logLevel: \"warning\"}}"))
+    cfg.write_text(
+        os.environ.get(
+            "BENCH_CONFIG",
+            '{session: {dmScope: "per-channel-peer"}, daemon: {logLevel: "warning"}}',
+        )
+    )
     proc = subprocess.Popen(
         [sys.executable, "-m", "daemon", "run", "--config", str(cfg), "--state-dir", str(state)],
         stdout=subprocess.DEVNULL,

@@ -807,7 +807,7 @@ class Pipeline:
         store = self.store
         if store.broken is not None:
             return
-        registries = store.dirty_registries()
+        registries = store.dirty_registries(self._unwritten)
         dedup = store.dedup.snapshots()
         if self._unfinished is not None:
             # No switch until the failed checkpoint is complete: retry it with today's registries.

@@ -91,6 +91,7 @@ class SimDisk(FileIO):
         self.inodes: dict[int, Inode] = {}
         self.sim_ino: dict[tuple[int, int], int] = {}  # (st_dev, st_ino) -> simulated inode
         self.base_files: dict[str, int] = {}  # the namespace when the disk was attached
+        self.base_content: dict[str, bytes] = {}
         self.base_dirs: set[str] = {""}
         self.log: list[MetaOp] = []
         self.dir_fds: dict[int, str] = {}
@@ -115,7 +116,8 @@ class SimDisk(FileIO):
                 if stat.S_ISREG(st.st_mode):
                     rel = os.path.join(rel_dir, f)
                     with open(p, "rb") as fh:
-                        self.base_files[rel] = self._new_inode(st, fh.read())
+                        self.base_content[rel] = fh.read()
+                    self.base_files[rel] = self._new_inode(st, self.base_content[rel])
 
     def _new_inode(self, st: os.stat_result, durable: bytes = b"") -> int:
         ino = len(self.inodes) + 1

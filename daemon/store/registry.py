@@ -50,8 +50,10 @@ class AgentRegistry:
     sessions: dict[str, SessionState] = field(default_factory=dict)
     dirty: bool = False
 
-    def serialize(self) -> bytes:
-        doc = {key: st.entry for key, st in self.sessions.items()}
+    def serialize(self, sessions: dict[str, SessionState] | None = None) -> bytes:
+        """sessions.json's bytes: these sessions (default: all of this agent's)."""
+        chosen = self.sessions if sessions is None else sessions
+        doc = {key: st.entry for key, st in chosen.items()}
         return orjson.dumps(doc, option=orjson.OPT_INDENT_2)
 
     def save(self, data: bytes) -> None:

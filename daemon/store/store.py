@@ -13,6 +13,7 @@ import os
 import time
 import uuid
 from collections import OrderedDict
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -709,12 +710,32 @@ class Store:
         for d in folders:
             fsync_dir(self.state_dir / d)
 
-    def dirty_registries(self) -> list[tuple[AgentRegistry, bytes]]:
+    def dirty_registries(
+        self, unwritten: Iterable[Batch] = ()
+    ) -> list[tuple[AgentRegistry, bytes]]:
+        """The changed registries, serialized as of the batches written so far (event loop).
+
+        Batches already prepared but not yet written (`unwritten`) have registered the sessions
+        they create and unregistered the ones they close; a sessions.json written now must show
+        neither, or a crash before those batches are durable would leave it naming a session
+        without a transcript, or dropping one whose closing entry never made it (orphaned).
+        Such registries stay dirty, to be written again once the batches are durable.
+        """
+        created = {id(st) for b in unwritten for st in b.created}
+        closed = [c.state for b in unwritten for c in b.closing]
         out = []
         for reg in self.agents.values():
-            if reg.dirty:
-                out.append((reg, reg.serialize()))
-                reg.dirty = False
+            if not reg.dirty:
+                continue
+            sessions = {k: st for k, st in reg.sessions.items() if id(st) not in created}
+            for st in closed:
+                if st.agent_id == reg.agent_id:
+                    sessions.setdefault(st.session_key, st)
+            ahead = len(sessions) != len(reg.sessions) or any(
+                reg.sessions.get(k) is not st for k, st in sessions.items()
+            )
+            out.append((reg, reg.serialize(sessions)))
+            reg.dirty = ahead
         return out
 
     def close(self) -> None:

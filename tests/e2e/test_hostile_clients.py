@@ -27,6 +27,7 @@ import pytest
 from hostile import answer_expected, hostile_lines, nested
 from reliability import tally
 
+from daemon.client import RpcError
 from e2e.conftest import Launch
 from e2e.harness import Daemon, RawConnection, check_v3, ingest_params
 
@@ -150,6 +151,10 @@ def test_a_client_trickling_one_byte_per_second_is_cut_off_and_holds_up_no_one(
     assert max(latencies) < 0.5, f"a steady client waited {max(latencies):.3f}s"
     assert any(e.get("event") == "connection.frame_timeout" for e in d.logs())
     tally("slow clients cut off", len(tricklers), test="trickling clients")
+    print(
+        f"[reliability] cut off after {min(cut_at.values()):.1f}-{max(cut_at.values()):.1f}s "
+        f"(deadline 3 s); a steady client's acks meanwhile: max {max(latencies) * 1000:.1f} ms"
+    )
 
 
 def test_lines_that_complete_within_the_deadline_are_served_however_slowly_they_come(
@@ -157,20 +162,20 @@ def test_lines_that_complete_within_the_deadline_are_served_however_slowly_they_
 ) -> None:
     """The deadline is per line, from its first byte: a client that pauses between lines, or
     sends one line in a few slow pieces, is a normal client."""
-    d = launch({"daemon": {"frameTimeoutSeconds": 2}})
+    d = launch({"daemon": {"frameTimeoutSeconds": 1}})
     conn = d.raw(timeout=30)
     line = orjson.dumps({"jsonrpc": "2.0", "id": 7, "method": "status"}) + b"\n"
-    for _ in range(2):
-        for i in range(0, len(line), len(line) // 3 + 1):
-            conn.send(line[i : i + len(line) // 3 + 1])
-            time.sleep(0.4)
-        assert conn.read()["id"] == 7
-        time.sleep(2.5)  # idle between lines: no deadline runs
+    third = len(line) // 3 + 1
+    for i in range(0, len(line), third):  # one line in three pieces, 0.75 s in all
+        conn.send(line[i : i + third])
+        time.sleep(0.25)
+    assert conn.read()["id"] == 7
+    time.sleep(1.5)  # idle between lines: no deadline runs
     conn.send(line[:5])
-    time.sleep(1.2)
+    time.sleep(0.6)
     conn.send(line[5:] + line[:5])  # the first line ends, a second begins: its own deadline
     assert conn.read()["id"] == 7
-    time.sleep(1.2)
+    time.sleep(0.6)
     conn.send(line[5:])
     assert conn.read()["id"] == 7
 
@@ -258,20 +263,26 @@ def test_ten_thousand_connections_are_served_or_refused_cleanly(launch: Launch) 
     raise_fd_limit(CONNECTION_FLOOD + 512)
     d = launch()
     watcher = d.raw(timeout=30)
+    started = time.monotonic()
     served, refused, silent = flood(d.socket, CONNECTION_FLOOD)
+    took = time.monotonic() - started
     try:
         assert silent == 0
         assert len(served) + len(refused) == CONNECTION_FLOOD
         assert 1000 <= len(served) <= 1023, len(served)  # maxConnections 1024, the watcher one
         assert d.running
         assert "result" in watcher.call("status")
-        print(f"[reliability] {len(served)} served, {len(refused)} refused")
+        print(f"[reliability] {len(served)} served, {len(refused)} refused, in {took:.1f}s")
     finally:
         for s in served + refused:
             s.close()
-    # Once they are gone, new clients are served again.
-    deadline = time.monotonic() + 10
-    while d.call("status")["connections"] > 2 and time.monotonic() < deadline:
+    # Once they are gone (the daemon notices each close on its own time), new clients are
+    # served again.
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        with contextlib.suppress(RpcError):
+            if d.call("status")["connections"] <= 2:
+                break
         time.sleep(0.1)
     assert d.call("message.ingest", ingest_params("42", "after the flood"))["entryId"]
     assert d.stop() == 0
