@@ -49,6 +49,15 @@ NAMES = (
     "spool.after_claim",
     "spool.after_move",
 )
+# Compressing an archive in the retention sweep (daemon/retention.py); run by `sessiond
+# retention` or the daemon's hourly job, so they have a test of their own.
+COMPRESSION = (
+    "compress.temp_synced",
+    "compress.indexed",
+    "compress.installed",
+    "compress.original_removed",
+)
+KNOWN = NAMES + COMPRESSION
 ACTIONS = {
     "exit": None,
     "eio": errno.EIO,
@@ -71,8 +80,8 @@ def parse(spec: str) -> dict[str, Armed]:
     for item in filter(None, (part.strip() for part in spec.split(","))):
         name, sep, action = item.partition("=")
         action, _, nth = action.partition("@")
-        if not sep or name not in NAMES:
-            raise ValueError(f"{ENV}: unknown failpoint {name!r} (known: {', '.join(NAMES)})")
+        if not sep or name not in KNOWN:
+            raise ValueError(f"{ENV}: unknown failpoint {name!r} (known: {', '.join(KNOWN)})")
         if action not in ACTIONS:
             raise ValueError(f"{ENV}: {name}: unknown action {action!r} (exit, eio, enospc)")
         if nth and (not nth.isdigit() or int(nth) < 1):
@@ -112,4 +121,4 @@ def _hit(name: str) -> None:
     raise OSError(code, f"{os.strerror(code)} (failpoint {name})")
 
 
-__all__ = ["ENV", "EXIT_CODE", "NAMES", "failpoint", "parse"]
+__all__ = ["COMPRESSION", "ENV", "EXIT_CODE", "KNOWN", "NAMES", "failpoint", "parse"]

@@ -40,6 +40,7 @@ import anyio
 import structlog
 
 from daemon import backup
+from daemon.failpoints import failpoint
 from daemon.guard import BACKUP_MARKER
 from daemon.store import archive
 from daemon.store import backup as mirror_files
@@ -275,13 +276,17 @@ def compress_archive(item: ArchiveItem) -> Compressed:
             archive.append_index(item.folder, [new])
         return Compressed(gz, new)
     tmp, sha, _size = write_verified_gz(plain, gz)
+    failpoint("compress.temp_synced")
     if rec.sha256 and rec.sha256 != sha:
         os.unlink(tmp)
         raise VerifyFailed(f"{plain.name} no longer matches the sha256 in its index line")
     if rec.file != gz.name:
         archive.append_index(item.folder, [new])
+    failpoint("compress.indexed")
     _install(tmp, gz)
+    failpoint("compress.installed")
     _remove_original(plain, gz, sha)
+    failpoint("compress.original_removed")
     return Compressed(gz, new)
 
 
