@@ -152,13 +152,15 @@ async def bind_listeners(specs: list[Listener]) -> list[Bound]:
     """Open every listener before the daemon starts serving; raises ListenFailed (and closes
     what it opened) so that a taken port or path stops start-up with a clear message."""
     bound: list[Bound] = []
+    complete = False
     try:
         for spec in specs:
             bound.append(await _bind(spec))
-    except BaseException:
-        for b in bound:
-            await close_bound(b)
-        raise
+        complete = True
+    finally:
+        if not complete:  # an error or a cancellation: close what was opened, then let it go
+            for b in bound:
+                await close_bound(b)
     return bound
 
 

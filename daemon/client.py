@@ -75,11 +75,13 @@ class Client:
         self._ids = itertools.count(1)
         self._buf = b""
         if token is not None:
+            complete = False
             try:
                 self.call("auth.hello", {"token": token})
-            except BaseException:
-                self.sock.close()
-                raise
+                complete = True
+            finally:
+                if not complete:
+                    self.sock.close()
 
     def __enter__(self) -> Client:
         return self

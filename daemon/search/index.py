@@ -737,14 +737,16 @@ def rebuild(
             os.unlink(p)
     listed = tuple(agents)
     idx = SearchIndex(tmp, state_dir, workspace_of, lambda: listed, bulk=True)
+    complete = False
     try:
         idx.open()
         stats = idx.sync(progress=progress)
         idx.finish_bulk()
-    except BaseException:
-        idx.close()
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+        complete = True
+    finally:
+        if not complete:  # the half-built file is ours: take it away, then let the error go
+            idx.close()
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
     install(tmp, dest)
     return stats
