@@ -43,8 +43,10 @@ from daemon.store.fsutil import FILE_MODE, atomic_write, fsync_dir, write_all
 from daemon.store.registry import (
     SESSIONS_JSON,
     AgentRegistry,
+    fill_registry,
     is_active_transcript_name,
     load_agent,
+    read_registry,
     rebuild_from_transcripts,
     session_file_name,
 )
@@ -263,19 +265,11 @@ class Doctor:
     def _registry(self, agent_id: str, folder: Path) -> tuple[AgentRegistry, str | None]:
         """The registry as the daemon will see it (rebuilt in memory when it cannot be read)."""
         path = folder / SESSIONS_JSON
-        problem = None
-        try:
-            doc = orjson.loads(path.read_bytes())
-            if not isinstance(doc, dict):
-                problem = "is not a JSON object"
-        except FileNotFoundError:
-            problem = "is missing"
-        except (OSError, orjson.JSONDecodeError) as e:
-            problem = f"is unreadable ({e})"
-        if problem is None:
-            reg, _ = load_agent(self.state_dir, agent_id, folder)  # reads only when readable
-            return reg, None
+        doc, problem = read_registry(path)
         reg = AgentRegistry(agent_id, folder)
+        if doc is not None:
+            fill_registry(reg, doc)
+            return reg, None
         rebuild_from_transcripts(self.state_dir, reg)
         if path.exists() or reg.sessions:
 

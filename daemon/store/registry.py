@@ -81,6 +81,30 @@ def session_file_name(entry: dict[str, Any], session_id: str) -> str:
     return f"{session_id}.jsonl"
 
 
+def read_registry(path: Path) -> tuple[dict[str, Any] | None, str | None]:
+    """sessions.json parsed, or None and what is wrong with it ("is missing", ...)."""
+    try:
+        doc = orjson.loads(path.read_bytes())
+    except FileNotFoundError:
+        return None, "is missing"
+    except (OSError, orjson.JSONDecodeError) as e:
+        return None, f"is unreadable ({e})"
+    if not isinstance(doc, dict):
+        return None, "is not a JSON object"
+    return doc, None
+
+
+def fill_registry(reg: AgentRegistry, doc: dict[str, Any]) -> None:
+    """Registry entries from a parsed sessions.json (entries without a session id are skipped)."""
+    for key, entry in doc.items():
+        if not isinstance(entry, dict) or not isinstance(entry.get("sessionId"), str):
+            continue
+        sid = entry["sessionId"]
+        name = session_file_name(entry, sid)
+        rel = f"agents/{reg.agent_id}/sessions/{name}"
+        reg.sessions[key] = SessionState(reg.agent_id, key, sid, rel, dict(entry))
+
+
 def load_agent(state_dir: Path, agent_id: str, folder: Path) -> tuple[AgentRegistry, str | None]:
     """Load one agent's registry; rebuild it from transcript headers when it cannot be read.
 
@@ -89,26 +113,11 @@ def load_agent(state_dir: Path, agent_id: str, folder: Path) -> tuple[AgentRegis
     """
     reg = AgentRegistry(agent_id, folder)
     path = folder / SESSIONS_JSON
-    reason: str | None = None
-    doc: Any = None
-    try:
-        doc = orjson.loads(path.read_bytes())
-        if not isinstance(doc, dict):
-            reason = "sessions.json is not an object"
-    except FileNotFoundError:
-        reason = "sessions.json is missing"
-    except (OSError, orjson.JSONDecodeError) as e:
-        reason = f"sessions.json is unreadable: {e}"
-    if reason is None:
-        assert isinstance(doc, dict)
-        for key, entry in doc.items():
-            if not isinstance(entry, dict) or not isinstance(entry.get("sessionId"), str):
-                continue
-            sid = entry["sessionId"]
-            name = session_file_name(entry, sid)
-            rel = f"agents/{agent_id}/sessions/{name}"
-            reg.sessions[key] = SessionState(agent_id, key, sid, rel, dict(entry))
+    doc, problem = read_registry(path)
+    if doc is not None:
+        fill_registry(reg, doc)
         return reg, None
+    reason = f"sessions.json {problem}"
     if path.exists():
         import time
 

@@ -211,18 +211,7 @@ def read_entries_backwards(
     try:
         size = os.fstat(fd).st_size
         end = size if before is None else min(before, size)
-        out: list[tuple[int, dict[str, Any]]] = []
-        for off, line in iter_lines_backwards(fd, end):
-            try:
-                obj = orjson.loads(line)
-            except orjson.JSONDecodeError:
-                continue
-            if not isinstance(obj, dict) or obj.get("type") == "session":
-                continue
-            out.append((off, obj))
-            if len(out) >= limit:
-                return out, False
-        return out, True
+        return _collect_entries(iter_lines_backwards(fd, end), limit)
     finally:
         os.close(fd)
 
@@ -253,8 +242,18 @@ def lines_backwards_in(data: bytes, end: int) -> Iterator[tuple[int, bytes]]:
 def _entries_backwards_in(
     data: bytes, before: int | None, limit: int
 ) -> tuple[list[tuple[int, dict[str, Any]]], bool]:
+    return _collect_entries(
+        lines_backwards_in(data, len(data) if before is None else before), limit
+    )
+
+
+def _collect_entries(
+    lines: Iterator[tuple[int, bytes]], limit: int
+) -> tuple[list[tuple[int, dict[str, Any]]], bool]:
+    """Up to `limit` parsed entries (not the header) from newest-first lines, and whether the
+    lines ran out (the start of the transcript was reached)."""
     out: list[tuple[int, dict[str, Any]]] = []
-    for off, line in lines_backwards_in(data, len(data) if before is None else before):
+    for off, line in lines:
         try:
             obj = orjson.loads(line)
         except orjson.JSONDecodeError:
