@@ -505,14 +505,18 @@ class Pipeline:
                 self._archived = anyio.Event()
             self._archiving += 1
             self._archive_tg.start_soon(self._archive, batch.closing, batch.now)
+        counters = self.counters
+        finish = self._finish
+        now = now_ms()
         for item, answer in answers:
-            if isinstance(item, IngestWork):
-                self.counters.ingested += 1
-            elif isinstance(item, AppendWork):
-                self.counters.appended += 1
-            elif isinstance(item, ResetWork):
-                self.counters.resets += 1
-            self._finish(item, answer)
+            kind = type(item)
+            if kind is IngestWork:
+                counters.ingested += 1
+            elif kind is AppendWork:
+                counters.appended += 1
+            elif kind is ResetWork:
+                counters.resets += 1
+            finish(item, answer, now)
         failpoint("append.after_ack")
         store.dedup.trim_all(batch.now)
         # One line per batch, not per message: at full speed a line per message would cost
@@ -784,12 +788,15 @@ class Pipeline:
                 bytes=rec.bytes,
             )
 
-    def _finish(self, item: Work, outcome: dict[str, Any] | RequestError) -> None:
+    def _finish(
+        self, item: Work, outcome: dict[str, Any] | RequestError, now: int | None = None
+    ) -> None:
         item.reply(outcome)
-        if isinstance(item, IngestWork) and item.dedup_key is not None:
+        if type(item) is IngestWork and item.dedup_key is not None:
             waiters = self._inflight.pop((item.route.agent_id, item.dedup_key), [])
             if isinstance(outcome, dict):
-                self.store.dedup.remember(item.route.agent_id, item.dedup_key, now_ms(), outcome)
+                at = now_ms() if now is None else now
+                self.store.dedup.remember(item.route.agent_id, item.dedup_key, at, outcome)
                 if not waiters:
                     return
                 outcome = {**outcome, "duplicate": True}

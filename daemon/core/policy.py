@@ -59,6 +59,9 @@ class Staleness:
     since_ms: int | None = None  # when it became stale (the recorded cause's time)
 
 
+NOT_STALE = Staleness(False)
+
+
 def _apply(base: Policy, o: ResetOverride | None) -> Policy:
     if o is None:
         return base
@@ -146,7 +149,8 @@ def evaluate(
     `boundary_ms` may pass in `daily_boundary(now_ms, policy.at_hour, tz)` when the caller keeps
     it (it changes once a day; computing it per message would cost more than the rest).
     """
-    candidates: list[tuple[int, Reason]] = []
+    # Evaluated for every message: no allocation unless the session is stale.
+    found: tuple[int, Reason] | None = None
     quiet_ms = now_ms - last_interaction_ms
     if policy.daily:
         boundary = (
@@ -155,15 +159,16 @@ def evaluate(
         defer_ms = policy.defer_minutes * 60_000
         if started_ms < boundary and quiet_ms >= defer_ms:
             # Stale since the boundary, or since the deferral ran out if that was later.
-            candidates.append((max(boundary, last_interaction_ms + defer_ms), "daily"))
+            found = (max(boundary, last_interaction_ms + defer_ms), "daily")
     if policy.idle and policy.idle_minutes is not None:
         idle_ms = policy.idle_minutes * 60_000
         if quiet_ms >= idle_ms:
-            candidates.append((last_interaction_ms + idle_ms, "idle"))
-    if not candidates:
-        return Staleness(False)
-    since, reason = min(candidates)
-    return Staleness(True, reason, since)
+            idle: tuple[int, Reason] = (last_interaction_ms + idle_ms, "idle")
+            if found is None or idle < found:
+                found = idle
+    if found is None:
+        return NOT_STALE
+    return Staleness(True, found[1], found[0])
 
 
 def next_reset(
