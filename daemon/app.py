@@ -8,6 +8,7 @@ answer everything in flight, exit 0. SIGHUP reloads the config (daemon/reload.py
 
 from __future__ import annotations
 
+import gc
 import os
 import signal
 import time
@@ -58,6 +59,21 @@ def workspace_of(cfg: Config, state_dir: Path, agent_id: str) -> str:
     return str(state_dir / f"workspace-{agent_id}")
 
 
+# The collector's defaults (a young collection every 700 allocations) promote most requests in
+# flight to the older generations, whose collections then walk the whole heap several times a
+# second under load. A young generation this size lets them die young; bench/ingest.py measured
+# about 15% less CPU per message.
+GC_THRESHOLDS = (50_000, 20, 20)
+
+
+def settle_heap() -> None:
+    """After start-up: what is loaded now (modules, config, the registry) lives as long as the
+    daemon, so it is frozen out of every later collection."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
+
+
 async def run(opts: RunOptions) -> int:
     cfg = opts.config
     state_dir = opts.state_dir
@@ -85,6 +101,7 @@ async def run(opts: RunOptions) -> int:
         t0 = time.monotonic()
         counts = await anyio.to_thread.run_sync(store.open)
         log.info("store.opened", seconds=round(time.monotonic() - t0, 3), **counts)
+        settle_heap()
         socket_path = resolve_socket_path(cfg, state_dir)
         pipeline = Pipeline(store, cfg)
         api = Api(store, pipeline, socket_path)
