@@ -164,14 +164,17 @@ class Connection:
                         continue
                     log.info("connection.idle_timeout", connection=self.number)
                     return
-                buf += data
-                start = 0
-                while True:
-                    nl = buf.find(b"\n", start)
-                    if nl < 0:
-                        break
-                    line = bytes(buf[start:nl])
-                    start = nl + 1
+                lines: list[bytes] = []
+                if b"\n" in data:
+                    # Split in one call; only the partial line before this chunk is copied.
+                    if buf:
+                        data = bytes(buf) + data
+                        buf.clear()
+                    *lines, rest = data.split(b"\n")
+                    buf += rest
+                else:
+                    buf += data  # a line in pieces: appended, never copied again
+                for line in lines:
                     if len(line) > max_line:
                         self._too_large(len(line))
                         return
@@ -180,11 +183,9 @@ class Connection:
                     waiter = self.handle_line(line, tg)
                     if waiter is not None:
                         await waiter
-                if start:
-                    del buf[:start]
                 if not buf:
                     line_deadline = None
-                elif start or line_deadline is None:
+                elif lines or line_deadline is None:
                     line_deadline = anyio.current_time() + self.server.frame_timeout
                 if len(buf) > max_line:
                     # The rest of the line is not read: answer now and close.
@@ -219,7 +220,7 @@ class Connection:
         (the committer's queue is full); everything else completes synchronously."""
         if line.endswith(b"\r"):
             line = line[:-1]
-        if not line.strip():
+        if not line or line.isspace():
             return None
         try:
             req = protocol.parse_request(line)
