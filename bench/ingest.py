@@ -222,6 +222,15 @@ def run_driver(path: Path, args: argparse.Namespace, tag: str) -> dict[str, floa
     return json.loads(out.stdout)
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time a process has used so far (Linux /proc; 0 elsewhere)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def run_ours(args: argparse.Namespace, workdir: Path, n: int) -> dict[str, float]:
     state = workdir / f"ours-{n}"
     cfg = workdir / "config.json5"
@@ -238,7 +247,9 @@ def run_ours(args: argparse.Namespace, workdir: Path, n: int) -> dict[str, float
     try:
         sock = state / "sessiond.sock"
         wait_socket(sock, proc)
+        cpu0 = cpu_seconds(proc.pid)
         res = run_driver(sock, args, f"r{n}")
+        res["cpu_us"] = (cpu_seconds(proc.pid) - cpu0) / res["messages"] * 1e6
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(60)
@@ -253,7 +264,10 @@ def run_bare(args: argparse.Namespace, workdir: Path, n: int) -> dict[str, float
     )
     try:
         wait_socket(sock, proc)
-        return run_driver(sock, args, f"b{n}")
+        cpu0 = cpu_seconds(proc.pid)
+        res = run_driver(sock, args, f"b{n}")
+        res["cpu_us"] = (cpu_seconds(proc.pid) - cpu0) / res["messages"] * 1e6
+        return res
     finally:
         proc.kill()
         proc.wait()
@@ -289,13 +303,15 @@ def main() -> None:
             ours.append(o)
             print(
                 f"  run {n + 1} sessiond: {o['rate']:>9.0f} msgs/s  "
-                f"p50 {o['p50_ms']:.1f} ms  p99 {o['p99_ms']:.1f} ms"
+                f"p50 {o['p50_ms']:.1f} ms  p99 {o['p99_ms']:.1f} ms  "
+                f"cpu {o['cpu_us']:.1f} us/msg"
             )
             b = run_bare(args, workdir, n)
             bare.append(b)
             print(
                 f"  run {n + 1} bare    : {b['rate']:>9.0f} msgs/s  "
-                f"p50 {b['p50_ms']:.1f} ms  p99 {b['p99_ms']:.1f} ms"
+                f"p50 {b['p50_ms']:.1f} ms  p99 {b['p99_ms']:.1f} ms  "
+                f"cpu {b['cpu_us']:.1f} us/msg"
             )
     finally:
         if not args.keep:
@@ -305,12 +321,14 @@ def main() -> None:
     print(
         f"sessiond durable msgs/s (median): {o_rate:.0f}  "
         f"ack p50 {med(r['p50_ms'] for r in ours):.1f} ms  "
-        f"p99 {med(r['p99_ms'] for r in ours):.1f} ms"
+        f"p99 {med(r['p99_ms'] for r in ours):.1f} ms  "
+        f"cpu {med(r['cpu_us'] for r in ours):.1f} us/msg"
     )
     print(
         f"bare ceiling msgs/s (median):     {b_rate:.0f}  "
         f"ack p50 {med(r['p50_ms'] for r in bare):.1f} ms  "
-        f"p99 {med(r['p99_ms'] for r in bare):.1f} ms"
+        f"p99 {med(r['p99_ms'] for r in bare):.1f} ms  "
+        f"cpu {med(r['cpu_us'] for r in bare):.1f} us/msg"
     )
     print(f"ratio sessiond / bare: {o_rate / b_rate:.2f}")
 
