@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import orjson
@@ -30,6 +30,9 @@ from daemon.store.archive import locate_transcript
 from daemon.store.registry import SessionState
 from daemon.store.store import Archived, Store, now_ms
 from daemon.store.transcript import read_entries_backwards
+
+if TYPE_CHECKING:
+    from daemon.search import SearchService
 
 SUMMARY_FIELDS = (
     "sessionId",
@@ -54,6 +57,7 @@ class Api:
         self.started_ms = now_ms()
         self.started_mono = time.monotonic()
         self.connections = 0
+        self.search: SearchService | None = None
 
     def find(self, ref: SessionRef) -> SessionState:
         """An active session by id or key; raises NotFound."""
@@ -192,6 +196,7 @@ class Api:
             "lastCheckpointAt": c.last_checkpoint_ms or None,
             "journalBytes": store.journal.size,
             "backup": m.status() if (m := self.pipeline.mirror) else {"state": "disabled"},
+            "search": s.status() if (s := self.search) else {"state": "disabled"},
         }
 
 

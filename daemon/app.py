@@ -133,6 +133,7 @@ async def run(opts: RunOptions) -> int:
             lambda: agent_ids(pipeline.config),
         )
         server.async_methods["memory.search"] = search.rpc
+        api.search = search  # `status` reports the index worker
         compactor = Compactor(
             pipeline, lambda agent: workspace_of(pipeline.config, state_dir, agent)
         )

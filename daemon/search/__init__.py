@@ -2,8 +2,11 @@
 
     sources.py   which files are read, and which lines become entries (pure)
     index.py     the SQLite FTS5 database: incremental passes, rebuilding from scratch
-    query.py     answering a search: bm25 order, filters, snippets, query errors
-    service.py   the daemon's task: passes about a second behind the appends, and the method
+    query.py     answering a search: bm25 order, filters, snippets, query errors (read-only)
+    worker.py    the index worker process: runs every pass, the only writer of the database
+    child.py     the daemon's end of the worker: start it, ask for a pass, stop and reap it
+    service.py   the daemon's task: passes about a second behind the appends, the worker's
+                 restarts, and the method
 
 Everything in the index is derived from files the store keeps; deleting `<stateDir>/index/`
 loses nothing: the next start (or `sessiond reindex`) reads the files again and gives the same
@@ -20,7 +23,7 @@ from daemon.search.index import (
     rebuild,
 )
 from daemon.search.query import check_prefixes
-from daemon.search.service import SearchService, run_in_thread
+from daemon.search.service import SearchService
 from daemon.search.sources import is_archived_name, message_text, transcript_docs
 
 __all__ = [
@@ -35,6 +38,5 @@ __all__ = [
     "lower_priority",
     "message_text",
     "rebuild",
-    "run_in_thread",
     "transcript_docs",
 ]

@@ -10,7 +10,9 @@ transcript into archive/, same inode) keeps its entries and only changes its pat
 flag; a file that is gone takes its entries with it.
 
 A pass reads and parses on the calling thread and hands every write, in order, to a writer
-thread of its own (`_Writer`), joined before the pass returns.
+thread of its own (`_Writer`), joined before the pass returns. In the daemon, `open` and `sync`
+run in the index worker process (daemon/search/worker.py), the only writer; `sessiond reindex`
+and the tests call them directly.
 """
 
 from __future__ import annotations
@@ -288,6 +290,11 @@ class SearchIndex:
         st = os.stat(self.path)
         self._identity = (st.st_dev, st.st_ino)
         self._load_files()
+
+    @property
+    def identity(self) -> tuple[int, int] | None:
+        """(device, inode) of the file open now: another one means the index was replaced."""
+        return self._identity
 
     def _load_files(self) -> None:
         rows = self._load_rows()

@@ -1,9 +1,11 @@
 """Answering `memory.search` from the index: bm25 ranking, filters, snippets, errors.
 
-Readers are pooled SQLite connections (WAL lets them read while a pass writes); `close` (the
-index was replaced or is shutting down) retires them, also those in use, which are closed when
-they come back. A malformed FTS5 query is the caller's mistake: sqlite3.OperationalError is
-translated into -32602 here, where it enters.
+Readers are pooled read-only SQLite connections (WAL lets them read while a pass writes, also
+from another process: in the daemon, passes run in the index worker, daemon/search/worker.py).
+Read-only, so a reader never creates the file: before the worker has made it, or while it makes
+it anew, a search fails instead. `close` (the index was replaced or is shutting down) retires
+them, also those in use, which are closed when they come back. A malformed FTS5 query is the
+caller's mistake: sqlite3.OperationalError is translated into -32602 here, where it enters.
 """
 
 from __future__ import annotations
@@ -142,7 +144,12 @@ class Readers:
             try:
                 g, conn = self._pool.get_nowait()
             except queue.Empty:
-                conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+                conn = sqlite3.connect(
+                    f"{self.path.absolute().as_uri()}?mode=ro",
+                    uri=True,
+                    isolation_level=None,
+                    check_same_thread=False,
+                )
                 conn.execute("PRAGMA query_only=1")
                 return gen, conn
             if g == gen:

@@ -1,16 +1,16 @@
 """The daemon's search task: keeps the index about a second behind the appends and answers
 `memory.search`.
 
-It owns one task in the daemon's task group (`run`) and the index's threads: a pass runs on a
-thread of its own at lower CPU priority (acknowledging messages goes first when the machine is
-busy), one pass at a time; searches run in up to `READERS` worker threads.
+Passes run in the index worker, a child process of its own (daemon/search/worker.py) at lower
+CPU priority: a pass is mostly Python and would otherwise take the GIL from the event loop. This
+task (`run`, in the daemon's task group) starts the worker, asks it for one pass at a time, and
+starts it again when it dies (`search.worker_exited`) after a pause that grows with each
+failure; meanwhile searches answer from the index as it is. Searches run here, in up to
+`READERS` worker threads, on read-only connections (daemon/search/query.py).
 """
 
 from __future__ import annotations
 
-import functools
-import sqlite3
-import threading
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -20,33 +20,22 @@ import anyio
 import structlog
 from anyio.abc import TaskStatus
 
+from daemon.core.keys import normalize_agent_id
 from daemon.core.protocol import parse_search
 from daemon.errors import RequestError
-from daemon.search.index import Halted, IndexUnavailable, SearchIndex, index_path, lower_priority
+from daemon.search.child import (
+    Identity,
+    IndexWorker,
+    PassFailed,
+    WorkerExited,
+    WorkerUnavailable,
+    spawn,
+)
+from daemon.search.index import index_path
+from daemon.search.query import Readers
 from daemon.search.sources import DEFAULT_AGENTS
 
 log = structlog.get_logger("daemon.search")
-
-
-def run_in_thread(fn: Callable[[], Any], nice: int) -> Any:
-    """Run `fn` on a new thread of lower priority and wait for it (from a worker thread), so that
-    the priority of anyio's pooled threads, which also fsync acknowledgements, never changes."""
-    box: list[Any] = []
-
-    def main() -> None:
-        lower_priority(nice)
-        try:
-            box.append((True, fn()))
-        except BaseException as e:  # handed to the waiting thread, which re-raises it
-            box.append((False, e))
-
-    t = threading.Thread(target=main, name="search-pass", daemon=True)
-    t.start()
-    t.join()
-    ok, value = box[0]
-    if not ok:
-        raise value
-    return value
 
 
 class Counting(Protocol):
@@ -57,18 +46,22 @@ class Counting(Protocol):
 
 
 POLL_SECONDS = 0.1  # how often the batch counter is looked at
-NICE = 10  # passes run this much below the daemon's priority
+NICE = 10  # the index worker runs this much below the daemon's priority
 WRITE_GAP_SECONDS = 0.25  # passes for new writes at most this often (a search does not wait)
 SWEEP_SECONDS = 1.0  # a pass at least this often (memory files, moves into archive/)
 FRESH_WAIT_SECONDS = 2.0  # a search waits at most this long for the writes before it
 
 
+def backoff(failures: int) -> float:
+    """The pause after the n-th failure in a row (a failed pass, a worker that died)."""
+    return min(30.0, 0.5 * 2.0 ** min(failures, 16))
+
+
 class SearchService:
     """Keeps the index about a second behind the appends and answers `memory.search`.
 
-    Owns one task (`run`, in the daemon's task group) and the index's threads: passes run one at
-    a time, each on a thread of its own below the daemon's priority; searches in up to
-    `READERS` worker threads.
+    Owns one task (`run`, in the daemon's task group) and, through it, the index worker process:
+    passes run there one at a time; searches run here in up to `READERS` worker threads.
     """
 
     READERS = 4
@@ -80,12 +73,17 @@ class SearchService:
         workspace_of: Callable[[str], Path],
         agents: Callable[[], Iterable[str]] = lambda: DEFAULT_AGENTS,
     ) -> None:
-        self.index = SearchIndex(index_path(state_dir), state_dir, workspace_of, agents, nice=NICE)
+        self.state_dir = state_dir
+        self.readers = Readers(index_path(state_dir))
+        self.workspace_of = workspace_of
+        self.agents = agents
         self.counters = counters
         self.broken: str | None = None
-        self._halt = threading.Event()
+        self.worker_pid: int | None = None
+        self.worker_starts = 0
+        self._failures = 0  # in a row: failed passes and workers that died
+        self._db: Identity | None = None  # the index file the readers read
         self._scope = anyio.CancelScope()
-        self._writer = anyio.CapacityLimiter(1)
         self._readers = anyio.CapacityLimiter(self.READERS)
         self._wake = anyio.Event()
         self._pass_done = anyio.Event()
@@ -95,29 +93,59 @@ class SearchService:
         self._ready = anyio.Event()  # the index is open (or known to be unavailable)
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
-        """Open the index, then run passes until `stop`. Closes the index when it ends."""
+        """Start the worker and have it run passes until `stop` (or cancellation); start it
+        again when it dies. The worker is always stopped and reaped, and the readers closed,
+        when this ends."""
+        # Started at once: searches wait for `_ready` while the worker starts and opens the index.
+        task_status.started()
         try:
             with self._scope:
-                try:
-                    await anyio.to_thread.run_sync(self.index.open, limiter=self._writer)
-                except (IndexUnavailable, sqlite3.Error, OSError) as e:
-                    self.broken = str(e)
-                    log.error("search.unavailable", error=self.broken)
-                    task_status.started()
-                    return
-                self._ready.set()
-                task_status.started()
-                await self._loop()
+                await self._supervise()
         finally:
             if not self._ready.is_set():
                 self.broken = self.broken or "the daemon is stopping"
                 self._ready.set()
             with anyio.CancelScope(shield=True):
-                await anyio.to_thread.run_sync(self.index.close, limiter=self._writer)
+                await anyio.to_thread.run_sync(self.readers.close, limiter=self._readers)
 
-    async def _loop(self) -> None:
+    async def _supervise(self) -> None:
+        while True:
+            try:
+                async with spawn(self.state_dir, NICE) as worker:
+                    self.worker_pid = worker.pid
+                    self.worker_starts += 1
+                    log.info("search.worker_started", pid=worker.pid, starts=self.worker_starts)
+                    await self._serve(worker)
+            except WorkerUnavailable as e:
+                if not self._ready.is_set():
+                    # The index never opened (no FTS5, a folder we cannot write): search is off.
+                    self.broken = str(e)
+                    log.error("search.unavailable", error=self.broken)
+                    self._ready.set()
+                    return
+                self._failures += 1
+                log.error("search.unavailable", error=str(e), failures=self._failures)
+            except WorkerExited as e:
+                self._failures += 1
+                log.error(
+                    "search.worker_exited",
+                    pid=self.worker_pid,
+                    code=e.code,
+                    error=str(e),
+                    failures=self._failures,
+                )
+            except OSError as e:  # it could not be started (EMFILE, ENOMEM, ...)
+                self._failures += 1
+                log.error("search.worker_failed", error=str(e), failures=self._failures)
+            finally:
+                self.worker_pid = None
+            await anyio.sleep(backoff(self._failures))
+
+    async def _serve(self, worker: IndexWorker) -> None:
+        """Wait for the worker to open the index, then run passes (returns only by raising)."""
+        await self._follow(await worker.opened())
+        self._ready.set()
         first = True
-        failures = 0
         last = time.monotonic()
         while True:
             if not first:
@@ -126,30 +154,38 @@ class SearchService:
             self._started += 1
             number = self._started
             last = time.monotonic()
+            listed = [normalize_agent_id(a) for a in self.agents()]
+            workspaces = {a: str(self.workspace_of(a)) for a in listed}
             try:
-                stats = await anyio.to_thread.run_sync(
-                    run_in_thread,
-                    functools.partial(self.index.sync, self._halt),
-                    NICE,
-                    limiter=self._writer,
-                )
-            except Halted:
-                return
-            except (sqlite3.Error, OSError) as e:
-                failures += 1
-                log.error("search.sync_failed", error=str(e), failures=failures)
-                await anyio.sleep(min(30.0, 0.5 * 2**failures))
+                done = await worker.run_pass(listed, workspaces)
+            except PassFailed as e:
+                await self._follow(e.db)
+                self._failures += 1
+                log.error("search.sync_failed", error=str(e), failures=self._failures)
+                await anyio.sleep(backoff(self._failures))
                 continue
-            failures = 0
+            await self._follow(done.db)
+            self._failures = 0
             self._indexed_batches = batches
             self._done = number
             self._pass_done.set()
             self._pass_done = anyio.Event()
-            if first or stats.seconds > 1.0:
-                log.info("search.synced", **stats.to_json())
-            elif stats.docs or stats.removed or stats.moved:
-                log.debug("search.synced", **stats.to_json())
+            stats = done.stats
+            if first or stats.get("seconds", 0) > 1.0:
+                log.info("search.synced", **stats)
+            elif stats.get("docs") or stats.get("removed") or stats.get("moved"):
+                log.debug("search.synced", **stats)
             first = False
+
+    async def _follow(self, db: Identity | None) -> None:
+        """The worker reports which file it has open: when that is another file than before
+        (the index was deleted, or found unusable and built anew), the readers' connections to
+        the old one are retired."""
+        if db is None or db == self._db:
+            return
+        if self._db is not None:
+            await anyio.to_thread.run_sync(self.readers.close, limiter=self._readers)
+        self._db = db
 
     async def _wait_for_work(self, last: float) -> None:
         """Until there is something to index: new batches (a pass at most every
@@ -168,9 +204,25 @@ class SearchService:
                 return
 
     def stop(self) -> None:
-        """Stop at the next safe point (a pass in progress commits what it did)."""
-        self._halt.set()
+        """Stop at the next safe point: the worker is asked to stop (a pass in progress commits
+        what it did, then the worker exits; killed if it takes longer than STOP_SECONDS)."""
         self._scope.cancel()
+
+    def status(self) -> dict[str, Any]:
+        """The `search` section of `status`."""
+        if self.broken is not None:
+            state = "unavailable"
+        elif not self._ready.is_set():
+            state = "opening"
+        else:
+            state = "ok" if self.worker_pid is not None else "restarting"
+        return {
+            "state": state,
+            "workerPid": self.worker_pid,
+            "workerStarts": self.worker_starts,
+            "passes": self._done,
+            "error": self.broken,
+        }
 
     async def rpc(self, params: dict[str, Any]) -> dict[str, Any]:
         """`memory.search`: waits (briefly) until what was acknowledged before it is indexed."""
@@ -180,7 +232,7 @@ class SearchService:
         if self.broken is not None or not self._ready.is_set():
             raise RequestError(f"search is unavailable: {self.broken or 'still opening'}")
         await self._fresh()
-        hits = await anyio.to_thread.run_sync(self.index.search, q, limiter=self._readers)
+        hits = await anyio.to_thread.run_sync(self.readers.search, q, limiter=self._readers)
         return {"hits": hits}
 
     async def _fresh(self) -> None:
