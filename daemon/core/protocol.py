@@ -79,12 +79,15 @@ def request_id_of(e: BaseException) -> RequestId:
     return rid if isinstance(rid, (str, int)) else None
 
 
+_NEWLINE = orjson.OPT_APPEND_NEWLINE  # one buffer per answer, not a copy to add the newline
+
+
 def encode_result(rid: RequestId, result: Any) -> bytes:
-    return orjson.dumps({"jsonrpc": "2.0", "id": rid, "result": result}) + b"\n"
+    return orjson.dumps({"jsonrpc": "2.0", "id": rid, "result": result}, option=_NEWLINE)
 
 
 def encode_error(rid: RequestId, err: RequestError) -> bytes:
-    return orjson.dumps({"jsonrpc": "2.0", "id": rid, "error": err.to_json()}) + b"\n"
+    return orjson.dumps({"jsonrpc": "2.0", "id": rid, "error": err.to_json()}, option=_NEWLINE)
 
 
 # ---------------------------------------------------------------------------------------------

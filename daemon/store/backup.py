@@ -432,7 +432,7 @@ class MirrorWriter:
                 session_id=job.session_id,
                 channel=job.channel,
             )
-            out.append(orjson.dumps(rec) + b"\n")
+            out.append(orjson.dumps(rec, option=orjson.OPT_APPEND_NEWLINE))
         if out:
             o = opened.get(job.session_id) or self._open(job.session_id, opened, new_dirs)
             _write_all(o.fd, b"".join(out))
