@@ -197,25 +197,30 @@ class Compactor:
     def _after_write(self, batch: Batch) -> None:
         for old, _new, _reason in batch.resets:
             self._session_ended(old)
+        # Runs for every batch: one pass over the answers, settings looked up once per agent.
         touched: dict[str, SessionState] = {}
         last_ingest: dict[str, dict[str, Any]] = {}
         by_id = self.store.by_id
         for item, answer in batch.answers:
-            if not isinstance(item, IngestWork | AppendWork):
+            kind = type(item)
+            if kind is not IngestWork and kind is not AppendWork:
                 continue
             sid = answer.get("sessionId")
             st = by_id.get(sid) if isinstance(sid, str) else None
             if st is None:
                 continue
-            touched[st.session_id] = st
-            if isinstance(item, IngestWork):
-                last_ingest[st.session_id] = answer
+            touched[sid] = st
+            if kind is IngestWork:
+                last_ingest[sid] = answer
                 command = answer.get("command")
-                if isinstance(command, dict) and command.get("name") == "compact":
+                if command is not None and command.get("name") == "compact":
                     # /compact asked for it while the batch was prepared (command_reply).
                     answer["compaction"] = {"scheduled": True, "reason": "command"}
+        windows: dict[str, int] = {}
         for sid, st in touched.items():
-            window = self.settings(st.agent_id)[1].context_window
+            window = windows.get(st.agent_id)
+            if window is None:
+                window = windows[st.agent_id] = self.settings(st.agent_id)[1].context_window
             if st.entry.get("contextTokens") != window:
                 # As OpenClaw writes it: the window `totalTokens` is measured against.
                 st.entry["contextTokens"] = window
