@@ -4,4 +4,7 @@ from __future__ import annotations
 
 from daemon.cli import main
 
-raise SystemExit(main())
+# Guarded: anyio's worker processes (daemon/backup.py) load the parent's main module under
+# another name, and must not start a second daemon doing so.
+if __name__ == "__main__":
+    raise SystemExit(main())

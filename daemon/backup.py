@@ -18,8 +18,10 @@ round is retried with a growing pause, and once the disk is back the mirror catc
 
 from __future__ import annotations
 
+import errno
 import fnmatch
 import os
+import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +31,8 @@ import anyio
 import structlog
 from anyio.abc import TaskStatus
 
-from daemon.store.backup import MAX_JOBS_PER_ROUND, Job, MirrorWriter, ensure_root
+from daemon import guard, logs
+from daemon.store.backup import MAX_JOBS_PER_ROUND, Job, MirrorWriter, Outcome, ensure_root
 
 if TYPE_CHECKING:
     from daemon.config import Config
@@ -87,11 +90,42 @@ class MirrorCounters:
     last_sync_ms: int = 0
 
 
+# ---------------------------------------------------------------------------------------------
+# The worker process that writes rounds
+
+
+def run_round(
+    writer: MirrorWriter, jobs: list[Job], log_settings: tuple[str, str]
+) -> list[Outcome]:
+    """One round, in the mirror's worker process (anyio.to_process): turning each transcript
+    line into a record is Python work, which in the daemon would hold the GIL its event loop
+    needs to acknowledge messages. MirrorWriter keeps no state between rounds."""
+    global _in_worker
+    if not _in_worker:
+        _enter_worker(log_settings)
+        _in_worker = True
+    return writer.run(jobs)
+
+
+_in_worker = False
+
+
+def _enter_worker(log_settings: tuple[str, str]) -> None:
+    # Ctrl-C or systemd's stop reach the whole group: a round must not be cut short by them
+    # (the daemon lets the last round finish, then ends its workers itself).
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, signal.SIG_IGN)
+    guard.install_from_env()  # tests: the never-delete guard watches the worker as well
+    # anyio points sys.stdout and sys.stderr at /dev/null (stdout is its pipe); fd 2 is still
+    # the daemon's stderr, which journald reads as well.
+    logs.configure(*log_settings, stream=os.fdopen(os.dup(2), "w", buffering=1))
+
+
 class Mirror:
     """The mirror stage: the committer calls `committed` after each durable batch; `run` (a task
-    in the daemon's task group) writes and syncs the mirror in a worker thread.
+    in the daemon's task group) writes and syncs the mirror in a worker process (`run_round`).
 
-    State is read and changed on the event loop only; the worker thread gets immutable jobs and
+    State is read and changed on the event loop only; the worker gets immutable jobs and
     returns outcomes. `lock` is held for each round, so the retention sweep can compress a
     finished mirror without racing a write to it.
     """
@@ -286,17 +320,17 @@ class Mirror:
     async def _round(self, jobs: list[Job]) -> bool:
         try:
             async with self.lock:
-                outcomes = await anyio.to_thread.run_sync(
-                    self.writer.run, jobs, limiter=self._limiter
+                # Not cancellable: a round always completes (or fails) as a whole.
+                outcomes = await anyio.to_process.run_sync(
+                    run_round, self.writer, jobs, logs.settings(), limiter=self._limiter
                 )
+        except anyio.BrokenWorkerProcess as e:
+            # The worker died mid-round (killed): as for a failed write, the sessions are
+            # located again; the next round starts a new worker.
+            self._round_failed(jobs, OSError(errno.EIO, f"the mirror's worker process died: {e}"))
+            return False
         except OSError as e:
-            # A failed round may have left a record half-written: locate those sessions again.
-            for j in jobs:
-                t = self.tracks.get(j.session_id)
-                if t is not None:
-                    t.done = None
-            self._fail(e)
-            self._signal_round()
+            self._round_failed(jobs, e)
             return False
         if self.error is not None:
             log.warning("backup.recovered", path=str(self.root), was=self.error)
@@ -332,6 +366,15 @@ class Mirror:
     def _signal_round(self) -> None:
         self._round_done.set()
         self._round_done = anyio.Event()
+
+    def _round_failed(self, jobs: list[Job], e: OSError) -> None:
+        # A failed round may have left a record half-written: locate those sessions again.
+        for j in jobs:
+            t = self.tracks.get(j.session_id)
+            if t is not None:
+                t.done = None
+        self._fail(e)
+        self._signal_round()
 
     def _fail(self, e: Exception) -> None:
         reason = (e.strerror if isinstance(e, OSError) else None) or str(e)

@@ -209,9 +209,9 @@ class Compactor:
             st = by_id.get(sid) if isinstance(sid, str) else None
             if st is None:
                 continue
-            touched[sid] = st
+            touched[st.session_id] = st
             if kind is IngestWork:
-                last_ingest[sid] = answer
+                last_ingest[st.session_id] = answer
                 command = answer.get("command")
                 if command is not None and command.get("name") == "compact":
                     # /compact asked for it while the batch was prepared (command_reply).

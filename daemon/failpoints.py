@@ -57,7 +57,10 @@ COMPRESSION = (
     "compress.installed",
     "compress.original_removed",
 )
-KNOWN = NAMES + COMPRESSION
+# Writing a mirror round (daemon/store/backup.py), in the mirror's worker process: after a
+# session's records are written, before they are synced. `exit` kills the worker mid-round.
+MIRROR = ("mirror.after_write",)
+KNOWN = NAMES + COMPRESSION + MIRROR
 ACTIONS = {
     "exit": None,
     "eio": errno.EIO,
@@ -121,4 +124,4 @@ def _hit(name: str) -> None:
     raise OSError(code, f"{os.strerror(code)} (failpoint {name})")
 
 
-__all__ = ["COMPRESSION", "ENV", "EXIT_CODE", "KNOWN", "NAMES", "failpoint", "parse"]
+__all__ = ["COMPRESSION", "ENV", "EXIT_CODE", "KNOWN", "MIRROR", "NAMES", "failpoint", "parse"]

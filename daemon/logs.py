@@ -47,3 +47,14 @@ def configure(level: str = "info", fmt: str = "auto", stream: TextIO | None = No
         logger_factory=structlog.PrintLoggerFactory(file=out),
         cache_logger_on_first_use=False,
     )
+
+
+def settings() -> tuple[str, str]:
+    """The level and format configured now (command line, config and reloads included), for a
+    worker process whose lines must look like the daemon's."""
+    cfg = structlog.get_config()
+    console = any(isinstance(p, structlog.dev.ConsoleRenderer) for p in cfg["processors"])
+    effective = getattr(structlog.get_logger().bind(), "get_effective_level", None)
+    number = effective() if callable(effective) else None
+    level = next((k for k, v in LEVELS.items() if v == number), "info")
+    return level, "console" if console else "json"

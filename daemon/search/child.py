@@ -98,7 +98,7 @@ class IndexWorker:
             "n": self._n,
             "agents": list(agents),
             "workspaces": workspaces,
-            "log": list(log_settings()),
+            "log": list(logs.settings()),
         }
         try:
             await self._stdin.send(orjson.dumps(request) + b"\n")
@@ -175,7 +175,7 @@ class IndexWorker:
 async def spawn(state_dir: Path, nice: int) -> AsyncIterator[IndexWorker]:
     """Start a worker on `state_dir` (running `nice` below the daemon's priority); stop and reap
     it when the block ends, however it ends. OSError when it cannot be started."""
-    level, fmt = log_settings()
+    level, fmt = logs.settings()
     log_fd = _copy_of_stdout()
     argv = [sys.executable, "-m", MODULE, "--state-dir", str(state_dir), "--nice", str(nice)]
     argv += ["--log-level", level, "--log-format", fmt]
@@ -199,17 +199,6 @@ async def spawn(state_dir: Path, nice: int) -> AsyncIterator[IndexWorker]:
         yield worker
     finally:
         await worker.stop()
-
-
-def log_settings() -> tuple[str, str]:
-    """The daemon's log level and format as configured now (command line, config and reloads
-    included; daemon/logs.py), so that the worker's lines look like the daemon's."""
-    cfg = structlog.get_config()
-    console = any(isinstance(p, structlog.dev.ConsoleRenderer) for p in cfg["processors"])
-    effective = getattr(structlog.get_logger().bind(), "get_effective_level", None)
-    number = effective() if callable(effective) else None
-    level = next((k for k, v in logs.LEVELS.items() if v == number), "info")
-    return level, "console" if console else "json"
 
 
 def _copy_of_stdout() -> int | None:

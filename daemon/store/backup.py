@@ -26,6 +26,7 @@ from typing import Any
 import orjson
 import structlog
 
+from daemon.failpoints import failpoint
 from daemon.guard import BACKUP_MARKER as BACKUP_MARKER
 from daemon.store import transcript
 from daemon.store.archive import transcript_candidates
@@ -436,6 +437,7 @@ class MirrorWriter:
         if out:
             o = opened.get(job.session_id) or self._open(job.session_id, opened, new_dirs)
             _write_all(o.fd, b"".join(out))
+            failpoint("mirror.after_write")
         return Outcome(job.session_id, start + consumed, end, len(out))
 
     def locate(self, session_id: str, src: Source, end: int) -> tuple[int, set[str] | None]:
