@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import logging
 import sys
+import time
+from collections.abc import Callable
 from typing import Any, TextIO
 
 import orjson
@@ -58,3 +60,24 @@ def settings() -> tuple[str, str]:
     number = effective() if callable(effective) else None
     level = next((k for k, v in LEVELS.items() if v == number), "info")
     return level, "console" if console else "json"
+
+
+class Throttle:
+    """At most one line per `every` seconds for each kind of an event that can repeat at full
+    speed (on a full disk every batch fails; a line each would fill the journal that is on the
+    same disk). `allow(kind)` returns None to leave a line out, else how many were left out
+    since the last one, for the line to say so."""
+
+    def __init__(self, every: float = 10.0, clock: Callable[[], float] = time.monotonic) -> None:
+        self.every = every
+        self.clock = clock
+        self._next: dict[object, float] = {}
+        self._left_out: dict[object, int] = {}
+
+    def allow(self, kind: object) -> int | None:
+        now = self.clock()
+        if now < self._next.get(kind, now):
+            self._left_out[kind] = self._left_out.get(kind, 0) + 1
+            return None
+        self._next[kind] = now + self.every
+        return self._left_out.pop(kind, 0)

@@ -39,6 +39,7 @@ from daemon.lifecycle import (
     sessions_reply,
     status_reply,
 )
+from daemon.logs import Throttle
 from daemon.store.dedup import DedupKey
 from daemon.store.fileio import SyncFailed
 from daemon.store.registry import SessionState
@@ -55,6 +56,7 @@ QUEUE_SIZE = 16_384  # requests waiting for the committer; beyond it adapters ar
 MAX_BATCH = 8_192
 ROUTE_CACHE_SIZE = 65_536
 ARCHIVE_WAIT_SECONDS = 10.0
+WRITE_FAILURE_LOG_SECONDS = 10.0
 
 
 @dataclass(slots=True)
@@ -162,6 +164,9 @@ class Pipeline:
         # sync): its transcripts and folders, synced again by the next checkpoint before any
         # journal switch (which would reuse the journal file that still covers them).
         self._unfinished: tuple[set[str], set[str]] | None = None
+        # A full disk fails every batch: one line per kind of failure per 10 s says so.
+        self._failure_lines = Throttle(WRITE_FAILURE_LOG_SECONDS)
+        self._failed_batches = 0  # since the last batch written
 
     # ------------------------------------------------------------------------------------------
     # Entrances (event loop)
@@ -461,15 +466,22 @@ class Pipeline:
             for later in self._unwritten:
                 store.fail(later)  # void already (old epoch); its sessions re-read their tails
             reason = e.strerror or str(e)
-            log.error(
-                "store.write_failed",
-                error=reason,
-                errno=e.errno,
-                messages=len(answers),
-                broken=store.broken is not None,
-            )
+            self._failed_batches += 1
+            left_out = self._failure_lines.allow((e.errno, store.broken is not None))
+            if left_out is not None:
+                log.error(
+                    "store.write_failed",
+                    error=reason,
+                    errno=e.errno,
+                    messages=len(answers),
+                    broken=store.broken is not None,
+                    failuresNotLogged=left_out,
+                )
             self._reject_all([w for w, _ in answers], _unavailable(reason))
             return
+        if self._failed_batches:
+            log.warning("store.write_resumed", failedBatches=self._failed_batches)
+            self._failed_batches = 0
         store.apply(batch)
         if self.mirror is not None:
             # Stage 5: hand the batch to the backup mirror (waits only with sync "ack").
