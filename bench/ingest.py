@@ -7,13 +7,15 @@ pipelined clients (64 requests in flight each, unique message ids, spread over S
 requests in flight hit different sessions). In the same run it measures a bare NDJSON Unix-socket
 server that only parses each line, appends it to one file and acknowledges after one fdatasync
 per batch of what arrived together: the ceiling of this machine and language. Runs alternate
-(ours, bare, ours, bare, ...) and the medians of each are compared.
+(ours, bare, ours, bare, ...) and the medians of each are compared. The same bare server written
+with anyio streams (as the daemon is) is measured beside it, to show what the framework costs.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import shutil
@@ -24,6 +26,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import orjson
@@ -180,6 +183,61 @@ def bare_server(path: str, data_file: str) -> None:
     asyncio.run(main())
 
 
+def bare_anyio_server(path: str, data_file: str) -> None:
+    """The same bare server written the way the daemon is: anyio streams read a line at a time,
+    a task per connection. It shows what the I/O framework alone costs."""
+    import anyio
+    from anyio.abc import SocketStream
+    from anyio.streams.buffered import BufferedByteReceiveStream
+
+    fd = os.open(data_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    pending: list[tuple[SocketStream, bytes]] = []
+    buffered: list[bytes] = []
+    has_work = anyio.Event()
+
+    def write_sync(data: bytes) -> None:
+        os.write(fd, data)
+        os.fdatasync(fd)
+
+    async def handle(stream: SocketStream) -> None:
+        reader = BufferedByteReceiveStream(stream)
+        async with stream:
+            while True:
+                try:
+                    line = await reader.receive_until(b"\n", 1 << 20)
+                except (anyio.EndOfStream, anyio.IncompleteRead, anyio.BrokenResourceError):
+                    return
+                req = orjson.loads(line)
+                buffered.append(line + b"\n")
+                pending.append((stream, b'{"jsonrpc":"2.0","id":%d,"result":{}}\n' % req["id"]))
+                has_work.set()
+
+    async def flusher() -> None:
+        nonlocal has_work
+        while True:
+            await has_work.wait()
+            has_work = anyio.Event()
+            batch, acks = b"".join(buffered), list(pending)
+            buffered.clear()
+            pending.clear()
+            await anyio.to_thread.run_sync(write_sync, batch)
+            out: dict[SocketStream, list[bytes]] = {}
+            for st, a in acks:
+                out.setdefault(st, []).append(a)
+            for st, chunks in out.items():
+                with contextlib.suppress(anyio.BrokenResourceError, anyio.ClosedResourceError):
+                    await st.send(b"".join(chunks))
+
+    async def main() -> None:
+        listener = await anyio.create_unix_listener(path)
+        print("ready", flush=True)
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(flusher)
+            await listener.serve(handle)
+
+    anyio.run(main)
+
+
 # ---------------------------------------------------------------------------------------------
 # Orchestration
 
@@ -256,11 +314,12 @@ def run_ours(args: argparse.Namespace, workdir: Path, n: int) -> dict[str, float
     return res
 
 
-def run_bare(args: argparse.Namespace, workdir: Path, n: int) -> dict[str, float]:
-    sock = workdir / f"bare-{n}.sock"
+def run_bare(args: argparse.Namespace, workdir: Path, n: int, style: str) -> dict[str, float]:
+    sock = workdir / f"bare-{style}-{n}.sock"
+    data = workdir / f"bare-{style}-{n}.ndjson"
+    flag = "--bare" if style == "protocol" else "--bare-anyio"
     proc = subprocess.Popen(
-        [sys.executable, __file__, "--bare", str(sock), str(workdir / f"bare-{n}.ndjson")],
-        stdout=subprocess.DEVNULL,
+        [sys.executable, __file__, flag, str(sock), str(data)], stdout=subprocess.DEVNULL
     )
     try:
         wait_socket(sock, proc)
@@ -282,6 +341,7 @@ def main() -> None:
     ap.add_argument("--tag", default="x")
     ap.add_argument("--drive", metavar="SOCKET", help=argparse.SUPPRESS)
     ap.add_argument("--bare", nargs=2, metavar=("SOCKET", "FILE"), help=argparse.SUPPRESS)
+    ap.add_argument("--bare-anyio", nargs=2, metavar=("SOCKET", "FILE"), help=argparse.SUPPRESS)
     ap.add_argument("--keep", action="store_true", help="keep the temporary folder")
     args = ap.parse_args()
     if args.drive:
@@ -291,46 +351,52 @@ def main() -> None:
     if args.bare:
         bare_server(*args.bare)
         return
+    if args.bare_anyio:
+        bare_anyio_server(*args.bare_anyio)
+        return
     workdir = Path(tempfile.mkdtemp(prefix="sessiond-bench-", dir=os.environ.get("BENCH_DIR")))
     print(
         f"ingest benchmark: {args.messages} messages, {args.clients} clients x {IN_FLIGHT} "
         f"in flight, {args.sessions} sessions, {args.runs} interleaved runs; cpus={os.cpu_count()}"
     )
-    ours, bare = [], []
+    # The ceiling is the bare server as fast as it can simply be written (asyncio protocol, one
+    # write per batch). The same server written with anyio streams, as the daemon is, is shown
+    # beside it: the difference is what the I/O framework alone costs.
+    servers: dict[str, Callable[[int], dict[str, float]]] = {
+        "sessiond": lambda n: run_ours(args, workdir, n),
+        "bare": lambda n: run_bare(args, workdir, n, "protocol"),
+        "bare-anyio": lambda n: run_bare(args, workdir, n, "anyio"),
+    }
+    results: dict[str, list[dict[str, float]]] = {name: [] for name in servers}
     try:
         for n in range(args.runs):
-            o = run_ours(args, workdir, n)
-            ours.append(o)
-            print(
-                f"  run {n + 1} sessiond: {o['rate']:>9.0f} msgs/s  "
-                f"p50 {o['p50_ms']:.1f} ms  p99 {o['p99_ms']:.1f} ms  "
-                f"cpu {o['cpu_us']:.1f} us/msg"
-            )
-            b = run_bare(args, workdir, n)
-            bare.append(b)
-            print(
-                f"  run {n + 1} bare    : {b['rate']:>9.0f} msgs/s  "
-                f"p50 {b['p50_ms']:.1f} ms  p99 {b['p99_ms']:.1f} ms  "
-                f"cpu {b['cpu_us']:.1f} us/msg"
-            )
+            for name, run in servers.items():
+                r = run(n)
+                results[name].append(r)
+                print(f"  run {n + 1} {name:<10}: {summary(r)}")
     finally:
         if not args.keep:
             shutil.rmtree(workdir, ignore_errors=True)
-    med = statistics.median
-    o_rate, b_rate = med(r["rate"] for r in ours), med(r["rate"] for r in bare)
-    print(
-        f"sessiond durable msgs/s (median): {o_rate:.0f}  "
-        f"ack p50 {med(r['p50_ms'] for r in ours):.1f} ms  "
-        f"p99 {med(r['p99_ms'] for r in ours):.1f} ms  "
-        f"cpu {med(r['cpu_us'] for r in ours):.1f} us/msg"
+    med = {
+        name: {k: statistics.median(r[k] for r in rs) for k in rs[0]}
+        for name, rs in results.items()
+    }
+    for label, name in (
+        ("sessiond durable msgs/s (median):", "sessiond"),
+        ("bare ceiling msgs/s (median):", "bare"),
+        ("bare with anyio streams (median):", "bare-anyio"),
+    ):
+        print(f"{label:<34} {summary(med[name])}")
+    ours = med["sessiond"]["rate"]
+    print(f"ratio sessiond / bare: {ours / med['bare']['rate']:.2f}")
+    print(f"ratio sessiond / bare with anyio streams: {ours / med['bare-anyio']['rate']:.2f}")
+
+
+def summary(r: dict[str, float]) -> str:
+    return (
+        f"{r['rate']:>9.0f} msgs/s  p50 {r['p50_ms']:.1f} ms  p99 {r['p99_ms']:.1f} ms  "
+        f"cpu {r['cpu_us']:.1f} us/msg"
     )
-    print(
-        f"bare ceiling msgs/s (median):     {b_rate:.0f}  "
-        f"ack p50 {med(r['p50_ms'] for r in bare):.1f} ms  "
-        f"p99 {med(r['p99_ms'] for r in bare):.1f} ms  "
-        f"cpu {med(r['cpu_us'] for r in bare):.1f} us/msg"
-    )
-    print(f"ratio sessiond / bare: {o_rate / b_rate:.2f}")
 
 
 if __name__ == "__main__":
