@@ -18,6 +18,7 @@ round is retried with a growing pause, and once the disk is back the mirror catc
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fnmatch
 import os
@@ -45,6 +46,7 @@ ACK_WAIT_SECONDS = 5.0  # sync "ack": the longest an answer waits for the mirror
 BACKOFF_MAX = 30.0
 CLOSE_GRACE = 0.5  # after close(): the committer's last batches arrive within this
 CLOSE_MAX = 10.0
+WORKER_NICE = 10  # the mirror worker runs this much below the daemon's priority
 
 
 def backup_root(config: Config, state_dir: Path) -> Path:
@@ -115,6 +117,10 @@ def _enter_worker(log_settings: tuple[str, str]) -> None:
     # (the daemon lets the last round finish, then ends its workers itself).
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, signal.SIG_IGN)
+    # Below the daemon's priority, as the index worker: when the machine is busy (a catch-up
+    # after start), acknowledging messages and answering reads go first.
+    with contextlib.suppress(OSError):
+        os.setpriority(os.PRIO_PROCESS, 0, os.getpriority(os.PRIO_PROCESS, 0) + WORKER_NICE)
     guard.install_from_env()  # tests: the never-delete guard watches the worker as well
     # anyio points sys.stdout and sys.stderr at /dev/null (stdout is its pipe); fd 2 is still
     # the daemon's stderr, which journald reads as well.
