@@ -135,7 +135,12 @@ class MemoryFlusher:
         messages no flush has covered yet. Raises SummarizerFailed or OSError (nothing written).
         """
         path = self.store.state_dir / rel_path
-        view = await anyio.to_thread.run_sync(lambda: read_context(find_transcript(path)))
+        # What a model can read at most: the newest context window's worth. A session that was
+        # never flushed (imported, or hundreds of MB long) is not read into memory whole.
+        budget = cc.contextWindow * tokens.CHARS_PER_TOKEN
+        view = await anyio.to_thread.run_sync(
+            lambda: read_context(find_transcript(path), max_bytes=budget)
+        )
         after = view.after
         # Only what no flush has covered yet: after the cycle's marker, or after what a flush
         # of this process covered when its marker could not be appended any more.

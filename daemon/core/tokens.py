@@ -73,9 +73,12 @@ def _plain(v: Any) -> str:
     return repr(v)
 
 
+CHARS_PER_TOKEN = 4
+
+
 def estimate(chars: int) -> int:
     """ceil(chars / 4): the estimate for text no provider has counted."""
-    return math.ceil(chars / 4) if chars > 0 else 0
+    return math.ceil(chars / CHARS_PER_TOKEN) if chars > 0 else 0
 
 
 def message_tokens(message: dict[str, Any]) -> int:

@@ -19,6 +19,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
+import anyio
+
 from daemon.summarizers import NO_REPLY, SummaryRequest, block_text
 
 HEADING = "## Conversation summary"
@@ -35,9 +37,9 @@ class BuiltinSummarizer:
     kind = "builtin"
 
     async def summarize(self, req: SummaryRequest) -> str:
-        if req.task == "memoryFlush":
-            return notes(req)
-        return summary(req)
+        # Pure Python over every entry: on a worker thread, so that a long session never holds
+        # up the event loop (acknowledgements, a SIGTERM) for the whole of it.
+        return await anyio.to_thread.run_sync(notes if req.task == "memoryFlush" else summary, req)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -516,3 +516,48 @@ def test_a_compaction_cut_short_by_shutdown_is_answered(launch: Launch, tmp_path
     assert answer["id"] == rid
     assert answer["result"] == {"compacted": False, "reason": "the daemon stopped"}
     assert path.read_bytes() == before
+
+
+def test_flushing_a_very_long_session_at_reset_holds_up_neither_answers_nor_a_stop(
+    launch: Launch,
+) -> None:
+    """A session never flushed and tens of MB long (imported, say) is reset: its flush reads
+    only the newest context window, off the event loop, so other sessions are answered at
+    once meanwhile and SIGTERM still ends the daemon promptly."""
+    d = launch({"daemon": {"timezone": "UTC"}})
+    c = d.client()
+    c.call("message.ingest", ingest_params("1", "the start of a long conversation"))
+    assert d.stop() == 0
+    [path] = [p for p in d.transcripts() if p.name.endswith(".jsonl")]
+    last = read_transcript(path)[-1]
+    lines, parent = [], last["id"]
+    text = "Alice Martin booked room 12 at the Hiiragiya for 2026-04-03, see notes/kyoto.md. " * 4
+    for i in range(100_000):  # about 40 MB
+        eid = f"{0x10000000 + i:08x}"
+        entry = {
+            "type": "message",
+            "id": eid,
+            "parentId": parent,
+            "timestamp": last["timestamp"],
+            "message": {"role": "user", "content": [{"type": "text", "text": f"{i} {text}"}]},
+        }
+        lines.append(json.dumps(entry))
+        parent = eid
+    with path.open("a") as f:
+        f.write("\n".join(lines) + "\n")
+    d.start()
+    c = d.client()
+    answer = c.call("message.ingest", ingest_params("1", "/new"))
+    assert answer["reset"]["reason"] == "new"
+    # While the old session is flushed, another conversation is answered without delay.
+    slowest = 0.0
+    for i in range(40):
+        t = time.monotonic()
+        c.call("message.ingest", ingest_params("2", f"ping {i}"))
+        slowest = max(slowest, time.monotonic() - t)
+        time.sleep(0.05)
+    assert slowest < 1.0, f"an answer took {slowest:.2f} s during the flush"
+    wait_for(lambda: any(e.get("event") == "memory.flushed" for e in d.logs()), what="the flush")
+    t = time.monotonic()
+    assert d.stop() == 0
+    assert time.monotonic() - t < 10
