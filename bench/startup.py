@@ -20,6 +20,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -199,6 +200,10 @@ def main() -> None:
                 break
             if time.monotonic() > deadline:
                 break
+        # Keep reading what it logs (a line per archived session, per flushed memory): a
+        # daemon whose stdout pipe is full waits for it, and could not stop.
+        drain = threading.Thread(target=proc.stdout.read, daemon=True)
+        drain.start()
         proc.send_signal(signal.SIGTERM)
         proc.wait(120)
     finally:
