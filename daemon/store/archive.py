@@ -92,14 +92,23 @@ def archive_folder(sessions_folder: Path) -> Path:
 
 
 def transcript_stats(path: Path) -> TranscriptStats:
-    """Count messages and hash a transcript (read once, in chunks; used when archiving only)."""
-    from daemon.store.transcript import parse_iso_ms
+    """Count messages and hash a transcript (read once, in chunks; used when archiving only).
 
+    v3 lines begin with their `type`, so messages are counted by their first bytes, and only the
+    header, the first message and the last one are parsed (the session's key and times):
+    parsing every line cost ten times the hashing, and a reset job archives thousands of
+    transcripts. Lines that begin otherwise are parsed. When the last message cannot give the
+    end time (a torn write, no timestamp), the file is read again line by line, parsing all.
+    """
+    stats = _stats(path, fast=True) or _stats(path, fast=False)
+    assert stats is not None  # read line by line, every line parsed, it always settles
+    return stats
+
+
+def _stats(path: Path, *, fast: bool) -> TranscriptStats | None:
     h = hashlib.sha256()
     size = 0
-    messages = 0
-    started = ended = None
-    key = sid = None
+    tally = _Tally(fast)
     tail = b""
     predecessor = None
     opener: Any = open
@@ -119,14 +128,70 @@ def transcript_stats(path: Path) -> TranscriptStats:
             if size == len(chunk) and lines:
                 predecessor = _header_field(lines[0], "predecessor")
             for line in lines:
-                messages, started, ended, key, sid = _count(
-                    line, messages, started, ended, key, sid, parse_iso_ms
-                )
+                tally.add(line)
         if tail:
-            messages, started, ended, key, sid = _count(
-                tail, messages, started, ended, key, sid, parse_iso_ms
-            )
-    return TranscriptStats(messages, size, h.hexdigest(), started, ended, key, sid, predecessor)
+            tally.add(tail)
+    if not tally.settle():
+        return None
+    t = tally
+    return TranscriptStats(
+        t.messages, size, h.hexdigest(), t.started, t.ended, t.key, t.sid, predecessor
+    )
+
+
+_MESSAGE_PREFIX = b'{"type":"message",'
+_TYPE_PREFIX = b'{"type":"'
+_SESSION_PREFIX = b'{"type":"session"'
+
+
+class _Tally:
+    """What `transcript_stats` reports, line by line: with `fast`, message lines are counted
+    by their first bytes and only the newest one is kept, to be parsed at the end."""
+
+    def __init__(self, fast: bool) -> None:
+        from daemon.store.transcript import parse_iso_ms
+
+        self.parse = parse_iso_ms
+        self.fast = fast
+        self.messages = 0
+        self.started: int | None = None
+        self.ended: int | None = None
+        self.key: str | None = None
+        self.sid: str | None = None
+        self.newest: bytes | None = None  # the newest message line, counted, not parsed
+        self.failed = False  # a kept message could not be taken: parse every line
+
+    def add(self, line: bytes) -> None:
+        if self.fast and line.startswith(_TYPE_PREFIX) and not line.startswith(_SESSION_PREFIX):
+            if not line.startswith(_MESSAGE_PREFIX):
+                return  # another kind of entry: not counted, no time of its own
+            if self.started is not None:  # else it may be when the session started: parse it
+                self.messages += 1
+                self.newest = line
+                return
+        # In order: the message kept may carry the latest time so far.
+        if self.newest is not None and not self._take_newest():
+            self.failed = True
+        self.messages, self.started, self.ended, self.key, self.sid = _count(
+            line, self.messages, self.started, self.ended, self.key, self.sid, self.parse
+        )
+
+    def settle(self) -> bool:
+        """Parse the newest message kept; False when the counts need every line parsed."""
+        if self.newest is not None and not self._take_newest():
+            return False
+        return not self.failed
+
+    def _take_newest(self) -> bool:
+        """Parse the message kept. False when it is not one (damaged, or torn), or has no time
+        (the end is then an earlier message's, which was counted without being read)."""
+        assert self.newest is not None
+        line, self.newest = self.newest, None
+        m, _s, ended, _k, _i = _count(line, 0, None, None, None, None, self.parse)
+        if m != 1 or ended is None:
+            return False
+        self.ended = ended
+        return True
 
 
 def _header_field(line: bytes, name: str) -> str | None:

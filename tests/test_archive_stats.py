@@ -1,0 +1,62 @@
+"""Archive statistics read by first bytes (daemon/store/archive.py transcript_stats): the same
+counts and times as parsing every line, for every shape of transcript."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import orjson
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from daemon.store.archive import _stats, transcript_stats
+
+TS = st.integers(0, 59).map(lambda s: f"2026-01-01T00:00:{s:02d}.000Z")
+
+
+@st.composite
+def entries(draw: st.DrawFn) -> bytes:
+    lines = []
+    header = {"type": "session", "version": 3, "id": "s1", "sessionKey": "agent:main:main"}
+    if draw(st.booleans()):
+        header["timestamp"] = draw(TS)
+    lines.append(orjson.dumps(header))
+    for i in range(draw(st.integers(0, 30))):
+        kind = draw(st.sampled_from(["message", "message", "custom", "compaction", "garbage"]))
+        if kind == "garbage":
+            lines.append(b"not json at all")
+            continue
+        entry: dict[str, object] = {"type": kind, "id": f"{i:08x}"}
+        if draw(st.booleans()):
+            entry["timestamp"] = draw(TS)
+        if kind == "message":
+            entry["message"] = {"role": "user", "content": "hi"}
+        if draw(st.integers(0, 4)) == 0:  # another writer's key order: type not first
+            entry = {"id": entry.pop("id"), **entry}
+        lines.append(orjson.dumps(entry))
+    data = b"\n".join(lines) + b"\n"
+    if draw(st.booleans()):  # a torn last write
+        data += orjson.dumps({"type": "message", "id": "ffffffff", "timestamp": draw(TS)})[:-9]
+    return data
+
+
+@settings(max_examples=300, deadline=None)
+@given(entries())
+def test_reading_by_first_bytes_gives_what_parsing_every_line_gives(data: bytes) -> None:
+    with tempfile.TemporaryDirectory() as d:
+        path = Path(d) / "s1.jsonl"
+        path.write_bytes(data)
+        assert transcript_stats(path) == _stats(path, fast=False)
+
+
+def test_a_torn_last_message_is_not_counted_and_the_one_before_gives_the_end(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "s1.jsonl"
+    head = b'{"type":"session","version":3,"id":"s1","timestamp":"2026-01-01T00:00:00.000Z"}\n'
+    msg = b'{"type":"message","id":"%s","timestamp":"2026-01-01T00:00:0%d.000Z","message":{}}\n'
+    path.write_bytes(head + msg % (b"00000001", 1) + msg % (b"00000002", 2) + b'{"type":"mess')
+    stats = transcript_stats(path)
+    assert stats.messages == 2
+    assert stats.ended_at == stats.started_at + 2000
