@@ -171,8 +171,7 @@ class Mirror:
         for st, before, lines in batch.touched.values():
             if self._is_excluded(st.session_key):
                 continue
-            # The lines as written: write_batch joined them with a closing b"" (one newline each).
-            end = before + sum(map(len, lines)) + len(lines) - (0 if lines[-1] else 1)
+            end = before + sum(map(len, lines)) + len(lines)  # each line and its newline
             t = self.tracks.get(st.session_id)
             if t is None:
                 t = self.tracks[st.session_id] = Track(

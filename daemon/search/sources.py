@@ -19,7 +19,7 @@ import orjson
 
 from daemon.core.keys import normalize_agent_id
 from daemon.store.archive import ARCHIVE_DIR, INDEX, OPENCLAW_SUFFIX, read_index
-from daemon.store.transcript import parse_iso_ms
+from daemon.store.transcript import json_object, parse_iso_ms
 
 MAX_TEXT_CHARS = 32_768  # of one entry; a pasted file should not dominate the index
 SESSION_ROLES = ("user", "assistant")
@@ -204,11 +204,8 @@ def transcript_docs(
     for off, line in lines:
         if b'"message"' not in line and b'"compaction"' not in line and b'"session"' not in line:
             continue
-        try:
-            obj = orjson.loads(line)
-        except orjson.JSONDecodeError:
-            continue
-        if not isinstance(obj, dict):
+        obj = json_object(line)
+        if obj is None:
             continue
         kind = obj.get("type")
         if kind == "message":

@@ -24,6 +24,7 @@ import orjson
 from daemon.failpoints import failpoint
 from daemon.store import fileio
 from daemon.store.fsutil import FILE_MODE, ensure_dir, fsync_dir, write_all
+from daemon.store.transcript import json_object
 
 ARCHIVE_DIR = "archive"
 INDEX = "index.jsonl"
@@ -195,11 +196,8 @@ class _Tally:
 
 
 def _header_field(line: bytes, name: str) -> str | None:
-    try:
-        obj = orjson.loads(line)
-    except orjson.JSONDecodeError:
-        return None
-    if isinstance(obj, dict) and obj.get("type") == "session":
+    obj = json_object(line)
+    if obj is not None and obj.get("type") == "session":
         v = obj.get(name)
         return v if isinstance(v, str) else None
     return None
@@ -214,11 +212,8 @@ def _count(
     sid: str | None,
     parse: Any,
 ) -> tuple[int, int | None, int | None, str | None, str | None]:
-    try:
-        obj = orjson.loads(line)
-    except orjson.JSONDecodeError:
-        return messages, started, ended, key, sid
-    if not isinstance(obj, dict):
+    obj = json_object(line)
+    if obj is None:
         return messages, started, ended, key, sid
     ts = parse(obj.get("timestamp"))
     if obj.get("type") == "session":
@@ -283,11 +278,8 @@ def read_index(sessions_folder: Path) -> list[ArchiveRecord]:
         return []
     out = []
     for line in data.splitlines():
-        try:
-            obj = orjson.loads(line)
-        except orjson.JSONDecodeError:
-            continue
-        if isinstance(obj, dict):
+        obj = json_object(line)
+        if obj is not None:
             rec = ArchiveRecord.from_json(obj)
             if rec is not None:
                 out.append(rec)

@@ -63,11 +63,8 @@ def to_record(
         "entryId": None,
         "channel": channel,
     }
-    try:
-        obj = orjson.loads(line)
-    except orjson.JSONDecodeError:
-        obj = None
-    if not isinstance(obj, dict):
+    obj = transcript.json_object(line)
+    if obj is None:
         meta["raw"] = base64.b64encode(line).decode()
         return {"role": None, "content": None, "timestamp": None, "metadata": meta}
     entry = dict(obj)

@@ -16,10 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import orjson
-
 from daemon.core import tokens
-from daemon.store.transcript import iter_lines_backwards
+from daemon.store.transcript import iter_lines_backwards, json_object
 
 COMPACTION = "compaction"
 FLUSH_ENTRY = "sessiond.memoryFlush"  # custom entry: the memory flush of a cycle ran
@@ -88,11 +86,8 @@ def read_context(path: Path, end: int | None = None, max_bytes: int | None = Non
             if max_bytes is not None and stop - off > max_bytes:
                 view.complete = False
                 break
-            try:
-                obj = orjson.loads(line)
-            except orjson.JSONDecodeError:
-                continue
-            if not isinstance(obj, dict):
+            obj = json_object(line)
+            if obj is None:
                 continue
             if obj.get("type") == "session":
                 if first_kept is not None:

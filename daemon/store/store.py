@@ -18,7 +18,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import orjson
 import structlog
 
 from daemon.errors import StorageUnavailable
@@ -41,7 +40,7 @@ from daemon.store.registry import (
     is_active_transcript_name,
     load_agent,
 )
-from daemon.store.transcript import next_entry_id, parse_iso_ms
+from daemon.store.transcript import json_object, next_entry_id, parse_iso_ms
 
 log = structlog.get_logger("daemon.store")
 
@@ -378,11 +377,8 @@ class Store:
                 continue
             self._replay_line(rel, int(rec.b), rec.payload)
             count += 1
-            try:
-                obj = orjson.loads(rec.payload)
-            except orjson.JSONDecodeError:
-                continue
-            if isinstance(obj, dict):
+            obj = json_object(rec.payload)
+            if obj is not None:
                 self._replay_registry(rel, obj, by_rel, after_header)
         return count
 
@@ -570,8 +566,7 @@ class Store:
             for st, before, lines in batch.touched.values():
                 fd = self._fd(st)
                 written.append((fd, before))
-                lines.append(b"")
-                write_all(fd, b"\n".join(lines))
+                write_all(fd, b"\n".join(lines) + b"\n")
         except OSError as e:
             self._take_back(written, journal_size, e)
             raise

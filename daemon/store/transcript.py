@@ -95,6 +95,16 @@ def message_line(
     return orjson.dumps(entry)
 
 
+def json_object(line: bytes) -> dict[str, Any] | None:
+    """The JSON object on a transcript line; None for anything else (a torn or damaged line,
+    JSON that is not an object), which readers skip."""
+    try:
+        obj = orjson.loads(line)
+    except orjson.JSONDecodeError:
+        return None
+    return obj if isinstance(obj, dict) else None
+
+
 def next_entry_id(last_id: str | None) -> str:
     """The id after `last_id`: sequential 8-hex ids never collide within a session.
 
@@ -130,13 +140,8 @@ def read_header(path: Path) -> dict[str, Any] | None:
             first = f.readline(TAIL_CHUNK * 4)
     except OSError:
         return None
-    try:
-        obj = orjson.loads(first)
-    except orjson.JSONDecodeError:
-        return None
-    if isinstance(obj, dict) and obj.get("type") == "session":
-        return obj
-    return None
+    obj = json_object(first)
+    return obj if obj is not None and obj.get("type") == "session" else None
 
 
 def iter_lines_backwards(fd: int, end: int, chunk: int = TAIL_CHUNK) -> Iterator[tuple[int, bytes]]:
@@ -179,11 +184,8 @@ def read_tail(path: Path) -> Tail:
         last_id: str | None = None
         header: dict[str, Any] | None = None
         for _off, line in iter_lines_backwards(fd, size):
-            try:
-                obj = orjson.loads(line)
-            except orjson.JSONDecodeError:
-                continue
-            if not isinstance(obj, dict):
+            obj = json_object(line)
+            if obj is None:
                 continue
             if obj.get("type") == "session":
                 header = obj
@@ -254,11 +256,8 @@ def _collect_entries(
     lines ran out (the start of the transcript was reached)."""
     out: list[tuple[int, dict[str, Any]]] = []
     for off, line in lines:
-        try:
-            obj = orjson.loads(line)
-        except orjson.JSONDecodeError:
-            continue
-        if not isinstance(obj, dict) or obj.get("type") == "session":
+        obj = json_object(line)
+        if obj is None or obj.get("type") == "session":
             continue
         out.append((off, obj))
         if len(out) >= limit:
