@@ -24,7 +24,7 @@ from daemon.errors import StorageUnavailable
 from daemon.failpoints import failpoint
 from daemon.store import archive, context, fileio, transcript
 from daemon.store.archive import ArchiveRecord
-from daemon.store.dedup import DedupIndex, Snapshot
+from daemon.store.dedup import DedupIndex, DedupKey, Snapshot
 from daemon.store.fsutil import (
     FILE_MODE,
     ensure_dir,
@@ -123,6 +123,11 @@ class Store:
         self.archives: dict[str, list[Archived]] = {}
         self.archived_by_id: dict[str, Archived] = {}
         self._replayed: set[str] = set()
+        # Replay only: decompressed archives (rel path -> content), and message ids of replayed
+        # lines whose session no registry entry names (closed by a reset, maybe archived):
+        # remembered once the archive index is loaded (`_remember_unowned`).
+        self._gz_content: dict[str, bytes] = {}
+        self._unowned_ids: list[tuple[str, str, DedupKey, int, str, bool]] = []
         # Sessions whose token fields the registry may have behind their transcript (replayed
         # after a crash, or a rebuilt registry): recounted from the tail at start-up.
         self._recount: set[str] = set()
@@ -180,6 +185,7 @@ class Store:
                 context.apply_recount(rst.entry, counted)
                 self.agents[rst.agent_id].dirty = True
         archived = self._recover_archives()
+        self._remember_unowned()
         # Everything replayed is made durable before the journal is emptied (invariant 2).
         self._sync_paths({st.rel_path for st in self.by_id.values() if st.new} | self._replayed)
         for reg in self.agents.values():
@@ -253,6 +259,29 @@ class Store:
             "archivesAdopted": adopted,
             "archives": len(self.archived_by_id),
         }
+
+    def _remember_unowned(self) -> None:
+        """Message ids of replayed lines whose sessions are closed: their answers name the
+        session as it was (its key from the archive index, else from its header)."""
+        keys: dict[str, str | None] = {}
+        for agent_id, rel, key3, ts, entry_id, created in self._unowned_ids:
+            sid = Path(rel).name.removesuffix(".jsonl")
+            if rel not in keys:
+                known = self.archived_by_id.get(sid)
+                key = known.session_key if known is not None else None
+                if key is None:
+                    path = archive.locate_transcript(self.state_dir / rel)
+                    header = _read_any_header(path)
+                    key = _str_or_none(header.get("sessionKey"))
+                keys[rel] = key
+            key = keys[rel]
+            if key is None:
+                log.warning("dedup.session_unknown", path=rel, messageId=key3[2])
+                continue
+            if self.dedup.lookup(agent_id, key3) is None:
+                answer = session_answer(key, sid, entry_id, created)
+                self.dedup.remember(agent_id, key3, ts, answer)
+        self._unowned_ids.clear()
 
     def _add_archived(self, rec: ArchiveRecord) -> Archived:
         a = Archived(
@@ -375,19 +404,30 @@ class Store:
             if ".." in Path(rel).parts or not rel.startswith("agents/") or rel.count("/") != 3:
                 log.error("journal.bad_path", path=rel)
                 continue
-            self._replay_line(rel, int(rec.b), rec.payload)
+            live = self._replay_line(rel, int(rec.b), rec.payload)
             count += 1
             obj = json_object(rec.payload)
             if obj is not None:
-                self._replay_registry(rel, obj, by_rel, after_header)
+                self._replay_registry(rel, obj, by_rel, after_header, live=live)
+        self._gz_content.clear()
         return count
 
-    def _replay_line(self, rel: str, offset: int, line: bytes) -> None:
+    def _replay_line(self, rel: str, offset: int, line: bytes) -> bool:
+        """Put one journal line in its transcript unless it is there already. Returns whether
+        the transcript is a live one (False: the session is archived)."""
         path = self.state_dir / rel
-        moved = path.parent / archive.ARCHIVE_DIR / path.name
-        if not path.exists() and moved.exists():
-            # Archived after this line was written; archiving synced the file first.
-            path = moved
+        live = True
+        if not path.exists():
+            moved = path.parent / archive.ARCHIVE_DIR / path.name
+            gz = moved.with_name(moved.name + ".gz")
+            if moved.exists():
+                # Archived after this line was written; archiving synced the file first.
+                path, live = moved, False
+            elif gz.exists():
+                # Archived, then compressed by the retention sweep: the archive is complete
+                # (archiving synced every line before the move); never begin a second copy.
+                self._check_compressed(rel, gz, offset, line)
+                return False
         ensure_dir(path.parent)
         data = line + b"\n"
         fd = fileio.open(path, os.O_RDWR | os.O_CREAT, FILE_MODE)
@@ -395,7 +435,7 @@ class Store:
             size = os.fstat(fd).st_size
             if size > offset:
                 if os.pread(fd, len(data), offset) == data:
-                    return
+                    return live
                 # What follows `offset` was never acknowledged in that form: keep it aside.
                 os.close(fd)
                 fd = -1
@@ -408,7 +448,33 @@ class Store:
         finally:
             if fd >= 0:
                 os.close(fd)
-        self._replayed.add(rel)
+        self._replayed.add(str(path.relative_to(self.state_dir)))
+        return live
+
+    def _check_compressed(self, rel: str, gz: Path, offset: int, line: bytes) -> None:
+        """A journal line of a session whose archive is compressed: it must be in the archive.
+        One that is not (which archiving's sync should make impossible) is kept beside the
+        archive in `<name>.unreplayed`, never written into a new transcript."""
+        content = self._gz_content.get(rel)
+        if content is None:
+            try:
+                content = transcript.read_gz(gz)
+            except (OSError, EOFError) as e:
+                log.error("journal.archive_unreadable", path=str(gz), error=str(e))
+                content = b""
+            self._gz_content[rel] = content
+        data = line + b"\n"
+        if content[offset : offset + len(data)] == data or _has_line(content, line):
+            return
+        side = gz.with_name(gz.name.removesuffix(".gz") + ".unreplayed")
+        log.error("journal.line_missing_from_archive", path=rel, offset=offset, kept=str(side))
+        fd = fileio.open(side, os.O_WRONLY | os.O_APPEND | os.O_CREAT, FILE_MODE)
+        try:
+            write_all(fd, data)
+            fileio.fsync(fd)
+        finally:
+            fileio.close(fd)
+        fsync_dir(side.parent)
 
     def _replay_registry(
         self,
@@ -416,6 +482,8 @@ class Store:
         obj: dict[str, Any],
         by_rel: dict[str, SessionState],
         after_header: set[str],
+        *,
+        live: bool,
     ) -> None:
         agent_id = rel.split("/")[1]
         reg = self.agent(agent_id)
@@ -425,6 +493,9 @@ class Store:
             if not isinstance(key, str) or not isinstance(sid, str):
                 return
             after_header.add(rel)
+            if not live and rel not in by_rel:
+                # An archived session: its key belongs to its successor (or to nobody).
+                return
             old = reg.sessions.get(key)
             if old is None or old.session_id != sid:
                 entry = {
@@ -442,6 +513,19 @@ class Store:
             return
         found = by_rel.get(rel)
         if found is None:
+            # Closed by a reset the registry already knows: no state to update, but its message
+            # ids must stay known, or a resend would be stored a second time.
+            if obj.get("customType") != archive.CLOSED:
+                created = rel in after_header
+                after_header.discard(rel)
+                origin = obj.get("origin")
+                if isinstance(origin, dict) and isinstance(origin.get("messageId"), str):
+                    key3 = (
+                        str(origin.get("channel")),
+                        str(origin.get("accountId")),
+                        origin["messageId"],
+                    )
+                    self._unowned_ids.append((agent_id, rel, key3, ts, str(obj.get("id")), created))
             return
         st = found
         self._recount.add(st.session_id)
@@ -753,9 +837,16 @@ def write_all_at_end(fd: int, data: bytes) -> None:
 
 def ingest_answer(st: SessionState, entry_id: str, created: bool) -> dict[str, Any]:
     """The answer to a `message.ingest` stored in `st` (also what a duplicate gets back)."""
+    return session_answer(st.session_key, st.session_id, entry_id, created)
+
+
+def session_answer(
+    session_key: str, session_id: str, entry_id: str, created: bool
+) -> dict[str, Any]:
+    """The answer to a `message.ingest` stored in a session named by key and id."""
     return {
-        "sessionKey": st.session_key,
-        "sessionId": st.session_id,
+        "sessionKey": session_key,
+        "sessionId": session_id,
         "entryId": entry_id,
         "created": created,
         "duplicate": False,
@@ -763,6 +854,28 @@ def ingest_answer(st: SessionState, entry_id: str, created: bool) -> dict[str, A
         "command": None,
         "compaction": None,
     }
+
+
+def _has_line(content: bytes, line: bytes) -> bool:
+    """Whether `line` is one of the lines of `content` (an archive's, decompressed)."""
+    at = content.find(line)
+    while at >= 0:
+        end = at + len(line)
+        if (at == 0 or content[at - 1 : at] == b"\n") and content[end : end + 1] == b"\n":
+            return True
+        at = content.find(line, at + 1)
+    return False
+
+
+def _read_any_header(path: Path) -> dict[str, Any]:
+    """A transcript's header, compressed or not; empty when unreadable."""
+    try:
+        if path.name.endswith(".gz"):
+            first = transcript.read_gz(path).split(b"\n", 1)[0]
+            return json_object(first) or {}
+        return transcript.read_header(path) or {}
+    except (OSError, EOFError):
+        return {}
 
 
 def _str_or_none(v: Any) -> str | None:
