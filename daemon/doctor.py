@@ -253,6 +253,35 @@ class Doctor:
             )
         if not found:
             self.add("torn-tail", "ok", "every transcript and mirror ends with a complete line")
+        self.check_zeroed_fragments()
+
+    def check_zeroed_fragments(self) -> None:
+        """Torn fragments (`*.torn-<time>`) holding only zero bytes, as power cuts left them
+        before the start-up repair stopped keeping such tails: nothing in them to recover.
+        Reported, never removed (removing files is the operator's call)."""
+        zeroed: list[Path] = []
+        size = 0
+        agents = self.state_dir / "agents"
+        for folder, _dirs, files in os.walk(agents) if agents.is_dir() else []:
+            for name in files:
+                if ".torn-" not in name:
+                    continue
+                p = Path(folder) / name
+                try:
+                    data = p.read_bytes()
+                except OSError:
+                    continue
+                if not data.strip(b"\0"):
+                    zeroed.append(p)
+                    size += len(data)
+        if zeroed:
+            names = ", ".join(self._rel(p) for p in sorted(zeroed)[:SHOW])
+            self.add(
+                "torn-tail",
+                "info",
+                f"{len(zeroed)} torn fragment(s) hold only zero bytes ({size} bytes in all; "
+                f"nothing to recover; may be removed by hand): {names}",
+            )
 
     def check_agent(self, agent_id: str, folder: Path) -> None:
         if not folder.is_dir():
@@ -574,7 +603,11 @@ class Doctor:
 
         def tighten(items: tuple[tuple[Path, int], ...] = tuple(loose)) -> None:
             for p, mode in items:
-                os.chmod(p, mode, follow_symlinks=False)
+                # An earlier fix of the same run may have moved the file (an orphan adopted
+                # into archive/): tighten it where it is now.
+                where = p if p.exists() else archive.locate_transcript(p)
+                if where.exists():
+                    os.chmod(where, mode, follow_symlinks=False)
 
         names = ", ".join(
             f"{self._rel(p)} ({oct(stat.S_IMODE(p.lstat().st_mode))})" for p, _ in loose[:SHOW]

@@ -97,3 +97,12 @@ def test_entries_backwards_page_with_a_cursor(tmp_path: Path) -> None:
     page2, at_start2 = transcript.read_entries_backwards(p, page[-1][0], 100)
     assert page2[0][1]["id"] == "00000005"
     assert len(page2) == 6 and at_start2
+
+
+def test_a_zero_filled_tail_is_cut_without_a_side_file(tmp_path: Path) -> None:
+    p = tmp_path / "s.jsonl"
+    good = b'{"type":"session","version":3}\n{"type":"message","id":"00000001"}\n'
+    p.write_bytes(good + b"\0" * 4096)
+    assert repair_torn_tail(p, 1_700_000_000_000) is None
+    assert p.read_bytes() == good
+    assert list(tmp_path.iterdir()) == [p]

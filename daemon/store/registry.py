@@ -62,8 +62,9 @@ class AgentRegistry:
 
 
 def is_active_transcript_name(name: str) -> bool:
-    """`<id>.jsonl` or OpenClaw's `<id>-topic-<thread>.jsonl`; archived names are not active."""
-    return name.endswith(".jsonl") and not name.startswith(".")
+    """`<id>.jsonl` or OpenClaw's `<id>-topic-<thread>.jsonl`; archived names are not active,
+    nor OpenClaw's `<id>.trajectory.jsonl` side files (not sessions)."""
+    return name.endswith(".jsonl") and not name.startswith(".") and ".trajectory." not in name
 
 
 def session_file_name(entry: dict[str, Any], session_id: str) -> str:

@@ -224,10 +224,20 @@ class Store:
                 if name in registered or not is_active_transcript_name(name):
                     continue
                 path = Path(entry.path)
-                closed = archive.closing_entry(path)
-                if closed is None or not entry.is_file():
+                if not entry.is_file():
                     continue
+                closed = archive.closing_entry(path)
                 header = transcript.read_header(path) or {}
+                if closed is None:
+                    # No registry entry names it and no reset closed it (an OpenClaw folder
+                    # whose sessions.json moved on): adopted into archive/, readable by id,
+                    # as `doctor --repair` does; its key may belong to a newer session.
+                    closed = {"reason": "orphan"}
+                    adopted += 1
+                    log.warning("archive.orphan_adopted", agentId=agent_id, file=name)
+                else:
+                    finished += 1
+                    log.warning("archive.completed", agentId=agent_id, file=name)
                 archive.archive_transcript(
                     path,
                     agent_id,
@@ -238,8 +248,6 @@ class Store:
                     successor=_str_or_none(closed.get("successor")),
                     now=now,
                 )
-                finished += 1
-                log.warning("archive.completed", agentId=agent_id, file=name)
             key_of: dict[str, str] = {}
             for key, st in reg.sessions.items():
                 family = st.entry.get("usageFamilySessionIds")
@@ -454,7 +462,7 @@ class Store:
     def _check_compressed(self, rel: str, gz: Path, offset: int, line: bytes) -> None:
         """A journal line of a session whose archive is compressed: it must be in the archive.
         One that is not (which archiving's sync should make impossible) is kept beside the
-        archive in `<name>.unreplayed`, never written into a new transcript."""
+        archive in `<sessionId>.unreplayed`, never written into a new transcript."""
         content = self._gz_content.get(rel)
         if content is None:
             try:
@@ -466,7 +474,8 @@ class Store:
         data = line + b"\n"
         if content[offset : offset + len(data)] == data or _has_line(content, line):
             return
-        side = gz.with_name(gz.name.removesuffix(".gz") + ".unreplayed")
+        # No ".jsonl" in the name: not a transcript of its own (archive.archived_files).
+        side = gz.with_name(gz.name.removesuffix(".jsonl.gz") + ".unreplayed")
         log.error("journal.line_missing_from_archive", path=rel, offset=offset, kept=str(side))
         fd = fileio.open(side, os.O_WRONLY | os.O_APPEND | os.O_CREAT, FILE_MODE)
         try:

@@ -15,9 +15,12 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+import structlog
 
 from daemon.store import fileio
 from daemon.store.fsutil import FILE_MODE, fsync_dir, write_all
+
+log = structlog.get_logger("daemon.store")
 
 TAIL_CHUNK = 64 * 1024
 
@@ -278,7 +281,8 @@ def cut_tail(path: Path, keep: int, now_ms: int) -> Path | None:
     """Move bytes after offset `keep` into a side file, then cut the transcript back to `keep`.
 
     The side file is written and synced before the transcript shrinks, so the fragment is never
-    lost. Returns the side file's path, or None when there was nothing to cut.
+    lost. Returns the side file's path, or None when there was nothing to keep (nothing to cut,
+    or only zero bytes: those are cut without a side file).
     """
     fd = os.open(path, os.O_RDWR)
     try:
@@ -286,6 +290,13 @@ def cut_tail(path: Path, keep: int, now_ms: int) -> Path | None:
         if size <= keep:
             return None
         fragment = os.pread(fd, size - keep, keep)
+        if not fragment.strip(b"\0"):
+            # Zeroes a power cut left where pages never reached the disk: nothing to keep, and
+            # thousands of such side files would bury the ones that hold real bytes.
+            fileio.ftruncate(fd, keep)
+            fileio.fsync(fd)
+            log.warning("transcript.zeroed_tail_cut", path=str(path), bytes=size - keep)
+            return None
         side = torn_fragment_path(path, now_ms)
         n = 0
         while side.exists():
