@@ -135,7 +135,7 @@ class Store:
     # ------------------------------------------------------------------------------------------
     # Start-up
 
-    def open(self) -> dict[str, int]:
+    def open(self) -> dict[str, float]:
         """Load the registry, replay the journal, repair torn tails, then checkpoint.
 
         Runs in a worker thread before the daemon listens. Reads only transcript heads and tails,
@@ -143,6 +143,7 @@ class Store:
         recounted from their end back to their latest compaction (store/context.py), which the
         compaction threshold bounds. Returns counts for the log.
         """
+        phases = _Phases()
         raise_fd_limit()
         ensure_dir(self.state_dir)
         os.chmod(self.state_dir, 0o700)
@@ -164,8 +165,10 @@ class Store:
                 self._recount.update(st.session_id for st in reg.sessions.values())
             self._add_agent(reg)
         ids = self.dedup.load(now_ms())
+        phases.mark("load")
         records = self.journal.open_and_read()
         replayed = self._replay(records)
+        phases.mark("replay")
         torn = 0
         for st in list(self.by_id.values()):
             path = self.state_dir / st.rel_path
@@ -184,8 +187,10 @@ class Store:
             if rst is not None and counted is not None:
                 context.apply_recount(rst.entry, counted)
                 self.agents[rst.agent_id].dirty = True
+        phases.mark("tails")
         archived = self._recover_archives()
         self._remember_unowned()
+        phases.mark("archives")
         # Everything replayed is made durable before the journal is emptied (invariant 2).
         self._sync_paths({st.rel_path for st in self.by_id.values() if st.new} | self._replayed)
         for reg in self.agents.values():
@@ -196,6 +201,7 @@ class Store:
         for st in self.by_id.values():
             st.new = False
         self.journal.start_fresh()
+        phases.mark("sync")
         return {
             "agents": len(self.agents),
             "sessions": len(self.by_id),
@@ -204,6 +210,7 @@ class Store:
             "registriesRebuilt": rebuilt,
             "dedupIds": ids,
             **archived,
+            **phases.seconds,
         }
 
     def _recover_archives(self) -> dict[str, int]:
@@ -863,6 +870,20 @@ def session_answer(
         "command": None,
         "compaction": None,
     }
+
+
+class _Phases:
+    """Seconds spent in each step of start-up, logged with `store.opened`, so that a slow
+    start says where its time went (a sync waiting on other writers' dirty pages, say)."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+        self._last = time.monotonic()
+
+    def mark(self, name: str) -> None:
+        now = time.monotonic()
+        self.seconds[f"seconds{name.capitalize()}"] = round(now - self._last, 3)
+        self._last = now
 
 
 def _has_line(content: bytes, line: bytes) -> bool:
