@@ -235,6 +235,10 @@ class Store:
                     continue
                 closed = archive.closing_entry(path)
                 header = transcript.read_header(path) or {}
+                if closed is None and not header:
+                    # Empty or headless: a new session whose first write failed (nothing was
+                    # acknowledged in it), not a session to adopt.
+                    continue
                 if closed is None:
                     # No registry entry names it and no reset closed it (an OpenClaw folder
                     # whose sessions.json moved on): adopted into archive/, readable by id,
