@@ -22,7 +22,7 @@ import structlog
 
 from daemon.errors import StorageUnavailable
 from daemon.failpoints import failpoint
-from daemon.store import archive, context, fileio, transcript
+from daemon.store import archive, context, fileio, recovery, transcript
 from daemon.store.archive import ArchiveRecord
 from daemon.store.dedup import DedupIndex, DedupKey, Snapshot
 from daemon.store.fsutil import (
@@ -143,7 +143,7 @@ class Store:
         recounted from their end back to their latest compaction (store/context.py), which the
         compaction threshold bounds. Returns counts for the log.
         """
-        phases = _Phases()
+        phases = recovery.Phases()
         raise_fd_limit()
         ensure_dir(self.state_dir)
         os.chmod(self.state_dir, 0o700)
@@ -290,7 +290,7 @@ class Store:
                 key = known.session_key if known is not None else None
                 if key is None:
                     path = archive.locate_transcript(self.state_dir / rel)
-                    header = _read_any_header(path)
+                    header = recovery.read_any_header(path)
                     key = _str_or_none(header.get("sessionKey"))
                 keys[rel] = key
             key = keys[rel]
@@ -471,30 +471,10 @@ class Store:
         return live
 
     def _check_compressed(self, rel: str, gz: Path, offset: int, line: bytes) -> None:
-        """A journal line of a session whose archive is compressed: it must be in the archive.
-        One that is not (which archiving's sync should make impossible) is kept beside the
-        archive in `<sessionId>.unreplayed`, never written into a new transcript."""
         content = self._gz_content.get(rel)
         if content is None:
-            try:
-                content = transcript.read_gz(gz)
-            except (OSError, EOFError) as e:
-                log.error("journal.archive_unreadable", path=str(gz), error=str(e))
-                content = b""
-            self._gz_content[rel] = content
-        data = line + b"\n"
-        if content[offset : offset + len(data)] == data or _has_line(content, line):
-            return
-        # No ".jsonl" in the name: not a transcript of its own (archive.archived_files).
-        side = gz.with_name(gz.name.removesuffix(".jsonl.gz") + ".unreplayed")
-        log.error("journal.line_missing_from_archive", path=rel, offset=offset, kept=str(side))
-        fd = fileio.open(side, os.O_WRONLY | os.O_APPEND | os.O_CREAT, FILE_MODE)
-        try:
-            write_all(fd, data)
-            fileio.fsync(fd)
-        finally:
-            fileio.close(fd)
-        fsync_dir(side.parent)
+            content = self._gz_content[rel] = recovery.archive_content(gz)
+        recovery.check_archived_line(rel, gz, content, offset, line)
 
     def _replay_registry(
         self,
@@ -874,42 +854,6 @@ def session_answer(
         "command": None,
         "compaction": None,
     }
-
-
-class _Phases:
-    """Seconds spent in each step of start-up, logged with `store.opened`, so that a slow
-    start says where its time went (a sync waiting on other writers' dirty pages, say)."""
-
-    def __init__(self) -> None:
-        self.seconds: dict[str, float] = {}
-        self._last = time.monotonic()
-
-    def mark(self, name: str) -> None:
-        now = time.monotonic()
-        self.seconds[f"seconds{name.capitalize()}"] = round(now - self._last, 3)
-        self._last = now
-
-
-def _has_line(content: bytes, line: bytes) -> bool:
-    """Whether `line` is one of the lines of `content` (an archive's, decompressed)."""
-    at = content.find(line)
-    while at >= 0:
-        end = at + len(line)
-        if (at == 0 or content[at - 1 : at] == b"\n") and content[end : end + 1] == b"\n":
-            return True
-        at = content.find(line, at + 1)
-    return False
-
-
-def _read_any_header(path: Path) -> dict[str, Any]:
-    """A transcript's header, compressed or not; empty when unreadable."""
-    try:
-        if path.name.endswith(".gz"):
-            first = transcript.read_gz(path).split(b"\n", 1)[0]
-            return json_object(first) or {}
-        return transcript.read_header(path) or {}
-    except (OSError, EOFError):
-        return {}
 
 
 def _str_or_none(v: Any) -> str | None:
