@@ -9,6 +9,7 @@ orphan and tightens its mode; fragments of zero bytes are reported, never remove
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 import orjson
@@ -32,7 +33,11 @@ def openclaw_folder(state: Path) -> Path:
     (folder / f"{ORPHAN}.jsonl").write_bytes(transcript(ORPHAN, KEY, 3))
     for sid in (LIVE, ORPHAN):
         (folder / f"{sid}.trajectory.jsonl").write_bytes(b'{"type":"step","n":1}\n')
-    entry = {"sessionId": LIVE, "sessionFile": str(folder / f"{LIVE}.jsonl"), "updatedAt": 1}
+    entry = {
+        "sessionId": LIVE,
+        "sessionFile": str(folder / f"{LIVE}.jsonl"),
+        "updatedAt": int(time.time() * 1000),
+    }
     (folder / "sessions.json").write_bytes(orjson.dumps({KEY: entry}))
     return folder
 

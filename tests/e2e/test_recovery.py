@@ -142,3 +142,16 @@ def test_a_resent_message_of_a_session_closed_by_a_reset_is_a_duplicate_after_a_
             if (obj.get("origin") or {}).get("messageId") == "X":
                 stored += 1
     assert stored == 1
+
+
+def test_a_daemon_started_on_an_openclaw_folder_serves_an_orphan_at_once(launch: Launch) -> None:
+    from test_orphans import KEY, LIVE, ORPHAN, openclaw_folder
+
+    d = launch(start=False)
+    folder = openclaw_folder(d.state_dir)
+    d.start()
+    page = d.call("sessions.history", {"sessionId": ORPHAN})
+    assert page["sessionId"] == ORPHAN and len(page["entries"]) == 3
+    assert d.call("sessions.get", {"sessionKey": KEY})["sessionId"] == LIVE
+    for sid in (LIVE, ORPHAN):
+        assert (folder / f"{sid}.trajectory.jsonl").is_file()
