@@ -9,13 +9,13 @@ from pathlib import Path
 
 import orjson
 import pytest
+from test_backup import job, mirrored_lines, write_transcript
 
 from daemon import failpoints
 from daemon.core.holes import damaged_lines, is_all_zeros, summarize
 from daemon.store import backup as files
 from daemon.store.backup import catch_up, key_of_record, read_records
 from daemon.verify import verify
-from test_backup import job, mirrored_lines, write_transcript
 
 PAGE = 4096
 
@@ -41,7 +41,7 @@ def test_damaged_lines_finds_zeros_and_garbage_but_not_the_torn_tail() -> None:
     data = b'{"a":1}\n' + b"\x00" * 10 + b'1}\n{"b":2}\nnot json\n{"torn'
     found = damaged_lines(data, lambda line: line.startswith(b"{"), base=100)
     assert [(d.offset, d.length, d.zeros) for d in found] == [(108, 12, True), (129, 8, False)]
-    assert "2 damaged line(s), 20 bytes, mixed at offset 108, 129" == summarize(found)
+    assert summarize(found) == "2 damaged line(s), 20 bytes, mixed at offset 108, 129"
     assert is_all_zeros(b"\x00" * 5) and not is_all_zeros(b"") and not is_all_zeros(b"\x00a")
 
 
@@ -95,7 +95,7 @@ def test_a_crash_between_keeping_and_replacing_loses_nothing(
 
 
 def test_records_only_the_mirror_holds_stay_in_place(tmp_path: Path) -> None:
-    state, t, root, lines = setup(tmp_path)
+    _state, t, root, lines = setup(tmp_path)
     live = files.live_path(root, "s1")
     recs = live.read_bytes().splitlines(keepends=True)
     extra = orjson.loads(recs[-5])

@@ -40,9 +40,7 @@ def is_all_zeros(data: bytes) -> bool:
     return bool(data) and not data.strip(NUL)
 
 
-def damaged_lines(
-    data: bytes, is_good: Callable[[bytes], bool], *, base: int = 0
-) -> list[Damage]:
+def damaged_lines(data: bytes, is_good: Callable[[bytes], bool], *, base: int = 0) -> list[Damage]:
     """Every complete line (ending in a newline) that holds a NUL or that `is_good` refuses.
 
     Empty lines are not damage (nothing was lost). Bytes after the last newline are the torn

@@ -605,9 +605,9 @@ def plan_refill(root: Path, job: Job, src: Source, end: int) -> RefillPlan | Non
     put: set[str] = set()
     prev = -1
     for k, rec_line in good:
-        i = where.get(k)
-        if i is not None and i > prev:
-            for j in range(prev + 1, i):
+        at = where.get(k)
+        if at is not None and at > prev:
+            for j in range(prev + 1, at):
                 if keys[j] in have or keys[j] in put or not lines[j]:
                     continue
                 rec = to_record(
@@ -620,7 +620,7 @@ def plan_refill(root: Path, job: Job, src: Source, end: int) -> RefillPlan | Non
                 out.append(orjson.dumps(rec, option=orjson.OPT_APPEND_NEWLINE))
                 missing.append(keys[j])
                 put.add(keys[j])
-            prev = i
+            prev = at
         out.append(rec_line + b"\n")
     if not damage and not missing:
         return None
