@@ -6,6 +6,7 @@ transcript when the session is next located, keeps the damaged file, doubles not
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
@@ -13,6 +14,7 @@ from test_backup import job, mirrored_lines, write_transcript
 
 from daemon import failpoints
 from daemon.core.holes import damaged_lines, is_all_zeros, summarize
+from daemon.doctor import run_doctor
 from daemon.store import backup as files
 from daemon.store.backup import catch_up, key_of_record, read_records
 from daemon.verify import verify
@@ -105,3 +107,71 @@ def test_records_only_the_mirror_holds_stay_in_place(tmp_path: Path) -> None:
     catch_up(root, [job(t)])
     got = [key_of_record(r) for r in read_records(root, "s1")]
     assert "ffffffff" in got and len(got) == len(set(got)) == len(lines) + 1
+
+
+# ---------------------------------------------------------------------------------------------
+# doctor
+
+
+def findings(state: Path, *, repair: bool = False) -> dict[str, list[Any]]:
+    out: dict[str, list[Any]] = {}
+    for f in run_doctor(state, None, repair=repair).findings:
+        out.setdefault(f.check, []).append(f)
+    return out
+
+
+def doctor_folder(tmp_path: Path) -> tuple[Path, Path, list[bytes]]:
+    """A state folder whose one session is mirrored in the default place (<state>/backup)."""
+    state = tmp_path / "state"
+    t = state / "agents" / "main" / "sessions" / "s1.jsonl"
+    lines = write_transcript(t, 60)
+    catch_up(state / "backup", [job(t)])
+    return state, t, lines
+
+
+def test_doctor_reports_a_mirror_hole_and_repair_refills_it(tmp_path: Path) -> None:
+    state, _t, lines = doctor_folder(tmp_path)
+    root = state / "backup"
+    live = files.live_path(root, "s1")
+    assert [f.level for f in findings(state)["holes"]] == ["ok"]
+    zero_page_in_the_middle(live)
+    before = live.read_bytes()
+    (hole,) = findings(state)["holes"]
+    assert hole.level == "warning" and "zero-filled at offset 4," in hole.message
+    assert "refill it from the transcript" in (hole.action or "")
+    assert live.read_bytes() == before  # nothing changes without --repair
+    (fixed,) = [f for f in findings(state, repair=True)["holes"] if f.fix is not None]
+    assert fixed.outcome == "repaired"
+    assert mirrored_lines(root) == lines and verify(state, root).ok
+    assert [f.level for f in findings(state)["holes"]] == ["ok"]
+
+
+def test_doctor_reports_a_mirror_gap_and_repair_fills_it_in_place(tmp_path: Path) -> None:
+    state, _t, lines = doctor_folder(tmp_path)
+    root = state / "backup"
+    live = files.live_path(root, "s1")
+    recs = live.read_bytes().splitlines(keepends=True)
+    live.write_bytes(b"".join(recs[:10] + recs[12:]))  # two records lost, no damaged byte
+    (gap,) = findings(state)["mirror-gap"]
+    assert gap.level == "warning" and "2 record(s) missing" in gap.message
+    assert "0000000a, 0000000b" in gap.message
+    findings(state, repair=True)
+    assert mirrored_lines(root) == lines
+    assert [f.level for f in findings(state)["mirror-gap"]] == ["ok"]
+
+
+def test_doctor_reports_a_transcript_hole_and_zero_filled_torn_files(tmp_path: Path) -> None:
+    state, t, _lines = doctor_folder(tmp_path)
+    data = bytearray(t.read_bytes())
+    data[PAGE : PAGE + 600] = bytes(600)
+    t.write_bytes(bytes(data))
+    (state / "backup" / "s1" / "history.jsonl.torn-1795000000000").write_bytes(bytes(4096))
+    (t.parent / "s1.jsonl.torn-1795000000001").write_bytes(b'{"type":"mess')  # real data
+    found = findings(state)
+    (hole,) = found["holes"][:1]
+    assert hole.level == "warning" and "transcript agents/main/sessions/s1.jsonl" in hole.message
+    assert "zero-filled" in hole.message and hole.fix is None  # a transcript is never rewritten
+    (zeros,) = found["torn-zeros"]
+    assert zeros.level == "info" and "1 torn side file(s), 4,096 bytes" in zeros.message
+    assert "history.jsonl.torn-1795000000000" in zeros.message
+    assert "s1.jsonl.torn-" not in zeros.message
