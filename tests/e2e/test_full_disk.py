@@ -119,3 +119,26 @@ def test_start_up_on_a_full_disk_serves_reads_and_recovers_when_space_returns(
     d.call("message.ingest", ingest_params("p0", "after"))
     assert texts(d, key) == [*sent, "after"]
     assert d.stop() == 0
+
+
+def test_status_says_storage_is_unavailable_while_writes_fail_and_ok_once_they_pass(
+    launch: Launch, small_disk: Path
+) -> None:
+    d = launch(state_dir=small_disk / "state")
+    key = d.call("message.ingest", ingest_params("p0", "before"))["sessionKey"]
+    assert d.call("status")["storage"] == "ok"
+    filler = fill(small_disk)
+    try:
+        with pytest.raises(RpcError) as refused:
+            # Big enough that no page the journal or transcript already has can take it.
+            d.call("message.ingest", ingest_params("p0", "x" * 20_000))
+        assert refused.value.code == STORAGE_UNAVAILABLE
+        storage = d.call("status")["storage"]
+        assert storage.startswith("unavailable") and "No space left on device" in storage
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            filler.unlink()
+    wait_for(lambda: d.call("status")["storage"] == "ok", "storage ok once space returned")
+    d.call("message.ingest", ingest_params("p0", "after"))
+    assert texts(d, key) == ["before", "after"]
+    assert d.stop() == 0
