@@ -75,6 +75,22 @@ def wait_for(pred: Callable[[], Any], what: str, timeout: float = 60.0) -> Any:
         time.sleep(0.1)
 
 
+def search(d: Any, query: str) -> list[dict[str, Any]]:
+    hits: list[dict[str, Any]] = d.call("memory.search", {"query": query})["hits"]
+    return hits
+
+
+def search_when_open(d: Any, query: str) -> list[dict[str, Any]] | None:
+    """Hits, or None while the index worker is still starting (a loaded machine) or cannot
+    open the index for lack of space."""
+    try:
+        return search(d, query)
+    except RpcError as e:
+        if "still opening" in str(e) or "disk is full" in str(e):
+            return None
+        raise
+
+
 def texts(d: Any, key: str) -> list[str]:
     """The texts of a session's messages, oldest first (`sessions.history` pages newest first)."""
     out = []
@@ -93,9 +109,10 @@ def test_start_up_on_a_full_disk_serves_reads_and_recovers_when_space_returns(
     launch: Launch, small_disk: Path, crash: bool
 ) -> None:
     d = launch(state_dir=small_disk / "state")
-    sent = [f"m{i}" for i in range(6)]
+    sent = [f"m{i} harbour" for i in range(6)]
     acks = [d.call("message.ingest", ingest_params("p0", text)) for text in sent]
     key = acks[0]["sessionKey"]
+    wait_for(lambda: search(d, "harbour"), "the search index to hold the messages")
     if crash:
         d.kill()  # the journal still holds the batches: start-up replays them and must write
     else:
@@ -109,6 +126,10 @@ def test_start_up_on_a_full_disk_serves_reads_and_recovers_when_space_returns(
         listed = d.call("sessions.list", {})
         assert {s["sessionKey"] for s in listed["sessions"]} == {a["sessionKey"] for a in acks}
         assert texts(d, key) == sent
+        if not crash:
+            assert wait_for(lambda: search_when_open(d, "harbour"), "search to answer")
+        # After a crash SQLite must write to recover the index's WAL, so search says why it
+        # is unavailable until there is space (then below it answers again).
         with pytest.raises(RpcError) as refused:
             d.call("message.ingest", ingest_params("p0", "while full"))
         assert refused.value.code == STORAGE_UNAVAILABLE
@@ -116,8 +137,9 @@ def test_start_up_on_a_full_disk_serves_reads_and_recovers_when_space_returns(
         with contextlib.suppress(FileNotFoundError):
             filler.unlink()  # our own file, outside the state folder
     wait_for(lambda: d.call("status")["storage"] == "ok", "storage ok once space returned")
-    d.call("message.ingest", ingest_params("p0", "after"))
-    assert texts(d, key) == [*sent, "after"]
+    d.call("message.ingest", ingest_params("p0", "after harbour"))
+    assert texts(d, key) == [*sent, "after harbour"]
+    wait_for(lambda: len(search_when_open(d, "harbour") or []) == 7, "search finds all again")
     assert d.stop() == 0
 
 
