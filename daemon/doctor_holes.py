@@ -37,27 +37,31 @@ def check_holes(doc: Doctor) -> None:
 
     bc = doc.cfg.sessions.backup
     root = backup_root(doc.cfg, doc.state_dir)
-    transcript_holes: list[str] = []
+    transcript_holes: list[tuple[str, bool]] = []
     jobs: dict[str, Job] = {}
     for agent_id, path, _archived in doc._files():
         if not path.name.endswith(".gz"):
             found = _transcript_damage(path)
-            if found:
-                transcript_holes.append(f"{doc._rel(path)}: {found}")
+            if found is not None:
+                transcript_holes.append((f"{doc._rel(path)}: {found[0]}", found[1]))
         first = _first_line(path)
         sid = session_id_of(path, first)
         key = _json(first).get("sessionKey")
         key = key if isinstance(key, str) else None
         if sid not in jobs and not excluded(key, bc.exclude_patterns):
             jobs[sid] = Job(sid, agent_id, key, None, (path,), None, None)
-    for line in transcript_holes[:SHOW]:
+    for line, zeros in transcript_holes[:SHOW]:
+        # Zeros are a power cut's hole; a line that is not JSON may be a fragment OpenClaw
+        # itself left behind (kept and mirrored as it is), so it is only noted.
         doc.add(
             "holes",
-            "warning",
+            "warning" if zeros else "info",
             f"transcript {line} (reported only; `backup verify` shows what the mirror still has)",
         )
     if len(transcript_holes) > SHOW:
-        doc.add("holes", "warning", f"{len(transcript_holes) - SHOW} more transcript(s) with holes")
+        more = transcript_holes[SHOW:]
+        level = "warning" if any(z for _l, z in more) else "info"
+        doc.add("holes", level, f"{len(more)} more transcript(s) with damaged lines")
     if bc.enabled:
         _check_mirror_holes(doc, root, jobs)
     _check_zero_torn(doc, root)
@@ -111,13 +115,14 @@ def _gap(root: Path, job: Job) -> list[str]:
     return plan.missing if plan is not None else []
 
 
-def _transcript_damage(path: Path) -> str | None:
+def _transcript_damage(path: Path) -> tuple[str, bool] | None:
+    """A summary of a transcript's damaged lines and whether any holds zeros, or None."""
     try:
         data = path.read_bytes()
     except OSError:
         return None
     found = damaged_lines(data, _is_json_object)
-    return summarize(found) if found else None
+    return (summarize(found), any(d.zeros for d in found)) if found else None
 
 
 def _is_json_object(line: bytes) -> bool:

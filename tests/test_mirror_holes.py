@@ -175,3 +175,11 @@ def test_doctor_reports_a_transcript_hole_and_zero_filled_torn_files(tmp_path: P
     assert zeros.level == "info" and "1 torn side file(s), 4,096 bytes" in zeros.message
     assert "history.jsonl.torn-1795000000000" in zeros.message
     assert "s1.jsonl.torn-" not in zeros.message
+
+
+def test_a_line_of_a_transcript_that_is_not_json_is_only_noted(tmp_path: Path) -> None:
+    state, t, _lines = doctor_folder(tmp_path)
+    data = t.read_bytes().split(b"\n")
+    t.write_bytes(b"\n".join([*data[:5], b"an OpenClaw fragment", *data[5:]]))
+    (hole,) = findings(state)["holes"][:1]
+    assert hole.level == "info" and "garbled" in hole.message and hole.fix is None
