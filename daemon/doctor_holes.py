@@ -21,7 +21,9 @@ import orjson
 from daemon.backup import backup_root, excluded
 from daemon.core.holes import damaged_lines, is_all_zeros, summarize
 from daemon.store import backup as mirror_files
-from daemon.store.backup import Job, Source, mirror_damage, plan_refill
+from daemon.store import mirror_holes
+from daemon.store.backup import Job, Source
+from daemon.store.mirror_holes import mirror_damage, plan_refill
 from daemon.verify import session_id_of
 
 if TYPE_CHECKING:
@@ -94,8 +96,8 @@ def _check_mirror_holes(doc: Doctor, root: Path, jobs: dict[str, Job]) -> None:
             "warning",
             msg,
             f"refill it from the transcript, keeping the old file as {live.name}"
-            f".{mirror_files.DAMAGED}-<time>",
-            partial(mirror_files.refill, root, job),
+            f".{mirror_holes.DAMAGED}-<time>",
+            partial(mirror_holes.refill, root, job),
         )
     if not holes:
         doc.add("holes", "ok", "no zero-filled or garbled lines in the mirror")
