@@ -182,7 +182,7 @@ class Api:
             "uptimeSeconds": round(time.monotonic() - self.started_mono, 3),
             "stateDir": str(store.state_dir),
             "socket": str(self.socket_path),
-            "storage": "ok" if store.broken is None else f"unavailable: {store.broken}",
+            "storage": storage_state(store),
             "agents": {a: len(r.sessions) for a, r in sorted(store.agents.items())},
             "sessions": len(store.by_id),
             "connections": self.connections,
@@ -282,3 +282,10 @@ def without_tools(entry: dict[str, Any]) -> dict[str, Any] | None:
         if len(kept) != len(content):
             return {**entry, "message": {**msg, "content": kept}}
     return entry
+
+
+def storage_state(store: Store) -> str:
+    """`status`'s storage field: unavailable whenever writes fail (a failed sync, a disk that was
+    full at start-up, or the last write failing, e.g. ENOSPC), else ok."""
+    problem = store.broken or store.write_error
+    return "ok" if problem is None else f"unavailable: {problem}"

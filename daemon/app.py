@@ -34,6 +34,7 @@ from daemon.scheduler import Scheduler
 from daemon.search import SearchService
 from daemon.server import Server
 from daemon.spool import Spool, spool_dir
+from daemon.storage import StorageWatch
 from daemon.store.store import Store
 from daemon.systemd import Notifier
 
@@ -92,14 +93,20 @@ async def run(opts: RunOptions) -> int:
     reloader = Reloader(opts.config_path, cfg, overrides=opts.overrides, notifier=notifier)
     try:
         notifier.status("opening the state folder (recovery after a crash may take a while)")
-        store = Store(
-            state_dir,
-            dedup_max=cfg.daemon.dedupMaxPerAgent,
-            dedup_window_ms=cfg.daemon.dedupWindowHours * 3_600_000,
-        )
+
+        def new_store() -> Store:
+            return Store(
+                state_dir,
+                dedup_max=cfg.daemon.dedupMaxPerAgent,
+                dedup_window_ms=cfg.daemon.dedupWindowHours * 3_600_000,
+            )
+
+        store = new_store()
         set_workspaces(store, cfg, state_dir)
         t0 = time.monotonic()
-        counts = await anyio.to_thread.run_sync(store.open)
+        # On a full disk: starts anyway, reads served, writes refused until there is space.
+        storage = StorageWatch(store, new_store)
+        counts = await storage.open()
         log.info("store.opened", seconds=round(time.monotonic() - t0, 3), **counts)
         settle_heap()
         socket_path = resolve_socket_path(cfg, state_dir)
@@ -154,6 +161,7 @@ async def run(opts: RunOptions) -> int:
             with services:
                 async with anyio.create_task_group() as stg:
                     stg.start_soon(notifier.watchdog)
+                    await stg.start(storage.run)
                     await stg.start(reloader.watch)
                     task_status.started()
 

@@ -345,6 +345,12 @@ class Mirror:
         c.last_sync_ms = time.time_ns() // 1_000_000
         for o in outcomes:
             c.records += o.records
+            if o.kept is not None:
+                # A hole a power cut left in the mirror, refilled from the transcript; the
+                # damaged file is kept beside it (daemon/store/backup.py, refill_holes).
+                log.warning(
+                    "backup.hole_refilled", sessionId=o.session_id, records=o.refilled, kept=o.kept
+                )
             t = self.tracks.get(o.session_id)
             if t is None:
                 continue

@@ -32,6 +32,7 @@ import orjson
 
 from daemon.backup import backup_root, excluded
 from daemon.config import Config, load_config
+from daemon.doctor_holes import check_holes
 from daemon.errors import ConfigError
 from daemon.lock import LOCK_NAME
 from daemon.spool import spool_dir
@@ -184,6 +185,7 @@ class Doctor:
             self.check_agent(agent_dir.name, agent_dir / "sessions")
         self.check_fts5()
         self.check_mirror()
+        check_holes(self)
         self.check_permissions()
         return self.findings
 

@@ -59,7 +59,8 @@ COMPRESSION = (
 )
 # Writing a mirror round (daemon/store/backup.py), in the mirror's worker process: after a
 # session's records are written, before they are synced. `exit` kills the worker mid-round.
-MIRROR = ("mirror.after_write",)
+# `mirror.refill_kept`: a mirror with a hole moved aside, its refilled copy not yet in place.
+MIRROR = ("mirror.after_write", "mirror.refill_kept")
 KNOWN = NAMES + COMPRESSION + MIRROR
 ACTIONS = {
     "exit": None,

@@ -466,6 +466,7 @@ class Pipeline:
             for later in self._unwritten:
                 store.fail(later)  # void already (old epoch); its sessions re-read their tails
             reason = e.strerror or str(e)
+            store.write_error = f"{reason} (writing a batch)"  # `status` says so
             self._failed_batches += 1
             left_out = self._failure_lines.allow((e.errno, store.broken is not None))
             if left_out is not None:
@@ -482,6 +483,7 @@ class Pipeline:
         if self._failed_batches:
             log.warning("store.write_resumed", failedBatches=self._failed_batches)
             self._failed_batches = 0
+        store.write_error = None
         store.apply(batch)
         if self.mirror is not None:
             # Stage 5: hand the batch to the backup mirror (waits only with sync "ack").
@@ -854,6 +856,7 @@ class Pipeline:
         except OSError as e:
             self._checkpoint_failed(e, "checkpoint", registries, dedup, (paths, dirs))
         else:
+            self.store.write_error = None
             self.counters.checkpoints += 1
             self.counters.last_checkpoint_ms = now_ms()
             log.debug(
@@ -889,6 +892,7 @@ class Pipeline:
             store.dedup.agents[agent].dirty = True
         if unfinished is not None:
             self._unfinished = unfinished
+        store.write_error = f"{e.strerror or e} ({step})"
         log.warning("store.checkpoint_deferred", step=step, error=e.strerror or str(e))
 
     def counts(self) -> dict[str, int]:

@@ -117,7 +117,15 @@ class SearchService:
                     log.info("search.worker_started", pid=worker.pid, starts=self.worker_starts)
                     await self._serve(worker)
             except WorkerUnavailable as e:
-                if not self._ready.is_set():
+                if not self._ready.is_set() and _lack_of_space(str(e)):
+                    # A full disk (start-up after a crash: SQLite cannot recover its WAL, and
+                    # read-only readers fail on it too): unavailable, saying why, until there
+                    # is space; the worker is started again, unlike for a missing FTS5.
+                    self.broken = str(e)
+                    self._ready.set()
+                    self._failures += 1
+                    log.error("search.unavailable", error=str(e), failures=self._failures)
+                elif not self._ready.is_set():
                     # The index never opened (no FTS5, a folder we cannot write): search is off.
                     self.broken = str(e)
                     log.error("search.unavailable", error=self.broken)
@@ -144,6 +152,7 @@ class SearchService:
     async def _serve(self, worker: IndexWorker) -> None:
         """Wait for the worker to open the index, then run passes (returns only by raising)."""
         await self._follow(await worker.opened())
+        self.broken = None  # set only while the index could not be opened for lack of space
         self._ready.set()
         first = True
         last = time.monotonic()
@@ -243,3 +252,9 @@ class SearchService:
         with anyio.move_on_after(FRESH_WAIT_SECONDS):
             while self._done < target:
                 await self._pass_done.wait()
+
+
+def _lack_of_space(error: str) -> bool:
+    """Whether the worker could not open the index because the disk is full (SQLITE_FULL or
+    ENOSPC): that passes, unlike a missing FTS5 or a folder we may not write."""
+    return "disk is full" in error or "No space left" in error

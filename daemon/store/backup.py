@@ -323,6 +323,8 @@ class Outcome:
     end: int  # the end this round worked towards
     records: int
     missing: bool = False  # the transcript was not found (moved meanwhile): try again
+    refilled: int = 0  # records put back into a hole (see refill_holes)
+    kept: str | None = None  # the damaged mirror file kept aside, when a hole was refilled
 
 
 @dataclass(slots=True)
@@ -386,15 +388,17 @@ class MirrorWriter:
             src = Source(job.paths)
         except FileNotFoundError:
             return Outcome(job.session_id, job.start, job.end or 0, 0, missing=True)
+        refilled, kept = 0, None
         try:
             size = src.size()
             end = size if job.end is None else min(job.end, size)
             seen: set[str] | None = None
             start = job.start
             if start is None:
+                refilled, kept = self.refill_holes(job, src, end)
                 start, seen = self.locate(job.session_id, src, end)
             if start >= end:
-                return Outcome(job.session_id, start, end, 0)
+                return Outcome(job.session_id, start, end, refilled, False, refilled, kept)
             stop = min(end, start + MAX_BYTES_PER_JOB)
             data = src.read(start, stop)
             cut = data.rfind(b"\n")
@@ -410,7 +414,7 @@ class MirrorWriter:
             data += b"\n"
             consumed = len(data) - 1
         elif cut < 0:
-            return Outcome(job.session_id, start, end, 0)
+            return Outcome(job.session_id, start, end, refilled, False, refilled, kept)
         else:
             data = data[: cut + 1]
             consumed = len(data)
@@ -435,7 +439,25 @@ class MirrorWriter:
             o = opened.get(job.session_id) or self._open(job.session_id, opened, new_dirs)
             _write_all(o.fd, b"".join(out))
             failpoint("mirror.after_write")
-        return Outcome(job.session_id, start + consumed, end, len(out))
+        done = start + consumed
+        return Outcome(job.session_id, done, end, len(out) + refilled, False, refilled, kept)
+
+    def refill_holes(self, job: Job, src: Source, end: int) -> tuple[int, str | None]:
+        """Refill a hole a power cut left in the recent part of the mirror (zeros with complete
+        records after them, which locating by the last record would never notice) from the
+        transcript. Returns the number of records put back and the name of the damaged file
+        kept aside (the caller logs them: this may run in the mirror's worker process).
+        Raises OSError."""
+        from daemon.store import mirror_holes  # it builds on this module
+
+        live = live_path(self.root, job.session_id)
+        _repair_tail(live)
+        if not mirror_holes.recent_zeros(live):
+            return 0, None
+        plan = mirror_holes.plan_refill(self.root, job, src, end)
+        if plan is None:
+            return 0, None
+        return len(plan.missing), mirror_holes.apply_refill(self.root, job.session_id, plan).name
 
     def locate(self, session_id: str, src: Source, end: int) -> tuple[int, set[str] | None]:
         """Where the mirror of this session stands in its transcript: the offset after the line

@@ -118,6 +118,9 @@ class Store:
         self.written_since_switch: set[str] = set()  # rel paths to fsync at the next checkpoint
         self.new_dirs: set[str] = set()
         self.broken: str | None = None  # set when a sync failed: no more writes
+        # `broken` only until there is space again (a start-up on a full disk: daemon/storage.py)
+        self.recoverable = False
+        self.write_error: str | None = None  # the last write failed (ENOSPC...): for `status`
         self.workspaces: dict[str, str] = {}
         # Archived sessions per agent, oldest first; `archived_by_id` finds one by session id.
         self.archives: dict[str, list[Archived]] = {}
@@ -827,7 +830,8 @@ class Store:
 
     def check_writable(self) -> None:
         if self.broken is not None:
-            raise StorageUnavailable(f"storage unavailable: {self.broken}; restart the daemon")
+            hint = "nothing was stored, retry later" if self.recoverable else "restart the daemon"
+            raise StorageUnavailable(f"storage unavailable: {self.broken}; {hint}")
 
 
 def write_all_at_end(fd: int, data: bytes) -> None:
