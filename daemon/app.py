@@ -144,7 +144,7 @@ async def run(opts: RunOptions) -> int:
             folder = spool_dir(cfg.daemon.spool.dir, state_dir)
             spool = Spool(folder, pipeline, max_bytes=cfg.daemon.maxLineBytes)
         reloader.subscribe(pipeline.set_config)
-        reloader.subscribe(server.auth.reload)
+        reloader.prepare(server.auth.prepare)
         reloader.subscribe(live_settings(cfg, server, store, spool, state_dir))
         services = anyio.CancelScope()  # the watchdog ping and the config watch
 
