@@ -114,6 +114,7 @@ async def run(opts: RunOptions) -> int:
             max_connections=cfg.daemon.maxConnections,
             idle_timeout=cfg.daemon.idleTimeoutSeconds,
             frame_timeout=cfg.daemon.frameTimeoutSeconds,
+            limits=cfg.daemon.limits,
         )
         scheduler = Scheduler(pipeline, state_dir)
         pipeline.mirror = mirror = Mirror(store, cfg, state_dir)  # stage 5: the backup mirror
@@ -224,6 +225,7 @@ def live_settings(
         server.max_connections = d.maxConnections
         server.idle_timeout = d.idleTimeoutSeconds
         server.frame_timeout = d.frameTimeoutSeconds
+        server.limits = d.limits
         if spool is not None:
             spool.max_bytes = d.maxLineBytes
         if (d.logLevel, d.logFormat) != (last.daemon.logLevel, last.daemon.logFormat):

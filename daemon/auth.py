@@ -119,6 +119,7 @@ class Listener:
     mode: int = 0o660
     host: str = ""
     port: int = 0
+    max_connections: int | None = None  # None: daemon.limits.listenerConnections
 
 
 @dataclass(slots=True)
@@ -140,11 +141,27 @@ def listeners_of(cfg: Config) -> list[Listener]:
         if lc.unix is not None:
             path = Path(lc.unix).expanduser()
             mode = 0o660 if lc.mode is None else lc.mode
-            out.append(Listener(f"unix:{path}", principal, path=path, mode=mode))
+            out.append(
+                Listener(
+                    f"unix:{path}",
+                    principal,
+                    path=path,
+                    mode=mode,
+                    max_connections=lc.maxConnections,
+                )
+            )
         else:
             assert lc.tcp is not None
             host, port = parse_tcp_address(lc.tcp)
-            out.append(Listener(f"tcp:{lc.tcp}", principal, host=host, port=port))
+            out.append(
+                Listener(
+                    f"tcp:{lc.tcp}",
+                    principal,
+                    host=host,
+                    port=port,
+                    max_connections=lc.maxConnections,
+                )
+            )
     return out
 
 

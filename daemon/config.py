@@ -141,6 +141,7 @@ class ListenerConfig(_Model):
     mode: FileMode | None = None  # Unix sockets only; default "0660"
     role: RoleName | None = None  # None: every connection must present a token
     agents: tuple[str, ...] = ()
+    maxConnections: PositiveInt | None = None  # default daemon.limits.listenerConnections
 
     @field_validator("tcp")
     @classmethod
@@ -164,6 +165,16 @@ class ListenerConfig(_Model):
         return self
 
 
+class LimitsConfig(_Model):
+    """What one client may hold of the daemon (daemon/server.py)."""
+
+    maxUnsentBytes: PositiveInt = 1024 * 1024  # answers a connection has not read yet
+    maxInFlight: PositiveInt = 4096  # requests a connection has waiting for their answers
+    stallTimeoutSeconds: PositiveInt = 60  # answers not read for this long: closed
+    helloTimeoutSeconds: PositiveInt = 10  # a connection that needs a token must send it by then
+    listenerConnections: PositiveInt = 256  # per daemon.listeners entry (maxConnections there)
+
+
 class DaemonConfig(_Model):
     stateDir: str | None = None
     socket: str | None = None
@@ -181,6 +192,7 @@ class DaemonConfig(_Model):
     spool: SpoolConfig = SpoolConfig()
     listeners: tuple[ListenerConfig, ...] = ()
     compactionWorkers: PositiveInt = 2  # memory flushes and compactions running at once
+    limits: LimitsConfig = LimitsConfig()
 
     @field_validator("timezone")
     @classmethod
