@@ -167,10 +167,11 @@ class Connection:
         """Send `data`; False (and the connection closed) when a slice of it cannot leave
         within the stall timeout: the client has stopped reading."""
         stall = self.server.limits.stallTimeoutSeconds
-        view = memoryview(data)
+        view = memoryview(data) if len(data) > SEND_SLICE else None
         for start in range(0, len(data), SEND_SLICE):
+            piece = data if view is None else view[start : start + SEND_SLICE]
             with anyio.move_on_after(stall) as scope:
-                await self.stream.send(view[start : start + SEND_SLICE])  # type: ignore[arg-type]
+                await self.stream.send(piece)  # type: ignore[arg-type]
             if scope.cancelled_caught:
                 log.warning(
                     "connection.stalled",
@@ -194,7 +195,6 @@ class Connection:
     async def reader(self, tg: TaskGroup) -> None:
         max_line = self.server.max_line
         idle_timeout = self.server.idle_timeout
-        limits = self.server.limits
         buf = bytearray()
         # A line that has begun must end within the frame deadline: a client trickling bytes
         # (one a second keeps the idle timeout away forever) would hold its buffer and task.
@@ -231,6 +231,7 @@ class Connection:
                     log.info("connection.idle_timeout", connection=self.number)
                     return
                 lines: list[bytes] = []
+                limits = self.server.limits  # a reload may change them
                 if b"\n" in data:
                     # Split in one call; only the partial line before this chunk is copied.
                     if buf:
