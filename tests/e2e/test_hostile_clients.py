@@ -536,3 +536,32 @@ def test_a_tcp_connection_that_never_says_hello_is_closed(launch: Launch) -> Non
         chatty.close()
     assert clients(d)["closedHello"] == 2
     assert len([e for e in d.logs() if e.get("event") == "connection.hello_timeout"]) == 2
+
+
+@pytest.mark.slow
+def test_with_the_built_in_limits_idle_tcp_connections_are_refused_then_closed(
+    launch: Launch,
+) -> None:
+    """The attack as it was found: 1,024 idle loopback connections, nothing configured."""
+    raise_fd_limit(1024 + 512)
+    port = free_port()
+    d = launch({"daemon": {"listeners": [{"tcp": f"127.0.0.1:{port}"}]}})
+    idle = [socket.create_connection(("127.0.0.1", port), timeout=30) for _ in range(1024)]
+    try:
+        cli = subprocess.run(
+            [sys.executable, "-m", "daemon", "status", "--socket", str(d.socket)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert cli.returncode == 0, cli.stderr
+        # Every one of them is refused (over 256) or closed for saying no auth.hello (10 s).
+        deadline = time.monotonic() + 90
+        while (c := clients(d))["refused"] + c["closedHello"] < 1024:
+            assert time.monotonic() < deadline, c
+            time.sleep(0.2)
+        assert c["refused"] + c["closedHello"] == 1024 and c["closedHello"] >= 256
+        assert c["unauthenticated"] == 0
+    finally:
+        for s in idle:
+            s.close()
