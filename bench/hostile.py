@@ -143,7 +143,7 @@ def flood(path: Path, args: argparse.Namespace, pid: int) -> dict[str, Any]:
         "bytesSent": sum(sent),
         "blockedAfter": blocked_after,
         "peakRss": peak_rss,
-        "clients": status["clients"],
+        "clients": status.get("clients", "(not reported)"),
         "servedIn": served_in,
     }
 
@@ -159,7 +159,11 @@ def main() -> None:
     args = ap.parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="sessiond-hostile-", dir=os.environ.get("BENCH_DIR")))
     cfg = workdir / "config.json5"
-    cfg.write_text(os.environ.get("BENCH_CONFIG", '{daemon: {logLevel: "warning"}}'))
+    cfg.write_text(
+        os.environ.get(
+            "BENCH_CONFIG", '{session: {dmScope: "per-peer"}, daemon: {logLevel: "warning"}}'
+        )
+    )
     state = workdir / "state"
     proc = subprocess.Popen(
         [sys.executable, "-m", "daemon", "run", "--config", str(cfg), "--state-dir", str(state)],
