@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -57,6 +58,8 @@ class Api:
         self.started_ms = now_ms()
         self.started_mono = time.monotonic()
         self.connections = 0
+        # What clients hold of the daemon (daemon/server.py sets it).
+        self.client_stats: Callable[[], dict[str, int]] = dict
         self.search: SearchService | None = None
 
     def find(self, ref: SessionRef) -> SessionState:
@@ -186,6 +189,7 @@ class Api:
             "agents": {a: len(r.sessions) for a, r in sorted(store.agents.items())},
             "sessions": len(store.by_id),
             "connections": self.connections,
+            "clients": self.client_stats(),
             "ingested": c.ingested,
             "appended": c.appended,
             "duplicates": c.duplicates,

@@ -121,6 +121,7 @@ async def run(opts: RunOptions) -> int:
             max_connections=cfg.daemon.maxConnections,
             idle_timeout=cfg.daemon.idleTimeoutSeconds,
             frame_timeout=cfg.daemon.frameTimeoutSeconds,
+            limits=cfg.daemon.limits,
         )
         scheduler = Scheduler(pipeline, state_dir)
         pipeline.mirror = mirror = Mirror(store, cfg, state_dir)  # stage 5: the backup mirror
@@ -151,7 +152,7 @@ async def run(opts: RunOptions) -> int:
             folder = spool_dir(cfg.daemon.spool.dir, state_dir)
             spool = Spool(folder, pipeline, max_bytes=cfg.daemon.maxLineBytes)
         reloader.subscribe(pipeline.set_config)
-        reloader.subscribe(server.auth.reload)
+        reloader.prepare(server.auth.prepare)
         reloader.subscribe(live_settings(cfg, server, store, spool, state_dir))
         services = anyio.CancelScope()  # the watchdog ping and the config watch
 
@@ -232,6 +233,7 @@ def live_settings(
         server.max_connections = d.maxConnections
         server.idle_timeout = d.idleTimeoutSeconds
         server.frame_timeout = d.frameTimeoutSeconds
+        server.limits = d.limits
         if spool is not None:
             spool.max_bytes = d.maxLineBytes
         if (d.logLevel, d.logFormat) != (last.daemon.logLevel, last.daemon.logFormat):

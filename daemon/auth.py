@@ -19,7 +19,7 @@ import hashlib
 import os
 import socket
 import stat
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, NoReturn, Protocol
@@ -119,6 +119,7 @@ class Listener:
     mode: int = 0o660
     host: str = ""
     port: int = 0
+    max_connections: int | None = None  # None: daemon.limits.listenerConnections
 
 
 @dataclass(slots=True)
@@ -140,11 +141,27 @@ def listeners_of(cfg: Config) -> list[Listener]:
         if lc.unix is not None:
             path = Path(lc.unix).expanduser()
             mode = 0o660 if lc.mode is None else lc.mode
-            out.append(Listener(f"unix:{path}", principal, path=path, mode=mode))
+            out.append(
+                Listener(
+                    f"unix:{path}",
+                    principal,
+                    path=path,
+                    mode=mode,
+                    max_connections=lc.maxConnections,
+                )
+            )
         else:
             assert lc.tcp is not None
             host, port = parse_tcp_address(lc.tcp)
-            out.append(Listener(f"tcp:{lc.tcp}", principal, host=host, port=port))
+            out.append(
+                Listener(
+                    f"tcp:{lc.tcp}",
+                    principal,
+                    host=host,
+                    port=port,
+                    max_connections=lc.maxConnections,
+                )
+            )
     return out
 
 
@@ -237,19 +254,23 @@ class Auth:
     def set_config(self, cfg: Config) -> None:
         """Take tokens and caps from `cfg`. Raises ConfigError (and changes nothing) when a
         token's secret cannot be read."""
-        tokens = resolve_tokens(cfg.auth.tokens)
-        self.tokens = tokens
-        reads = cfg.auth.agentReads
-        self.agent_caps = ReadCaps(reads.maxBytes, reads.maxBlockChars)
-        self.config = cfg
+        self.prepare(cfg)()
 
-    def reload(self, cfg: Config) -> None:
-        """A reload subscriber: a token file that cannot be read keeps the old tokens."""
-        try:
-            self.set_config(cfg)
-        except ConfigError as e:
-            log.error("auth.reload_failed", error=str(e))
-            self.config = cfg  # routing for the adapter check follows the new config
+    def prepare(self, cfg: Config) -> Callable[[], None]:
+        """Resolve `cfg`'s token secrets (files, environment) and return what swaps them in.
+        Raises ConfigError naming the token when one cannot be read: the reload is then
+        rejected as a whole (daemon/reload.py), so no half of a config ever applies. Runs in a
+        worker thread; the returned function runs on the event loop."""
+        tokens = resolve_tokens(cfg.auth.tokens)
+        reads = cfg.auth.agentReads
+        caps = ReadCaps(reads.maxBytes, reads.maxBlockChars)
+
+        def apply() -> None:
+            self.tokens = tokens
+            self.agent_caps = caps
+            self.config = cfg
+
+        return apply
 
     def hello(self, conn: Conn | None, params: dict[str, Any]) -> dict[str, Any]:
         """`auth.hello {token}`: from now on the connection has the token's role."""

@@ -141,6 +141,7 @@ class ListenerConfig(_Model):
     mode: FileMode | None = None  # Unix sockets only; default "0660"
     role: RoleName | None = None  # None: every connection must present a token
     agents: tuple[str, ...] = ()
+    maxConnections: PositiveInt | None = None  # default daemon.limits.listenerConnections
 
     @field_validator("tcp")
     @classmethod
@@ -164,6 +165,16 @@ class ListenerConfig(_Model):
         return self
 
 
+class LimitsConfig(_Model):
+    """What one client may hold of the daemon (daemon/server.py)."""
+
+    maxUnsentBytes: PositiveInt = 1024 * 1024  # answers a connection has not read yet
+    maxInFlight: PositiveInt = 4096  # requests a connection has waiting for their answers
+    stallTimeoutSeconds: PositiveInt = 60  # answers not read for this long: closed
+    helloTimeoutSeconds: PositiveInt = 10  # a connection that needs a token must send it by then
+    listenerConnections: PositiveInt = 256  # per daemon.listeners entry (maxConnections there)
+
+
 class DaemonConfig(_Model):
     stateDir: str | None = None
     socket: str | None = None
@@ -181,6 +192,7 @@ class DaemonConfig(_Model):
     spool: SpoolConfig = SpoolConfig()
     listeners: tuple[ListenerConfig, ...] = ()
     compactionWorkers: PositiveInt = 2  # memory flushes and compactions running at once
+    limits: LimitsConfig = LimitsConfig()
 
     @field_validator("timezone")
     @classmethod
@@ -486,10 +498,12 @@ _COMMENTS = re.compile(r"//[^\n]*|/\*.*?\*/", re.S)
 def parse_config(text: str, source: str = "<config>") -> Config:
     """Parse and validate config text; raises ConfigError naming source, line:column or key path.
 
-    An empty file (or one holding only comments) means the built-in defaults.
+    An empty file (blank, only comments, or `null`) is an error, not the defaults: a file
+    truncated by a failed deploy would otherwise turn off every token and merge every DM into one
+    session. `{}` asks for the defaults on purpose.
     """
     if not _COMMENTS.sub("", text).strip():
-        return Config()
+        raise ConfigError(_empty(source))
     try:
         # A key written twice would otherwise keep the last value without a word.
         raw = json5.loads(text, allow_duplicate_keys=False)
@@ -500,13 +514,17 @@ def parse_config(text: str, source: str = "<config>") -> Config:
             raise ConfigError(f"{source}:{line}:{col}: syntax error: {msg}") from None
         raise ConfigError(f"{source}: {e}") from None
     if raw is None:
-        raw = {}
+        raise ConfigError(_empty(source))
     if not isinstance(raw, dict):
         raise ConfigError(f"{source}: the top level must be an object {{...}}, got {_show(raw)}")
     try:
         return Config.model_validate(raw)
     except ValidationError as e:
         raise ConfigError(format_validation_error(source, e, raw)) from None
+
+
+def _empty(source: str) -> str:
+    return f"{source}: the config file is empty (write {{}} to use the built-in defaults)"
 
 
 def format_validation_error(source: str, e: ValidationError, data: Any = None) -> str:

@@ -1,9 +1,11 @@
 """Live config reload: SIGHUP, `config.reload`, and changes to the config file.
 
-A reload re-reads and validates the whole file. An invalid file changes nothing: the reason is
-logged as `config.rejected` and the running config stays. A valid one is swapped in at once,
-in one step on the event loop, so a message is routed either wholly by the old config or wholly
-by the new one; connections and acknowledgements in flight are not touched.
+A reload re-reads and validates the whole file, then resolves what the file only points to
+(token files, environment variables). A reload is all or nothing: an invalid file, or one whose
+token cannot be read, changes nothing: the reason (naming the key) is logged as `config.rejected`,
+the answer says `reloaded: false` with that reason, and the running config stays. A valid one
+is swapped in at once, in one step on the event loop, so a message is routed either wholly by the
+old config or wholly by the new one; connections and acknowledgements in flight are not touched.
 
 Some keys cannot change under a running daemon (the state folder, the socket and listeners, what
 the store was opened with). Those keep their running values, and `config.restart_required` names
@@ -17,6 +19,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -52,8 +55,8 @@ RESTART_REQUIRED: tuple[str, ...] = (
 # How often the file is looked at when no event arrives: events are hints, and a config file
 # reached through a symlink (or on a file system without inotify) changes without any.
 POLL_SECONDS = 2.0
-# An editor that rewrites a file in place truncates it first: an empty file is a valid config
-# (the defaults), so wait until the file has stopped changing before reading it.
+# An editor that rewrites a file in place truncates it first: wait until the file has stopped
+# changing before reading it, rather than log a rejection of the empty file in between.
 SETTLE_SECONDS = 0.1
 SETTLE_ROUNDS = 20
 
@@ -141,6 +144,9 @@ def file_signature(path: Path) -> Signature:
 
 
 Subscriber = Callable[[Config], None]
+# Resolves a new config's outside references in a worker thread (raising ConfigError to reject
+# the reload); returns the function that applies the result on the event loop.
+Preparer = Callable[[Config], Callable[[], None]]
 
 
 class Reloader:
@@ -164,6 +170,7 @@ class Reloader:
         self.overrides = frozenset(overrides)
         self.notifier = notifier if notifier is not None else Notifier(None, None)
         self.subscribers: list[Subscriber] = []
+        self.preparers: list[Preparer] = []
         self._lock = anyio.Lock()
         self._stop = anyio.Event()
         # The file as it was when the running config was read from it.
@@ -171,6 +178,11 @@ class Reloader:
 
     def subscribe(self, fn: Subscriber) -> None:
         self.subscribers.append(fn)
+
+    def prepare(self, fn: Preparer) -> None:
+        """Register a component whose config points outside the file (token files, environment
+        variables): it is resolved before anything applies, and its failure rejects the reload."""
+        self.preparers.append(fn)
 
     async def reload(self, trigger: str) -> ReloadResult:
         """Re-read and validate the file and swap the result in; never raises for a bad file.
@@ -195,6 +207,12 @@ class Reloader:
             log.warning("config.rejected", config=where, trigger=trigger, reason=str(e))
             return ReloadResult(reloaded=False, error=str(e))
         plan = plan_reload(self.config, new, self.overrides)
+        try:
+            appliers = await anyio.to_thread.run_sync(self._resolve, plan.config)
+        except ConfigError as e:
+            reason = f"{where}: {e}"
+            log.warning("config.rejected", config=where, trigger=trigger, reason=reason)
+            return ReloadResult(reloaded=False, error=reason)
         if plan.restart_required:
             log.warning(
                 "config.restart_required",
@@ -203,15 +221,19 @@ class Reloader:
                 detail="these keys keep their running values until sessiond restarts",
             )
         if plan.changed:
-            self._apply(plan.config)
+            self._apply(plan.config, appliers)
         log.info("config.reloaded", config=where, trigger=trigger, changed=list(plan.changed))
         return ReloadResult(True, None, plan.changed, plan.restart_required)
 
-    def _apply(self, config: Config) -> None:
+    def _resolve(self, config: Config) -> list[Callable[[], None]]:
+        return [prepare(config) for prepare in self.preparers]
+
+    def _apply(self, config: Config, appliers: list[Callable[[], None]]) -> None:
         self.config = config
-        for fn in self.subscribers:
+        subscribed: list[Callable[[], None]] = [partial(sub, config) for sub in self.subscribers]
+        for fn in [*appliers, *subscribed]:
             try:
-                fn(config)
+                fn()
             except Exception as e:
                 # One component failing to take the new config must not stop the others.
                 log.error("config.apply_failed", component=_name(fn), error=f"{e}", exc_info=e)
@@ -276,4 +298,5 @@ class Reloader:
 
 
 def _name(fn: Callable[..., Any]) -> str:
+    fn = fn.func if isinstance(fn, partial) else fn
     return getattr(fn, "__qualname__", None) or repr(fn)

@@ -2,8 +2,17 @@
 
 Each connection has a reader (splits lines, enforces the line limit, dispatches) and a writer
 (sends whatever answers are ready in one write). Answers may leave in a different order than
-requests came in: they carry the request's id. A connection holds at most MAX_PENDING requests
-unanswered, so a client that never reads its answers cannot grow our memory.
+requests came in: they carry the request's id.
+
+What a client may hold of the daemon (`daemon.limits`):
+- Its budget: answers it has not read (bytes) and requests waiting for their answers. Over
+  either, its requests are no longer read until it reads (the kernel's buffers fill and its sends
+  block: backpressure), so a client that never reads cannot grow our memory. One whose answers
+  have not moved for `stallTimeoutSeconds` is closed.
+- A slot on its listener: each listener has its own limit, so connections to `daemon.listeners`
+  never take the admin socket's slots. Over the limit, a connection gets an error line and is
+  closed; one log line per streak of refusals.
+- A connection that needs a token must send `auth.hello` within `helloTimeoutSeconds`.
 """
 
 from __future__ import annotations
@@ -11,8 +20,10 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import resource
 import stat
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +33,7 @@ from anyio.abc import SocketListener, SocketStream, TaskGroup, TaskStatus
 
 from daemon.api import Api
 from daemon.auth import Auth, Bound, close_bound
+from daemon.config import LimitsConfig
 from daemon.core import protocol
 from daemon.core.protocol import RequestId, encode_error, encode_result
 from daemon.core.roles import ADMIN, Principal
@@ -31,14 +43,19 @@ from daemon.errors import (
     ServerBusy,
     StorageUnavailable,
     TooLarge,
+    Unauthenticated,
 )
 from daemon.events import EVENTS
 from daemon.pipeline import Pipeline
 
 log = structlog.get_logger("daemon.server")
 
-MAX_PENDING = 4096
 READ_CHUNK = 256 * 1024
+# Answers leave in slices of this size, so that a stall is a slice that makes no progress, not a
+# large answer that takes a while to a client that is reading.
+SEND_SLICE = 256 * 1024
+# Descriptors the daemon needs besides connections (store, journal, index, logs, listeners).
+FD_RESERVE = 256
 LINGER_SECONDS = 2.0
 SHUTDOWN_GRACE_SECONDS = 1.0
 # accept() failing for want of descriptors or memory: wait, then try again (never give up).
@@ -54,8 +71,10 @@ class Connection:
         self.stream = stream
         self.number = number
         self.out: list[bytes] = []
+        self.unsent = 0  # bytes of answers delivered and not yet sent (counted by the budget)
         self.wake = anyio.Event()
         self.pending = 0
+        self.paused = False  # the reader waits for the client to read (over its budget)
         self.idle = anyio.Event()
         self.idle.set()
         self.room = anyio.Event()
@@ -66,19 +85,35 @@ class Connection:
         self.draining = False
         self.writer_done = anyio.Event()
         self.principal: Principal | None = ADMIN  # who is calling (daemon/auth.py)
+        self.hello_deadline: float | None = None  # set for connections that need a token
 
     def deliver(self, data: bytes) -> None:
         out = self.out
         out.append(data)
+        self.unsent += len(data)
         if len(out) == 1:  # the writer empties `out` before it waits again
             self.wake.set()
 
     def notify(self, line: bytes) -> bool:
         """Deliver an event notification; False (unsubscribe me) once the client stops reading."""
-        if self.closed or len(self.out) > MAX_PENDING:
+        if self.closed or self.unsent > self.server.limits.maxUnsentBytes:
             return False
         self.deliver(line)
         return True
+
+    def over_budget(self, limits: LimitsConfig) -> bool:
+        return self.pending >= limits.maxInFlight or self.unsent > limits.maxUnsentBytes
+
+    async def wait_for_room(self) -> None:
+        """Stop reading until the client has read enough of its answers (or they are sent).
+        A client that never reads is closed by the writer's stall timeout, which ends this."""
+        self.paused = True
+        try:
+            while self.over_budget(self.server.limits):
+                self.room = anyio.Event()
+                await self.room.wait()
+        finally:
+            self.paused = False
 
     def answer(self, rid: RequestId, notification: bool) -> Callable[[Any], None]:
         """A reply callback for one request; decrements the pending count when called.
@@ -87,8 +122,6 @@ class Connection:
         pending = self.pending = self.pending + 1
         if pending == 1:
             self.idle = anyio.Event()
-        if pending >= MAX_PENDING:
-            self.room = anyio.Event()
         done = False
 
         def reply(outcome: dict[str, Any] | RequestError) -> None:
@@ -102,9 +135,9 @@ class Connection:
                 else:
                     self.deliver(encode_result(rid, outcome))
             left = self.pending = self.pending - 1
-            if left == MAX_PENDING - 1:
+            if self.paused:
                 self.room.set()
-            elif left == 0:
+            if left == 0:
                 self.idle.set()
 
         return reply
@@ -118,13 +151,39 @@ class Connection:
                 while self.out:
                     data = b"".join(self.out)
                     self.out.clear()
-                    await self.stream.send(data)
+                    if not await self._send(data):
+                        return
+                    self.unsent -= len(data)
+                    if self.paused:
+                        self.room.set()
                 if self.draining:
                     return
         except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
             self.closed = True
         finally:
             self.writer_done.set()
+
+    async def _send(self, data: bytes) -> bool:
+        """Send `data`; False (and the connection closed) when a slice of it cannot leave
+        within the stall timeout: the client has stopped reading."""
+        stall = self.server.limits.stallTimeoutSeconds
+        view = memoryview(data) if len(data) > SEND_SLICE else None
+        for start in range(0, len(data), SEND_SLICE):
+            piece = data if view is None else view[start : start + SEND_SLICE]
+            with anyio.move_on_after(stall) as scope:
+                await self.stream.send(piece)  # type: ignore[arg-type]
+            if scope.cancelled_caught:
+                log.warning(
+                    "connection.stalled",
+                    connection=self.number,
+                    unsentBytes=self.unsent,
+                    seconds=stall,
+                )
+                self.server.closed_stalled += 1
+                self.closed = True
+                self.read_scope.cancel()
+                return False
+        return True
 
     async def flush(self) -> None:
         """Wait until every accepted request is answered and the answers are sent."""
@@ -146,6 +205,11 @@ class Connection:
                 wait = idle_timeout
                 if line_deadline is not None:
                     wait = min(wait, max(0.0, line_deadline - anyio.current_time()))
+                if self.hello_deadline is not None:
+                    if self.principal is not None:
+                        self.hello_deadline = None
+                    else:
+                        wait = min(wait, max(0.0, self.hello_deadline - anyio.current_time()))
                 with anyio.move_on_after(wait) as timeout:
                     try:
                         data = await self.stream.receive(READ_CHUNK)
@@ -160,11 +224,14 @@ class Connection:
                             seconds=self.server.frame_timeout,
                         )
                         return
+                    if self._hello_overdue():
+                        return
                     if self.pending:
                         continue
                     log.info("connection.idle_timeout", connection=self.number)
                     return
                 lines: list[bytes] = []
+                limits = self.server.limits  # a reload may change them
                 if b"\n" in data:
                     # Split in one call; only the partial line before this chunk is copied.
                     if buf:
@@ -178,8 +245,8 @@ class Connection:
                     if len(line) > max_line:
                         self._too_large(len(line))
                         return
-                    if not self.room.is_set():
-                        await self.room.wait()
+                    if self.over_budget(limits):
+                        await self.wait_for_room()
                     waiter = self.handle_line(line, tg)
                     if waiter is not None:
                         await waiter
@@ -191,6 +258,24 @@ class Connection:
                     # The rest of the line is not read: answer now and close.
                     self._too_large(len(buf))
                     return
+                if self.hello_deadline is not None and self._hello_overdue():
+                    return
+
+    def _hello_overdue(self) -> bool:
+        """True (and the client told why) when a connection that needs a token has not sent a
+        valid auth.hello in time: an idle or chatty connection without one would hold a slot."""
+        deadline = self.hello_deadline
+        if deadline is None or self.principal is not None:
+            self.hello_deadline = None
+            return False
+        if anyio.current_time() < deadline:
+            return False
+        seconds = self.server.limits.helloTimeoutSeconds
+        log.info("connection.hello_timeout", connection=self.number, seconds=seconds)
+        self.server.closed_hello += 1
+        err = Unauthenticated(f"no valid auth.hello within {seconds} s; connection closed")
+        self.deliver(encode_error(None, err))
+        return True
 
     async def linger(self) -> None:
         """After a too-large line: say we are done writing, then read and discard (never buffer)
@@ -277,6 +362,17 @@ Reply = Callable[[Any], None]
 Handler = Callable[[dict[str, Any]], Awaitable[Any] | Any]
 
 
+@dataclass(slots=True)
+class Gate:
+    """One listener's door: who its connections start as, its limit, and its refusal streak."""
+
+    name: str
+    principal: Principal | None
+    limit: Callable[[], int]  # read at each accept: a reload may change it
+    open: int = 0
+    refusing: int = 0  # refusals since the last connection it let in
+
+
 class Server:
     """Listens on the Unix socket and serves connections until `stop` is called."""
 
@@ -291,6 +387,7 @@ class Server:
         max_connections: int,
         idle_timeout: float,
         frame_timeout: float = 30.0,
+        limits: LimitsConfig | None = None,
     ) -> None:
         self.pipeline = pipeline
         self.api = api
@@ -300,6 +397,10 @@ class Server:
         self.max_connections = max_connections
         self.idle_timeout = idle_timeout
         self.frame_timeout = frame_timeout
+        self.limits = limits if limits is not None else LimitsConfig()
+        self.closed_stalled = 0  # connections closed for not reading their answers
+        self.closed_hello = 0  # connections closed for sending no auth.hello in time
+        self.refused = 0  # connections refused for a full listener
         self.connections: set[Connection] = set()
         self.accept_scope = anyio.CancelScope()
         self._counter = 0
@@ -315,6 +416,26 @@ class Server:
         # opens `daemon.listeners` into `listeners` before serving.
         self.auth = Auth(api.store)
         self.listeners: list[Bound] = []
+        api.client_stats = self.client_stats
+
+    def client_stats(self) -> dict[str, int]:
+        """For `status`: what clients hold of the daemon now, and what was closed or refused."""
+        conns = self.connections
+        return {
+            "paused": sum(1 for c in conns if c.paused),
+            "unsentBytes": sum(c.unsent for c in conns),
+            "inFlight": sum(c.pending for c in conns),
+            "unauthenticated": sum(1 for c in conns if c.principal is None),
+            "closedStalled": self.closed_stalled,
+            "closedHello": self.closed_hello,
+            "refused": self.refused,
+        }
+
+    def _listener_limit(self, b: Bound) -> Callable[[], int]:
+        own = b.spec.max_connections
+        if own is not None:
+            return lambda: own
+        return lambda: self.limits.listenerConnections
 
     def dispatch(
         self,
@@ -385,17 +506,28 @@ class Server:
         finally:
             os.umask(old_umask)
         os.chmod(path, self.socket_mode)
+        admin = Gate(f"unix:{path}", ADMIN, lambda: self.max_connections)
+        gates = [
+            (b, Gate(b.spec.name, b.spec.principal, self._listener_limit(b)))
+            for b in self.listeners
+        ]
+        self._check_fd_limit([admin.limit(), *(g.limit() for _, g in gates)])
         async with anyio.create_task_group() as conns:
             async with listener:
                 task_status.started()
                 with self.accept_scope:
                     async with anyio.create_task_group() as accepting:
-                        for b in self.listeners:
+                        for b, gate in gates:
                             role = b.spec.principal.role if b.spec.principal else None
-                            log.info("server.listening", address=b.address, role=role)
+                            log.info(
+                                "server.listening",
+                                address=b.address,
+                                role=role,
+                                maxConnections=gate.limit(),
+                            )
                             for sock in b.sockets:
-                                accepting.start_soon(self._accept, sock, conns, b.spec.principal)
-                        await self._accept(listener, conns, ADMIN)
+                                accepting.start_soon(self._accept, sock, conns, gate)
+                        await self._accept(listener, conns, admin)
             # The socket file is ours (not user data): take it away so clients fail fast.
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(path)
@@ -403,11 +535,19 @@ class Server:
                 await close_bound(b)
             log.info("server.stopped_accepting", connections=len(self.connections))
 
-    async def _accept(
-        self, listener: SocketListener, conns: TaskGroup, principal: Principal | None
-    ) -> None:
-        """Accept on one listener; its connections start with `principal` (None: must send
-        auth.hello first)."""
+    @staticmethod
+    def _check_fd_limit(limits: list[int]) -> None:
+        """Say so at start-up when the connection limits do not fit in the descriptors we may
+        open (the store raised the soft limit to the hard one): accept would then fail with
+        EMFILE before a listener is full, on the admin socket too."""
+        soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+        needed = sum(limits) + FD_RESERVE
+        if soft != resource.RLIM_INFINITY and soft < needed:
+            log.warning("server.fd_limit_low", limit=soft, needed=needed, connections=sum(limits))
+
+    async def _accept(self, listener: SocketListener, conns: TaskGroup, gate: Gate) -> None:
+        """Accept on one listener; its connections start with `gate.principal` (None: must
+        send auth.hello first)."""
         backoff = 0.0
         while True:
             try:
@@ -428,21 +568,33 @@ class Server:
                 await anyio.sleep(backoff)
                 continue
             backoff = 0.0
-            conns.start_soon(self._serve_one, stream, principal)
+            conns.start_soon(self._serve_one, stream, gate)
 
-    async def _serve_one(self, stream: SocketStream, principal: Principal | None = ADMIN) -> None:
+    async def _serve_one(self, stream: SocketStream, gate: Gate) -> None:
         self._counter += 1
         async with stream:
-            if len(self.connections) >= self.max_connections:
-                log.warning("connection.refused", reason="too_many", limit=self.max_connections)
+            limit = gate.limit()
+            if gate.open >= limit:
+                if gate.refusing == 0:
+                    log.warning(
+                        "connection.refused", reason="too_many", listener=gate.name, limit=limit
+                    )
+                gate.refusing += 1
                 err = ServerBusy(
-                    f"too many connections (limit {self.max_connections}); retry later"
+                    f"too many connections on {gate.name} (limit {limit}); retry later"
                 )
                 with contextlib.suppress(anyio.BrokenResourceError, OSError):
                     await stream.send(encode_error(None, err))
+                self.refused += 1
                 return
+            if gate.refusing:
+                log.info("connection.refusals_ended", listener=gate.name, refused=gate.refusing)
+                gate.refusing = 0
             conn = Connection(self, stream, self._counter)
-            conn.principal = principal
+            conn.principal = gate.principal
+            if gate.principal is None:
+                conn.hello_deadline = anyio.current_time() + self.limits.helloTimeoutSeconds
+            gate.open += 1
             self.connections.add(conn)
             self.api.connections = len(self.connections)
             try:
@@ -454,6 +606,7 @@ class Server:
                 if conn.too_large:
                     await conn.linger()
             finally:
+                gate.open -= 1
                 self.pipeline.events.unsubscribe(conn.number)
                 self.connections.discard(conn)
                 self.api.connections = len(self.connections)

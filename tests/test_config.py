@@ -132,9 +132,21 @@ def test_defaults_are_the_ones_the_spec_names() -> None:
     assert cfg.access.default.dm == "open"
 
 
-@pytest.mark.parametrize("text", ["", "  \n", "// nothing here yet\n", "/* all\nof it */", "null"])
-def test_an_empty_or_comment_only_file_means_the_defaults(tmp_path: Path, text: str) -> None:
-    assert load_config(write(tmp_path, text)) == Config()
+@pytest.mark.parametrize(
+    "text", ["", "  \n", "// nothing here yet\n", "/* all\nof it */", "null", " null // x\n"]
+)
+def test_an_empty_null_or_comment_only_file_is_an_error(tmp_path: Path, text: str) -> None:
+    """A file truncated by a failed write or a botched deploy must not silently become the
+    defaults (every token would stop working, every DM would share one session)."""
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as e:
+        load_config(path)
+    assert str(path) in str(e.value)
+    assert "empty" in str(e.value) and "{}" in str(e.value)
+
+
+def test_an_empty_object_is_the_defaults(tmp_path: Path) -> None:
+    assert load_config(write(tmp_path, "{}  // the defaults, on purpose\n")) == Config()
 
 
 def test_a_partial_file_keeps_the_defaults_for_what_it_leaves_out() -> None:

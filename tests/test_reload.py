@@ -6,6 +6,8 @@ from __future__ import annotations
 import os
 import signal
 import stat
+import subprocess
+import sys
 import threading
 import time
 from collections import Counter
@@ -13,10 +15,12 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 from e2e.harness import Daemon, ingest_params, message_ids
 from ops_harness import Launch, daemons, log_lines, replace_file, wait_for, wait_log
 
+from daemon.client import Client, RpcError
 from daemon.config import Config, parse_config
 from daemon.reload import MISSING, RESTART_REQUIRED, get_path, plan_reload
 
@@ -215,3 +219,93 @@ def test_a_reload_never_drops_a_connection_or_an_acknowledgement(launch: Launch)
     stored = Counter(mid for lines in d.transcripts().values() for mid in message_ids(lines))
     assert len(stored) == clients * per_client
     assert set(stored.values()) == {1}
+
+
+# ---------------------------------------------------------------------------------------------
+# All or nothing (issue 12): a config whose token secrets cannot be resolved changes nothing
+
+TOKEN = "tok-" + "a" * 40
+OTHER = "tok-" + "b" * 40
+
+
+def token_config(d: Daemon, dm_scope: str, tokens: list[dict[str, Any]]) -> str:
+    return orjson.dumps(
+        {
+            "session": {"dmScope": dm_scope},
+            "daemon": {"listeners": [{"unix": str(d.workdir / "t.sock")}]},
+            "auth": {"tokens": tokens},
+        }
+    ).decode()
+
+
+@pytest.mark.parametrize("source", ["tokenFile", "tokenEnv"])
+def test_a_token_that_cannot_be_resolved_rejects_the_whole_reload(
+    launch: Launch, source: str
+) -> None:
+    d = launch(start=False)
+    d.config_path.write_text(
+        token_config(d, "main", [{"name": "ops", "token": TOKEN, "role": "admin"}])
+    )
+    d.start()
+    assert ingest(d, "111")["sessionKey"] == "agent:main:main"
+    secret: dict[str, str] = (
+        {"tokenFile": str(d.workdir / "no-such-token")}
+        if source == "tokenFile"
+        else {"tokenEnv": "SESSIOND_TEST_TOKEN_NOT_SET"}
+    )
+    replace_file(
+        d.config_path,
+        token_config(d, "per-peer", [{"name": "new", "role": "admin", **secret}]),
+    )
+    res = d.call("config.reload")
+    assert res["reloaded"] is False
+    assert f"auth.tokens[0].{source}" in res["error"]
+    assert res["changed"] == []
+    # Nothing of the new file applies: not the session settings, not the tokens.
+    assert ingest(d, "111")["sessionKey"] == "agent:main:main"
+    with Client(str(d.workdir / "t.sock"), token=TOKEN) as c:
+        assert c.call("status")["storage"] == "ok"
+    rejected = wait_log(d, "config.rejected")
+    assert any(f"auth.tokens[0].{source}" in r["reason"] for r in rejected)
+    assert not [r for r in log_lines(d, "config.reloaded") if r["trigger"] == "rpc"]
+
+    # Once the secret can be read, the same file applies in full.
+    if source == "tokenFile":
+        (d.workdir / "no-such-token").write_text(OTHER)
+        res = d.call("config.reload")
+        assert res["reloaded"] is True and set(res["changed"]) >= {"session", "auth"}
+        assert ingest(d, "111")["sessionKey"] == "agent:main:direct:111"
+        with Client(str(d.workdir / "t.sock"), token=OTHER) as c:
+            assert c.call("status")["storage"] == "ok"
+        with pytest.raises(RpcError) as e, Client(str(d.workdir / "t.sock"), token=TOKEN):
+            pass
+        assert e.value.code == 1001
+
+
+@pytest.mark.parametrize("text", ["", "\n  \n", "null", "// emptied by a botched deploy\n"])
+def test_an_empty_config_file_is_rejected_by_reload_and_the_old_config_keeps_serving(
+    launch: Launch, text: str
+) -> None:
+    d = launch("{session: {dmScope: 'per-peer'}}")
+    replace_file(d.config_path, text)
+    res = d.call("config.reload")
+    assert res["reloaded"] is False
+    assert "empty" in res["error"] and str(d.config_path) in res["error"]
+    assert ingest(d, "111")["sessionKey"] == "agent:main:direct:111"
+    assert wait_log(d, "config.rejected")
+
+
+def test_an_empty_config_file_stops_start_up_and_fails_config_check(launch: Launch) -> None:
+    d = launch("", start=False)
+    proc = d.spawn()
+    assert proc.wait(timeout=30) == 1
+    err = (d.workdir / "daemon-1.err").read_text()
+    assert "empty" in err and "Traceback" not in err
+    check = subprocess.run(
+        [sys.executable, "-m", "daemon", "config", "check", "--config", str(d.config_path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert check.returncode == 1
+    assert "empty" in check.stderr and str(d.config_path) in check.stderr
