@@ -368,6 +368,11 @@ class Doctor:
         s = rebuild(root, sid, cwd) if from_mirror else None
         lines = s.lines if s is not None else [transcript.header_line(sid, key, now_ms(), cwd)]
         _write_new(path, lines)
+        bc = self.cfg.sessions.backup
+        if bc.enabled and not excluded(key, bc.exclude_patterns):
+            # What was written again is mirrored at once, as the daemon would: the next
+            # doctor must not find it behind.
+            mirror_files.catch_up(root, [Job(sid, agent_id, key, None, (path,), None, None)])
 
     def _check_unregistered(
         self, agent_id: str, folder: Path, reg: AgentRegistry, *, rebuilt: bool

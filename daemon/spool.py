@@ -51,7 +51,7 @@ from daemon.errors import (
 )
 from daemon.failpoints import failpoint
 from daemon.pipeline import Pipeline
-from daemon.store.fsutil import FILE_MODE, ensure_dir, fsync_dir, write_all
+from daemon.store.fsutil import FILE_MODE, atomic_write, ensure_dir, fsync_dir, write_all
 
 log = structlog.get_logger("daemon.spool")
 
@@ -248,7 +248,7 @@ def settle(root: Path, items: list[Item]) -> None:
         if companion == "missing":
             write_new_file(folder / f"{final}{suffix}", data)
         elif companion == "torn":
-            replace_file(folder / f"{final}{suffix}", data)
+            atomic_write(folder / f"{final}{suffix}", data)
         item.final = final
         taken.add(str(folder / final))
         moves.append((item, folder))
@@ -295,18 +295,6 @@ def settle_name(folder: Path, name: str, suffix: str, taken: set[str]) -> tuple[
                 return candidate, "complete"
         n += 1
         candidate = f"{name}.{n}"
-
-
-def replace_file(path: Path, data: bytes) -> None:
-    """Replace `path` with `data` through a synced temporary file (the caller syncs the folder)."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, FILE_MODE)
-    try:
-        write_all(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
 
 
 # ---------------------------------------------------------------------------------------------
