@@ -262,6 +262,7 @@ class Mirror:
                         and time.monotonic() - self._last_commit > CLOSE_GRACE
                     )
                 ):
+                    await self._write_states()
                     break
                 if not jobs:
                     await self._write_states()
