@@ -16,7 +16,14 @@ from typing import TYPE_CHECKING
 from daemon.backup import backup_root, excluded
 from daemon.store import archive
 from daemon.store.backup import Job, catch_up, state_record, write_states
-from daemon.verify import _first_line, _header_key, session_id_of, transcript_files
+from daemon.verify import (
+    _first_line,
+    _header_key,
+    known_keys,
+    session_id_of,
+    state_diffs,
+    transcript_files,
+)
 
 if TYPE_CHECKING:
     from daemon.config import Config
@@ -58,6 +65,42 @@ def archived_states(state_dir: Path, patterns: tuple[str, ...]) -> dict[str, dic
     return out
 
 
+def mirror_session(cfg: Config, root: Path, job: Job) -> None:
+    """Mirror one transcript written outside the daemon (doctor --repair re-created it), as
+    the daemon would have: the next doctor must not find it behind. Raises OSError."""
+    bc = cfg.sessions.backup
+    if bc.enabled and not excluded(job.session_key, bc.exclude_patterns):
+        catch_up(root, [job])
+
+
+def record_states(cfg: Config, state_dir: Path) -> int:
+    """Write the state records that differ; returns how many. Raises OSError."""
+    bc = cfg.sessions.backup
+    if not bc.enabled:
+        return 0
+    root = backup_root(cfg, state_dir)
+    return write_states(root, archived_states(state_dir, bc.exclude_patterns))
+
+
+def try_record_states(cfg: Config, state_dir: Path) -> str | None:
+    """`record_states`, or why it failed."""
+    try:
+        record_states(cfg, state_dir)
+    except OSError as e:
+        return f"the mirror's state records could not be written: {e.strerror or e}"
+    return None
+
+
+def misstated(cfg: Config, state_dir: Path) -> list[str]:
+    """Sessions whose state the mirror does not record as it is (`verify.state_diffs`)."""
+    bc = cfg.sessions.backup
+    root = backup_root(cfg, state_dir)
+    if not bc.enabled or not root.is_dir():
+        return []
+    keys = known_keys(state_dir)
+    return state_diffs(state_dir, root, keys, lambda k: excluded(k, bc.exclude_patterns))
+
+
 def fill_mirror(cfg: Config, state_dir: Path) -> Filled | None:
     """Bring the mirror up to the state folder (None when the mirror is disabled).
     Raises OSError."""
@@ -66,5 +109,4 @@ def fill_mirror(cfg: Config, state_dir: Path) -> Filled | None:
         return None
     root = backup_root(cfg, state_dir)
     done = catch_up(root, mirror_jobs(state_dir, bc.exclude_patterns))
-    states = write_states(root, archived_states(state_dir, bc.exclude_patterns))
-    return Filled(done.sessions, done.records, states)
+    return Filled(done.sessions, done.records, record_states(cfg, state_dir))

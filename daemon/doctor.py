@@ -30,6 +30,7 @@ from typing import Any
 
 import orjson
 
+from daemon import backfill
 from daemon.backup import backup_root, excluded
 from daemon.config import Config, load_config
 from daemon.errors import ConfigError
@@ -184,6 +185,7 @@ class Doctor:
             self.check_agent(agent_dir.name, agent_dir / "sessions")
         self.check_fts5()
         self.check_mirror()
+        self.check_mirror_states()
         self.check_permissions()
         return self.findings
 
@@ -368,11 +370,7 @@ class Doctor:
         s = rebuild(root, sid, cwd) if from_mirror else None
         lines = s.lines if s is not None else [transcript.header_line(sid, key, now_ms(), cwd)]
         _write_new(path, lines)
-        bc = self.cfg.sessions.backup
-        if bc.enabled and not excluded(key, bc.exclude_patterns):
-            # What was written again is mirrored at once, as the daemon would: the next
-            # doctor must not find it behind.
-            mirror_files.catch_up(root, [Job(sid, agent_id, key, None, (path,), None, None)])
+        backfill.mirror_session(self.cfg, root, Job(sid, agent_id, key, None, (path,), None, None))
 
     def _check_unregistered(
         self, agent_id: str, folder: Path, reg: AgentRegistry, *, rebuilt: bool
@@ -546,6 +544,17 @@ class Doctor:
             partial(mirror_files.catch_up, root, behind),
         )
 
+    def check_mirror_states(self) -> None:
+        """Archived sessions the mirror does not record as such (a restore would revive them)."""
+        if diffs := backfill.misstated(self.cfg, self.state_dir):
+            self.add(
+                "mirror",
+                "info" if self.running else "warning",  # the daemon records them as it starts
+                f"{len(diffs)} session state(s) wrong in the mirror: {'; '.join(diffs[:SHOW])}",
+                "write the state records of the archived sessions",
+                partial(backfill.record_states, self.cfg, self.state_dir),
+            )
+
     def check_permissions(self) -> None:
         loose: list[tuple[Path, int]] = []
         spool = spool_dir(self.cfg.daemon.spool.dir, self.state_dir)
@@ -605,6 +614,9 @@ class Doctor:
                 f.outcome = f"failed: {e}"
             else:
                 f.outcome = "repaired"
+        # Archives that the repairs made (adopted, indexed) get their state records too.
+        if error := backfill.try_record_states(self.cfg, self.state_dir):
+            self.add("mirror", "warning", error)
 
     def _rel(self, p: Path) -> str:
         try:
