@@ -33,7 +33,15 @@ import structlog
 from anyio.abc import TaskStatus
 
 from daemon import guard, logs
-from daemon.store.backup import MAX_JOBS_PER_ROUND, Job, MirrorWriter, Outcome, ensure_root
+from daemon.store.backup import (
+    MAX_JOBS_PER_ROUND,
+    Job,
+    MirrorWriter,
+    Outcome,
+    ensure_root,
+    state_record,
+    write_states,
+)
 
 if TYPE_CHECKING:
     from daemon.config import Config
@@ -157,6 +165,9 @@ class Mirror:
         self._last_commit = 0.0
         self._stopped = False
         self._excluded: dict[str, bool] = {}
+        # Archived sessions whose state record (`<backup>/<id>/state.json`) may still differ:
+        # all of them at start-up, then each session a batch closes.
+        self._unstated: set[str] = set()
 
     # --- the committer's side (event loop) ----------------------------------------------------
 
@@ -189,6 +200,8 @@ class Mirror:
                 t.behind_since = now
             targets.append((t, end))
         for c in batch.closing:
+            if not self._is_excluded(c.state.session_key):
+                self._unstated.add(c.state.session_id)
             t = self.tracks.get(c.state.session_id)
             if t is not None:
                 t.closed = True
@@ -249,10 +262,14 @@ class Mirror:
                         and time.monotonic() - self._last_commit > CLOSE_GRACE
                     )
                 ):
+                    await self._write_states()
                     break
                 if not jobs:
+                    await self._write_states()
                     self._wake = anyio.Event()
-                    with anyio.move_on_after(CLOSE_GRACE if self._closing else None):
+                    # An archive still being moved gets its state record a moment later.
+                    wait = ROUND_INTERVAL if self._unstated else None
+                    with anyio.move_on_after(CLOSE_GRACE if self._closing else wait):
                         await self._wake.wait()
                     continue
                 if backoff:
@@ -261,6 +278,8 @@ class Mirror:
                             self._wake = anyio.Event()
                             await self._wake.wait()
                 ok = await self._round(jobs)
+                if ok:
+                    await self._write_states()
                 backoff = 0.0 if ok else min(BACKOFF_MAX, max(1.0, backoff * 2))
                 if ok and not self.ack and not self._closing:
                     with anyio.move_on_after(ROUND_INTERVAL):
@@ -297,6 +316,35 @@ class Mirror:
             if sid in self.tracks or (a.session_key and self._is_excluded(a.session_key)):
                 continue
             self.tracks[sid] = Track(a.agent_id, a.session_key, sid, None, None, closed=True)
+        self._unstated.update(
+            sid
+            for sid, a in store.archived_by_id.items()
+            if not (a.session_key and self._is_excluded(a.session_key))
+        )
+
+    async def _write_states(self) -> None:
+        """Record the state of archived sessions whose mirror is complete (the mirror holds
+        their history, then their state). One whose archiving is still under way waits."""
+        if not self._unstated or self.error is not None:
+            return
+        ready: dict[str, dict[str, Any]] = {}
+        for sid in list(self._unstated):
+            a = self.store.archived_by_id.get(sid)
+            if a is None:
+                if sid in self.store.by_id:  # the closing batch failed: active again
+                    self._unstated.discard(sid)
+                continue
+            if a.record is not None and not self.busy(sid):
+                ready[sid] = state_record(a.record.to_json())
+        if not ready:
+            return
+        try:
+            async with self.lock:
+                await anyio.to_thread.run_sync(write_states, self.root, ready)
+        except OSError as e:
+            self._fail(e)
+            return
+        self._unstated.difference_update(ready)
 
     def _paths(self, sid: str) -> tuple[Path, ...]:
         store = self.store

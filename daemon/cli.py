@@ -11,7 +11,7 @@ import getpass
 import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
@@ -25,6 +25,9 @@ from daemon.config import (
     resolve_state_dir,
 )
 from daemon.errors import ConfigError, ListenFailed, StateLocked
+
+if TYPE_CHECKING:
+    from daemon.backfill import Filled
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
 
@@ -503,11 +506,36 @@ def cmd_import_openclaw(args: argparse.Namespace) -> int:
         )
     except SourceError as e:
         raise UsageError(str(e)) from None
+    filled, fill_error = _fill_mirror(cfg, state_dir) if not args.dry_run else (None, None)
     if args.json:
-        _print_json(report.to_json())
+        doc = report.to_json()
+        if filled is not None or fill_error is not None:
+            doc["mirror"] = (
+                {"error": fill_error}
+                if fill_error
+                else {"sessions": filled.sessions, "records": filled.records}
+                if filled
+                else None
+            )
+        _print_json(doc)
     else:
         print(report.render())
-    return EXIT_OK if report.ok else EXIT_FAIL
+        if fill_error:
+            print(f"backup mirror not filled: {fill_error} (`sessiond doctor --repair` fills it)")
+        elif filled is not None:
+            print(f"backup mirror: {filled.records} record(s) for {filled.sessions} session(s)")
+    return EXIT_OK if report.ok and fill_error is None else EXIT_FAIL
+
+
+def _fill_mirror(cfg: Config, state_dir: Path) -> tuple[Filled | None, str | None]:
+    """After an import: the mirror holds what the imported transcripts hold, as the daemon
+    would have mirrored it (`doctor` then finds no session behind)."""
+    from daemon.backfill import fill_mirror
+
+    try:
+        return fill_mirror(cfg, state_dir), None
+    except OSError as e:
+        return None, str(e.strerror or e)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -30,6 +30,7 @@ from typing import Any
 
 import orjson
 
+from daemon import backfill
 from daemon.backup import backup_root, excluded
 from daemon.config import Config, load_config
 from daemon.doctor_holes import check_holes
@@ -186,6 +187,7 @@ class Doctor:
         self.check_fts5()
         self.check_mirror()
         check_holes(self)
+        self.check_mirror_states()
         self.check_permissions()
         return self.findings
 
@@ -399,6 +401,7 @@ class Doctor:
         s = rebuild(root, sid, cwd) if from_mirror else None
         lines = s.lines if s is not None else [transcript.header_line(sid, key, now_ms(), cwd)]
         _write_new(path, lines)
+        backfill.mirror_session(self.cfg, root, Job(sid, agent_id, key, None, (path,), None, None))
 
     def _check_unregistered(
         self, agent_id: str, folder: Path, reg: AgentRegistry, *, rebuilt: bool
@@ -572,6 +575,17 @@ class Doctor:
             partial(mirror_files.catch_up, root, behind),
         )
 
+    def check_mirror_states(self) -> None:
+        """Archived sessions the mirror does not record as such (a restore would revive them)."""
+        if diffs := backfill.misstated(self.cfg, self.state_dir):
+            self.add(
+                "mirror",
+                "info" if self.running else "warning",  # the daemon records them as it starts
+                f"{len(diffs)} session state(s) wrong in the mirror: {'; '.join(diffs[:SHOW])}",
+                "write the state records of the archived sessions",
+                partial(backfill.record_states, self.cfg, self.state_dir),
+            )
+
     def check_permissions(self) -> None:
         loose: list[tuple[Path, int]] = []
         spool = spool_dir(self.cfg.daemon.spool.dir, self.state_dir)
@@ -635,6 +649,9 @@ class Doctor:
                 f.outcome = f"failed: {e}"
             else:
                 f.outcome = "repaired"
+        # Archives that the repairs made (adopted, indexed) get their state records too.
+        if error := backfill.try_record_states(self.cfg, self.state_dir):
+            self.add("mirror", "warning", error)
 
     def _rel(self, p: Path) -> str:
         try:

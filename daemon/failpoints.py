@@ -47,6 +47,7 @@ NAMES = (
     "archive.after_index",
     # the spool folder (daemon/spool.py)
     "spool.after_claim",
+    "spool.after_results",
     "spool.after_move",
 )
 # Compressing an archive in the retention sweep (daemon/retention.py); run by `sessiond

@@ -2,9 +2,12 @@
 mirror alone.
 
 Every mirrored session becomes a transcript again, line by line as it was (`line_of`), with its
-v3 header (which carries the session key). A session whose last entry is its closing entry (or
-that another, newer session of the same key replaced) goes to `archive/` with an index line; the
-others are the active sessions of a new `sessions.json`. Message ids of the last
+v3 header (which carries the session key). A session the mirror records as archived (its state
+record, `<backup>/<id>/state.json`: reason, times, predecessor and successor as they were) goes
+to `archive/` with that index line, deleted ones included. For a mirror without state records
+(written before them), a session whose last entry is its closing entry, or that another, newer
+session of the same key replaced, is archived. The others are the active sessions of a new
+`sessions.json`. Message ids of the last
 `dedupWindowHours` are written to the idempotency index, so an adapter that retries a message
 after the restore gets its first answer back instead of a second copy.
 
@@ -18,7 +21,7 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +55,7 @@ class Rebuilt:
     started: int
     last: int
     closed: dict[str, Any] | None  # the closing entry's data, if it ends with one
+    state: dict[str, Any] | None = None  # its state record: archived, and how
 
     @property
     def header(self) -> dict[str, Any] | None:
@@ -134,7 +138,8 @@ def rebuild(root: Path, session_id: str, cwd: str) -> Rebuilt | None:
     if isinstance(last, dict) and last.get("customType") == CLOSED:
         data = last.get("data")
         closed = data if isinstance(data, dict) else {}
-    return Rebuilt(agent_id, session_id, key, lines, objs, min(times), max(times), closed)
+    state = mirror_files.read_state(root, session_id)
+    return Rebuilt(agent_id, session_id, key, lines, objs, min(times), max(times), closed, state)
 
 
 def write_new(path: Path, lines: list[bytes]) -> None:
@@ -187,6 +192,19 @@ def registry_entry(s: Rebuilt, path: Path) -> dict[str, Any]:
     return entry
 
 
+def active_sessions(sessions: list[Rebuilt]) -> set[int]:
+    """Which sessions (by `id()`) come back active: per key, the newest one that the mirror
+    neither records as archived nor ends with a closing entry; the others are archived."""
+    active: dict[tuple[str, str], Rebuilt] = {}
+    for s in sessions:
+        if s.closed is None and s.state is None and s.session_key:
+            k = (s.agent_id, s.session_key)
+            cur = active.get(k)
+            if cur is None or (s.started, s.last) > (cur.started, cur.last):
+                active[k] = s
+    return {id(s) for s in active.values()}
+
+
 def restore(
     root: Path,
     state_dir: Path,
@@ -216,15 +234,7 @@ def restore(
             if s is not None:
                 sessions.append(s)
         progress(n, 2 * len(sids))
-    # The newest unclosed session of a key is its active one; the others are archived.
-    active: dict[tuple[str, str], Rebuilt] = {}
-    for s in sessions:
-        if s.closed is None and s.session_key:
-            k = (s.agent_id, s.session_key)
-            cur = active.get(k)
-            if cur is None or (s.started, s.last) > (cur.started, cur.last):
-                active[k] = s
-    chosen = {id(s) for s in active.values()}
+    chosen = active_sessions(sessions)
     report = RestoreReport()
     registries: dict[str, dict[str, Any]] = {}
     records: dict[str, list[ArchiveRecord]] = {}
@@ -275,6 +285,20 @@ def restore(
 
 def _index_record(s: Rebuilt, path: Path) -> ArchiveRecord:
     stats = archive.transcript_stats(path)
+    if s.state is not None:
+        # The index line as it was (the file's own figures are taken from the file).
+        recorded = ArchiveRecord.from_json({**s.state, "sessionId": s.session_id})
+        if recorded is not None:
+            return replace(
+                recorded,
+                agentId=s.agent_id,
+                startedAt=stats.started_at,
+                endedAt=stats.ended_at,
+                messages=stats.messages,
+                bytes=stats.bytes,
+                sha256=stats.sha256,
+                file=path.name,
+            )
     closed = s.closed
     header = s.header or {}
     pred = header.get("predecessor")

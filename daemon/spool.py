@@ -51,7 +51,7 @@ from daemon.errors import (
 )
 from daemon.failpoints import failpoint
 from daemon.pipeline import Pipeline
-from daemon.store.fsutil import FILE_MODE, ensure_dir, fsync_dir, write_all
+from daemon.store.fsutil import FILE_MODE, atomic_write, ensure_dir, fsync_dir, write_all
 
 log = structlog.get_logger("daemon.spool")
 
@@ -227,10 +227,15 @@ def settle(root: Path, items: list[Item]) -> None:
     """Move finished files out of cur/, each with its companion file written first.
 
     The companion is synced before the move, so a file in done/ or rejected/ always has one; a
-    crash before the move leaves the file in cur/, to be ingested again (as a duplicate).
+    crash before the move leaves the file in cur/, to be ingested again (as a duplicate). The
+    companions of a chunk are written (and their folder synced) before its files move, so a
+    crash between the two leaves companions without their file: when that file is settled again
+    it takes the name its companion holds (`settle_name`), so no `name.1` is made and the
+    companion keeps the first answer.
     """
     cur = root / "cur"
     moves: list[tuple[Item, Path]] = []
+    taken: set[str] = set()
     for item in items:
         if item.result is not None:
             folder, suffix, payload = root / "done", ".result.json", item.result
@@ -238,15 +243,21 @@ def settle(root: Path, items: list[Item]) -> None:
             folder, suffix, payload = root / "rejected", ".error.json", item.error
         else:
             continue
-        final = free_name(folder, item.name, suffix)
-        write_new_file(folder / f"{final}{suffix}", orjson.dumps(payload) + b"\n")
+        final, companion = settle_name(folder, item.name, suffix, taken)
+        data = orjson.dumps(payload) + b"\n"
+        if companion == "missing":
+            write_new_file(folder / f"{final}{suffix}", data)
+        elif companion == "torn":
+            atomic_write(folder / f"{final}{suffix}", data)
         item.final = final
+        taken.add(str(folder / final))
         moves.append((item, folder))
     if not moves:
         return
     folders = {folder for _, folder in moves}
     for folder in folders:
         fsync_dir(folder)
+    failpoint("spool.after_results")
     for item, folder in moves:
         assert item.final is not None
         os.rename(cur / item.name, folder / item.final)
@@ -254,6 +265,36 @@ def settle(root: Path, items: list[Item]) -> None:
     for folder in folders:
         fsync_dir(folder)
     fsync_dir(cur)
+
+
+def settle_name(folder: Path, name: str, suffix: str, taken: set[str]) -> tuple[str, str]:
+    """The name a settled file takes in `folder` (`name`, else `name.1`, `name.2`, ...), and
+    its companion's state there: "missing", "complete" (kept: it holds the first answer) or
+    "torn" (to be replaced).
+
+    A companion without its file is the trace of a settle that a crash interrupted between
+    writing companions and moving files: the same file, claimed again, takes that name. A torn
+    one (a power cut before it was synced) is our own file describing a file never moved.
+    `taken` holds the names this settle already gave, whose companions are new."""
+    candidate, n = name, 0
+    while True:
+        path = folder / candidate
+        if str(path) not in taken and not path.exists():
+            companion = folder / f"{candidate}{suffix}"
+            try:
+                data = companion.read_bytes()
+            except FileNotFoundError:
+                return candidate, "missing"
+            except OSError:
+                data = None  # unreadable (not a file?): leave it, take another name
+            if data is not None:
+                try:
+                    orjson.loads(data)
+                except orjson.JSONDecodeError:
+                    return candidate, "torn"
+                return candidate, "complete"
+        n += 1
+        candidate = f"{name}.{n}"
 
 
 # ---------------------------------------------------------------------------------------------

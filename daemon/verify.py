@@ -3,7 +3,9 @@
 Per session, every line of its transcripts (active, archived, compressed) is compared with the
 mirror's records by identity (the entry id; a hash of the line for the header and for lines
 without one): entries missing from the mirror, extra entries only the mirror has, entries the
-mirror holds twice, and entries whose content differs. Only reads; safe while a daemon runs
+mirror holds twice, and entries whose content differs. Then each session's state: one archived
+in the state folder must be recorded archived in the mirror, with the same reason and lineage
+(what a restore gives back), and an active one must not. Only reads; safe while a daemon runs
 (a session still being mirrored is looked at again for a few seconds before it counts).
 """
 
@@ -143,10 +145,11 @@ class VerifyReport:
     entries: int = 0
     excluded: int = 0
     diffs: list[SessionDiff] = field(default_factory=list)
+    states: list[str] = field(default_factory=list)  # sessions whose state the mirror misstates
 
     @property
     def ok(self) -> bool:
-        return not self.diffs
+        return not (self.diffs or self.states)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -155,12 +158,15 @@ class VerifyReport:
             "entries": self.entries,
             "excluded": self.excluded,
             "differences": [d.to_json() for d in self.diffs],
+            "states": self.states,
         }
 
     def render(self) -> str:
-        lines = [d.render() for d in self.diffs]
+        lines = [d.render() for d in self.diffs] + self.states
         verdict = (
-            "mirror and transcripts agree" if self.ok else f"{len(self.diffs)} session(s) differ"
+            "mirror and transcripts agree"
+            if self.ok
+            else f"{len(self.diffs)} session(s) differ, {len(self.states)} state(s) differ"
         )
         lines.append(
             f"verified {self.sessions} session(s), {self.entries} entries"
@@ -248,7 +254,60 @@ def verify(
         if not d.ok:
             report.diffs.append(d)
         progress(n, len(sids))
+    report.states = state_diffs(state_dir, root, keys, excluded)
+    tries = LAG_RETRIES if daemon_running else 0
+    while report.states and tries:
+        time.sleep(LAG_PAUSE)
+        tries -= 1
+        report.states = state_diffs(state_dir, root, keys, excluded)
     return report
+
+
+def state_diffs(
+    state_dir: Path, root: Path, keys: dict[str, str], excluded: Callable[[str | None], bool]
+) -> list[str]:
+    """Sessions whose state a restore from the mirror would get wrong, one line each."""
+    archived: dict[str, archive.ArchiveRecord] = {}
+    active: set[str] = set()
+    agents = state_dir / "agents"
+    for agent in sorted(os.scandir(agents), key=lambda e: e.name) if agents.is_dir() else []:
+        folder = Path(agent.path) / "sessions"
+        for found in archive.read_index(folder):
+            archived[found.sessionId] = found
+        try:
+            doc = orjson.loads((folder / SESSIONS_JSON).read_bytes())
+        except (OSError, orjson.JSONDecodeError):
+            continue
+        for entry in doc.values() if isinstance(doc, dict) else []:
+            if isinstance(entry, dict) and isinstance(entry.get("sessionId"), str):
+                active.add(entry["sessionId"])
+    out = []
+    for sid in mirror_files.mirrored_sessions(root):
+        if excluded(keys.get(sid)):
+            continue
+        state = mirror_files.read_state(root, sid)
+        rec = archived.get(sid)
+        if rec is not None and sid not in active:
+            if state is None:
+                last = mirror_files.last_record(root, sid)
+                if last is None or not mirror_files.is_closing(last):
+                    out.append(
+                        f"{sid}: archived ({rec.reason}) in the state folder, but the mirror "
+                        "does not record it (a restore would make it active)"
+                    )
+                continue
+            said = (state.get("reason"), state.get("predecessor"), state.get("successor"))
+            if said != (rec.reason, rec.predecessor, rec.successor):
+                out.append(
+                    f"{sid}: archived as (reason, predecessor, successor) "
+                    f"{(rec.reason, rec.predecessor, rec.successor)}, the mirror says {said}"
+                )
+        elif sid in active and state is not None:
+            out.append(
+                f"{sid}: active in the state folder, but the mirror records it archived "
+                f"({state.get('reason')})"
+            )
+    return out
 
 
 def _first_line(path: Path) -> bytes | None:

@@ -214,6 +214,10 @@ def transcripts(folder: Path) -> dict[str, Path]:
 def check_raw(image: Image, disk: SimDisk) -> None:
     """Before start-up: replaced files are one whole version, transcripts in one place."""
     for rel, versions in disk.versions.items():
+        if "/sessions/" in rel and rel.endswith(".jsonl") and not rel.endswith("index.jsonl"):
+            # A new transcript is named by a rename once its first lines are in, then appended
+            # to: it is no replaced file; start-up checks it (check_started).
+            continue
         p = image.folder / rel
         if p.exists():
             data = p.read_bytes()

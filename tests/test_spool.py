@@ -238,3 +238,51 @@ def test_a_storage_error_leaves_the_file_in_cur_until_a_retry_succeeds(tmp_path:
     anyio.run(main)
     assert files(root / "cur") == [] and files(root / "new") == []
     assert pipeline.calls >= 3
+
+
+def _spool_with(tmp_path: Path, names: list[str]) -> Path:
+    from daemon.spool import make_dirs
+
+    root = tmp_path / "spool"
+    make_dirs(root)
+    for name in names:
+        (root / "cur" / name).write_bytes(orjson.dumps(ingest_params("1", name)))
+    return root
+
+
+def test_a_settle_cut_between_results_and_moves_reuses_the_results(tmp_path: Path) -> None:
+    from daemon.spool import Item, settle
+
+    # What a crash after `spool.after_results` leaves: both results written, no file moved.
+    root = _spool_with(tmp_path, ["a", "b"])
+    first = {"sessionId": "s", "entryId": "e1", "duplicate": False}
+    (root / "done" / "a.result.json").write_bytes(orjson.dumps(first) + b"\n")
+    (root / "done" / "b.result.json").write_bytes(b'{"sessionId": "s", "ent')  # torn
+    again = {"sessionId": "s", "entryId": "e1", "duplicate": True}
+    settle(root, [Item("a", result=again), Item("b", result=again)])
+    assert files(root / "done") == ["a", "a.result.json", "b", "b.result.json"]
+    assert files(root / "cur") == []
+    # The first answer is kept; the torn one is replaced by the new answer.
+    assert orjson.loads((root / "done" / "a.result.json").read_bytes()) == first
+    assert orjson.loads((root / "done" / "b.result.json").read_bytes()) == again
+
+
+def test_names_given_in_one_settle_are_not_reused_within_it(tmp_path: Path) -> None:
+    from daemon.spool import Item, settle
+
+    # `x` is already settled; this chunk holds another `x` (claimed as `x.1`, since cur/
+    # also held one) and a file that was named `x.1` by its adapter.
+    root = _spool_with(tmp_path, ["x", "x.1"])
+    (root / "done" / "x").write_bytes(b"{}")
+    (root / "done" / "x.result.json").write_bytes(b"{}\n")
+    settle(root, [Item("x", result={"n": 1}), Item("x.1", result={"n": 2})])
+    assert files(root / "done") == [
+        "x",
+        "x.1",
+        "x.1.1",
+        "x.1.1.result.json",
+        "x.1.result.json",
+        "x.result.json",
+    ]
+    assert orjson.loads((root / "done" / "x.1.result.json").read_bytes()) == {"n": 1}
+    assert orjson.loads((root / "done" / "x.1.1.result.json").read_bytes()) == {"n": 2}

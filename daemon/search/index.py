@@ -209,6 +209,7 @@ class _Pass:
 def connect(path: Path, *, bulk: bool = False) -> sqlite3.Connection:
     """A connection in autocommit mode (transactions are explicit). WAL lets searches read
     while a pass writes; synchronous=NORMAL because the index can always be rebuilt."""
+    private(path)
     conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
     conn.execute("PRAGMA page_size=8192")  # a new file only; FTS5 segments fill them well
     if bulk:
@@ -220,6 +221,22 @@ def connect(path: Path, *, bulk: bool = False) -> sqlite3.Connection:
     conn.execute("PRAGMA cache_size=-65536")
     conn.execute("PRAGMA temp_store=MEMORY")
     return conn
+
+
+def private(path: Path) -> None:
+    """Make the database file 0600 before SQLite opens it (creating it empty if need be).
+
+    SQLite gives the `-wal` and `-shm` files it creates the database file's mode; a file it
+    created itself would be 0644 under the usual umask, and so its WAL, which holds what the
+    transcripts say. Side files an older version left open are tightened too."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        os.fchmod(fd, 0o600)
+    finally:
+        os.close(fd)
+    for suffix in ("-wal", "-shm"):
+        with contextlib.suppress(FileNotFoundError):
+            os.chmod(f"{path}{suffix}", 0o600)
 
 
 def check_fts5() -> None:

@@ -3,6 +3,7 @@
     <backup>/sessiond-backup.json                  marker: this folder is a sessiond backup
     <backup>/<sessionId>/history.jsonl             the mirror of one session, append-only, 0600
     <backup>/archive/<sessionId>/history*.jsonl.gz  mirrors compressed by the retention sweep
+    <backup>/<sessionId>/state.json                the session's state when it is archived
 
 A record is `{role, content, timestamp, metadata}`; `metadata` holds agentId, sessionKey,
 sessionId, entryId and channel, and `entry`: the rest of the transcript line, so the line can be
@@ -35,6 +36,7 @@ from daemon.store.fsutil import FILE_MODE, atomic_write, ensure_dir, fsync_dir, 
 log = structlog.get_logger("daemon.backup")
 
 HISTORY = "history.jsonl"
+STATE = "state.json"
 ARCHIVE = "archive"
 FORMAT_VERSION = 1
 MAX_JOBS_PER_ROUND = 256  # catching up thousands of sessions must not starve new batches
@@ -238,6 +240,48 @@ def last_record(root: Path, session_id: str) -> dict[str, Any] | None:
             for rec in _parse_lines(line):
                 return rec
     return None
+
+
+# ---------------------------------------------------------------------------------------------
+# Session state records
+
+
+def state_path(root: Path, session_id: str) -> Path:
+    return root / session_id / STATE
+
+
+def state_record(archived: dict[str, Any]) -> dict[str, Any]:
+    """The state record of an archived session: its archive index line (reason, times,
+    predecessor and successor), marked `"state": "archived"`. A session without one is active,
+    unless its mirror ends with its closing entry (mirrors from before state records)."""
+    return {"state": "archived", **archived}
+
+
+def read_state(root: Path, session_id: str) -> dict[str, Any] | None:
+    """A session's state record, or None (none written, or unreadable: treated as none)."""
+    try:
+        data = state_path(root, session_id).read_bytes()
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    obj = transcript.json_object(data.strip())
+    return obj if obj is not None and obj.get("state") == "archived" else None
+
+
+def write_states(root: Path, records: dict[str, dict[str, Any]]) -> int:
+    """Write the state records (session id -> record) that differ from what is there; each
+    replaces the old one atomically (synced, then renamed). Returns how many were written.
+    Raises OSError (a record not written is written again at the next start-up)."""
+    written = 0
+    for sid, rec in records.items():
+        if not valid_session_id(sid) or read_state(root, sid) == rec:
+            continue
+        folder = root / sid
+        if not folder.is_dir():
+            folder.mkdir(mode=0o700, exist_ok=True)
+            fsync_dir(root)
+        atomic_write(state_path(root, sid), orjson.dumps(rec) + b"\n")
+        written += 1
+    return written
 
 
 def ensure_root(root: Path) -> None:

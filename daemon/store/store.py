@@ -115,6 +115,9 @@ class Store:
         self.journal = Journal(state_dir / "journal")
         self.dedup = DedupIndex(state_dir / "dedup", dedup_max, dedup_window_ms)
         self.open_fds: OrderedDict[str, SessionState] = OrderedDict()  # LRU of open transcripts
+        # New transcripts of the batch being written, under a temporary name until its lines
+        # are in (`_fd`): session id -> (temporary path, path).
+        self._unnamed: dict[str, tuple[Path, Path]] = {}
         self.written_since_switch: set[str] = set()  # rel paths to fsync at the next checkpoint
         self.new_dirs: set[str] = set()
         self.broken: str | None = None  # set when a sync failed: no more writes
@@ -654,6 +657,9 @@ class Store:
                 fd = self._fd(st)
                 written.append((fd, before))
                 write_all(fd, b"\n".join(lines) + b"\n")
+            for sid, (tmp, path) in list(self._unnamed.items()):
+                fileio.rename(tmp, path)
+                del self._unnamed[sid]
         except OSError as e:
             self._take_back(written, journal_size, e)
             raise
@@ -673,6 +679,9 @@ class Store:
                 fileio.fdatasync(fd)
             self.journal.truncate_to(journal_size)
             self.journal.sync()
+            for tmp, _path in self._unnamed.values():
+                fileio.unlink(tmp)  # ours, and empty: its session is forgotten (`fail`)
+            self._unnamed.clear()
         except OSError as undo:
             self.broken = (
                 f"transcript write failed: {e.strerror or e}, and taking the batch back failed: "
@@ -691,8 +700,15 @@ class Store:
             self.open_fds.move_to_end(st.session_id)
             return st.fd
         path = self.state_dir / st.rel_path
-        flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC
-        st.fd = fileio.open(path, flags, FILE_MODE)
+        flags = os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC
+        try:
+            st.fd = fileio.open(path, flags, FILE_MODE)
+        except FileNotFoundError:
+            # A new transcript is named once its first lines are in it (write_batch): a first
+            # write that fails must not leave an empty transcript, which has no header.
+            tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+            st.fd = fileio.open(tmp, flags | os.O_CREAT | os.O_TRUNC, FILE_MODE)
+            self._unnamed[st.session_id] = (tmp, path)
         self.open_fds[st.session_id] = st
         while len(self.open_fds) > MAX_OPEN_TRANSCRIPTS:
             _sid, old = self.open_fds.popitem(last=False)

@@ -64,6 +64,7 @@ ON_HIT = {
     "registry.renamed": 2,
     "registry.folder_synced": 2,
     "spool.after_claim": 3,
+    "spool.after_results": 2,
     "spool.after_move": 3,
 }
 
