@@ -601,7 +601,7 @@ def cmd_search(args: argparse.Namespace) -> int:
         _print_json(res)
         return EXIT_OK
     for h in res["hits"]:
-        when = str(h.get("timestamp", ""))[:19].replace("T", " ")
+        when = cli_output.local_time(h.get("timestamp"))
         if h.get("source") == "memory":
             where = f"{h.get('agentId')} memory {h.get('file') or h.get('entryId')}"
         else:

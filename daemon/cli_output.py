@@ -47,6 +47,20 @@ def when(ms: Any, now_ms: float | None = None) -> str:
     return f"{local:%Y-%m-%d %H:%M:%S} ({ago((now - ms) / 1000)})"
 
 
+def local_time(iso: Any) -> str:
+    """An ISO-8601 time from a transcript (UTC, "2026-12-06T04:00:00.000Z") in the local zone,
+    to the second; the text itself when it is not one, "-" when missing."""
+    if not isinstance(iso, str) or not iso:
+        return NO_TIME
+    try:
+        t = datetime.fromisoformat(iso.replace("Z", "+00:00"))
+    except ValueError:
+        return iso[:19]
+    if t.tzinfo is None:  # a date-only or naive time: shown as written
+        return f"{t:%Y-%m-%d %H:%M:%S}"
+    return f"{t.astimezone():%Y-%m-%d %H:%M:%S}"
+
+
 def clock(ms: float | None = None) -> str:
     """The local time of day, for lines that arrive as they happen (`sessiond events`)."""
     t = time.time() if ms is None else ms / 1000
@@ -243,7 +257,7 @@ def print_entry(res: dict[str, Any]) -> None:
 
 def render_entry(e: dict[str, Any]) -> str:
     """`sessions history`: one transcript entry on one line."""
-    ts = str(e.get("timestamp", ""))[:19].replace("T", " ")
+    ts = local_time(e.get("timestamp"))
     msg = e.get("message")
     if isinstance(msg, dict):
         role = msg.get("role", "?")

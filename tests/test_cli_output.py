@@ -51,6 +51,13 @@ def test_times_are_shown_in_the_operators_zone(tz_new_york: None) -> None:
     assert cli_output.when(NOW - 180_000, now_ms=NOW) == "2026-12-05 22:57:00 (3 min ago)"
 
 
+def test_transcript_times_are_shown_in_the_operators_zone(tz_new_york: None) -> None:
+    assert cli_output.local_time("2026-12-06T04:00:00.123Z") == "2026-12-05 23:00:00"
+    assert cli_output.local_time("2026-12-06T04:00:00+01:00") == "2026-12-05 22:00:00"
+    assert cli_output.local_time("not a time") == "not a time"
+    assert cli_output.local_time(None) == "-"
+
+
 def test_a_missing_time_is_a_dash() -> None:
     assert cli_output.when(None) == "-"
     assert cli_output.when("soon") == "-"
