@@ -1,7 +1,11 @@
 """The `sessiond` command line.
 
-Commands that serve data talk to the running daemon through `daemon.client`; `run` starts the
-daemon; `config check` validates a config file. Exit codes: 0 success, 1 failure, 2 bad usage.
+Commands that serve data talk to the running daemon through `daemon.client` (a Unix socket or
+`tcp://HOST:PORT`, with a token from `--token-file` or `$SESSIOND_TOKEN`); `run` starts the
+daemon; `config check` validates a config file. The global flags (`--config`, `--state-dir`,
+`--socket`, `--token-file`, `--json`) may stand before or after the command. What is printed for
+people is made in `daemon.cli_output`; `--json` prints the daemon's answer as it came. Exit
+codes: 0 success, 1 failure, 2 bad usage.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from daemon import __version__, guard, maintenance
+from daemon import __version__, cli_events, cli_output, guard, maintenance
 from daemon.client import Client, ConnectError, RpcError
 from daemon.config import (
     Config,
@@ -24,7 +28,7 @@ from daemon.config import (
     resolve_socket_path,
     resolve_state_dir,
 )
-from daemon.errors import ConfigError, ListenFailed, StateLocked
+from daemon.errors import UNAUTHENTICATED, ConfigError, ListenFailed, StateLocked
 
 if TYPE_CHECKING:
     from daemon.backfill import Filled
@@ -36,16 +40,51 @@ class UsageError(Exception):
     """The command line is wrong in a way argparse cannot see (exit 2)."""
 
 
-def _common(p: argparse.ArgumentParser, *, json_flag: bool = False) -> None:
+def _global_flags(p: argparse.ArgumentParser, *, json_flag: bool, top: bool) -> None:
+    """The flags every command takes, before or after its name. On a command's own parser they
+    default to SUPPRESS, so that a value given before the command is not reset by it."""
+
+    def default(v: Any) -> Any:
+        return v if top else argparse.SUPPRESS
+
     p.add_argument(
-        "--config", metavar="PATH", help="config file (JSON5); default: see `run --help`"
+        "--config",
+        metavar="PATH",
+        default=default(None),
+        help="config file (JSON5); default: see `run --help`",
     )
-    p.add_argument("--state-dir", metavar="DIR", help="state folder (overrides daemon.stateDir)")
     p.add_argument(
-        "--socket", metavar="PATH", help="daemon socket (default <stateDir>/sessiond.sock)"
+        "--state-dir",
+        metavar="DIR",
+        default=default(None),
+        help="state folder (overrides daemon.stateDir)",
+    )
+    p.add_argument(
+        "--socket",
+        metavar="ADDRESS",
+        default=default(None),
+        help="the daemon's socket path, or tcp://HOST:PORT for a TCP listener (default "
+        "daemon.socket, else <stateDir>/sessiond.sock)",
+    )
+    p.add_argument(
+        "--token-file",
+        metavar="FILE",
+        default=default(None),
+        help="file holding the token to present to the daemon (auth.hello); default "
+        "$SESSIOND_TOKEN; needed on TCP and on listeners without a default role",
     )
     if json_flag:
-        p.add_argument("--json", action="store_true", help="print machine-readable JSON")
+        p.add_argument(
+            "--json",
+            action="store_true",
+            default=default(False),
+            help="print machine-readable JSON (the daemon's answer as it came)",
+        )
+
+
+def _common(p: argparse.ArgumentParser, *, json_flag: bool = False) -> None:
+    _global_flags(p, json_flag=json_flag, top=False)
+    p.set_defaults(json_ok=json_flag)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -55,6 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
         "OpenClaw's format, served over a Unix socket (JSON-RPC 2.0, one object per line).",
     )
     parser.add_argument("--version", action="version", version=f"sessiond {__version__}")
+    _global_flags(parser, json_flag=True, top=True)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     p = sub.add_parser(
@@ -150,12 +190,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("status", help="show the daemon's status")
     _common(p, json_flag=True)
 
+    cli_events.add_parser(sub, _common)
+
     p = sub.add_parser(
         "call",
         help="call any protocol method",
         description="Call a JSON-RPC method and print its result as JSON.",
     )
-    _common(p)
+    _common(p, json_flag=True)
     p.add_argument("method", help="e.g. sessions.list")
     p.add_argument("--params", default="{}", help="params as a JSON object")
 
@@ -198,6 +240,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        if args.json and not getattr(args, "json_ok", True):
+            raise UsageError(f"{args.command} has no --json output")
         return dispatch(args)
     except UsageError as e:
         print(f"sessiond: {e}", file=sys.stderr)
@@ -213,6 +257,10 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_FAIL
     except RpcError as e:
         print(f"sessiond: error {e.code}: {e.message}", file=sys.stderr)
+        if e.code == UNAUTHENTICATED:
+            print(
+                "sessiond: give a token with --token-file FILE or $SESSIOND_TOKEN", file=sys.stderr
+            )
         return EXIT_FAIL
     except KeyboardInterrupt:
         return EXIT_FAIL
@@ -228,16 +276,39 @@ def _config(args: argparse.Namespace) -> tuple[Config, Path | None]:
     return load_config(path), path
 
 
-def _socket(args: argparse.Namespace, cfg: Config) -> Path:
-    if getattr(args, "socket", None):
-        return Path(args.socket)
+def _address(args: argparse.Namespace) -> str | Path:
+    """Where the daemon listens: `--socket` as given (a `tcp://` address is not a path), else
+    the socket the config names. The config is read only when it is needed."""
+    if args.socket:
+        if args.socket.startswith("tcp://"):
+            return str(args.socket)
+        return Path(args.socket).expanduser()
+    cfg, _ = _config(args)
     return resolve_socket_path(cfg, resolve_state_dir(args.state_dir, cfg))
 
 
+def _token(args: argparse.Namespace) -> str | None:
+    """The token to present: the contents of `--token-file` (surrounding whitespace ignored),
+    else $SESSIOND_TOKEN, else none. Never printed, also not in errors."""
+    if args.token_file:
+        path = Path(args.token_file).expanduser()
+        try:
+            token = path.read_text().strip()
+        except (OSError, UnicodeDecodeError) as e:
+            why = e.strerror if isinstance(e, OSError) and e.strerror else "not readable as text"
+            raise UsageError(f"--token-file {path}: {why}") from None
+        if not token:
+            raise UsageError(f"--token-file {path}: the file is empty")
+        return token
+    return os.environ.get("SESSIOND_TOKEN") or None
+
+
+def _connect(args: argparse.Namespace) -> Client:
+    return Client(_address(args), token=_token(args))
+
+
 def _call(args: argparse.Namespace, method: str, params: dict[str, Any]) -> Any:
-    cfg, _ = _config(args)
-    # $SESSIOND_TOKEN: for sockets and TCP listeners that need a token (auth.hello).
-    with Client(_socket(args, cfg), token=os.environ.get("SESSIOND_TOKEN") or None) as c:
+    with _connect(args) as c:
         return c.call(method, params)
 
 
@@ -286,9 +357,10 @@ def dispatch(args: argparse.Namespace) -> int:
         if args.json:
             _print_json(st)
         else:
-            for k, v in st.items():
-                print(f"{k:18} {v}")
+            print("\n".join(cli_output.status_lines(st)))
         return EXIT_OK
+    if cmd == "events":
+        return cli_events.follow(args, lambda: _connect(args))
     if cmd == "call":
         try:
             params = orjson.loads(args.params)
@@ -316,6 +388,10 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     from daemon import app, logs
 
+    if args.socket and args.socket.startswith("tcp://"):
+        raise UsageError("run --socket takes a path; TCP listeners are daemon.listeners")
+    if args.token_file:
+        raise UsageError("--token-file is for commands that talk to a running daemon")
     cfg, path = _config(args)
     logs.configure(args.log_level or cfg.daemon.logLevel, args.log_format or cfg.daemon.logFormat)
     state_dir = resolve_state_dir(args.state_dir, cfg)
@@ -367,6 +443,11 @@ def cmd_send(args: argparse.Namespace) -> int:
         dup = " (duplicate)" if res.get("duplicate") else ""
         new = " (new session)" if res.get("created") else ""
         print(f"stored {res['entryId']} in {res['sessionKey']} [{res['sessionId']}]{new}{dup}")
+        command = res.get("command")
+        if isinstance(command, dict) and command.get("reply"):
+            # What the chat command answers the sender (/status, /reset, ...).
+            print(f"/{command.get('name')}:")
+            print(command["reply"])
     return EXIT_OK
 
 
@@ -389,9 +470,10 @@ def cmd_sessions(args: argparse.Namespace) -> int:
         res = _call(args, "sessions.list", params)
         if args.json:
             _print_json(res)
+        elif res["sessions"]:
+            cli_output.print_table(cli_output.sessions_table(res["sessions"]))
         else:
-            for s in res["sessions"]:
-                print(f"{_when(s.get('updatedAt'))}  {s['sessionId']}  {s['sessionKey']}")
+            print("no sessions", file=sys.stderr)
         return EXIT_OK
     if sc == "archived":
         params = {"limit": args.limit}
@@ -405,16 +487,14 @@ def cmd_sessions(args: argparse.Namespace) -> int:
         res = _call(args, "sessions.archived", params)
         if args.json:
             _print_json(res)
+        elif res["sessions"]:
+            cli_output.print_table(cli_output.archived_table(res["sessions"]))
         else:
-            for a in res["sessions"]:
-                print(
-                    f"{_when(a.get('archivedAt'))}  {a['sessionId']}  {a.get('reason', '?'):8} "
-                    f"{a.get('messages', '?'):>5} msgs  {a.get('sessionKey') or '?'}"
-                )
+            print("no archived sessions", file=sys.stderr)
         return EXIT_OK
     if sc == "show":
         res = _call(args, "sessions.get", _ref(args))
-        _print_json(res) if args.json else _print_entry(res)
+        _print_json(res) if args.json else cli_output.print_entry(res)
         return EXIT_OK
     params = _ref(args)
     params["limit"] = args.limit
@@ -430,53 +510,10 @@ def cmd_sessions(args: argparse.Namespace) -> int:
         return EXIT_OK
     print(f"# {res['sessionKey']} [{res['sessionId']}], newest first")
     for e in res["entries"]:
-        print(_render_entry(e))
+        print(cli_output.render_entry(e))
     if res.get("before") is not None:
         print(f"# older entries: --before {res['before']}")
     return EXIT_OK
-
-
-def _when(ms: Any) -> str:
-    from datetime import UTC, datetime
-
-    if not isinstance(ms, int):
-        return "-" * 19
-    return datetime.fromtimestamp(ms / 1000, tz=UTC).strftime("%Y-%m-%d %H:%M:%S")
-
-
-def _print_entry(res: dict[str, Any]) -> None:
-    for k in ("sessionKey", "agentId", "sessionId", "chatType", "channel", "lastChannel"):
-        if k in res:
-            print(f"{k:18} {res[k]}")
-    for k in ("sessionStartedAt", "updatedAt", "lastInteractionAt"):
-        if k in res:
-            print(f"{k:18} {_when(res[k])} UTC")
-    for k in ("totalTokens", "compactionCount", "sessionFile"):
-        if k in res:
-            print(f"{k:18} {res[k]}")
-
-
-def _render_entry(e: dict[str, Any]) -> str:
-    ts = str(e.get("timestamp", ""))[:19].replace("T", " ")
-    msg = e.get("message")
-    if isinstance(msg, dict):
-        role = msg.get("role", "?")
-        content = msg.get("content")
-        if isinstance(content, str):
-            text = content
-        elif isinstance(content, list):
-            parts = []
-            for b in content:
-                if isinstance(b, dict):
-                    if b.get("type") == "text":
-                        parts.append(str(b.get("text", "")))
-                    else:
-                        parts.append(f"[{b.get('type')}]")
-            text = " ".join(parts)
-        else:
-            text = ""
-        return f"{ts}  {role:10} {text}"
-    return f"{ts}  [{e.get('type')}]"
 
 
 def cmd_config_check(args: argparse.Namespace) -> int:
@@ -592,7 +629,7 @@ def cmd_search(args: argparse.Namespace) -> int:
         _print_json(res)
         return EXIT_OK
     for h in res["hits"]:
-        when = str(h.get("timestamp", ""))[:19].replace("T", " ")
+        when = cli_output.local_time(h.get("timestamp"))
         if h.get("source") == "memory":
             where = f"{h.get('agentId')} memory {h.get('file') or h.get('entryId')}"
         else:

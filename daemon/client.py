@@ -5,15 +5,18 @@
         ack = c.call("message.ingest", {"channel": "telegram", "chatType": "direct",
                                         "peer": "123", "messageId": "m1", "text": "hi"})
 
-`call` returns the result or raises `RpcError` with the JSON-RPC code. The answer to
+`call` returns the result or raises `RpcError` with the JSON-RPC code. After `events.subscribe`,
+`notifications()` yields the daemon's event notifications as they arrive. The answer to
 `message.ingest` means the message is durably stored; on `RpcError` 1004 nothing was stored and
 the adapter should retry with the same messageId (a retry is recognised as a duplicate).
 """
 
 from __future__ import annotations
 
+import collections
 import itertools
 import socket
+from collections.abc import Iterator
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -74,6 +77,8 @@ class Client:
             raise ConnectError(f"cannot connect to sessiond at {self.path}: {e.strerror}") from None
         self._ids = itertools.count(1)
         self._buf = b""
+        # Notifications that arrived while `call` waited for its answer, oldest first.
+        self._notes: collections.deque[dict[str, Any]] = collections.deque()
         if token is not None:
             complete = False
             try:
@@ -100,12 +105,28 @@ class Client:
         self.sock.sendall(orjson.dumps(req) + b"\n")
         while True:
             msg = self._read_message()
+            if "method" in msg:  # a notification (events.subscribe), not our answer
+                self._notes.append(msg)
+                continue
+            # id null: the daemon could not read the request at all (JSON-RPC -32700).
             if msg.get("id") == rid or msg.get("id") is None:
                 break
         if "error" in msg:
             err = msg["error"]
             raise RpcError(int(err.get("code", 0)), str(err.get("message", "")), err.get("data"))
         return msg.get("result")
+
+    def notifications(self, timeout: float | None = None) -> Iterator[dict[str, Any]]:
+        """Yield notifications ({"method", "params"}) as they arrive, waiting up to `timeout`
+        seconds for each (None: for ever). Ends with ConnectError when the daemon closes the
+        connection, TimeoutError when nothing arrives in time."""
+        self.sock.settimeout(timeout)
+        while True:
+            while self._notes:
+                yield self._notes.popleft()
+            msg = self._read_message()
+            if "method" in msg:
+                yield msg
 
     def _read_message(self) -> dict[str, Any]:
         while b"\n" not in self._buf:

@@ -5,7 +5,7 @@ pass, stopping it.
 (so the tests' delete guard and failpoints reach it too) and always stops and reaps it when the
 block ends, also when the block is cancelled: the worker is asked to stop (a pass in progress
 commits first) and is killed if it has not exited within STOP_SECONDS. The worker's stdin and
-stdout are the pipe (one JSON object per line); it logs to a copy of the daemon's stdout in the
+stdout are the pipe (one JSON object per line); it logs to a copy of the daemon's log stream in the
 daemon's format, and its stderr is the daemon's.
 """
 
@@ -176,7 +176,7 @@ async def spawn(state_dir: Path, nice: int) -> AsyncIterator[IndexWorker]:
     """Start a worker on `state_dir` (running `nice` below the daemon's priority); stop and reap
     it when the block ends, however it ends. OSError when it cannot be started."""
     level, fmt = logs.settings()
-    log_fd = _copy_of_stdout()
+    log_fd = _copy_of_log_fd()
     argv = [sys.executable, "-m", MODULE, "--state-dir", str(state_dir), "--nice", str(nice)]
     argv += ["--log-level", level, "--log-format", fmt]
     if log_fd is not None:
@@ -201,11 +201,12 @@ async def spawn(state_dir: Path, nice: int) -> AsyncIterator[IndexWorker]:
         await worker.stop()
 
 
-def _copy_of_stdout() -> int | None:
-    """A copy of fd 1 (where the daemon logs) for the worker to log to; None when there is
-    none (the worker then logs to its stderr)."""
+def _copy_of_log_fd() -> int | None:
+    """A copy of the fd the daemon logs to (stdout, or stderr when that is the journal) for the
+    worker to log to; None when there is none (the worker then logs to its stderr)."""
+    fd = logs.output_fd()
     try:
-        return os.dup(1)
+        return os.dup(1 if fd is None else fd)
     except OSError:
         return None
 
