@@ -17,7 +17,6 @@ HEAD, a bounded request head read under a timeout, served by a task in the daemo
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -61,7 +60,7 @@ INDEX_STATES = ("opening", "ok", "restarting", "unavailable", "disabled")
 
 def _error_names() -> dict[int, str]:
     """JSON-RPC error code -> a stable label (`storage_unavailable`, ...) from daemon/errors.py."""
-    names: dict[int, str] = {}
+    names: dict[int, str] = {errors.INTERNAL_ERROR: "internal_error"}
     classes: list[type[errors.RequestError]] = [errors.RequestError]
     classes += errors.RequestError.__subclasses__()
     for cls in classes:
@@ -383,14 +382,7 @@ class MetricsListener:
             await stream.send(encode(BAD_REQUEST, False))
             return
         method, target = parsed
-        t0 = time.monotonic()
         resp = route(method, target, self.registry, self.health())
-        log.debug(
-            "metrics.served",
-            path=target,
-            status=resp.status,
-            seconds=round(time.monotonic() - t0, 4),
-        )
         await stream.send(encode(resp, method == "HEAD"))
 
 
