@@ -98,11 +98,10 @@ class Connection:
             done = True
             if isinstance(outcome, RequestError):
                 self.server.pipeline.counters.rejected_with(outcome.code)
-            if not notification and not self.closed:
-                if isinstance(outcome, RequestError):
+                if not notification and not self.closed:
                     self.deliver(encode_error(rid, outcome))
-                else:
-                    self.deliver(encode_result(rid, outcome))
+            elif not notification and not self.closed:
+                self.deliver(encode_result(rid, outcome))
             left = self.pending = self.pending - 1
             if left == MAX_PENDING - 1:
                 self.room.set()
