@@ -374,8 +374,11 @@ def execute(
         attempt(out, partial(compress_backup, backup_root, b), b.bytes, b.session_id)
         done += 1
         progress(done, total)
-    for folder in emptied_mirror_folders(backup_root):
-        remove_emptied_folder(folder)
+    try:
+        for folder in emptied_mirror_folders(backup_root):
+            remove_emptied_folder(folder)
+    except OSError as e:
+        out.failed.append(f"empty mirror folders: {e.strerror or e}")
     return out
 
 
