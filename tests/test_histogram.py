@@ -18,14 +18,6 @@ def test_a_value_on_a_bound_counts_in_that_bound_s_bucket() -> None:
     assert h.total == pytest.approx(8.0)
 
 
-def test_observe_many_is_n_observations() -> None:
-    a, b = Histogram((1.0, 2.0)), Histogram((1.0, 2.0))
-    a.observe_many(1.5, 4)
-    for _ in range(4):
-        b.observe(1.5)
-    assert a.cumulative() == b.cumulative() and a.total == b.total
-
-
 @pytest.mark.parametrize("bounds", [(), (1.0, 1.0), (2.0, 1.0)])
 def test_bounds_must_increase(bounds: tuple[float, ...]) -> None:
     with pytest.raises(ValueError, match="strictly increasing"):

@@ -56,11 +56,6 @@ class Histogram:
         self.counts[bisect_left(self.bounds, value)] += 1
         self.total += value
 
-    def observe_many(self, value: float, n: int) -> None:
-        """`n` observations of the same value (the messages of one batch share their ack)."""
-        self.counts[bisect_left(self.bounds, value)] += n
-        self.total += value * n
-
     @property
     def count(self) -> int:
         return sum(self.counts)
