@@ -194,6 +194,7 @@ class Api:
             "appended": c.appended,
             "duplicates": c.duplicates,
             "resets": c.resets,
+            "resetsByReason": dict(sorted(c.resets_by_reason.items())),
             "rejected": c.rejected,
             "batches": c.batches,
             "checkpoints": c.checkpoints,

@@ -27,6 +27,7 @@ from daemon.backup import Mirror
 from daemon.compaction import Compactor
 from daemon.config import Config, resolve_socket_path
 from daemon.lock import StateLock
+from daemon.metrics import metrics_listener
 from daemon.pipeline import Pipeline
 from daemon.reload import Reloader
 from daemon.retention import Retention
@@ -154,7 +155,8 @@ async def run(opts: RunOptions) -> int:
         reloader.subscribe(pipeline.set_config)
         reloader.prepare(server.auth.prepare)
         reloader.subscribe(live_settings(cfg, server, store, spool, state_dir))
-        services = anyio.CancelScope()  # the watchdog ping and the config watch
+        services = anyio.CancelScope()  # the watchdog ping, the config watch, /metrics
+        metrics = metrics_listener(cfg.daemon.metrics, pipeline, api, server, mirror, search)
 
         async def run_services(
             *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED
@@ -164,9 +166,13 @@ async def run(opts: RunOptions) -> int:
                     stg.start_soon(notifier.watchdog)
                     await stg.start(storage.run)
                     await stg.start(reloader.watch)
+                    if metrics is not None:
+                        await stg.start(metrics.serve)
                     task_status.started()
 
         server.listeners = await bind_listeners(listeners_of(cfg))  # ListenFailed: exit 1
+        if metrics is not None:
+            await metrics.bind()  # ListenFailed: exit 1
         stop_signals = (signal.SIGTERM, signal.SIGINT)
         async with anyio.create_task_group() as tg:
             # Caught from before the socket exists: a stop the moment it accepts is a clean one.

@@ -98,6 +98,7 @@ class MirrorCounters:
     records: int = 0
     failures: int = 0
     last_sync_ms: int = 0
+    worker_deaths: int = 0  # each one means a new worker process for the next round
 
 
 # ---------------------------------------------------------------------------------------------
@@ -380,6 +381,7 @@ class Mirror:
         except anyio.BrokenWorkerProcess as e:
             # The worker died mid-round (killed): as for a failed write, the sessions are
             # located again; the next round starts a new worker.
+            self.counters.worker_deaths += 1
             self._round_failed(jobs, OSError(errno.EIO, f"the mirror's worker process died: {e}"))
             return False
         except OSError as e:

@@ -193,6 +193,14 @@ class DaemonConfig(_Model):
     listeners: tuple[ListenerConfig, ...] = ()
     compactionWorkers: PositiveInt = 2  # memory flushes and compactions running at once
     limits: LimitsConfig = LimitsConfig()
+    metrics: str | None = None  # "127.0.0.1:PORT": /metrics and /healthz (daemon/metrics.py)
+
+    @field_validator("metrics")
+    @classmethod
+    def _metrics_loopback_only(cls, v: str | None) -> str | None:
+        if v is not None:
+            parse_tcp_address(v)
+        return v
 
     @field_validator("timezone")
     @classmethod

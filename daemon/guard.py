@@ -13,7 +13,9 @@ What may disappear, and why that loses nothing:
   (derived data that SPEC 2 says can be deleted and rebuilt at any time);
 - an original that has a verified compressed copy: the guard itself decompresses
   `<file>.gz` (or, for a backup mirror, `<backup>/archive/<sessionId>/*.gz`) and compares the
-  sha256 before it lets the original go, so it does not trust the code it is watching.
+  sha256 before it lets the original go, so it does not trust the code it is watching;
+- a mirror's own folder `<backup>/<sessionId>/` once it is empty and the mirror lives on
+  compressed in `<backup>/archive/<sessionId>/` (the retention sweep tidies it away).
 A rename is a move, not a loss, unless it overwrites an existing file: that is allowed only when
 our temporary file atomically replaces a file that is not a transcript or a mirror
 (sessions.json, snapshots), because transcripts are never rewritten.
@@ -132,7 +134,7 @@ class DeleteGuard:
         root = self.guarded_root(path)
         if root is None or TEMP_NAME.match(os.path.basename(path)):
             return None
-        if not os.path.isdir(path):
+        if not os.path.isdir(path) or is_emptied_mirror_folder(path):
             return None
         return f"remove folder {path} (under {root})"
 
@@ -189,6 +191,21 @@ class DeleteGuard:
             if top.count(os.sep) - base.count(os.sep) >= depth:
                 dirs.clear()
         return None
+
+
+def is_emptied_mirror_folder(path: str) -> bool:
+    """`<backup>/<sessionId>/`, empty, with the mirror's compressed parts in the archive."""
+    folder = os.path.abspath(path)
+    root, name = os.path.split(folder)
+    if name == "archive" or not os.path.isfile(os.path.join(root, BACKUP_MARKER)):
+        return False
+    try:
+        if os.listdir(folder):
+            return False
+        kept = os.listdir(os.path.join(root, "archive", name))
+    except OSError:
+        return False
+    return any(n.endswith(".gz") and not n.startswith(".") for n in kept)
 
 
 def is_guarded_folder(p: str) -> bool:

@@ -14,7 +14,7 @@ import math
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import anyio
@@ -27,6 +27,7 @@ from daemon.config import Config, resolve_timezone
 from daemon.core import tokens
 from daemon.core.access import check_access
 from daemon.core.commands import Command, message_text, parse_command
+from daemon.core.histogram import BATCH_BOUNDS, LATENCY_BOUNDS, Histogram
 from daemon.core.keys import Inbound, Route, resolve_route
 from daemon.core.protocol import AppendParams, IngestParams
 from daemon.errors import NotFound, RequestError, SenderNotAllowed, StorageUnavailable
@@ -65,6 +66,7 @@ class IngestWork:
     params: IngestParams
     reply: Reply
     dedup_key: DedupKey | None
+    received: float  # time.monotonic() when it arrived: its ack latency is measured from here
 
 
 @dataclass(slots=True)
@@ -128,6 +130,15 @@ class Counters:
     batches: int = 0
     checkpoints: int = 0
     last_checkpoint_ms: int = 0
+    # For the metrics listener (daemon/metrics.py); written on the event loop only.
+    resets_by_reason: dict[str, int] = field(default_factory=dict)
+    rejected_by_code: dict[int, int] = field(default_factory=dict)  # error answers, by code
+    ingest_latency: Histogram = field(default_factory=lambda: Histogram(LATENCY_BOUNDS))
+    commit_latency: Histogram = field(default_factory=lambda: Histogram(LATENCY_BOUNDS))
+    batch_sizes: Histogram = field(default_factory=lambda: Histogram(BATCH_BOUNDS))
+
+    def rejected_with(self, code: int) -> None:
+        self.rejected_by_code[code] = self.rejected_by_code.get(code, 0) + 1
 
 
 class Pipeline:
@@ -203,7 +214,7 @@ class Pipeline:
                 waiters.append(reply)
                 return None
             self._inflight[(route.agent_id, dkey)] = []
-        return self._put(IngestWork(route, params, reply, dkey))
+        return self._put(IngestWork(route, params, reply, dkey, time.monotonic()))
 
     def _check_open(self) -> None:
         if self._closed:
@@ -458,6 +469,7 @@ class Pipeline:
             reason = store.broken or "an earlier write failed"
             self._reject_all([w for w, _ in answers], _unavailable(reason))
             return
+        started = time.monotonic()
         try:
             await anyio.to_thread.run_sync(store.write_batch, batch)
         except OSError as e:
@@ -480,6 +492,7 @@ class Pipeline:
                 )
             self._reject_all([w for w, _ in answers], _unavailable(reason))
             return
+        synced = time.monotonic()
         if self._failed_batches:
             log.warning("store.write_resumed", failedBatches=self._failed_batches)
             self._failed_batches = 0
@@ -488,7 +501,11 @@ class Pipeline:
         if self.mirror is not None:
             # Stage 5: hand the batch to the backup mirror (waits only with sync "ack").
             await self.mirror.committed(batch)
-        self.counters.batches += 1
+        counters = self.counters
+        written = time.monotonic()  # the answers go out now (after the mirror, with "ack")
+        counters.commit_latency.observe(synced - started)
+        counters.batch_sizes.observe(len(answers))
+        counters.batches += 1
         for st in batch.created:
             log.info(
                 "session.created",
@@ -510,6 +527,9 @@ class Pipeline:
             }
             log.info("session.reset", **info)
             self.events.publish("session.reset", info)
+            # Every reset counts, whoever asked: a trigger in chat, a policy, the API, the jobs.
+            counters.resets += 1
+            counters.resets_by_reason[reason] = counters.resets_by_reason.get(reason, 0) + 1
         if self.compaction is not None:
             self.compaction.after_write(batch)
         if batch.closing:
@@ -519,17 +539,16 @@ class Pipeline:
                 self._archived = anyio.Event()
             self._archiving += 1
             self._archive_tg.start_soon(self._archive, batch.closing, batch.now)
-        counters = self.counters
         finish = self._finish
         now = now_ms()
+        latency = counters.ingest_latency
         for item, answer in answers:
             kind = type(item)
             if kind is IngestWork:
                 counters.ingested += 1
+                latency.observe(written - item.received)
             elif kind is AppendWork:
                 counters.appended += 1
-            elif kind is ResetWork:
-                counters.resets += 1
             finish(item, answer, now)
         failpoint("append.after_ack")
         store.dedup.trim_all(batch.now)

@@ -43,6 +43,7 @@ RESTART_REQUIRED: tuple[str, ...] = (
     "daemon.socket",
     "daemon.socketMode",
     "daemon.listeners",
+    "daemon.metrics",
     "listeners",
     "daemon.spool",
     "daemon.checkpointIntervalMs",

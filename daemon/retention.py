@@ -4,7 +4,9 @@
                                                  retention.compressAfterDays)
     <backup>/<sessionId>/history.jsonl        -> <backup>/archive/<sessionId>/history.jsonl.gz
                                                  (session ended, mirror unchanged for
-                                                 sessions.backup.retention_days)
+                                                 sessions.backup.retention_days); the emptied
+                                                 <backup>/<sessionId>/ folder goes too (only
+                                                 when empty: never a file)
 
 Order of one compression, so that a crash at any point leaves a complete copy in place:
 1. write `<dest>.gz` under a temporary name in its final folder and fsync it;
@@ -297,7 +299,33 @@ def compress_backup(root: Path, item: BackupItem) -> Compressed:
     tmp, sha, _size = write_verified_gz(item.path, dest)
     _install(tmp, dest)
     _remove_original(item.path, dest, sha)
+    remove_emptied_folder(item.path.parent)
     return Compressed(dest, None)
+
+
+def remove_emptied_folder(folder: Path) -> bool:
+    """Remove a mirror's `<backup>/<sessionId>/` folder if it is empty now (rmdir never removes
+    a file: a folder with anything in it stays). Returns whether it went."""
+    try:
+        os.rmdir(folder)
+    except OSError:
+        return False
+    fsync_dir(folder.parent)
+    return True
+
+
+def emptied_mirror_folders(root: Path | None) -> list[Path]:
+    """Empty `<backup>/<sessionId>/` folders whose mirror is compressed (left by older sweeps)."""
+    if root is None or not (root / BACKUP_MARKER).is_file():
+        return []
+    out = []
+    with os.scandir(root) as it:
+        for e in it:
+            if e.name == mirror_files.ARCHIVE or not e.is_dir(follow_symlinks=False):
+                continue
+            if not os.listdir(e.path) and mirror_files.compressed_segments(root, e.name):
+                out.append(Path(e.path))
+    return out
 
 
 def remove_stale_temp(path: Path) -> None:
@@ -346,6 +374,11 @@ def execute(
         attempt(out, partial(compress_backup, backup_root, b), b.bytes, b.session_id)
         done += 1
         progress(done, total)
+    try:
+        for folder in emptied_mirror_folders(backup_root):
+            remove_emptied_folder(folder)
+    except OSError as e:
+        out.failed.append(f"empty mirror folders: {e.strerror or e}")
     return out
 
 
@@ -413,6 +446,7 @@ class Retention:
                 if mirror.busy(b.session_id) or b.session_id in store.by_id:
                     continue
                 await anyio.to_thread.run_sync(attempt, out, work, b.bytes, b.session_id)
+        await self._tidy(root)
         info = {
             "job": name,
             **out.to_json(),
@@ -424,3 +458,18 @@ class Retention:
         else:
             log.debug("job.run", **info)  # the hourly run says nothing when it did nothing
         return info
+
+    async def _tidy(self, root: Path | None) -> None:
+        """Remove mirror folders that older sweeps emptied (under the mirror's lock, so a round
+        that is about to write into one finds it, or makes it again)."""
+        try:
+            folders = await anyio.to_thread.run_sync(emptied_mirror_folders, root)
+        except OSError as e:
+            log.warning("retention.failed", target="empty mirror folders", error=str(e))
+            return
+        if not folders:
+            return
+        lock = self.mirror.lock if self.mirror is not None else anyio.Lock()
+        async with lock:
+            for folder in folders:
+                await anyio.to_thread.run_sync(remove_emptied_folder, folder)

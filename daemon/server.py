@@ -129,11 +129,12 @@ class Connection:
             if done:
                 return
             done = True
-            if not notification and not self.closed:
-                if isinstance(outcome, RequestError):
+            if isinstance(outcome, RequestError):
+                self.server.pipeline.counters.rejected_with(outcome.code)
+                if not notification and not self.closed:
                     self.deliver(encode_error(rid, outcome))
-                else:
-                    self.deliver(encode_result(rid, outcome))
+            elif not notification and not self.closed:
+                self.deliver(encode_result(rid, outcome))
             left = self.pending = self.pending - 1
             if self.paused:
                 self.room.set()
@@ -298,6 +299,7 @@ class Connection:
             f"request line exceeds the limit of {limit} bytes; connection closed",
             data={"limit": limit},
         )
+        self.server.pipeline.counters.rejected_with(err.code)
         self.deliver(encode_error(None, err))
 
     def handle_line(self, line: bytes, tg: TaskGroup) -> Awaitable[None] | None:
@@ -311,6 +313,7 @@ class Connection:
             req = protocol.parse_request(line)
         except RequestError as e:
             log.info("request.rejected", reason="malformed", code=e.code, connection=self.number)
+            self.server.pipeline.counters.rejected_with(e.code)
             self.deliver(encode_error(protocol.request_id_of(e), e))
             return None
         reply = self.answer(req.id, req.notification)

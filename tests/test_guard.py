@@ -53,6 +53,28 @@ def test_removing_a_tree_or_a_folder_that_holds_state_is_refused(state: Path) ->
     assert (state / "agents" / "main" / "sessions" / "t.jsonl").exists()
 
 
+def test_an_emptied_mirror_folder_may_go_but_nothing_else_in_a_backup(tmp_path: Path) -> None:
+    root = tmp_path / "backup"
+    root.mkdir()
+    (root / "sessiond-backup.json").write_text("{}\n")
+    for sid in ("s1", "s4"):
+        (root / "archive" / sid).mkdir(parents=True)
+        (root / "archive" / sid / "history.jsonl.gz").write_bytes(gzip.compress(b"x\n"))
+        (root / sid).mkdir()
+    (root / "s4" / "note").write_bytes(b"")  # compressed, but something is in the folder
+    (root / "s2").mkdir()  # empty, but nothing of it is compressed
+    (root / "s3" / "sub").mkdir(parents=True)  # not a mirror's folder
+    refused(lambda: os.rmdir(root / "s2"))
+    refused(lambda: os.rmdir(root / "s3" / "sub"))
+    refused(lambda: os.rmdir(root / "s4"))
+    (root / "archive" / "s5").mkdir()
+    refused(lambda: os.rmdir(root / "archive" / "s5"))  # inside the archive: never
+    os.rmdir(root / "s1")
+    assert not (root / "s1").exists()
+    assert (root / "s4" / "note").exists()
+    assert (root / "archive" / "s1" / "history.jsonl.gz").exists()
+
+
 def test_renaming_over_a_transcript_is_refused_but_a_move_is_not(state: Path) -> None:
     folder = state / "agents" / "main" / "sessions"
     other = folder / "u.jsonl"

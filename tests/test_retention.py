@@ -199,6 +199,7 @@ async def test_the_scheduled_job_compresses_and_the_daemon_reads_the_gz_at_once(
         segs = files.compressed_segments(state / "backup", sid)
         assert [p.name for p in segs] == ["history.jsonl.gz"]
         assert not files.live_path(state / "backup", sid).exists()
+        assert not (state / "backup" / sid).exists()  # no empty folder left behind
 
 
 def test_a_compressed_copy_that_does_not_verify_leaves_the_original(
@@ -253,6 +254,34 @@ async def test_a_crash_at_any_step_of_a_compression_is_finished_by_the_next_swee
             hashlib.sha256(gzip.decompress((arch / f"{sid}.jsonl.gz").read_bytes())).hexdigest()
             == hashes[sid]
         )
+
+
+def test_a_sweep_leaves_no_empty_mirror_folders_and_never_removes_a_file(
+    tmp_path: Path,
+) -> None:
+    from test_backup import write_transcript  # a transcript of n numbered messages
+
+    root = tmp_path / "bk"
+    jobs = []
+    for sid in ("s1", "s2", "s3"):
+        t = tmp_path / "t" / f"{sid}.jsonl"
+        write_transcript(t, 3)
+        jobs.append(Job(sid, "main", "k", None, (t,), None, None))
+    catch_up(root, jobs)
+    retention.compress_backup(root, retention.BackupItem("s1", files.live_path(root, "s1"), 0))
+    assert not (root / "s1").exists()  # compressing took its folder along
+    assert files.last_record(root, "s1") is not None
+    # As an older sweep left them: s2's folder emptied; s3's emptied but something put in it.
+    for sid in ("s2", "s3"):
+        retention.compress_backup(root, retention.BackupItem(sid, files.live_path(root, sid), 0))
+        (root / sid).mkdir()
+    (root / "s3" / "notes.txt").write_text("an operator's file\n")
+    (root / "s4").mkdir()  # empty, but no compressed mirror: not a folder the sweep emptied
+    retention.execute(retention.Plan(), root)
+    assert not (root / "s2").exists()
+    assert (root / "s3" / "notes.txt").read_text() == "an operator's file\n"
+    assert (root / "s4").is_dir()
+    assert all(files.compressed_segments(root, sid) for sid in ("s1", "s2", "s3"))
 
 
 def test_a_mirror_keeps_growing_after_its_first_part_was_compressed(tmp_path: Path) -> None:

@@ -217,6 +217,10 @@ class SearchService:
         what it did, then the worker exits; killed if it takes longer than STOP_SECONDS)."""
         self._scope.cancel()
 
+    def lag_batches(self) -> int:
+        """Batches written that the last finished pass may not have seen (all before the first)."""
+        return self.counters.batches - max(self._indexed_batches, 0)
+
     def status(self) -> dict[str, Any]:
         """The `search` section of `status`."""
         if self.broken is not None:
