@@ -125,6 +125,7 @@ def translate(raw: dict[str, Any]) -> Translation:
         w.ignore_rest(sessions, "sessions", ("backup",))
     elif sessions is not None:
         w.ignored.append("sessions")
+    w.out = {k: v for k, v in w.out.items() if v != {}}
     if SESSIOND_BLOCK in raw:
         own = raw[SESSIOND_BLOCK]
         if isinstance(own, dict):
@@ -133,8 +134,7 @@ def translate(raw: dict[str, Any]) -> Translation:
         else:
             w.out[SESSIOND_BLOCK] = own  # our validation says the block must be an object
     w.ignore_rest(raw, "", ("session", "agents", "bindings", "sessions", SESSIOND_BLOCK))
-    config = {k: v for k, v in w.out.items() if v != {}}
-    return Translation(config, tuple(w.taken), tuple(w.ignored), tuple(w.notes))
+    return Translation(w.out, tuple(w.taken), tuple(w.ignored), tuple(w.notes))
 
 
 def _session(w: _Walk, node: Any, prefix: str) -> Any:
