@@ -389,7 +389,12 @@ def cmd_sessions(args: argparse.Namespace) -> int:
             params["activeMinutes"] = args.active_minutes
         res = _call(args, "sessions.list", params)
         if args.json:
-            _print_json(res)
+            from daemon.api import openclaw_list
+
+            state_dir = resolve_state_dir(args.state_dir, _config(args)[0])
+            _print_json(
+                openclaw_list(res["sessions"], state_dir, args.agent_id, args.active_minutes)
+            )
         else:
             for s in res["sessions"]:
                 print(f"{_when(s.get('updatedAt'))}  {s['sessionId']}  {s['sessionKey']}")
