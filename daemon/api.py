@@ -110,7 +110,8 @@ class Api:
         return st.session_key, st.session_id, st.rel_path
 
     def sessions_list(self, p: ListParams) -> dict[str, Any]:
-        cutoff = now_ms() - p.active_minutes * 60_000 if p.active_minutes else None
+        now = now_ms()
+        cutoff = now - p.active_minutes * 60_000 if p.active_minutes else None
         out = []
         for agent_id, reg in self.store.agents.items():
             if p.agent_id is not None and agent_id != p.agent_id:
@@ -119,7 +120,7 @@ class Api:
                 updated = int(st.entry.get("updatedAt") or 0)
                 if cutoff is not None and updated < cutoff:
                     continue
-                out.append(summary(st))
+                out.append(summary(st, now))
         out.sort(key=lambda s: (-int(s.get("updatedAt") or 0), s["sessionKey"]))
         return {"sessions": out[: p.limit]}
 
@@ -219,12 +220,36 @@ def archived_summary(a: Archived) -> dict[str, Any]:
     }
 
 
-def summary(st: SessionState) -> dict[str, Any]:
+def summary(st: SessionState, now: int) -> dict[str, Any]:
+    """A sessions.list row: ours, plus OpenClaw's `key`, `kind`, `ageMs` and `model` (as its
+    gateway and `openclaw sessions --json` spell them)."""
+    e = st.entry
     out: dict[str, Any] = {"sessionKey": st.session_key, "agentId": st.agent_id}
     for k in SUMMARY_FIELDS:
-        if k in st.entry:
-            out[k] = st.entry[k]
+        if k in e:
+            out[k] = e[k]
+    updated = e.get("updatedAt")
+    out["key"] = st.session_key
+    out["kind"] = session_kind(st.session_key, e)
+    out["ageMs"] = max(0, now - updated) if isinstance(updated, int) and updated else None
+    model = e.get("modelOverride") or e.get("model")
+    out["model"] = model if isinstance(model, str) else None
     return out
+
+
+def session_kind(key: str, entry: dict[str, Any]) -> str:
+    """OpenClaw's display kind of a session (src/sessions/classify-session-kind.ts): global,
+    unknown, cron, spawn-child, group (groups and channels) or direct."""
+    if key in ("global", "unknown"):
+        return key
+    parts = key.split(":", 2)
+    if len(parts) == 3 and parts[0] == "agent" and parts[2].startswith("cron:"):
+        return "cron"
+    if entry.get("spawnedBy"):
+        return "spawn-child"
+    if entry.get("chatType") in ("group", "channel") or ":group:" in key or ":channel:" in key:
+        return "group"
+    return "direct"
 
 
 def read_history(
@@ -294,3 +319,19 @@ def storage_state(store: Store) -> str:
     full at start-up, or the last write failing, e.g. ENOSPC), else ok."""
     problem = store.broken or store.write_error
     return "ok" if problem is None else f"unavailable: {problem}"
+def openclaw_list(
+    rows: list[dict[str, Any]], state_dir: Path, agent: str | None, active_minutes: int | None
+) -> dict[str, Any]:
+    """`sessiond sessions list --json` in the shape of `openclaw sessions --json`: {path, count,
+    activeMinutes, sessions}; over several agents `path` is null and `stores` lists each one's."""
+    agents = [agent] if agent else sorted({str(r["agentId"]) for r in rows})
+
+    def store(a: str) -> str:
+        return str(state_dir / "agents" / a / "sessions" / "sessions.json")
+
+    out: dict[str, Any] = {"path": store(agents[0]) if len(agents) == 1 else None}
+    if len(agents) > 1:
+        out["stores"] = [{"agentId": a, "path": store(a)} for a in agents]
+        out["allAgents"] = True
+    out.update(count=len(rows), activeMinutes=active_minutes, sessions=rows)
+    return out

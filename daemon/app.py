@@ -20,7 +20,7 @@ import anyio
 import structlog
 from anyio.abc import TaskStatus
 
-from daemon import __version__, logs
+from daemon import __version__, logs, openclaw_config
 from daemon.api import Api
 from daemon.auth import bind_listeners, listeners_of
 from daemon.backup import Mirror
@@ -86,6 +86,7 @@ async def run(opts: RunOptions) -> int:
         stateDir=str(state_dir),
         config=str(opts.config_path) if opts.config_path else "built-in defaults",
     )
+    openclaw_config.log_source(opts.config_path, cfg)
     state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     lock = StateLock(state_dir)
     lock.acquire()

@@ -272,7 +272,11 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _config(args: argparse.Namespace) -> tuple[Config, Path | None]:
+    from daemon.openclaw_config import detect
+
     path = find_config(args.config)
+    if path is None:  # no sessiond config: an OpenClaw state folder's own openclaw.json
+        path = detect(resolve_state_dir(args.state_dir, Config()))
     return load_config(path), path
 
 
@@ -469,7 +473,12 @@ def cmd_sessions(args: argparse.Namespace) -> int:
             params["activeMinutes"] = args.active_minutes
         res = _call(args, "sessions.list", params)
         if args.json:
-            _print_json(res)
+            from daemon.api import openclaw_list
+
+            state_dir = resolve_state_dir(args.state_dir, _config(args)[0])
+            _print_json(
+                openclaw_list(res["sessions"], state_dir, args.agent_id, args.active_minutes)
+            )
         elif res["sessions"]:
             cli_output.print_table(cli_output.sessions_table(res["sessions"]))
         else:
@@ -517,13 +526,25 @@ def cmd_sessions(args: argparse.Namespace) -> int:
 
 
 def cmd_config_check(args: argparse.Namespace) -> int:
-    path = find_config(args.config)
-    cfg = load_config(path)
-    where = str(path) if path else "built-in defaults (no config file found)"
+    from daemon.openclaw_config import check_report
+
+    cfg, path = _config(args)
+    report = check_report(path, cfg)
     if args.json:
-        _print_json({"ok": True, "config": where, "effective": cfg.model_dump(mode="json")})
-    else:
-        print(f"ok: {where}")
+        _print_json({"ok": True, **report})
+        return EXIT_OK
+    print(f"ok: {report['config']}")
+    oc = report.get("openclaw")
+    if oc is not None:
+        print(f"read from OpenClaw's {oc['file']}: {', '.join(oc['taken']) or 'nothing'}")
+        print(f"ignored ({len(oc['ignored'])} gateway keys): {', '.join(oc['ignored']) or '-'}")
+        for note in oc["notes"]:
+            print(f"note: {note}")
+    for w in report["warnings"]:
+        print(f"warning: {w}")
+    if oc is not None:
+        print("effective config:")
+        _print_json(report["effective"])
     return EXIT_OK
 
 

@@ -48,7 +48,7 @@ from daemon.core.protocol import parse_compact, parse_context
 from daemon.errors import NotFound, RequestError, StorageUnavailable, SummarizerFailed
 from daemon.memoryflush import MemoryFlusher
 from daemon.pipeline import AppendWork, IngestWork, Pipeline
-from daemon.store.context import ContextView, read_context
+from daemon.store.context import ContextView, detail_reply, read_context
 from daemon.store.registry import SessionState
 from daemon.store.store import Batch
 from daemon.store.transcript import next_entry_id
@@ -326,7 +326,19 @@ class Compactor:
         else:
             self._to_load.add(st.session_id)
             lines.append("latest summary: being loaded; sessions.context returns it.")
+        lines.append("Send /context detail for each entry's share of the tokens.")
         return "\n".join(lines)
+
+    async def context_detail(self, st: SessionState) -> str:
+        """The reply to /context detail: each entry of the context with its share of the tokens.
+        Never raises (the message is already stored; the answer waits for this)."""
+        try:
+            await self._settled(st)
+            view = await self._read(st)
+        except Exception as e:
+            log.exception("compaction.hook_failed", error=repr(e))
+            return "/context detail failed; the daemon logged why. Your message was stored."
+        return detail_reply(st.session_key, st.session_id, view)
 
     def _session_ended(self, old: SessionState) -> None:
         """A reset closed `old`: its pending work ends, and its memory flush is queued."""

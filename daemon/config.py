@@ -28,6 +28,7 @@ from pydantic import (
     model_validator,
 )
 
+from daemon import openclaw_config
 from daemon.errors import ConfigError
 
 # ---------------------------------------------------------------------------------------------
@@ -447,6 +448,7 @@ class RetentionConfig(_Model):
 
 
 class Config(_Model):
+    openclaw: str | None = None  # an openclaw.json this file is layered on (relative: to this file)
     daemon: DaemonConfig = DaemonConfig()
     agents: AgentsConfig = AgentsConfig()
     bindings: tuple[Binding, ...] = ()
@@ -508,13 +510,20 @@ def parse_config(text: str, source: str = "<config>") -> Config:
 
     An empty file (blank, only comments, or `null`) is an error, not the defaults: a file
     truncated by a failed deploy would otherwise turn off every token and merge every DM into one
-    session. `{}` asks for the defaults on purpose.
+    session. `{}` asks for the defaults on purpose. A file that names an OpenClaw config in
+    `openclaw` is layered on top of it (daemon/openclaw_config.py).
     """
     if not _COMMENTS.sub("", text).strip():
         raise ConfigError(_empty(source))
+    return validate_config(openclaw_config.layered(read_json5(text, source), source), source)
+
+
+def read_json5(text: str, source: str, *, duplicates_ok: bool = False) -> dict[str, Any]:
+    """The JSON5 object in `text`; raises ConfigError with line:column for a syntax error."""
     try:
-        # A key written twice would otherwise keep the last value without a word.
-        raw = json5.loads(text, allow_duplicate_keys=False)
+        # A key written twice would otherwise keep the last value without a word (OpenClaw's
+        # own file is read as OpenClaw reads it: the last one wins).
+        raw = json5.loads(text, allow_duplicate_keys=duplicates_ok)
     except ValueError as e:
         m = _JSON5_POS.match(str(e))
         if m:
@@ -525,6 +534,10 @@ def parse_config(text: str, source: str = "<config>") -> Config:
         raise ConfigError(_empty(source))
     if not isinstance(raw, dict):
         raise ConfigError(f"{source}: the top level must be an object {{...}}, got {_show(raw)}")
+    return raw
+
+
+def validate_config(raw: dict[str, Any], source: str) -> Config:
     try:
         return Config.model_validate(raw)
     except ValidationError as e:
@@ -650,18 +663,23 @@ def _show(v: Any) -> str:
 
 
 def load_config(path: Path | None) -> Config:
-    """Read and validate the config file at `path`, or return the built-in defaults for None."""
+    """The config file at `path` (an openclaw.json in its own shape), or the defaults for None."""
     if path is None:
         return Config()
+    if openclaw_config.is_openclaw_file(path):
+        return validate_config(openclaw_config.load(path).config, str(path))
+    return parse_config(read_config_text(path), str(path))
+
+
+def read_config_text(path: Path) -> str:
     try:
-        text = path.read_text(encoding="utf-8")
+        return path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise ConfigError(f"{path}: config file not found") from None
     except UnicodeDecodeError as e:
         raise ConfigError(f"{path}: not valid UTF-8 at byte {e.start}") from None
     except OSError as e:
         raise ConfigError(f"{path}: cannot read config file: {e.strerror}") from None
-    return parse_config(text, str(path))
 
 
 def resolve_state_dir(

@@ -17,7 +17,14 @@ log = structlog.get_logger("daemon.events")
 
 Subscriber = Callable[[bytes], bool]  # returns False to be dropped
 
-EVENTS = ("session.created", "session.reset", "compaction.done", "memory.flushed", "job.run")
+EVENTS = (
+    "session.created",
+    "session.reset",
+    "session.stop",
+    "compaction.done",
+    "memory.flushed",
+    "job.run",
+)
 
 
 class EventBus:

@@ -116,8 +116,9 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     from daemon.config import Config, find_config, load_config, resolve_state_dir
     from daemon.doctor import run_doctor
     from daemon.lock import StateLock
+    from daemon.openclaw_config import detect
 
-    path = find_config(args.config)
+    path = find_config(args.config) or detect(resolve_state_dir(args.state_dir, Config()))
     try:
         cfg = load_config(path)
     except ConfigError:

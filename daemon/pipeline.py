@@ -48,6 +48,7 @@ from daemon.store.store import Batch, Closing, Store, ingest_answer, now_ms
 from daemon.store.transcript import custom_line, header_line, iso_ms, message_line, next_entry_id
 
 RESET_ENTRY = "sessiond.reset"  # first entry of a session begun by a reset: why, and after what
+STOP_ENTRY = "sessiond.stop"  # a /stop: the agent runtime was told to abort (session.stop)
 
 log = structlog.get_logger("daemon.pipeline")
 
@@ -111,6 +112,9 @@ class CompactionHooks(Protocol):
 
     def command_reply(self, cmd: Command, st: SessionState) -> str:
         """The reply to /compact or /context."""
+
+    async def context_detail(self, st: SessionState) -> str:
+        """The reply to /context detail: each entry's share of the tokens. Never raises."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -530,6 +534,9 @@ class Pipeline:
             # Every reset counts, whoever asked: a trigger in chat, a policy, the API, the jobs.
             counters.resets += 1
             counters.resets_by_reason[reason] = counters.resets_by_reason.get(reason, 0) + 1
+        for info in batch.stops:
+            log.info("session.stop", **info)
+            self.events.publish("session.stop", info)
         if self.compaction is not None:
             self.compaction.after_write(batch)
         if batch.closing:
@@ -542,6 +549,7 @@ class Pipeline:
         finish = self._finish
         now = now_ms()
         latency = counters.ingest_latency
+        details = batch.details
         for item, answer in answers:
             kind = type(item)
             if kind is IngestWork:
@@ -549,6 +557,9 @@ class Pipeline:
                 latency.observe(written - item.received)
             elif kind is AppendWork:
                 counters.appended += 1
+            if details and id(item) in details:
+                self._archive_tg.start_soon(self._finish_detail, item, answer, details[id(item)])
+                continue
             finish(item, answer, now)
         failpoint("append.after_ack")
         store.dedup.trim_all(batch.now)
@@ -571,6 +582,8 @@ class Pipeline:
         if text and text.lstrip().startswith("/"):
             cmd = parse_command(text, self.config.session.resetTriggers)
         system = is_system_event(p)
+        # /stop aborts the agent's run: it never resets a session nor counts as interaction.
+        stop = cmd is not None and cmd.name == "stop"
         st = chat
         if chat is not None and reg is not None and not (cmd and cmd.name == "session"):
             target = chat.entry.get(ROUTE_FIELD)
@@ -578,7 +591,7 @@ class Pipeline:
                 st = reg.sessions[target]
         old: SessionState | None = None
         reason: str | None = None
-        if st is not None and not system:
+        if st is not None and not (system or stop):
             if cmd is not None and cmd.is_reset:
                 reason = "new" if cmd.trigger.lower() == "/new" else "reset"
             else:
@@ -618,9 +631,14 @@ class Pipeline:
         origin = origin_of(route, p)
         if cmd is not None:
             origin["command"] = command_origin(cmd)
-        line = message_line(entry_id, st.last_entry_id, ts, message, origin)
+        if stop:
+            data = {"trigger": "/stop"}
+            line = custom_line(entry_id, st.last_entry_id, ts, STOP_ENTRY, data, origin)
+            batch.stops.append(stop_event(st, entry_id, p))
+        else:
+            line = message_line(entry_id, st.last_entry_id, ts, message, origin)
         store.add_line(batch, st, line, entry_id)
-        if system:
+        if system or stop:
             st.entry["updatedAt"] = now
         else:
             touch_registry(st, route, p, now)
@@ -630,6 +648,8 @@ class Pipeline:
             answer["reset"] = {"reason": reason, "previousSessionId": old.session_id}
         if cmd is not None:
             answer["command"] = self._command(cmd, st, chat, route.agent_id, now, batch)
+            if cmd.name == "context" and cmd.arg.lower() == "detail" and self.compaction:
+                batch.details[id(item)] = st  # answered once the transcript is read
         return answer
 
     def _begin_session(
@@ -691,6 +711,8 @@ class Pipeline:
             reply = sessions_reply(self.store, agent_id, tz)
         elif cmd.name == "session":
             reply = self._switch(cmd.arg, chat or st, agent_id)
+        elif cmd.name == "stop":
+            reply = "Stopping: the agent's current run is told to abort."
         elif self.compaction is not None:  # compact, context
             reply = self.compaction.command_reply(cmd, st)
         else:
@@ -835,6 +857,12 @@ class Pipeline:
                 outcome = {**outcome, "duplicate": True}
             for w in waiters:
                 w(outcome)
+
+    async def _finish_detail(self, item: Work, answer: dict[str, Any], st: SessionState) -> None:
+        """Answer /context detail once the context is read (the message itself is durable)."""
+        assert self.compaction is not None
+        answer["command"]["reply"] = await self.compaction.context_detail(st)
+        self._finish(item, answer)
 
     def _reject_all(self, items: list[Work], err: RequestError) -> None:
         for item in items:
@@ -1021,6 +1049,18 @@ def is_system_event(p: IngestParams) -> bool:
     if not md:
         return False
     return md.get("system") is True or md.get("event") in ("heartbeat", "cron")
+
+
+def stop_event(st: SessionState, entry_id: str, p: IngestParams) -> dict[str, Any]:
+    """The `session.stop` notification: which session's run to abort, and the /stop's ids."""
+    return {
+        "agentId": st.agent_id,
+        "sessionKey": st.session_key,
+        "sessionId": st.session_id,
+        "entryId": entry_id,
+        "channel": p.channel,
+        "messageId": p.message_id,
+    }
 
 
 def command_origin(cmd: Command) -> dict[str, Any]:

@@ -29,6 +29,7 @@ from anyio.abc import TaskStatus
 from pydantic import BaseModel
 from watchfiles import awatch
 
+from daemon import openclaw_config
 from daemon.config import Config, load_config
 from daemon.core.protocol import parse_empty
 from daemon.errors import ConfigError
@@ -175,7 +176,18 @@ class Reloader:
         self._lock = anyio.Lock()
         self._stop = anyio.Event()
         # The file as it was when the running config was read from it.
-        self._seen = file_signature(self.path) if self.path is not None else None
+        self._seen = self._signature()
+
+    def _signature(self) -> tuple[Signature, ...] | None:
+        """The config file's signature, and that of the openclaw.json it names (`openclaw`):
+        a change to either is a change to the config."""
+        if self.path is None:
+            return None
+        named = self.config.openclaw
+        if named is None:
+            return (file_signature(self.path),)
+        other = self.path.parent / Path(named).expanduser()
+        return (file_signature(self.path), file_signature(other))
 
     def subscribe(self, fn: Subscriber) -> None:
         self.subscribers.append(fn)
@@ -201,7 +213,7 @@ class Reloader:
         path = self.path
         where = str(path) if path is not None else "built-in defaults"
         if path is not None:
-            self._seen = await anyio.to_thread.run_sync(file_signature, path)
+            self._seen = await anyio.to_thread.run_sync(self._signature)
         try:
             new = await anyio.to_thread.run_sync(load_config, path)
         except ConfigError as e:
@@ -223,6 +235,7 @@ class Reloader:
             )
         if plan.changed:
             self._apply(plan.config, appliers)
+        await anyio.to_thread.run_sync(openclaw_config.log_source, path, new)
         log.info("config.reloaded", config=where, trigger=trigger, changed=list(plan.changed))
         return ReloadResult(True, None, plan.changed, plan.restart_required)
 
@@ -285,12 +298,12 @@ class Reloader:
                 await self._check(path)
 
     async def _check(self, path: Path) -> None:
-        sig = await anyio.to_thread.run_sync(file_signature, path)
+        sig = await anyio.to_thread.run_sync(self._signature)
         if sig == self._seen or self._stop.is_set():
             return
         for _ in range(SETTLE_ROUNDS):
             await anyio.sleep(SETTLE_SECONDS)
-            now = await anyio.to_thread.run_sync(file_signature, path)
+            now = await anyio.to_thread.run_sync(self._signature)
             if now == sig:
                 break
             sig = now

@@ -23,7 +23,7 @@ import os
 import resource
 import stat
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +34,7 @@ from anyio.abc import SocketListener, SocketStream, TaskGroup, TaskStatus
 from daemon.api import Api
 from daemon.auth import Auth, Bound, close_bound
 from daemon.config import LimitsConfig
-from daemon.core import protocol
+from daemon.core import aliases, protocol
 from daemon.core.protocol import RequestId, encode_error, encode_result
 from daemon.core.roles import ADMIN, Principal
 from daemon.errors import (
@@ -452,6 +452,10 @@ class Server:
         if m == "auth.hello":
             reply(self.auth.hello(conn, req.params))
             return None
+        if m.startswith("sessions.") or m == "memory.search":  # OpenClaw's spellings too
+            params = aliases.canonical(m, req.params, self.pipeline.policies.tz)
+            if params is not req.params:
+                req = replace(req, params=params)
         req = self.auth.admit(req, conn)
         if m == "message.ingest":
             return self.pipeline.ingest(protocol.parse_ingest(req.params), reply)

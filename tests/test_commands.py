@@ -30,6 +30,9 @@ TRIGGERS = ("/new", "/reset")
         ("/session agent:main:telegram:direct:1", "session", None, ""),
         ("/sessions", "sessions", None, ""),
         ("/context", "context", None, ""),
+        ("/context detail", "context", None, ""),
+        ("/stop", "stop", None, ""),
+        ("/STOP@my_bot", "stop", None, ""),
     ],
 )
 def test_commands_at_the_start(text: str, name: str, model: str | None, body: str) -> None:

@@ -3,7 +3,8 @@
 Recognised (case-insensitive, at the very start, alone or followed by whitespace and text; a
 Telegram-style `@botname` suffix is accepted): the reset triggers of `session.resetTriggers`
 (default `/new`, `/reset`), and `/status`, `/compact [instructions]`, `/sessions`,
-`/session [<key>]`, `/context`.
+`/session [<key>]`, `/context [list|detail]` and `/stop` (the agent runtime aborts its run: it is
+recorded as a custom entry, not stored as a message).
 
 `/new <model>` records a model on the new session when the first word after it names one in
 `provider/model` form (`/new openai/gpt-4o`); any other text after a trigger goes into the new
@@ -16,7 +17,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-COMMANDS = ("status", "compact", "sessions", "session", "context")
+COMMANDS = ("status", "compact", "sessions", "session", "context", "stop")
 _HEAD = re.compile(r"^\s*/([A-Za-z][\w-]*)(?:@[\w.-]+)?(?=\s|$)\s*(.*)$", re.S)
 _MODEL = re.compile(r"^[\w.-]+/[\w.:@-]+$")
 

@@ -46,6 +46,11 @@ class ContextView:
         return tokens.context_tokens(self.summary, self.kept, self.after)
 
     @property
+    def compaction_id(self) -> str | None:
+        c = self.compaction.get("id") if self.compaction else None
+        return c if isinstance(c, str) else None
+
+    @property
     def flush(self) -> dict[str, Any] | None:
         """The latest memory-flush marker after the latest compaction."""
         for e in reversed(self.after):
@@ -112,6 +117,59 @@ def read_context(path: Path, end: int | None = None, max_bytes: int | None = Non
         return view
     finally:
         os.close(fd)
+
+
+DETAIL_LINES = 60  # /context detail lists at most this many entries, the newest ones
+
+
+def detail_reply(session_key: str, session_id: str, view: ContextView) -> str:
+    """/context detail: the summary and each message of the context with its estimated tokens
+    (ceil(chars / 4)) and its share of their sum, oldest first; older entries beyond
+    DETAIL_LINES are added up in one line."""
+    rows: list[tuple[str, int]] = []
+    if view.summary is not None:
+        rows.append(
+            (f"summary (compaction {view.compaction_id})", tokens.estimate(len(view.summary)))
+        )
+    for e in view.messages():
+        text = _preview(e)
+        rows.append((f"{e.get('id')} {tokens.role_of(e) or '?':10} {text}", tokens.entry_tokens(e)))
+    total = sum(n for _, n in rows)
+    lines = [
+        f"Context of {session_key} (session {session_id[:8]}): about {total} tokens in "
+        f"{len(rows)} entries (estimated as characters / 4)"
+    ]
+    shown = rows[-DETAIL_LINES:]
+    if len(rows) > len(shown):
+        older = sum(n for _, n in rows[: len(rows) - len(shown)])
+        lines.append(_share(f"... {len(rows) - len(shown)} older entries", older, total))
+    lines.extend(_share(label, n, total) for label, n in shown)
+    if not rows:
+        lines.append("(nothing yet)")
+    return "\n".join(lines)
+
+
+def _share(label: str, n: int, total: int) -> str:
+    pct = 100.0 * n / total if total else 0.0
+    return f"{n:>7} {pct:5.1f}%  {label}"
+
+
+def _preview(entry: dict[str, Any]) -> str:
+    msg = entry.get("message")
+    content = msg.get("content") if isinstance(msg, dict) else None
+    if isinstance(content, str):
+        text = content
+    elif isinstance(content, list):
+        parts = [
+            str(b.get("text")) if b.get("type") == "text" else f"[{b.get('type')}]"
+            for b in content
+            if isinstance(b, dict)
+        ]
+        text = " ".join(parts)
+    else:
+        text = ""
+    text = " ".join(text.split())
+    return text if len(text) <= 40 else text[:39] + "…"
 
 
 @dataclass(frozen=True, slots=True)

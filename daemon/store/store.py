@@ -103,6 +103,9 @@ class Batch:
     # (old session, new session or None, reason) for every reset in the batch
     resets: list[tuple[SessionState, SessionState | None, str]] = field(default_factory=list)
     answers: list[tuple[Any, dict[str, Any]]] = field(default_factory=list)
+    stops: list[dict[str, Any]] = field(default_factory=list)  # session.stop events to publish
+    # ingest answers completed after the write (/context detail reads the transcript): item id
+    details: dict[int, SessionState] = field(default_factory=dict)
 
 
 class Store:

@@ -60,19 +60,26 @@ def header_line(
 
 
 def custom_line(
-    entry_id: str, parent_id: str | None, timestamp: str, kind: str, data: Any
+    entry_id: str,
+    parent_id: str | None,
+    timestamp: str,
+    kind: str,
+    data: Any,
+    origin: dict[str, Any] | None = None,
 ) -> bytes:
-    """An OpenClaw `custom` entry (as model-snapshot is): `customType` names what it records."""
-    return orjson.dumps(
-        {
-            "type": "custom",
-            "customType": kind,
-            "data": data,
-            "id": entry_id,
-            "parentId": parent_id,
-            "timestamp": timestamp,
-        }
-    )
+    """An OpenClaw `custom` entry (as model-snapshot is): `customType` names what it records;
+    `origin` as on a message, for an inbound command recorded this way (/stop)."""
+    entry: dict[str, Any] = {
+        "type": "custom",
+        "customType": kind,
+        "data": data,
+        "id": entry_id,
+        "parentId": parent_id,
+        "timestamp": timestamp,
+    }
+    if origin is not None:
+        entry["origin"] = origin
+    return orjson.dumps(entry)
 
 
 def message_line(
