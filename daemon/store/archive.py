@@ -15,7 +15,7 @@ import hashlib
 import os
 import re
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -436,15 +436,23 @@ def openclaw_archive_time(ts: str) -> int | None:
 
 
 def adopt_openclaw_archives(
-    sessions_folder: Path, agent_id: str, key_of: dict[str, str], now: int
+    sessions_folder: Path,
+    agent_id: str,
+    key_of: dict[str, str],
+    now: int,
+    active: dict[str, tuple[str, int | None]] | None = None,
 ) -> list[ArchiveRecord]:
     """Move OpenClaw's `<id>.jsonl.reset.<ts>` / `.jsonl.deleted.<ts>` files into archive/.
 
     Content stays byte-identical (a rename); the index line takes its reason from the suffix,
     archivedAt from the timestamp, and the session key from `key_of` (session id -> key, e.g.
     from OpenClaw's usageFamilySessionIds) or the transcript itself when it can be recovered.
+    Predecessor and successor are rebuilt per key from the time order (daemon/core/lineage.py);
+    `active` (key -> the key's active session id and start) links the newest to the current.
     """
-    out: list[ArchiveRecord] = []
+    from daemon.core.lineage import Ended, rebuild
+
+    found: list[tuple[Path, str, ArchiveRecord]] = []
     for entry in sorted(os.scandir(sessions_folder), key=lambda e: e.name):
         m = OPENCLAW_SUFFIX.match(entry.name)
         if m is None or not entry.is_file():
@@ -453,9 +461,6 @@ def adopt_openclaw_archives(
         stats = transcript_stats(src)
         base = m.group("base")
         sid = stats.session_id or base[: -len(".jsonl")]
-        dest = move_into_archive(
-            src, base if not (archive_folder(sessions_folder) / base).exists() else entry.name
-        )
         rec = ArchiveRecord(
             sessionId=sid,
             sessionKey=key_of.get(sid) or stats.session_key,
@@ -469,8 +474,25 @@ def adopt_openclaw_archives(
             sha256=stats.sha256,
             predecessor=None,
             successor=None,
-            file=dest.name,
+            file=base,
         )
+        found.append((src, base, rec))
+    by_key: dict[str, list[Ended]] = {}
+    for _src, _base, rec in found:
+        if rec.sessionKey is not None:
+            e = Ended(rec.sessionId, rec.startedAt, rec.archivedAt)
+            by_key.setdefault(rec.sessionKey, []).append(e)
+    links: dict[str, tuple[str | None, str | None]] = {}
+    for key, ended in by_key.items():
+        cur, started = (active or {}).get(key, (None, None))
+        links.update(rebuild(ended, cur, started))
+    out: list[ArchiveRecord] = []
+    for src, base, rec in found:
+        dest = move_into_archive(
+            src, base if not (archive_folder(sessions_folder) / base).exists() else src.name
+        )
+        pred, succ = links.get(rec.sessionId, (None, None))
+        rec = replace(rec, predecessor=pred, successor=succ, file=dest.name)
         append_index(sessions_folder, [rec])
         out.append(rec)
     return out

@@ -88,6 +88,27 @@ def test_adopting_a_folder_in_place_archives_nothing(launch: Launch, tmp_path: P
     assert adopted[0]["archives"] == 4
     assert not [e for e in d.logs() if e["event"] == "job.run" and e.get("archived")]
     marker = orjson.loads((state / "adopted.json").read_bytes())
+    # OpenClaw's archives form a chain per key: each is followed by the key's active session.
+    archived = d.client().call("sessions.archived", {"limit": 100})["sessions"]
+    links = {a["sessionId"]: (a["sessionKey"], a["predecessor"], a["successor"]) for a in archived}
+    assert links == {
+        "fccd19f9-c7f3-4884-bccc-0b75fac2dc1f": (
+            "agent:main:main",
+            None,
+            "07f14acd-9d09-4ec5-860c-924620213170",
+        ),
+        "6120f99d-1354-4381-bf8d-f995d25a32b4": (
+            "agent:main:telegram:direct:123456789",
+            None,
+            "70de30ac-307c-4f24-8026-fe134613daac",
+        ),
+        "57509858-2d6d-492a-a424-a2b316c12dec": (
+            "agent:main:whatsapp:direct:+819012345678",
+            None,
+            "a12bf8a1-f6cb-40d8-af56-b78449e83e75",
+        ),
+        "01ebda3d-2b0f-48ee-bed4-a70be5d4a675": (None, None, None),
+    }
     assert marker["adoptedAt"] == adopted[0]["adoptedAt"]
     # A later start keeps the adoption time: still nothing archived, no second adoption.
     assert d.stop() == 0
