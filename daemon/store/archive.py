@@ -28,7 +28,10 @@ from daemon.store.transcript import json_object
 
 ARCHIVE_DIR = "archive"
 INDEX = "index.jsonl"
-REASONS = ("new", "reset", "daily", "idle", "deleted", "orphan", "import")
+REASONS = ("new", "reset", "daily", "idle", "deleted", "orphan", "import", "missing-transcript")
+# A registry row whose transcript was already gone when it was imported: the record keeps its
+# key, ids, times and registry fields; no file holds it (`file` names the one that was missing).
+MISSING_TRANSCRIPT = "missing-transcript"
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,9 +51,13 @@ class ArchiveRecord:
     predecessor: str | None
     successor: str | None
     file: str  # name inside archive/
+    registry: dict[str, Any] | None = None  # the registry row, kept for a missing transcript
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        out = asdict(self)
+        if self.registry is None:
+            del out["registry"]
+        return out
 
     @staticmethod
     def from_json(obj: dict[str, Any]) -> ArchiveRecord | None:
@@ -69,6 +76,7 @@ class ArchiveRecord:
                 predecessor=obj.get("predecessor"),
                 successor=obj.get("successor"),
                 file=str(obj.get("file") or f"{obj['sessionId']}.jsonl"),
+                registry=obj["registry"] if isinstance(obj.get("registry"), dict) else None,
             )
         except (KeyError, TypeError, ValueError):
             return None
