@@ -14,6 +14,8 @@ Signal thread suffix", "preserves the Matrix room id AND the :thread:<event> suf
 from __future__ import annotations
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from daemon.config import Config
 from daemon.core.keys import Inbound, case_kept_key, resolve_route
@@ -149,3 +151,23 @@ def test_case_kept_key_restores_matrix_rooms_and_their_threads() -> None:
     assert (
         case_kept_key(threaded, with_thread) == f"agent:main:matrix:channel:{ROOM}:thread:{EVENT}"
     )
+
+
+BASE64 = st.text(
+    alphabet="ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/=",
+    min_size=1,
+    max_size=60,
+)
+
+
+@given(BASE64)
+def test_a_key_lowercased_by_an_earlier_sessiond_is_restored_to_the_key_messages_resolve_to(
+    group: str,
+) -> None:
+    exact = key(Inbound("signal", "group", peer="+1", group_id=group))
+    folded = key(Inbound("telegram", "group", peer="+1", group_id=group)).replace(
+        "telegram", "signal"
+    )
+    restored = case_kept_key(folded, {"groupId": group})
+    assert restored == (None if folded == exact else exact)
+    assert case_kept_key(exact, {"groupId": group}) is None  # idempotent

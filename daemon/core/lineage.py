@@ -25,6 +25,11 @@ class Ended:
     successor: str | None = None
 
 
+def _time_order(e: Ended) -> tuple[int, int, str]:
+    """End time, then start time, then id: a total order, whatever order the input came in."""
+    return (e.ended_at, e.started_at or 0, e.session_id)
+
+
 def rebuild(
     ended: Iterable[Ended], active: str | None = None, active_started: int | None = None
 ) -> dict[str, tuple[str | None, str | None]]:
@@ -33,7 +38,7 @@ def rebuild(
 
     `active` is the key's current session: it succeeds the newest ended one unless that one began
     after it (then the two are not one chain and nothing is guessed)."""
-    items = sorted(ended, key=lambda e: (e.ended_at, e.started_at or 0, e.session_id))
+    items = sorted(ended, key=_time_order)
     out: dict[str, tuple[str | None, str | None]] = {}
     for n, e in enumerate(items):
         before = items[n - 1].session_id if n > 0 else None
@@ -54,7 +59,7 @@ def walk_back(current: str | None, ended: Sequence[Ended]) -> list[Ended]:
     key's active session, or None): each step takes the session whose successor is the one
     reached last; where no session names it, the newest one not yet taken, by end time."""
     by_successor = {e.successor: e for e in ended if e.successor is not None}
-    left = sorted(ended, key=lambda e: (e.ended_at, e.session_id), reverse=True)
+    left = sorted(ended, key=_time_order, reverse=True)
     taken: set[str] = set()
     out: list[Ended] = []
     at = current
