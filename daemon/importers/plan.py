@@ -183,7 +183,8 @@ class Report:
             f"{'dry run: ' if self.dry_run else ''}{self.source} -> {self.state_dir}",
             f"  era: {', '.join(self.eras) or 'none found'}; agents: {', '.join(self.agents)}",
             f"  {verb}: {i.sessions} sessions, {i.archives} archives, {i.messages} messages, "
-            f"{i.memoryFiles} memory files",
+            f"{i.memoryFiles} memory files"
+            + (f", {i.missingTranscripts} rows without transcript" if i.missingTranscripts else ""),
         ]
         if a.sessions or a.archives or a.memoryFiles:
             lines.append(
