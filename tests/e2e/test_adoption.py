@@ -152,3 +152,42 @@ def test_the_first_start_after_an_import_archives_nothing(launch: Launch, tmp_pa
         )
         assert not [e for e in d.logs() if e["event"] == "job.run" and e.get("archived")]
         assert d.stop() == 0
+
+
+def test_a_scheduled_daily_reset_is_named_by_the_next_session_of_its_key(
+    launch: Launch,
+) -> None:
+    """Under faketime: adopted (a fresh folder) at 03:00, the 04:00 daily job ends the session,
+    the next message begins its successor: index and header name each other."""
+    cfg = {
+        "daemon": {"timezone": "UTC"},
+        "session": {"dmScope": "per-channel-peer", "reset": DAILY},
+    }
+    d = launch(cfg, start=False)
+    d.env["TZ"] = "UTC"
+    d.wrapper = ["faketime", "-f", "@2026-01-10 03:00:00"]
+    d.start()
+    first = d.client().call("message.ingest", ingest_params("5", "late night"))
+    assert d.stop() == 0
+    d.wrapper = ["faketime", "-f", "@2026-01-10 04:10:00"]
+    d.start()
+    folder = d.sessions_dir()
+    index = folder / "archive" / "index.jsonl"
+    deadline = time.monotonic() + 60
+    while not index.exists():
+        assert time.monotonic() < deadline, "the daily job never archived the session"
+        time.sleep(0.05)
+    second = d.client().call("message.ingest", ingest_params("5", "good morning"))
+    assert second["created"] and second["sessionKey"] == first["sessionKey"]
+    archived = d.client().call("sessions.archived", {"sessionKey": first["sessionKey"]})
+    assert [(a["sessionId"], a["reason"], a["successor"]) for a in archived["sessions"]] == [
+        (first["sessionId"], "daily", second["sessionId"])
+    ]
+    assert d.stop() == 0
+    lines = [orjson.loads(x) for x in index.read_bytes().splitlines()]
+    assert [(r["sessionId"], r["successor"]) for r in lines] == [
+        (first["sessionId"], None),
+        (first["sessionId"], second["sessionId"]),
+    ], "append-only: the archiving's line, then the one naming the successor"
+    header = read_transcript(folder / f"{second['sessionId']}.jsonl")[0]
+    assert header["predecessor"] == first["sessionId"]
