@@ -91,6 +91,9 @@ def make_state(state: Path, sessions: int, total_bytes: int, history_bytes: int)
         if i == 0:
             big_key = key
     (folder / "sessions.json").write_bytes(orjson.dumps(registry))
+    # A folder sessiond wrote itself, not one adopted from OpenClaw (daemon/adoption.py): the
+    # reset job below applies every passed boundary.
+    (state / "adopted.json").write_bytes(orjson.dumps({"adoptedAt": 0}))
     return big_key
 
 

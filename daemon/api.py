@@ -17,6 +17,7 @@ import orjson
 
 from daemon import __version__
 from daemon.core.keys import agent_of_key
+from daemon.core.lineage import Ended, walk_back
 from daemon.core.protocol import (
     ArchivedParams,
     HistoryParams,
@@ -90,11 +91,7 @@ class Api:
             if key is None:
                 raise NotFound(f"no session with id {ref.session_id!r}")
             agent = agent_of_key(key)
-            older = sorted(
-                (a for a in store.archives.get(agent or "", []) if a.session_key == key),
-                key=lambda a: a.archived_at,
-                reverse=True,
-            )
+            older = earlier_sessions(store, agent or "", key)
             if previous > len(older):
                 raise NotFound(
                     f"{key!r} has {len(older)} earlier session(s); previous={previous} is too far"
@@ -206,9 +203,29 @@ class Api:
         }
 
 
+def earlier_sessions(store: Store, agent_id: str, key: str) -> list[Archived]:
+    """The ended sessions of a key, newest first, walking the lineage chain back from the key's
+    active session (daemon/core/lineage.py), as `sessions.archived` records it."""
+    mine = {a.session_id: a for a in store.archives.get(agent_id, []) if a.session_key == key}
+    reg = store.agents.get(agent_id)
+    st = reg.sessions.get(key) if reg is not None else None
+    ended = [
+        Ended(
+            a.session_id,
+            a.record.startedAt if a.record is not None else None,
+            a.archived_at,
+            a.record.predecessor if a.record is not None else None,
+            a.successor,
+        )
+        for a in mine.values()
+    ]
+    return [mine[e.session_id] for e in walk_back(st.session_id if st else None, ended)]
+
+
 def archived_summary(a: Archived) -> dict[str, Any]:
     if a.record is not None:
-        return a.record.to_json()
+        # A successor named after the archiving is in memory before its index line lands.
+        return {**a.record.to_json(), "successor": a.successor or a.record.successor}
     return {
         "sessionId": a.session_id,
         "sessionKey": a.session_key,

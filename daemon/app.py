@@ -26,6 +26,7 @@ from daemon.auth import bind_listeners, listeners_of
 from daemon.backup import Mirror
 from daemon.compaction import Compactor
 from daemon.config import Config, resolve_socket_path
+from daemon.keymigrate import rename_case_folded_keys, save_dirty
 from daemon.lock import StateLock
 from daemon.metrics import metrics_listener
 from daemon.pipeline import Pipeline
@@ -110,6 +111,8 @@ async def run(opts: RunOptions) -> int:
         storage = StorageWatch(store, new_store)
         counts = await storage.open()
         log.info("store.opened", seconds=round(time.monotonic() - t0, 3), **counts)
+        if rename_case_folded_keys(store):
+            await anyio.to_thread.run_sync(save_dirty, store)
         settle_heap()
         socket_path = resolve_socket_path(cfg, state_dir)
         pipeline = Pipeline(store, cfg)

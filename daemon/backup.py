@@ -34,6 +34,7 @@ import structlog
 from anyio.abc import TaskStatus
 
 from daemon import guard, logs
+from daemon.store.archive import MISSING_TRANSCRIPT
 from daemon.store.backup import (
     MAX_JOBS_PER_ROUND,
     Job,
@@ -350,6 +351,8 @@ class Mirror:
         for sid, a in store.archived_by_id.items():
             if sid in self.tracks or (a.session_key and self._is_excluded(a.session_key)):
                 continue
+            if a.reason == MISSING_TRANSCRIPT:
+                continue  # no transcript to mirror
             self.tracks[sid] = Track(a.agent_id, a.session_key, sid, None, None, closed=True)
         self._unstated.update(
             sid

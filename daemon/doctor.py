@@ -471,6 +471,8 @@ class Doctor:
             latest[rec.sessionId] = rec
         root = backup_root(self.cfg, self.state_dir)
         for rec in latest.values():
+            if rec.reason == archive.MISSING_TRANSCRIPT:
+                continue  # imported from a registry row whose transcript was already gone
             path = arch / rec.file
             plain = arch / rec.file.removesuffix(".gz")
             if path.is_file():

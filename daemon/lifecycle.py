@@ -93,13 +93,18 @@ class Policies:
             cached = self._boundaries[at_hour] = (b, next_daily_boundary(b, at_hour, self.tz))
         return cached[0]
 
-    def staleness(self, st: SessionState, now: int) -> Staleness:
+    def staleness(self, st: SessionState, now: int, not_before: int = 0) -> Staleness:
+        """`not_before` (the scheduler passes the folder's adoption time, daemon/adoption.py)
+        counts the session as begun and last used no earlier than then: no cause before it."""
         p = self.policy(st)
         if p.mode == "none":
             return Staleness(False)
         entry = st.entry
         b = self.boundary(p.at_hour, now) if p.daily else None
-        return evaluate(p, started_at(entry), last_interaction(entry), now, self.tz, b)
+        started, last = started_at(entry), last_interaction(entry)
+        if not_before:
+            started, last = max(started, not_before), max(last, not_before)
+        return evaluate(p, started, last, now, self.tz, b)
 
     def next_reset(self, st: SessionState, now: int) -> tuple[int, str] | None:
         entry = st.entry

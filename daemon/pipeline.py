@@ -44,7 +44,7 @@ from daemon.logs import Throttle
 from daemon.store.dedup import DedupKey
 from daemon.store.fileio import SyncFailed
 from daemon.store.registry import SessionState
-from daemon.store.store import Batch, Closing, Store, ingest_answer, now_ms
+from daemon.store.store import Archived, Batch, Closing, Store, ingest_answer, now_ms
 from daemon.store.transcript import custom_line, header_line, iso_ms, message_line, next_entry_id
 
 RESET_ENTRY = "sessiond.reset"  # first entry of a session begun by a reset: why, and after what
@@ -167,6 +167,7 @@ class Pipeline:
         # prepared meanwhile under the new epoch must not build on their lines.
         self._unwritten: deque[Batch] = deque()
         self._archiving = 0
+        self._moving: dict[str, anyio.Event] = {}  # session id -> set once its archiving ended
         self._archived = anyio.Event()
         self._archived.set()
         self._inflight: dict[tuple[str, DedupKey], list[Reply]] = {}
@@ -542,10 +543,19 @@ class Pipeline:
         if batch.closing:
             for c in batch.closing:
                 store.release_fd(c.state)
+                self._moving[c.state.session_id] = anyio.Event()
             if self._archiving == 0:
                 self._archived = anyio.Event()
             self._archiving += 1
             self._archive_tg.start_soon(self._archive, batch.closing, batch.now)
+        if batch.linked:
+            for a, successor in batch.linked:
+                a.successor = successor
+            if self._archiving == 0:
+                self._archived = anyio.Event()
+            self._archiving += 1
+            self._archive_tg.start_soon(self._link, batch.linked)
+        counters = self.counters
         finish = self._finish
         now = now_ms()
         latency = counters.ingest_latency
@@ -667,9 +677,13 @@ class Pipeline:
         """Create a session (header first); when it replaces `old`, close and archive that one
         and record why in the new one, so a reset is never silent."""
         store = self.store
-        st, header = store.create_session(
-            agent_id, key, now, fields, old.session_id if old is not None else None
-        )
+        # A key whose last session ended without a successor (a scheduled reset, a deletion, an
+        # adopted archive) continues that chain: the header names it, its index line follows.
+        prev = store.predecessor_of(agent_id, key) if old is None else None
+        pred = old.session_id if old is not None else (prev.session_id if prev else None)
+        st, header = store.create_session(agent_id, key, now, fields, pred)
+        if prev is not None:
+            batch.linked.append((prev, st.session_id))
         # Registered now, so the next batch (prepared during this one's sync) finds it.
         store.register(st)
         batch.created.append(st)
@@ -815,6 +829,35 @@ class Pipeline:
             if self._archiving == 0:
                 self._archived.set()
 
+    async def _link(self, linked: list[tuple[Archived, str]]) -> None:
+        """Name the successor in the index of sessions that ended without one, after their own
+        archiving (an index line is appended; the later line for a session wins)."""
+        try:
+            for a, successor in linked:
+                moving = self._moving.get(a.session_id)
+                if moving is not None:
+                    await moving.wait()
+                try:
+                    rec = await anyio.to_thread.run_sync(self.store.record_successor, a, successor)
+                except OSError as e:
+                    log.error(
+                        "archive.successor_failed",
+                        sessionId=a.session_id,
+                        successor=successor,
+                        error=e.strerror or str(e),
+                    )
+                    continue
+                if rec is None:
+                    log.warning(
+                        "archive.successor_not_indexed", sessionId=a.session_id, successor=successor
+                    )
+                    continue
+                self.store.archived_done(rec)
+        finally:
+            self._archiving -= 1
+            if self._archiving == 0:
+                self._archived.set()
+
     async def archives_settled(self) -> None:
         """Wait (a bounded while) until closed sessions are in archive/ with their index lines."""
         with anyio.move_on_after(ARCHIVE_WAIT_SECONDS):
@@ -832,6 +875,10 @@ class Pipeline:
                     error=e.strerror or str(e),
                 )
                 continue
+            finally:
+                moved = self._moving.pop(c.state.session_id, None)
+                if moved is not None:
+                    moved.set()
             self.store.archived_done(rec)
             log.info(
                 "session.archived",

@@ -28,6 +28,7 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
+from daemon.adoption import adopt, record
 from daemon.core.policy import all_at_hours, daily_boundary
 from daemon.errors import RequestError
 from daemon.pipeline import Pipeline
@@ -53,6 +54,7 @@ class Scheduler:
         self.path = state_dir / "scheduler.json"
         self.last_runs: dict[str, int] = {}
         self.retention: Retention | None = None  # set by app.py
+        self.adopted_at = 0  # no scheduled reset for a cause before this (daemon/adoption.py)
 
     def _load(self) -> None:
         try:
@@ -79,6 +81,9 @@ class Scheduler:
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         await anyio.to_thread.run_sync(self._load)
+        self.adopted_at, marker = adopt(self.pipeline.store, self.pipeline.policies, now_ms())
+        if marker is not None:
+            await anyio.to_thread.run_sync(record, self.path.parent, marker)
         send, recv = anyio.create_memory_object_stream[str](64)
         tz = self.pipeline.policies.tz
 
@@ -143,7 +148,7 @@ class Scheduler:
         for agent_id, reg in list(store.agents.items()):
             for key, st in list(reg.sessions.items()):
                 checked += 1
-                verdict = self.pipeline.policies.staleness(st, now)
+                verdict = self.pipeline.policies.staleness(st, now, self.adopted_at)
                 if verdict.stale and verdict.reason is not None:
                     stale.append((agent_id, key, verdict.reason))
         reasons: dict[str, int] = {}

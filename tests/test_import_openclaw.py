@@ -262,6 +262,7 @@ def test_jsonl_era_is_imported_whole_and_byte_identical(
     assert report["imported"] == {
         "sessions": totals["active"],
         "archives": totals["archived"],
+        "missingTranscripts": totals["missingTranscript"],
         "messages": totals["messages"],
         "memoryFiles": sum(1 for f in m["workspaceFiles"] if f["memory"]),
     }
@@ -374,6 +375,7 @@ def test_sqlite_era_is_rebuilt_with_every_event_and_window(
     assert report["imported"] == {
         "sessions": m["totals"]["activeWindows"],
         "archives": m["totals"]["archived"] + markers,  # each reset closes a window
+        "missingTranscripts": 0,
         "messages": m["totals"]["messages"],
         "memoryFiles": 1,
     }
@@ -534,17 +536,47 @@ def test_unreadable_parts_are_reported_and_the_rest_is_imported(
     assert report["imported"]["messages"] == manifest(SQLITE_ERA)["totals"]["messages"] - 4
 
 
-def test_a_missing_transcript_is_reported(
+def test_a_registry_row_without_its_transcript_is_kept_as_an_archived_record(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     src = source_copy(tmp_path, JSONL_ERA)
-    (src / "agents" / "work" / "sessions" / "73e5d64d-b910-430c-991f-950974eb6ffc.jsonl").unlink()
-    code, report = run_import(capsys, src, tmp_path / "state")
-    assert code == 1
-    (problem,) = report["notImported"]
-    assert problem["path"].endswith("sessions.json#agent:work:main")
-    assert "missing" in problem["reason"]
+    sid = "73e5d64d-b910-430c-991f-950974eb6ffc"
+    (src / "agents" / "work" / "sessions" / f"{sid}.jsonl").unlink()
+    row = orjson.loads((src / "agents/work/sessions/sessions.json").read_bytes())["agent:work:main"]
+    state = tmp_path / "state"
+    code, report = run_import(capsys, src, state)
+    assert code == 0, report["notImported"]
+    assert report["notImported"] == []
+    (warning,) = report["warnings"]
+    assert warning["path"].endswith("sessions.json#agent:work:main")
+    assert "missing" in warning["reason"] and "missing-transcript" in warning["reason"]
+    assert report["imported"]["missingTranscripts"] == 1
     assert report["imported"]["sessions"] == manifest(JSONL_ERA)["totals"]["active"] - 1
+    (rec,) = [r for r in read_index(state / "agents/work/sessions") if r.sessionId == sid]
+    assert (rec.reason, rec.sessionKey, rec.messages) == (
+        "missing-transcript",
+        "agent:work:main",
+        0,
+    )
+    assert rec.registry == row, "every registry field is kept"
+    assert rec.startedAt == row["sessionStartedAt"]
+    # Exactly once: a second import finds it present.
+    code, again = run_import(capsys, src, state)
+    assert code == 0 and again["alreadyPresent"]["missingTranscripts"] == 1
+    assert len([r for r in read_index(state / "agents/work/sessions") if r.sessionId == sid]) == 1
+    # The daemon shows it among the archived sessions.
+    config = tmp_path / "config.json5"
+    config.write_text(CONFIG)
+    daemon = Daemon(state, config)
+    try:
+        with daemon.client() as c:
+            shown = c.call("sessions.archived", {"sessionKey": "agent:work:main"})["sessions"]
+            assert [(a["sessionId"], a["reason"]) for a in shown] == [(sid, "missing-transcript")]
+            assert shown[0]["registry"] == row
+    finally:
+        daemon.stop()
+    # doctor (after the daemon caught its mirror up) does not take it for a lost archive.
+    assert main(["doctor", "--state-dir", str(state)]) == 0, capsys.readouterr().out
 
 
 def test_an_empty_transcript_is_copied_for_the_daemon_to_continue(
@@ -642,7 +674,13 @@ def test_a_second_import_changes_nothing(
 
     assert code == 0
     assert snapshot(state, ignore=("sessiond.lock",)) == after_first
-    assert second["imported"] == {"sessions": 0, "archives": 0, "messages": 0, "memoryFiles": 0}
+    assert second["imported"] == {
+        "sessions": 0,
+        "archives": 0,
+        "missingTranscripts": 0,
+        "messages": 0,
+        "memoryFiles": 0,
+    }
     assert second["alreadyPresent"] == first["imported"]
 
 
@@ -774,3 +812,31 @@ def test_the_daemon_serves_and_continues_imported_sessions(
     assert code == 0
     assert again["imported"]["sessions"] == again["imported"]["archives"] == 0
     assert path.read_bytes() == data
+
+
+def test_imported_archives_form_a_chain_per_key(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    src = source_copy(tmp_path, JSONL_ERA)
+    # Usage families that name each archive's key but not what followed it: the key and the
+    # time order give the chain.
+    reg_path = src / "agents/main/sessions/sessions.json"
+    reg = orjson.loads(reg_path.read_bytes())
+    for entry in reg.values():
+        if entry.get("usageFamilySessionIds"):
+            entry["usageFamilySessionIds"] = entry["usageFamilySessionIds"][:1]
+    reg_path.write_bytes(orjson.dumps(reg))
+    state = tmp_path / "state"
+    code, _ = run_import(capsys, src, state)
+    assert code == 0
+    m = manifest(JSONL_ERA)
+    active = {s["sessionKey"]: s["sessionId"] for s in m["sessions"] if s["status"] == "active"}
+    chained = 0
+    for agent in ("main", "work"):
+        for rec in read_index(state / "agents" / agent / "sessions"):
+            if rec.sessionKey is None:
+                continue
+            # Each key here has one archive: the key's active session follows it.
+            assert (rec.predecessor, rec.successor) == (None, active.get(rec.sessionKey))
+            chained += rec.successor is not None
+    assert chained == 3

@@ -162,3 +162,88 @@ async def test_system_events_neither_count_as_interaction_nor_trigger_a_reset(
         assert second["reset"] == {"reason": "idle", "previousSessionId": first["sessionId"]}
         pipeline.close()
     store.close()
+
+
+async def test_an_adopted_folder_gets_resets_only_for_boundaries_after_its_adoption(
+    tmp_path: Path,
+) -> None:
+    store, pipeline = make(tmp_path, "UTC", {"mode": "daily", "atHour": 4})
+    async with anyio.create_task_group() as tg:
+        await tg.start(pipeline.run)
+        await ingest(pipeline, "1", "an OpenClaw session from last week")
+        key = "agent:main:telegram:direct:1"
+        backdate(store, key, ms("2026-01-03 20:00", "UTC"), ms("2026-01-03 21:00", "UTC"))
+        sched = Scheduler(pipeline, store.state_dir)
+        sched.adopted_at = ms("2026-01-10 09:00", "UTC")
+        # Seven boundaries passed before the adoption: none of them resets it.
+        same_day = await sched.run_job(EXPIRY, at=ms("2026-01-10 23:59", "UTC"))
+        assert same_day["archived"] == 0 and key in store.agents["main"].sessions
+        # The first boundary after the adoption does.
+        after = await sched.run_job(daily_job(4), at=ms("2026-01-11 04:00", "UTC"))
+        assert after["reasons"] == {"daily": 1}
+        assert key not in store.agents["main"].sessions
+        pipeline.close()
+    store.close()
+
+
+def test_adoption_is_recorded_once_and_a_folder_sessiond_scheduled_is_not_adopted(
+    tmp_path: Path,
+) -> None:
+    from daemon.adoption import MARKER, adopt, record
+
+    store, pipeline = make(tmp_path, "UTC", {"mode": "daily", "atHour": 4})
+    at, marker = adopt(store, pipeline.policies, 1000)
+    assert at == 1000 and marker is not None and marker["adoptedAt"] == 1000
+    record(store.state_dir, marker)
+    assert adopt(store, pipeline.policies, 2000) == (1000, None)
+    store.close()
+    ours, pipeline = make(tmp_path / "ours", "UTC", {"mode": "daily", "atHour": 4})
+    (ours.state_dir / "scheduler.json").write_bytes(b'{"lastRuns": {}}')
+    assert adopt(ours, pipeline.policies, 3000) == (0, None)
+    assert not (ours.state_dir / MARKER).exists()
+    ours.close()
+
+
+async def test_a_scheduled_reset_gets_its_successor_when_the_next_session_of_its_key_begins(
+    tmp_path: Path,
+) -> None:
+    from daemon.api import Api
+    from daemon.core.protocol import parse_archived, parse_history
+
+    store, pipeline = make(tmp_path, "UTC", {"mode": "daily", "atHour": 4})
+    async with anyio.create_task_group() as tg:
+        await tg.start(pipeline.run)
+        first = await ingest(pipeline, "1", "yesterday's talk")
+        key = first["sessionKey"]
+        backdate(store, key, ms("2026-01-09 20:00", "UTC"), ms("2026-01-09 21:00", "UTC"))
+        res = await Scheduler(pipeline, store.state_dir).run_job(
+            daily_job(4), at=ms("2026-01-10 04:00", "UTC")
+        )
+        assert res["reasons"] == {"daily": 1}
+        await pipeline.archives_settled()
+        second = await ingest(pipeline, "1", "good morning")
+        assert second["created"]
+        await pipeline.archives_settled()
+        api = Api(store, pipeline, tmp_path / "unused.sock")
+        archived = await api.sessions_archived(parse_archived({"sessionKey": key}))
+        assert [(a["sessionId"], a["successor"]) for a in archived["sessions"]] == [
+            (first["sessionId"], second["sessionId"])
+        ]
+        prev = await api.sessions_history(parse_history({"sessionKey": key, "previous": 1}))
+        assert prev["sessionId"] == first["sessionId"]
+        pipeline.close()
+    folder = tmp_path / "state/agents/main/sessions"
+    index = [orjson.loads(x) for x in (folder / "archive/index.jsonl").read_bytes().splitlines()]
+    # Append-only: the archiving's line, then the line that names the successor.
+    assert [(r["sessionId"], r["reason"], r["successor"]) for r in index] == [
+        (first["sessionId"], "daily", None),
+        (first["sessionId"], "daily", second["sessionId"]),
+    ]
+    header = orjson.loads((folder / f"{second['sessionId']}.jsonl").read_bytes().splitlines()[0])
+    assert header["predecessor"] == first["sessionId"]
+    store.close()
+    # After a restart the later line wins.
+    again = Store(tmp_path / "state", dedup_max=1000, dedup_window_ms=86_400_000)
+    again.open()
+    assert again.archived_by_id[first["sessionId"]].successor == second["sessionId"]
+    again.close()

@@ -19,6 +19,18 @@ Key shapes, `<a>` being the normalised agent id:
     telegram forum topic                agent:<a>:telegram:group:<groupId>:topic:<threadId>
 
 With the bounds below a key is at most about 540 characters (see `_MAX_KEY_LENGTH`).
+
+Case: every segment is lowercased, as OpenClaw does, except the ids OpenClaw keeps verbatim
+because their platform treats them as opaque and case-sensitive (`CASE_PRESERVING_PEERS` in
+OpenClaw's `src/sessions/session-key-utils.ts`, used by `buildAgentPeerSessionKey` in
+`src/routing/session-key.ts`):
+- Signal group ids (base64): openclaw/openclaw#82853, in OpenClaw since 2026.5.17. Signal direct
+  peers (phone numbers, UUIDs) stay lowercased, and so does a thread suffix under a group.
+- Matrix room ids of group/channel conversations, and the thread event ids under them:
+  openclaw/openclaw#87366 (issue #75670), since 2026.5.27. Matrix direct peers (MXIDs) stay
+  lowercased (openclaw/openclaw#102313 is open, #110021 was not merged).
+Keys sessiond wrote before it kept that case are renamed once their registry entry proves the
+exact id (`case_kept_key`, applied at start-up by daemon/keymigrate.py).
 """
 
 from __future__ import annotations
@@ -141,14 +153,15 @@ def _is_unsafe(ch: str) -> bool:
     return ch.isspace() or unicodedata.category(ch) in _UNSAFE_CATEGORIES
 
 
-def _component(raw: str) -> str:
-    """One key segment: trimmed and lowercased; unsafe or overlong ids get a stable digest.
+def _component(raw: str, keep_case: bool = False) -> str:
+    """One key segment: trimmed and lowercased (unless `keep_case`); unsafe or overlong ids get
+    a stable digest.
 
     An id that had to be changed keeps a readable prefix and gains "~" plus a digest of the
-    lowercased original, so two different hostile ids never share a session by being cleaned
+    (lowercased) original, so two different hostile ids never share a session by being cleaned
     to the same text.
     """
-    text = raw.strip().lower()
+    text = raw.strip() if keep_case else raw.strip().lower()
     if text.isascii() and text.isprintable() and " " not in text:
         if len(text) <= _MAX_COMPONENT:
             return text
@@ -189,6 +202,18 @@ _CHAT_TYPES: Mapping[str, str] = {
 # Adapters that know better send chatType group/channel with a threadId.
 _CHANNEL_THREAD_PLATFORMS = frozenset({"slack", "discord", "msteams", "mattermost"})
 _TOPIC_PLATFORMS = frozenset({"telegram"})
+# (channel -> conversation kinds) whose ids OpenClaw keeps verbatim (see the module docstring).
+_CASE_KEPT: Mapping[str, frozenset[str]] = {
+    "signal": frozenset({"group"}),
+    "matrix": frozenset({"group", "channel"}),
+}
+# Channels whose thread ids under a case-kept conversation are kept verbatim too.
+_CASE_KEPT_THREADS = frozenset({"matrix"})
+
+
+def keeps_case(channel: str, kind: str) -> bool:
+    """Whether OpenClaw keeps the case of this channel's ids of this conversation kind."""
+    return kind in _CASE_KEPT.get(channel, frozenset())
 
 
 @dataclass(frozen=True, slots=True)
@@ -381,10 +406,13 @@ def _session_key(agent_id: str, scope: _Scope, cfg: Config) -> str:
         else:
             base = f"agent:{agent_id}:{_main_key(session.mainKey)}"
     else:
-        base = f"agent:{agent_id}:{scope.channel}:{scope.kind}:{_component(scope.group_id)}"
+        kept = keeps_case(scope.channel, scope.kind)
+        group = _component(scope.group_id, kept)
+        base = f"agent:{agent_id}:{scope.channel}:{scope.kind}:{group}"
     if not scope.thread_id:
         return base
-    thread = _component(scope.thread_id)
+    kept_thread = scope.channel in _CASE_KEPT_THREADS and keeps_case(scope.channel, scope.kind)
+    thread = _component(scope.thread_id, kept_thread)
     if scope.kind != "direct" and scope.channel in _TOPIC_PLATFORMS:
         return f"{base}:topic:{thread}"
     return f"{base}:thread:{thread}"
@@ -415,3 +443,68 @@ def agent_of_key(session_key: str) -> str | None:
         return None
     agent_id = parts[1]
     return agent_id if normalize_agent_id(agent_id) == agent_id else None
+
+
+# ---------------------------------------------------------------------------------------------
+# Keys written before case was kept: renamed once the registry entry proves the exact id.
+
+# Prefixes OpenClaw and sessiond put before a conversation id in delivery targets
+# (`deliveryContext.to`, `lastTo`, `origin.to`): "signal:group:<id>", "group:<id>", "room:<id>".
+_TARGET_PREFIXES = ("signal:", "matrix:", "group:", "room:", "channel:")
+
+
+def _exact_ids(entry: Mapping[str, object]) -> list[str]:
+    """Conversation ids an entry records in their original case, most reliable first."""
+    out: list[str] = []
+    gid = entry.get("groupId")
+    if isinstance(gid, str) and gid.strip():
+        out.append(gid.strip())
+    targets: list[object] = [entry.get("lastTo")]
+    for field in ("deliveryContext", "origin"):
+        obj = entry.get(field)
+        if isinstance(obj, Mapping):
+            targets.append(obj.get("to"))
+    for t in targets:
+        if not isinstance(t, str):
+            continue
+        text = t.strip()
+        stripped = True
+        while stripped:
+            stripped = False
+            for p in _TARGET_PREFIXES:
+                if text.lower().startswith(p):
+                    text, stripped = text[len(p) :], True
+        if text:
+            out.append(text)
+    return out
+
+
+def case_kept_key(session_key: str, entry: Mapping[str, object]) -> str | None:
+    """The key OpenClaw (and sessiond now) gives the conversation of a registry entry stored
+    under a lowercased key, when the entry proves the id's exact case; else None.
+
+    Proof: an id the entry records (`groupId`, or a delivery target) that lowercases to the key's
+    id segment. Without it the key stays as it is: guessing could merge two groups whose ids
+    differ only in case, which is the very thing keeping the case prevents.
+    """
+    parts = session_key.split(":")
+    if len(parts) < 5 or parts[0] != "agent" or not keeps_case(parts[2], parts[3]):
+        return None
+    head = ":".join(parts[:4]) + ":"
+    rest = session_key[len(head) :]
+    channel = parts[2]
+    thread = ""
+    cut = rest.rfind(":thread:")
+    if cut != -1:
+        rest, thread = rest[:cut], rest[cut:]
+    if channel in _CASE_KEPT_THREADS and thread:
+        tid = entry.get("lastThreadId")
+        exact = _component(str(tid), True) if isinstance(tid, (str, int)) else None
+        if exact is None or exact.lower() != thread[len(":thread:") :]:
+            return None  # the thread id's case is not known: keep the whole key
+        thread = f":thread:{exact}"
+    for raw in _exact_ids(entry):
+        exact = _component(raw, True)
+        if _component(raw) == rest and exact != rest:
+            return f"{head}{exact}{thread}"
+    return None

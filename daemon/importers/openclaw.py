@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -32,6 +32,7 @@ from typing import Any
 import orjson
 
 from daemon.core.keys import normalize_agent_id
+from daemon.core.lineage import Ended, rebuild
 from daemon.importers.events import (
     ArchiveName,
     Ending,
@@ -46,7 +47,14 @@ from daemon.importers.events import (
     zstd_decompress,
 )
 from daemon.importers.openclaw_db import AGENT_DB, AgentDatabase, read_database
-from daemon.importers.plan import Plan, PlannedMemory, PlannedTranscript, Problem, Progress
+from daemon.importers.plan import (
+    Plan,
+    PlannedMemory,
+    PlannedMissing,
+    PlannedTranscript,
+    Problem,
+    Progress,
+)
 from daemon.store.registry import SESSIONS_JSON, session_file_name
 
 
@@ -266,6 +274,7 @@ class OpenClawSource:
                     f"unreadable ({e}); its transcripts are imported as orphan archives",
                 )
         family = lineage_index(registry)
+        first_planned = len(self.plan.transcripts)
         names = sorted(p.name for p in folder.iterdir())
         active_names = set()
         archived: list[tuple[str, ArchiveName]] = []
@@ -295,9 +304,12 @@ class OpenClawSource:
             if name not in active_names and f"{sid}.jsonl" in active_names:
                 name = f"{sid}.jsonl"
             if name not in active_names:
-                self.problem(
-                    f"{self.rel(reg_path)}#{key}",
-                    f"transcript {name} is missing; the registry entry was not imported",
+                # OpenClaw's cleanup removes transcripts and leaves their rows: the row's facts
+                # (key, ids, times, fields) are kept as an archived record, with a warning.
+                self.plan.missing.append(
+                    PlannedMissing(
+                        scan.agent_id, sid, key, f"{self.rel(reg_path)}#{key}", name, entry
+                    )
                 )
                 continue
             if name in claimed_names:
@@ -338,6 +350,33 @@ class OpenClawSource:
                     archived_at=an.archived_at,
                     base=an.base,
                 )
+        self.chain(first_planned)
+
+    def chain(self, first: int) -> None:
+        """Fill in the predecessor and successor no usage family named, for the transcripts
+        planned from `first` on (one sessions folder): per key, by time (core/lineage.py)."""
+        planned = self.plan.transcripts
+        ended: dict[str, list[Ended]] = {}
+        current: dict[str, PlannedTranscript] = {}
+        for t in planned[first:]:
+            if t.session_key is None or t.reason == "orphan":
+                continue
+            if t.active:
+                current[t.session_key] = t
+            else:
+                at = t.archived_at or t.content.ended_at or 0
+                e = Ended(t.session_id, t.content.started_at, at, t.predecessor, t.successor)
+                ended.setdefault(t.session_key, []).append(e)
+        links: dict[str, tuple[str | None, str | None]] = {}
+        for key, items in ended.items():
+            cur = current.get(key)
+            started = cur.content.started_at if cur is not None else None
+            links.update(rebuild(items, cur.session_id if cur else None, started))
+        for n in range(first, len(planned)):
+            t = planned[n]
+            if not t.active and t.session_id in links and t.session_key is not None:
+                pred, succ = links[t.session_id]
+                planned[n] = replace(t, predecessor=pred, successor=succ)
 
     def plan_file(
         self,

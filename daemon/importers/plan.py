@@ -57,6 +57,18 @@ class PlannedTranscript:
 
 
 @dataclass(frozen=True, slots=True)
+class PlannedMissing:
+    """A registry row whose transcript is gone: imported as an archived record only."""
+
+    agent_id: str
+    session_id: str
+    session_key: str
+    origin: str  # registry file and key, for the report
+    name: str  # the transcript file the row names
+    entry: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
 class PlannedMemory:
     """One memory file, copied byte for byte into the agent's workspace memory/ folder."""
 
@@ -88,6 +100,7 @@ class Plan:
     agents: list[str] = field(default_factory=list)
     transcripts: list[PlannedTranscript] = field(default_factory=list)
     memory: list[PlannedMemory] = field(default_factory=list)
+    missing: list[PlannedMissing] = field(default_factory=list)
     problems: list[Problem] = field(default_factory=list)
     skipped: list[Problem] = field(default_factory=list)  # not session data, left out on purpose
     notes: list[str] = field(default_factory=list)
@@ -101,11 +114,13 @@ class Tally:
     archives: int = 0
     messages: int = 0
     memoryFiles: int = 0
+    missingTranscripts: int = 0  # registry rows kept as archived records, without a file
 
     def to_json(self) -> dict[str, int]:
         return {
             "sessions": self.sessions,
             "archives": self.archives,
+            "missingTranscripts": self.missingTranscripts,
             "messages": self.messages,
             "memoryFiles": self.memoryFiles,
         }
@@ -125,6 +140,8 @@ class Report:
     items: list[dict[str, Any]] = field(default_factory=list)
     problems: list[Problem] = field(default_factory=list)
     skipped: list[Problem] = field(default_factory=list)
+    # imported, but not whole: a registry row whose transcript was gone (not a failure)
+    warnings: list[Problem] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -152,6 +169,7 @@ class Report:
             "imported": self.imported.to_json(),
             "alreadyPresent": self.already_present.to_json(),
             "notImported": [p.to_json() for p in self.problems],
+            "warnings": [p.to_json() for p in self.warnings],
             "skipped": [p.to_json() for p in self.skipped],
             "notes": self.notes,
             "transcripts": self.items,
@@ -165,7 +183,8 @@ class Report:
             f"{'dry run: ' if self.dry_run else ''}{self.source} -> {self.state_dir}",
             f"  era: {', '.join(self.eras) or 'none found'}; agents: {', '.join(self.agents)}",
             f"  {verb}: {i.sessions} sessions, {i.archives} archives, {i.messages} messages, "
-            f"{i.memoryFiles} memory files",
+            f"{i.memoryFiles} memory files"
+            + (f", {i.missingTranscripts} rows without transcript" if i.missingTranscripts else ""),
         ]
         if a.sessions or a.archives or a.memoryFiles:
             lines.append(
@@ -173,6 +192,9 @@ class Report:
                 f"{a.messages} messages, {a.memoryFiles} memory files"
             )
         lines.extend(f"  note: {n}" for n in self.notes)
+        if self.warnings:
+            lines.append(f"  WARNING ({len(self.warnings)}, imported as archived records):")
+            lines.extend(f"    {p.where}: {p.reason}" for p in self.warnings)
         if self.skipped:
             lines.append(f"  left out on purpose ({len(self.skipped)}, not session data):")
             lines.extend(f"    {p.where}: {p.reason}" for p in self.skipped)

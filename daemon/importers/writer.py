@@ -31,12 +31,19 @@ from daemon.importers.plan import (
     Outcome,
     Plan,
     PlannedMemory,
+    PlannedMissing,
     PlannedTranscript,
     Problem,
     Progress,
     Report,
 )
-from daemon.store.archive import ARCHIVE_DIR, ArchiveRecord, append_index, read_index
+from daemon.store.archive import (
+    ARCHIVE_DIR,
+    MISSING_TRANSCRIPT,
+    ArchiveRecord,
+    append_index,
+    read_index,
+)
 from daemon.store.fsutil import FILE_MODE, atomic_write, ensure_dir, fsync_dir, write_all
 from daemon.store.registry import SESSIONS_JSON, session_file_name
 from daemon.store.store import now_ms
@@ -277,6 +284,39 @@ class AgentTarget:
         )
         return outcome, self.rel(path)
 
+    def add_missing(self, m: PlannedMissing) -> Outcome:
+        """Keep a registry row whose transcript is gone as an archived record (no file)."""
+        for r in [*self.index, *self.new_records]:
+            if r.sessionId == m.session_id:
+                return "already-present"
+        for e in self.registry.values():
+            if isinstance(e, dict) and e.get("sessionId") == m.session_id:
+                return "already-present"
+        started = m.entry.get("sessionStartedAt")
+        ended = next(
+            (v for k in ("lastInteractionAt", "updatedAt") if isinstance(v := m.entry.get(k), int)),
+            None,
+        )
+        self.new_records.append(
+            ArchiveRecord(
+                sessionId=m.session_id,
+                sessionKey=m.session_key,
+                agentId=self.agent_id,
+                reason=MISSING_TRANSCRIPT,
+                startedAt=started if isinstance(started, int) else None,
+                endedAt=ended,
+                archivedAt=ended if ended is not None else now_ms(),
+                messages=0,
+                bytes=0,
+                sha256="",
+                predecessor=None,
+                successor=None,
+                file=m.name,
+                registry=m.entry,
+            )
+        )
+        return "would-import" if self.dry_run else "imported"
+
     # -- finishing -------------------------------------------------------------------------
 
     def finish(self) -> None:
@@ -315,7 +355,8 @@ def apply_plan(
     done = 0
     for agent_id in plan.agents:
         mine = [t for t in plan.transcripts if t.agent_id == agent_id]
-        if not mine:
+        missing = [m for m in plan.missing if m.agent_id == agent_id]
+        if not mine and not missing:
             continue
         target = AgentTarget(state_dir, agent_id, report, dry_run)
         demoted: list[PlannedTranscript] = []
@@ -343,6 +384,8 @@ def apply_plan(
             if any(t is d for d in demoted) and outcome != "already-present":
                 report.notes.append(f"{t.session_id}: {t.note}")
             _item(report, t, outcome, where)
+        for gone in missing:
+            _missing(report, gone, target.add_missing(gone))
         try:
             target.finish()
         except OSError as e:
@@ -418,6 +461,32 @@ def _item(report: Report, t: PlannedTranscript, outcome: Outcome, where: str) ->
             "predecessor": t.predecessor,
             "successor": t.successor,
             "note": t.note,
+            "outcome": outcome,
+        }
+    )
+
+
+def _missing(report: Report, m: PlannedMissing, outcome: Outcome) -> None:
+    (
+        report.already_present if outcome == "already-present" else report.imported
+    ).missingTranscripts += 1
+    report.warnings.append(
+        Problem(
+            m.origin,
+            f"transcript {m.name} is missing; the registry row is kept as an archived record "
+            f"(reason {MISSING_TRANSCRIPT})",
+        )
+    )
+    report.items.append(
+        {
+            "kind": MISSING_TRANSCRIPT,
+            "agentId": m.agent_id,
+            "sessionKey": m.session_key,
+            "sessionId": m.session_id,
+            "reason": MISSING_TRANSCRIPT,
+            "source": m.origin,
+            "file": m.name,
+            "messages": 0,
             "outcome": outcome,
         }
     )

@@ -15,7 +15,7 @@ import hashlib
 import os
 import re
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +28,10 @@ from daemon.store.transcript import json_object
 
 ARCHIVE_DIR = "archive"
 INDEX = "index.jsonl"
-REASONS = ("new", "reset", "daily", "idle", "deleted", "orphan", "import")
+REASONS = ("new", "reset", "daily", "idle", "deleted", "orphan", "import", "missing-transcript")
+# A registry row whose transcript was already gone when it was imported: the record keeps its
+# key, ids, times and registry fields; no file holds it (`file` names the one that was missing).
+MISSING_TRANSCRIPT = "missing-transcript"
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,9 +51,13 @@ class ArchiveRecord:
     predecessor: str | None
     successor: str | None
     file: str  # name inside archive/
+    registry: dict[str, Any] | None = None  # the registry row, kept for a missing transcript
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        out = asdict(self)
+        if self.registry is None:
+            del out["registry"]
+        return out
 
     @staticmethod
     def from_json(obj: dict[str, Any]) -> ArchiveRecord | None:
@@ -69,6 +76,7 @@ class ArchiveRecord:
                 predecessor=obj.get("predecessor"),
                 successor=obj.get("successor"),
                 file=str(obj.get("file") or f"{obj['sessionId']}.jsonl"),
+                registry=obj["registry"] if isinstance(obj.get("registry"), dict) else None,
             )
         except (KeyError, TypeError, ValueError):
             return None
@@ -436,15 +444,23 @@ def openclaw_archive_time(ts: str) -> int | None:
 
 
 def adopt_openclaw_archives(
-    sessions_folder: Path, agent_id: str, key_of: dict[str, str], now: int
+    sessions_folder: Path,
+    agent_id: str,
+    key_of: dict[str, str],
+    now: int,
+    active: dict[str, tuple[str, int | None]] | None = None,
 ) -> list[ArchiveRecord]:
     """Move OpenClaw's `<id>.jsonl.reset.<ts>` / `.jsonl.deleted.<ts>` files into archive/.
 
     Content stays byte-identical (a rename); the index line takes its reason from the suffix,
     archivedAt from the timestamp, and the session key from `key_of` (session id -> key, e.g.
     from OpenClaw's usageFamilySessionIds) or the transcript itself when it can be recovered.
+    Predecessor and successor are rebuilt per key from the time order (daemon/core/lineage.py);
+    `active` (key -> the key's active session id and start) links the newest to the current.
     """
-    out: list[ArchiveRecord] = []
+    from daemon.core.lineage import Ended, rebuild
+
+    found: list[tuple[Path, str, ArchiveRecord]] = []
     for entry in sorted(os.scandir(sessions_folder), key=lambda e: e.name):
         m = OPENCLAW_SUFFIX.match(entry.name)
         if m is None or not entry.is_file():
@@ -453,9 +469,6 @@ def adopt_openclaw_archives(
         stats = transcript_stats(src)
         base = m.group("base")
         sid = stats.session_id or base[: -len(".jsonl")]
-        dest = move_into_archive(
-            src, base if not (archive_folder(sessions_folder) / base).exists() else entry.name
-        )
         rec = ArchiveRecord(
             sessionId=sid,
             sessionKey=key_of.get(sid) or stats.session_key,
@@ -469,8 +482,25 @@ def adopt_openclaw_archives(
             sha256=stats.sha256,
             predecessor=None,
             successor=None,
-            file=dest.name,
+            file=base,
         )
+        found.append((src, base, rec))
+    by_key: dict[str, list[Ended]] = {}
+    for _src, _base, rec in found:
+        if rec.sessionKey is not None:
+            e = Ended(rec.sessionId, rec.startedAt, rec.archivedAt)
+            by_key.setdefault(rec.sessionKey, []).append(e)
+    links: dict[str, tuple[str | None, str | None]] = {}
+    for key, ended in by_key.items():
+        cur, started = (active or {}).get(key, (None, None))
+        links.update(rebuild(ended, cur, started))
+    out: list[ArchiveRecord] = []
+    for src, base, rec in found:
+        dest = move_into_archive(
+            src, base if not (archive_folder(sessions_folder) / base).exists() else src.name
+        )
+        pred, succ = links.get(rec.sessionId, (None, None))
+        rec = replace(rec, predecessor=pred, successor=succ, file=dest.name)
         append_index(sessions_folder, [rec])
         out.append(rec)
     return out

@@ -14,7 +14,7 @@ import time
 import uuid
 from collections import OrderedDict
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -106,6 +106,9 @@ class Batch:
     stops: list[dict[str, Any]] = field(default_factory=list)  # session.stop events to publish
     # ingest answers completed after the write (/context detail reads the transcript): item id
     details: dict[int, SessionState] = field(default_factory=dict)
+    # (ended session, the session of its key that begins in this batch) for sessions ended
+    # without a successor (scheduler, deleted): their index gets one more line once durable
+    linked: list[tuple[Archived, str]] = field(default_factory=list)
 
 
 class Store:
@@ -131,6 +134,8 @@ class Store:
         # Archived sessions per agent, oldest first; `archived_by_id` finds one by session id.
         self.archives: dict[str, list[Archived]] = {}
         self.archived_by_id: dict[str, Archived] = {}
+        # The newest archived session of each (agent, key): the predecessor of its next session.
+        self.latest_by_key: dict[tuple[str, str], Archived] = {}
         self._replayed: set[str] = set()
         # Replay only: decompressed archives (rel path -> content), and message ids of replayed
         # lines whose session no registry entry names (closed by a reset, maybe archived):
@@ -274,7 +279,11 @@ class Store:
                 for sid in family if isinstance(family, list) else []:
                     if isinstance(sid, str) and sid != st.session_id:
                         key_of.setdefault(sid, key)
-            for rec in archive.adopt_openclaw_archives(folder, agent_id, key_of, now):
+            current = {
+                key: (st.session_id, _int_or_none(st.entry.get("sessionStartedAt")))
+                for key, st in reg.sessions.items()
+            }
+            for rec in archive.adopt_openclaw_archives(folder, agent_id, key_of, now, current):
                 adopted += 1
                 log.info(
                     "archive.adopted", agentId=agent_id, sessionId=rec.sessionId, file=rec.file
@@ -328,7 +337,32 @@ class Store:
             self.archives[rec.agentId].remove(prior)
         self.archives.setdefault(rec.agentId, []).append(a)
         self.archived_by_id[rec.sessionId] = a
+        self._note_latest(a)
         return a
+
+    def _note_latest(self, a: Archived) -> None:
+        if a.session_key is None:
+            return
+        k = (a.agent_id, a.session_key)
+        prior = self.latest_by_key.get(k)
+        if prior is None or prior is a or a.archived_at >= prior.archived_at:
+            self.latest_by_key[k] = a
+
+    def predecessor_of(self, agent_id: str, session_key: str) -> Archived | None:
+        """The ended session a new session of this key follows, when nothing named its
+        successor yet (ended by the scheduler, deleted, or adopted without one)."""
+        a = self.latest_by_key.get((agent_id, session_key))
+        return a if a is not None and a.successor is None else None
+
+    def record_successor(self, a: Archived, successor: str) -> ArchiveRecord | None:
+        """Append an index line that names `a`'s successor (worker thread; index lines are
+        append-only, the later line for a session wins). None while `a` has no index record
+        (its move failed: start-up finishes it). Raises OSError."""
+        if a.record is None:
+            return None
+        rec = replace(a.record, successor=successor)
+        archive.append_index(self.state_dir / "agents" / a.agent_id / "sessions", [rec])
+        return rec
 
     def close_session(
         self, batch: Batch, st: SessionState, reason: str, successor: str | None, ts: str
@@ -358,6 +392,7 @@ class Store:
             )
         )
         self.archived_by_id[st.session_id] = pending
+        self._note_latest(pending)
 
     def release_fd(self, st: SessionState) -> None:
         """Close a closed session's descriptor (event loop, between batches)."""
@@ -386,6 +421,7 @@ class Store:
             self._add_archived(rec)
             return
         a.record = rec
+        a.successor = rec.successor or a.successor
         a.rel_path = f"agents/{rec.agentId}/sessions/{archive.ARCHIVE_DIR}/{rec.file}"
 
     def _add_agent(self, reg: AgentRegistry) -> None:
@@ -881,3 +917,7 @@ def session_answer(
 
 def _str_or_none(v: Any) -> str | None:
     return v if isinstance(v, str) else None
+
+
+def _int_or_none(v: Any) -> int | None:
+    return v if isinstance(v, int) else None
