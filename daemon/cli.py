@@ -518,9 +518,11 @@ def _search_parsers(sub: Any) -> None:
     p = sub.add_parser(
         "search",
         help="search transcripts (active and archived) and memory files",
-        description="Full-text search through the daemon (memory.search). QUERY is FTS5 syntax: "
-        'words (all must occur), "quoted phrases", OR, NOT, NEAR(a b), prefix*. Hits are '
-        "ranked by bm25; the match is marked «like this».",
+        description="Full-text search through the daemon (memory.search). QUERY is plain "
+        'language ("what did we decide about the tip, 15%?"): any punctuation is fine, '
+        "messages sharing the question's rarer words rank first, newer ones a little higher. "
+        'With --fts, QUERY is FTS5 syntax: words (all must occur), "quoted phrases", OR, NOT, '
+        "NEAR(a b), prefix*. Hits are ranked by bm25; the match is marked «like this».",
     )
     _common(p, json_flag=True)
     p.add_argument("query", metavar="QUERY")
@@ -531,6 +533,10 @@ def _search_parsers(sub: Any) -> None:
     p.add_argument("--before", help="before (epoch ms or ISO-8601)")
     p.add_argument("--only", choices=["sessions", "memory"], help="only one kind of source")
     p.add_argument("--limit", type=int, default=20, help="most hits (default 20, at most 200)")
+    p.add_argument("--fts", action="store_true", help="QUERY is FTS5 syntax, not plain language")
+    p.add_argument(
+        "--no-recency", action="store_true", help="rank by relevance alone, not newer first"
+    )
 
     p = sub.add_parser(
         "reindex",
@@ -559,6 +565,10 @@ def cmd_search(args: argparse.Namespace) -> int:
     if args.only:
         params["includeSessions"] = args.only == "sessions"
         params["includeMemory"] = args.only == "memory"
+    if args.fts:
+        params["syntax"] = "fts5"
+    if args.no_recency:
+        params["recency"] = False
     res = _call(args, "memory.search", params)
     if args.json:
         _print_json(res)
