@@ -186,6 +186,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--dry-run", action="store_true", help="read and verify everything, write nothing"
     )
     _search_parsers(sub)
+    _mcp_parser(sub)
     maintenance.add_parsers(sub, _common)  # doctor, backup verify|restore, retention
     return parser
 
@@ -286,6 +287,8 @@ def dispatch(args: argparse.Namespace) -> int:
             for k, v in st.items():
                 print(f"{k:18} {v}")
         return EXIT_OK
+    if cmd == "mcp":
+        return cmd_mcp(args)
     if cmd == "call":
         try:
             params = orjson.loads(args.params)
@@ -547,6 +550,48 @@ def _search_parsers(sub: Any) -> None:
         "folder and restart the daemon, which rebuilds it too). Progress on a terminal.",
     )
     _common(p, json_flag=True)
+
+
+def _mcp_parser(sub: Any) -> None:
+    p = sub.add_parser(
+        "mcp",
+        help="serve an agent's history as MCP tools (stdio)",
+        description="An MCP server (Model Context Protocol, over stdio) for agent runtimes: "
+        "tools sessions_list, sessions_list_archived, sessions_history, memory_search and "
+        "session_context. It talks to the running daemon with an agent token (--token-file, "
+        "else $SESSIOND_TOKEN), so the agent sees exactly its own sessions, archives and memory. "
+        "Start it from the runtime's MCP config; see the README, 'Give your agents their history'.",
+    )
+    _common(p)
+    p.add_argument("--token-file", metavar="FILE", help="file holding the agent token (first line)")
+    p.add_argument(
+        "--http",
+        metavar="127.0.0.1:PORT",
+        help="serve Streamable HTTP on this loopback address (path /mcp) instead of stdio",
+    )
+
+
+def cmd_mcp(args: argparse.Namespace) -> int:
+    from daemon import agenttools
+
+    try:
+        token = agenttools.read_token(args.token_file)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    http: tuple[str, int] | None = None
+    if args.http:
+        host, _, port = args.http.rpartition(":")
+        if host not in ("127.0.0.1", "localhost", "::1", "[::1]") or not port.isdigit():
+            raise UsageError(
+                f"--http must be a loopback address as 127.0.0.1:PORT, got {args.http}"
+            )
+        http = (host.strip("[]"), int(port))
+    cfg, _ = _config(args)
+    address = str(args.socket) if args.socket else str(_socket(args, cfg))
+    agenttools.serve(
+        address, token, http=http, warn=lambda m: print(f"sessiond mcp: {m}", file=sys.stderr)
+    )
+    return EXIT_OK
 
 
 def cmd_search(args: argparse.Namespace) -> int:
