@@ -36,7 +36,7 @@ from daemon.store.transcript import iso_ms
 SNIPPET_TOKENS = 16
 QUERY_SECONDS = 10.0  # a query running longer is interrupted (-32603, never a stuck thread)
 MIN_PREFIX_CHARS = 3
-SCORE_BUDGET = 10_000  # rows a plain query scores at most per window (2-5 µs each)
+SCORE_BUDGET = 5_000  # rows a plain query scores at most per window (2-10 µs each)
 READER_CACHE_KIB = 32_768  # page cache per reader: scoring visits docs rows all over the file
 WINDOWS_MAX = 3  # windows of the newest entries scored when every term is that common
 RECENCY_BOOST = 0.5  # a hit from now scores up to 1.5x; the boost halves at RECENCY_MS of age
