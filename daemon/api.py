@@ -336,6 +336,8 @@ def storage_state(store: Store) -> str:
     full at start-up, or the last write failing, e.g. ENOSPC), else ok."""
     problem = store.broken or store.write_error
     return "ok" if problem is None else f"unavailable: {problem}"
+
+
 def openclaw_list(
     rows: list[dict[str, Any]], state_dir: Path, agent: str | None, active_minutes: int | None
 ) -> dict[str, Any]:

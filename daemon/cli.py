@@ -231,6 +231,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--dry-run", action="store_true", help="read and verify everything, write nothing"
     )
     _search_parsers(sub)
+    _mcp_parser(sub)
     maintenance.add_parsers(sub, _common)  # doctor, backup verify|restore, retention
     return parser
 
@@ -365,6 +366,8 @@ def dispatch(args: argparse.Namespace) -> int:
         return EXIT_OK
     if cmd == "events":
         return cli_events.follow(args, lambda: _connect(args))
+    if cmd == "mcp":
+        return cmd_mcp(args)
     if cmd == "call":
         try:
             params = orjson.loads(args.params)
@@ -604,9 +607,11 @@ def _search_parsers(sub: Any) -> None:
     p = sub.add_parser(
         "search",
         help="search transcripts (active and archived) and memory files",
-        description="Full-text search through the daemon (memory.search). QUERY is FTS5 syntax: "
-        'words (all must occur), "quoted phrases", OR, NOT, NEAR(a b), prefix*. Hits are '
-        "ranked by bm25; the match is marked «like this».",
+        description="Full-text search through the daemon (memory.search). QUERY is plain "
+        'language ("what did we decide about the tip, 15%?"): any punctuation is fine, '
+        "messages sharing the question's rarer words rank first, newer ones a little higher. "
+        'With --fts, QUERY is FTS5 syntax: words (all must occur), "quoted phrases", OR, NOT, '
+        "NEAR(a b), prefix*. Hits are ranked by bm25; the match is marked «like this».",
     )
     _common(p, json_flag=True)
     p.add_argument("query", metavar="QUERY")
@@ -617,6 +622,10 @@ def _search_parsers(sub: Any) -> None:
     p.add_argument("--before", help="before (epoch ms or ISO-8601)")
     p.add_argument("--only", choices=["sessions", "memory"], help="only one kind of source")
     p.add_argument("--limit", type=int, default=20, help="most hits (default 20, at most 200)")
+    p.add_argument("--fts", action="store_true", help="QUERY is FTS5 syntax, not plain language")
+    p.add_argument(
+        "--no-recency", action="store_true", help="rank by relevance alone, not newer first"
+    )
 
     p = sub.add_parser(
         "reindex",
@@ -627,6 +636,48 @@ def _search_parsers(sub: Any) -> None:
         "folder and restart the daemon, which rebuilds it too). Progress on a terminal.",
     )
     _common(p, json_flag=True)
+
+
+def _mcp_parser(sub: Any) -> None:
+    p = sub.add_parser(
+        "mcp",
+        help="serve an agent's history as MCP tools (stdio)",
+        description="An MCP server (Model Context Protocol, over stdio) for agent runtimes: "
+        "tools sessions_list, sessions_list_archived, sessions_history, memory_search and "
+        "session_context. It talks to the running daemon with an agent token (--token-file, "
+        "else $SESSIOND_TOKEN), so the agent sees exactly its own sessions, archives and memory. "
+        "Start it from the runtime's MCP config; see the README, 'Give your agents their history'.",
+    )
+    _common(p)
+    p.add_argument(
+        "--http",
+        metavar="127.0.0.1:PORT",
+        help="serve Streamable HTTP on this loopback address (path /mcp) instead of stdio",
+    )
+
+
+def cmd_mcp(args: argparse.Namespace) -> int:
+    from daemon import agenttools
+
+    token = _token(args)
+    if token is None:
+        raise UsageError(
+            "an agent token is needed: pass --token-file FILE or set $SESSIOND_TOKEN "
+            "(a token of role agent from auth.tokens, so the agent sees only its own data)"
+        )
+    http: tuple[str, int] | None = None
+    if args.http:
+        host, _, port = args.http.rpartition(":")
+        if host not in ("127.0.0.1", "localhost", "::1", "[::1]") or not port.isdigit():
+            raise UsageError(
+                f"--http must be a loopback address as 127.0.0.1:PORT, got {args.http}"
+            )
+        http = (host.strip("[]"), int(port))
+    address = str(_address(args))
+    agenttools.serve(
+        address, token, http=http, warn=lambda m: print(f"sessiond mcp: {m}", file=sys.stderr)
+    )
+    return EXIT_OK
 
 
 def cmd_search(args: argparse.Namespace) -> int:
@@ -645,6 +696,10 @@ def cmd_search(args: argparse.Namespace) -> int:
     if args.only:
         params["includeSessions"] = args.only == "sessions"
         params["includeMemory"] = args.only == "memory"
+    if args.fts:
+        params["syntax"] = "fts5"
+    if args.no_recency:
+        params["recency"] = False
     res = _call(args, "memory.search", params)
     if args.json:
         _print_json(res)

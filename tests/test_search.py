@@ -355,7 +355,7 @@ def test_a_malformed_query_is_invalid_params_with_an_explanation(
     index: SearchIndex, corpus: dict[str, Any], query: str
 ) -> None:
     with pytest.raises(InvalidParams) as e:
-        hits(index, query)
+        hits(index, query, syntax="fts5")
     assert e.value.field == "query"
     assert "quoted phrases" in e.value.message
 
@@ -365,15 +365,18 @@ def test_a_prefix_needs_three_characters(
     index: SearchIndex, corpus: dict[str, Any], query: str
 ) -> None:
     with pytest.raises(InvalidParams) as e:
-        hits(index, query)
+        hits(index, query, syntax="fts5")
     assert "at least 3 characters" in e.value.message
 
 
 def test_query_syntax_works(index: SearchIndex, corpus: dict[str, Any]) -> None:
-    assert len(hits(index, '"zebra crossing"')) == 1
-    assert len(hits(index, "zeb*")) == len(hits(index, '"zeb"*')) == 5
-    assert {h["entryId"] for h in hits(index, "zebra NOT alpha NOT work")} >= {corpus["b1"]}
-    assert len(hits(index, "alpha OR telegram")) == 2
+    def fts(query: str) -> list[dict[str, Any]]:
+        return hits(index, query, syntax="fts5")
+
+    assert len(fts('"zebra crossing"')) == 1
+    assert len(fts("zeb*")) == len(fts('"zeb"*')) == 5
+    assert {h["entryId"] for h in fts("zebra NOT alpha NOT work")} >= {corpus["b1"]}
+    assert len(fts("alpha OR telegram")) == 2
 
 
 @pytest.mark.parametrize(
@@ -386,6 +389,8 @@ def test_query_syntax_works(index: SearchIndex, corpus: dict[str, Any]) -> None:
         ({"query": "x", "includeSessions": False, "includeMemory": False}, "includeSessions"),
         ({"query": "x", "after": "yesterday"}, "after"),
         ({"query": "x", "colour": "red"}, "colour"),
+        ({"query": "x", "syntax": "regex"}, "syntax"),
+        ({"query": "x", "recency": "yes"}, "recency"),
     ],
 )
 def test_search_params_are_checked(params: dict[str, Any], field: str) -> None:
@@ -402,7 +407,7 @@ QUERIES = ["zebra", "alpha OR telegram", "zeb*", '"zebra crossing"', "facts"]
 
 
 def answers(idx: SearchIndex) -> list[list[dict[str, Any]]]:
-    return [hits(idx, query) for query in QUERIES]
+    return [hits(idx, query, syntax="fts5", recency=False) for query in QUERIES]
 
 
 def test_a_rebuild_gives_the_same_answers_as_the_incremental_index(

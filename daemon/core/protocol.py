@@ -155,6 +155,13 @@ class Params:
             raise InvalidParams(name, f"must be true or false, got {_kind(v)}")
         return v
 
+    def choice(self, name: str, allowed: tuple[str, ...]) -> str | None:
+        """One of `allowed`, or None when absent."""
+        v = self.text(name, max_len=64)
+        if v is not None and v not in allowed:
+            raise InvalidParams(name, f"must be one of {', '.join(allowed)}, got {v!r}")
+        return v
+
     def obj(self, name: str, *, required: bool = False) -> dict[str, Any] | None:
         self._seen.add(name)
         v = self._p.get(name)
@@ -528,7 +535,7 @@ def parse_subscribe(params: dict[str, Any], known: tuple[str, ...]) -> frozenset
 
 @dataclass(frozen=True, slots=True)
 class SearchParams:
-    query: str  # FTS5 query syntax: words, "phrases", AND/OR/NOT, prefix*
+    query: str  # plain language, or FTS5 syntax (words, "phrases", AND/OR/NOT, prefix*)
     agent_id: str | None
     include_sessions: bool
     include_memory: bool
@@ -537,6 +544,11 @@ class SearchParams:
     session_id: str | None
     session_key: str | None
     limit: int
+    syntax: str = "plain"  # plain | fts5
+    recency: bool = True  # newer hits score up to 1.5x (daemon/search/query.py)
+
+
+SEARCH_SYNTAXES = ("plain", "fts5")
 
 
 def parse_search(params: dict[str, Any]) -> SearchParams:
@@ -555,6 +567,8 @@ def parse_search(params: dict[str, Any]) -> SearchParams:
         session_id=p.text("sessionId", max_len=128),
         session_key=p.text("sessionKey", max_len=1024),
         limit=p.integer("limit", default=20, lo=1, hi=200) or 20,
+        syntax=p.choice("syntax", SEARCH_SYNTAXES) or "plain",
+        recency=p.flag("recency", True),
     )
     p.done()
     if not (out.include_sessions or out.include_memory):

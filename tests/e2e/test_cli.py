@@ -70,6 +70,7 @@ def test_send_then_list_history_status_and_call(daemon: Daemon) -> None:
 
     called = sessiond("call", "sessions.list", "--params", "{}", *at(daemon))
     assert called.returncode == 0, called.stderr
+
     # `sessions list --json` is OpenClaw's {path, count, sessions} around the method's rows.
     def rows(doc: dict) -> list[dict]:
         return [{k: v for k, v in r.items() if k != "ageMs"} for r in doc["sessions"]]

@@ -19,12 +19,14 @@ from e2e.conftest import Launch
 from e2e.harness import Daemon, daemon_env, ingest_params
 
 PER_PEER = {"session": {"dmScope": "per-channel-peer"}}
+# Recency off: the boost depends on the time of the call, and these answers are compared.
 QUERIES: list[dict[str, Any]] = [
-    {"query": "zeppelin"},
-    {"query": "zeppelin OR harbour", "limit": 50},
-    {"query": "harb*"},
-    {"query": '"the harbour"'},
-    {"query": "oolong", "includeSessions": False},
+    {"query": "zeppelin", "recency": False},
+    {"query": "zeppelin OR harbour", "limit": 50, "syntax": "fts5", "recency": False},
+    {"query": "harb*", "syntax": "fts5", "recency": False},
+    {"query": '"the harbour"', "syntax": "fts5", "recency": False},
+    {"query": "oolong", "includeSessions": False, "recency": False},
+    {"query": "where do zeppelins dock? the harbour, 100%", "limit": 50, "recency": False},
 ]
 
 
@@ -110,15 +112,27 @@ def test_memory_files_are_searched_within_about_a_second(launch: Launch) -> None
     assert search(d, query="oolong", includeMemory=False) == []
 
 
-def test_a_malformed_query_is_invalid_params_not_a_crash(launch: Launch) -> None:
+def test_a_malformed_fts5_query_is_invalid_params_not_a_crash(launch: Launch) -> None:
     d = launch()
     d.call("message.ingest", ingest_params("7", "hello"))
     for bad in ["what's up?", '"open', "a AND", "x:y"]:
         with pytest.raises(RpcError) as e:
-            d.call("memory.search", {"query": bad})
+            d.call("memory.search", {"query": bad, "syntax": "fts5"})
         assert e.value.code == -32602 and e.value.data == {"field": "query"}
         assert "quoted phrases" in e.value.message
     assert len(search(d, query="hello")) == 1
+
+
+def test_plain_queries_with_punctuation_numbers_and_percent_signs_find_hits(
+    launch: Launch,
+) -> None:
+    d = launch()
+    d.call("message.ingest", ingest_params("7", "hi! what is 15% of 84.50?"))
+    d.call("message.ingest", ingest_params("7", "we decided to leave a 15% tip", messageId="t"))
+    for query in ["15%", "84.50", "what did we decide about the tip, 15%?", "what's up?", '"open']:
+        got = search(d, query=query)
+        assert got or query in ("what's up?", '"open'), query
+    assert search(d, query="what did we decide about the tip, 15%?")[0]["snippet"].count("«") >= 2
 
 
 def populate(d: Daemon) -> None:
@@ -191,8 +205,10 @@ def test_the_search_command(launch: Launch) -> None:
     as_json = sessiond(d, "search", "oolong", "--only", "memory", "--json")
     hits = orjson.loads(as_json.stdout)["hits"]
     assert [h["entryId"] for h in hits] == ["2026-11-21.md:1"]
-    bad = sessiond(d, "search", "what's")
+    bad = sessiond(d, "search", "--fts", "what's")
     assert bad.returncode == 1 and "-32602" in bad.stderr
+    plain = sessiond(d, "search", "what's the zeppelin?")
+    assert plain.returncode == 0 and "«zeppelin»" in plain.stdout
 
 
 def test_index_files_are_private(launch: Launch) -> None:
