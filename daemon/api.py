@@ -32,6 +32,7 @@ from daemon.store.store import Archived, Store, now_ms
 from daemon.store.transcript import read_entries_backwards
 
 if TYPE_CHECKING:
+    from daemon.broker import RedisIngest
     from daemon.search import SearchService
 
 SUMMARY_FIELDS = (
@@ -58,6 +59,7 @@ class Api:
         self.started_mono = time.monotonic()
         self.connections = 0
         self.search: SearchService | None = None
+        self.broker: RedisIngest | None = None
 
     def find(self, ref: SessionRef) -> SessionState:
         """An active session by id or key; raises NotFound."""
@@ -197,6 +199,7 @@ class Api:
             "journalBytes": store.journal.size,
             "backup": m.status() if (m := self.pipeline.mirror) else {"state": "disabled"},
             "search": s.status() if (s := self.search) else {"state": "disabled"},
+            "broker": b.status() if (b := self.broker) else {"state": "disabled"},
         }
 
 

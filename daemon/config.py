@@ -423,6 +423,32 @@ class RetentionConfig(_Model):
     compressAfterDays: NonNegativeInt = 30
 
 
+class RedisIngestConfig(_Model):
+    """`ingest.redis`: adapters publish message.ingest params to a Redis stream
+    (daemon/broker.py); sessiond reads it with a consumer group and XACKs after the append."""
+
+    url: str  # redis://[:password@]host:port/db (rediss:// for TLS)
+    stream: str = "sessiond:ingest"
+    group: str = "sessiond"
+    consumer: str = "sessiond-1"  # unique per daemon reading the same group
+    replyStream: str | None = None  # answers ({entry, result | error}) go here when set
+    replyMaxLen: PositiveInt = 100_000  # approximate cap of the reply stream
+    batch: PositiveInt = 256  # entries read at once
+    blockMs: PositiveInt = 1000
+    claimIdleMs: PositiveInt = 30_000  # take over entries another consumer left pending this long
+
+    @field_validator("url")
+    @classmethod
+    def _redis_url(cls, v: str) -> str:
+        if not v.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError(f"must be a redis:// rediss:// or unix:// URL, got {_show(v)}")
+        return v
+
+
+class IngestConfig(_Model):
+    redis: RedisIngestConfig | None = None
+
+
 # ---------------------------------------------------------------------------------------------
 
 
@@ -435,6 +461,7 @@ class Config(_Model):
     auth: AuthConfig = AuthConfig()
     sessions: SessionsConfig = SessionsConfig()
     retention: RetentionConfig = RetentionConfig()
+    ingest: IngestConfig = IngestConfig()
 
     def default_agent_id(self) -> str:
         from daemon.core.keys import normalize_agent_id
