@@ -28,6 +28,7 @@ from pydantic import (
     model_validator,
 )
 
+from daemon.core.shards import ShardMap
 from daemon.errors import ConfigError
 
 # ---------------------------------------------------------------------------------------------
@@ -445,6 +446,25 @@ class RedisIngestConfig(_Model):
         return v
 
 
+class ShardsConfig(_Model):
+    """`shards`: this daemon owns the agents whose shard is `index` (daemon/core/shards.py)."""
+
+    count: PositiveInt
+    index: NonNegativeInt
+    agents: dict[str, NonNegativeInt] = {}  # explicit owners, winning over the hash
+
+    @model_validator(mode="after")
+    def _in_range(self) -> ShardsConfig:
+        if self.index >= self.count:
+            raise ValueError(f"index must be below count ({self.count}), got {self.index}")
+        for agent, owner in self.agents.items():
+            if owner >= self.count:
+                raise ValueError(
+                    f"agents.{agent}: shard must be below count ({self.count}), got {owner}"
+                )
+        return self
+
+
 class IngestConfig(_Model):
     redis: RedisIngestConfig | None = None
 
@@ -462,6 +482,16 @@ class Config(_Model):
     sessions: SessionsConfig = SessionsConfig()
     retention: RetentionConfig = RetentionConfig()
     ingest: IngestConfig = IngestConfig()
+    shards: ShardsConfig | None = None
+
+    def shard_map(self) -> ShardMap | None:
+        from daemon.core.keys import normalize_agent_id
+
+        s = self.shards
+        if s is None:
+            return None
+        agents = {normalize_agent_id(k): v for k, v in s.agents.items()}
+        return ShardMap(s.count, s.index, agents)
 
     def default_agent_id(self) -> str:
         from daemon.core.keys import normalize_agent_id

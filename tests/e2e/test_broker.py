@@ -230,3 +230,32 @@ def test_a_broker_that_is_down_degrades_only_the_broker_path(
         {"channel": "telegram", "chatType": "direct", "peer": "1", "text": "socket still works"},
     )
     assert ack["created"] is True
+
+
+def shard_config(index: int) -> dict[str, Any]:
+    return {
+        "agents": {"list": [{"id": "main", "default": True}, {"id": "ops"}]},
+        "shards": {"count": 2, "index": index},  # crc32: main -> 0, ops -> 1
+    }
+
+
+def test_two_shards_each_store_their_own_agents_and_refuse_the_others(launch: Launch) -> None:
+    from daemon.client import RpcError
+
+    zero, one = launch(config=shard_config(0)), launch(config=shard_config(1))
+    for_main = {"channel": "telegram", "chatType": "direct", "peer": "1", "text": "hi"}
+    for_ops = {**for_main, "agentId": "ops"}
+    assert zero.call("message.ingest", for_main)["sessionKey"] == "agent:main:main"
+    assert one.call("message.ingest", for_ops)["sessionKey"] == "agent:ops:main"
+    with pytest.raises(RpcError) as e:
+        zero.call("message.ingest", for_ops)
+    assert e.value.code == 1007
+    assert e.value.data == {"agentId": "ops", "shard": 1, "thisShard": 0}
+    assert "shard 1" in e.value.message
+    with pytest.raises(RpcError) as e:
+        one.call(
+            "message.append",
+            {"sessionKey": "agent:main:main", "message": {"role": "assistant", "content": "x"}},
+        )
+    assert e.value.code == 1007
+    assert not (one.state_dir / "agents" / "main").exists()
