@@ -34,6 +34,7 @@ from daemon.store.store import Archived, Store, now_ms
 from daemon.store.transcript import read_entries_backwards
 
 if TYPE_CHECKING:
+    from daemon.broker import RedisIngest
     from daemon.search import SearchService
 
 SUMMARY_FIELDS = (
@@ -62,6 +63,7 @@ class Api:
         # What clients hold of the daemon (daemon/server.py sets it).
         self.client_stats: Callable[[], dict[str, int]] = dict
         self.search: SearchService | None = None
+        self.broker: RedisIngest | None = None
 
     def find(self, ref: SessionRef) -> SessionState:
         """An active session by id or key; raises NotFound."""
@@ -200,6 +202,7 @@ class Api:
             "journalBytes": store.journal.size,
             "backup": m.status() if (m := self.pipeline.mirror) else {"state": "disabled"},
             "search": s.status() if (s := self.search) else {"state": "disabled"},
+            "broker": b.status() if (b := self.broker) else {"state": "disabled"},
         }
 
 

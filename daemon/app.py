@@ -152,6 +152,23 @@ async def run(opts: RunOptions) -> int:
         )
         server.async_methods["sessions.compact"] = compactor.rpc_compact
         server.async_methods["sessions.context"] = compactor.rpc_context
+        broker = None
+        if (rc := cfg.ingest.redis) is not None:
+            from daemon.broker import RedisIngest
+
+            broker = RedisIngest(
+                pipeline,
+                url=rc.url,
+                stream=rc.stream,
+                group=rc.group,
+                consumer=rc.consumer,
+                reply_stream=rc.replyStream,
+                reply_max_len=rc.replyMaxLen,
+                batch=rc.batch,
+                block_ms=rc.blockMs,
+                claim_idle_ms=rc.claimIdleMs,
+            )
+            api.broker = broker  # `status` reports the consumer
         spool = None
         if cfg.daemon.spool.enabled:
             folder = spool_dir(cfg.daemon.spool.dir, state_dir)
@@ -189,6 +206,8 @@ async def run(opts: RunOptions) -> int:
                 await tg.start(compactor.run)
                 if spool is not None:
                     await tg.start(spool.run)
+                if broker is not None:
+                    await tg.start(broker.run)
                 log.info("daemon.started", socket=str(socket_path), pid=os.getpid())
                 await tg.start(run_services)
                 notifier.ready(f"serving on {socket_path}")
@@ -203,6 +222,8 @@ async def run(opts: RunOptions) -> int:
             services.cancel()
             if spool is not None:
                 spool.stop()
+            if broker is not None:
+                broker.stop()
             jobs.cancel()
             search.stop()
             compactor.stop()

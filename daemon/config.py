@@ -29,6 +29,7 @@ from pydantic import (
 )
 
 from daemon import openclaw_config
+from daemon.core.shards import ShardMap
 from daemon.errors import ConfigError
 
 # ---------------------------------------------------------------------------------------------
@@ -444,6 +445,51 @@ class RetentionConfig(_Model):
     compressAfterDays: NonNegativeInt = 30
 
 
+class RedisIngestConfig(_Model):
+    """`ingest.redis`: adapters publish message.ingest params to a Redis stream
+    (daemon/broker.py); sessiond reads it with a consumer group and XACKs after the append."""
+
+    url: str  # redis://[:password@]host:port/db (rediss:// for TLS)
+    stream: str = "sessiond:ingest"
+    group: str = "sessiond"
+    consumer: str = "sessiond-1"  # unique per daemon reading the same group
+    replyStream: str | None = None  # answers ({entry, result | error}) go here when set
+    replyMaxLen: PositiveInt = 100_000  # approximate cap of the reply stream
+    batch: PositiveInt = 256  # entries read at once
+    blockMs: PositiveInt = 1000
+    claimIdleMs: PositiveInt = 30_000  # take over entries another consumer left pending this long
+
+    @field_validator("url")
+    @classmethod
+    def _redis_url(cls, v: str) -> str:
+        if not v.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError(f"must be a redis:// rediss:// or unix:// URL, got {_show(v)}")
+        return v
+
+
+class ShardsConfig(_Model):
+    """`shards`: this daemon owns the agents whose shard is `index` (daemon/core/shards.py)."""
+
+    count: PositiveInt
+    index: NonNegativeInt
+    agents: dict[str, NonNegativeInt] = {}  # explicit owners, winning over the hash
+
+    @model_validator(mode="after")
+    def _in_range(self) -> ShardsConfig:
+        if self.index >= self.count:
+            raise ValueError(f"index must be below count ({self.count}), got {self.index}")
+        for agent, owner in self.agents.items():
+            if owner >= self.count:
+                raise ValueError(
+                    f"agents.{agent}: shard must be below count ({self.count}), got {owner}"
+                )
+        return self
+
+
+class IngestConfig(_Model):
+    redis: RedisIngestConfig | None = None
+
+
 # ---------------------------------------------------------------------------------------------
 
 
@@ -457,6 +503,17 @@ class Config(_Model):
     auth: AuthConfig = AuthConfig()
     sessions: SessionsConfig = SessionsConfig()
     retention: RetentionConfig = RetentionConfig()
+    ingest: IngestConfig = IngestConfig()
+    shards: ShardsConfig | None = None
+
+    def shard_map(self) -> ShardMap | None:
+        from daemon.core.keys import normalize_agent_id
+
+        s = self.shards
+        if s is None:
+            return None
+        agents = {normalize_agent_id(k): v for k, v in s.agents.items()}
+        return ShardMap(s.count, s.index, agents)
 
     def default_agent_id(self) -> str:
         from daemon.core.keys import normalize_agent_id

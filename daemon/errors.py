@@ -20,6 +20,7 @@ NOT_FOUND = 1003
 STORAGE_UNAVAILABLE = 1004
 SENDER_NOT_ALLOWED = 1005
 TOO_LARGE = 1006
+WRONG_SHARD = 1007
 SERVER_BUSY = -32000
 
 
@@ -129,3 +130,9 @@ class ServerBusy(RequestError):
 class SummarizerFailed(SessiondError):
     """A summarizer gave no usable text (timeout, exit code, HTTP error, garbage, an empty or
     template-only summary): the flush or compaction is skipped and retried; nothing is written."""
+
+
+class WrongShard(RequestError):
+    """The message is for an agent another shard (another daemon) owns; `data` names it."""
+
+    code = WRONG_SHARD

@@ -30,7 +30,13 @@ from daemon.core.commands import Command, message_text, parse_command
 from daemon.core.histogram import BATCH_BOUNDS, LATENCY_BOUNDS, Histogram
 from daemon.core.keys import Inbound, Route, resolve_route
 from daemon.core.protocol import AppendParams, IngestParams
-from daemon.errors import NotFound, RequestError, SenderNotAllowed, StorageUnavailable
+from daemon.errors import (
+    NotFound,
+    RequestError,
+    SenderNotAllowed,
+    StorageUnavailable,
+    WrongShard,
+)
 from daemon.events import EventBus
 from daemon.failpoints import failpoint
 from daemon.lifecycle import (
@@ -154,6 +160,7 @@ class Pipeline:
         self.events = events if events is not None else EventBus()
         self.mirror: Mirror | None = None  # the backup mirror stage (daemon/backup.py), set by app
         self.policies = Policies(config.session, resolve_timezone(config))
+        self.shards = config.shard_map()
         self.counters = Counters()
         # A bounded queue without a checkpoint per item: adapters wait only when it is full.
         self._queue: deque[Work] = deque()
@@ -204,6 +211,7 @@ class Pipeline:
                 agentId=route.agent_id,
             )
             raise SenderNotAllowed(denied, data={"channel": route.channel})
+        self._check_shard(route.agent_id)
         self._check_open()
         dkey: DedupKey | None = None
         if params.message_id is not None:
@@ -269,6 +277,8 @@ class Pipeline:
 
     def append(self, params: AppendParams, reply: Reply) -> Awaitable[None] | None:
         """Queue an agent's message for a session; same contract as `ingest`."""
+        agent_id = params.session_key.split(":", 2)[1] if params.session_key.count(":") >= 2 else ""
+        self._check_shard(agent_id)
         if self.find_by_key(params.session_key) is None:
             raise NotFound(f"no session with key {params.session_key!r}")
         self._check_open()
@@ -332,10 +342,26 @@ class Pipeline:
         reg = self.store.agents.get(agent_id)
         return None if reg is None else reg.sessions.get(session_key)
 
+    def _check_shard(self, agent_id: str) -> None:
+        """Refuse work for an agent another daemon owns (`shards`): stored here, its history
+        would be split between two state folders."""
+        shards = self.shards
+        if shards is None or shards.owns(agent_id):
+            return
+        self.counters.rejected += 1
+        owner = shards.owner(agent_id)
+        log.warning("request.wrong_shard", agentId=agent_id, owner=owner, shard=shards.index)
+        raise WrongShard(
+            f"agent {agent_id!r} belongs to shard {owner} of {shards.count}; this daemon is "
+            f"shard {shards.index}: send it to shard {owner}'s socket or stream",
+            data={"agentId": agent_id, "shard": owner, "thisShard": shards.index},
+        )
+
     def set_config(self, config: Config) -> None:
         """Swap in a reloaded config (daemon/reload.py): the next message is routed, checked and
         reset by it. Memoised routes and policies were derived from the old one, so they go."""
         self.config = config
+        self.shards = config.shard_map()
         self.policies = Policies(config.session, resolve_timezone(config))
         self._routes.clear()
 
