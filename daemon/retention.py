@@ -305,8 +305,12 @@ def compress_backup(root: Path, item: BackupItem) -> Compressed:
 
 def remove_emptied_folder(folder: Path) -> bool:
     """Remove a mirror's `<backup>/<sessionId>/` folder if it is empty now (rmdir never removes
-    a file: a folder with anything in it stays). Returns whether it went."""
+    a file: a folder with anything in it stays, such as the session's state record). Returns
+    whether it went."""
     try:
+        with os.scandir(folder) as it:
+            if any(True for _ in it):
+                return False  # not even an attempt: the delete guard audits every rmdir
         os.rmdir(folder)
     except OSError:
         return False
