@@ -449,7 +449,7 @@ class RedisIngestConfig(_Model):
     """`ingest.redis`: adapters publish message.ingest params to a Redis stream
     (daemon/broker.py); sessiond reads it with a consumer group and XACKs after the append."""
 
-    url: str  # redis://[:password@]host:port/db (rediss:// for TLS)
+    url: str = "redis://127.0.0.1:6379/0"  # redis://[:password@]host:port/db (rediss:// TLS)
     stream: str = "sessiond:ingest"
     group: str = "sessiond"
     consumer: str = "sessiond-1"  # unique per daemon reading the same group
@@ -470,8 +470,8 @@ class RedisIngestConfig(_Model):
 class ShardsConfig(_Model):
     """`shards`: this daemon owns the agents whose shard is `index` (daemon/core/shards.py)."""
 
-    count: PositiveInt
-    index: NonNegativeInt
+    count: PositiveInt = 1
+    index: NonNegativeInt = 0
     agents: dict[str, NonNegativeInt] = {}  # explicit owners, winning over the hash
 
     @model_validator(mode="after")
@@ -575,8 +575,39 @@ def parse_config(text: str, source: str = "<config>") -> Config:
     return validate_config(openclaw_config.layered(read_json5(text, source), source), source)
 
 
+class _DuplicateKey(Exception):
+    """A strict-JSON object names a key twice (json5 then reports it with its position)."""
+
+
+def _strict_json(text: str, duplicates_ok: bool) -> Any:
+    """`text` read as plain JSON (a JSON5 file is mostly that): the C parser takes
+    microseconds where the json5 package takes about 100 s per MB."""
+
+    def pairs(items: list[tuple[str, Any]]) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for k, v in items:
+            if k in out and not duplicates_ok:
+                raise _DuplicateKey(k)
+            out[k] = v
+        return out
+
+    return json.loads(text, object_pairs_hook=pairs)
+
+
 def read_json5(text: str, source: str, *, duplicates_ok: bool = False) -> dict[str, Any]:
     """The JSON5 object in `text`; raises ConfigError with line:column for a syntax error."""
+    try:
+        raw = _strict_json(text, duplicates_ok)
+    except (ValueError, _DuplicateKey):
+        raw = _read_json5_syntax(text, source, duplicates_ok)
+    if raw is None:
+        raise ConfigError(_empty(source))
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: the top level must be an object {{...}}, got {_show(raw)}")
+    return raw
+
+
+def _read_json5_syntax(text: str, source: str, duplicates_ok: bool) -> Any:
     try:
         # A key written twice would otherwise keep the last value without a word (OpenClaw's
         # own file is read as OpenClaw reads it: the last one wins).
@@ -587,10 +618,6 @@ def read_json5(text: str, source: str, *, duplicates_ok: bool = False) -> dict[s
             line, msg, col = m.group(1), m.group(2), m.group(3) or "1"
             raise ConfigError(f"{source}:{line}:{col}: syntax error: {msg}") from None
         raise ConfigError(f"{source}: {e}") from None
-    if raw is None:
-        raise ConfigError(_empty(source))
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{source}: the top level must be an object {{...}}, got {_show(raw)}")
     return raw
 
 
@@ -728,8 +755,17 @@ def load_config(path: Path | None) -> Config:
     return parse_config(read_config_text(path), str(path))
 
 
+MAX_CONFIG_BYTES = 1 << 20  # a config file larger than this is an error, not a long reload
+
+
 def read_config_text(path: Path) -> str:
     try:
+        size = path.stat().st_size
+        if size > MAX_CONFIG_BYTES:
+            raise ConfigError(
+                f"{path}: the config file is {size:,} bytes; at most {MAX_CONFIG_BYTES:,} are "
+                "read (long token lists belong in tokenFile files)"
+            )
         return path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise ConfigError(f"{path}: config file not found") from None

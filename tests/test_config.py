@@ -446,3 +446,25 @@ def test_config_models_are_immutable() -> None:
     cfg = Config()
     with pytest.raises(ValidationError):
         cfg.daemon.maxLineBytes = 1  # type: ignore[misc]
+
+
+def test_a_config_file_over_a_mebibyte_is_an_error_not_a_long_reload(tmp_path: Path) -> None:
+    from daemon.config import MAX_CONFIG_BYTES, load_config
+
+    path = tmp_path / "config.json5"
+    path.write_text('{"daemon": {"logLevel": "info"}, "x": "' + "a" * MAX_CONFIG_BYTES + '"}')
+    with pytest.raises(ConfigError) as e:
+        load_config(path)
+    assert "at most 1,048,576" in str(e.value) and str(path) in str(e.value)
+
+
+def test_plain_json_and_json5_read_alike_and_a_repeated_key_is_still_an_error() -> None:
+    from daemon.config import read_json5
+
+    plain = '{"session": {"dmScope": "per-peer"}, "daemon": {"maxConnections": 10}}'
+    five = "{session: {dmScope: 'per-peer'}, daemon: {maxConnections: 10,},} // note"
+    assert read_json5(plain, "a") == read_json5(five, "b")
+    with pytest.raises(ConfigError) as e:
+        read_json5('{"a": 1, "a": 2}', "c")
+    assert "c:" in str(e.value)
+    assert read_json5('{"a": 1, "a": 2}', "d", duplicates_ok=True) == {"a": 2}
