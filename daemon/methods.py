@@ -31,11 +31,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar
 
 from daemon.auth import parse_hello
 from daemon.core import protocol
-from daemon.core.roles import ADMIN_ONLY, ROLES, Role, Rule
+from daemon.core.roles import ADMIN_ONLY, ROLES, ReadCaps, Role, Rule
 from daemon.errors import RequestError
 from daemon.events import EVENTS
 
@@ -49,6 +49,7 @@ if TYPE_CHECKING:
     from daemon.server import Connection
 
 Kind = Literal["sync", "async", "commit"]
+P = TypeVar("P")
 Reply = Callable[[dict[str, Any] | RequestError], None]
 
 
@@ -75,11 +76,22 @@ class Call:
 
 
 @dataclass(frozen=True, slots=True)
-class Method:
-    parse: Callable[[dict[str, Any]], Any]
-    handler: Callable[[Call, Any], Any]
+class Method(Generic[P]):
+    """One row. `P` ties the two together: mypy checks that each handler takes what its parser
+    returns."""
+
+    parse: Callable[[dict[str, Any]], P]
+    handler: Callable[[Call, P], Any]
     rule: Rule
     kind: Kind
+
+
+def row(
+    parse: Callable[[dict[str, Any]], P], handler: Callable[[Call, P], Any], rule: Rule, kind: Kind
+) -> Method[Any]:
+    """A row whose handler mypy checks against its parser's type (built inside a dict of
+    `Method[Any]`, the lambda would be checked against Any)."""
+    return Method(parse, handler, rule, kind)
 
 
 _READERS: frozenset[Role] = frozenset({"admin", "agent"})
@@ -98,83 +110,83 @@ def _parse_subscribe(params: dict[str, Any]) -> frozenset[str]:
     return protocol.parse_subscribe(params, EVENTS)
 
 
-def _caps(c: Call) -> Any:
+def _caps(c: Call) -> ReadCaps | None:
     return c.auth.read_caps(c.conn)
 
 
 # The methods (SPEC 3 for the roles; README "Protocol reference" for params and answers).
-METHODS: dict[str, Method] = {
-    "auth.hello": Method(parse_hello, lambda c, token: c.auth.hello(c.conn, token), ANYONE, "sync"),
-    "status": Method(
+METHODS: dict[str, Method[Any]] = {
+    "auth.hello": row(parse_hello, lambda c, token: c.auth.hello(c.conn, token), ANYONE, "sync"),
+    "status": row(
         protocol.parse_empty,
         lambda c, _: c.services.api.status(),
         Rule(frozenset({"admin", "adapter"})),
         "sync",
     ),
-    "message.ingest": Method(
+    "message.ingest": row(
         protocol.parse_ingest,
         lambda c, p: c.services.pipeline.ingest(p, c.reply),
         Rule(frozenset({"admin", "adapter"}), routed=True),
         "commit",
     ),
-    "message.append": Method(
+    "message.append": row(
         protocol.parse_append,
         lambda c, p: c.services.pipeline.append(p, c.reply),
         Rule(frozenset(ROLES), key_params=_KEY),
         "commit",
     ),
-    "sessions.list": Method(
+    "sessions.list": row(
         protocol.parse_list,
         lambda c, p: c.services.api.sessions_list(p),
         Rule(_READERS, agent_param=True, confine=True),
         "sync",
     ),
-    "sessions.get": Method(
+    "sessions.get": row(
         protocol.parse_get,
         lambda c, p: c.services.api.sessions_get(p),
         Rule(_READERS, key_params=_KEY, id_params=_ID),
         "sync",
     ),
-    "sessions.history": Method(
+    "sessions.history": row(
         protocol.parse_history,
         lambda c, p: c.services.api.sessions_history(p, _caps(c)),
         Rule(_READERS, key_params=_KEY, id_params=_ID),
         "async",
     ),
-    "sessions.context": Method(
+    "sessions.context": row(
         protocol.parse_context,
         lambda c, p: c.services.compactor.rpc_context(p),
         Rule(_READERS, key_params=_KEY, id_params=_ID),
         "async",
     ),
-    "sessions.archived": Method(
+    "sessions.archived": row(
         protocol.parse_archived,
         lambda c, p: c.services.api.sessions_archived(p, _caps(c)),
         Rule(_READERS, agent_param=True, key_params=_KEY, confine=True),
         "async",
     ),
-    "memory.search": Method(
+    "memory.search": row(
         protocol.parse_search,
         lambda c, p: c.services.search.rpc(p),
         Rule(_READERS, agent_param=True, key_params=_KEY, id_params=_ID, confine=True),
         "async",
     ),
-    "sessions.reset": Method(
+    "sessions.reset": row(
         protocol.parse_reset,
         lambda c, p: c.services.api.sessions_reset(p),
         ADMIN_ONLY,
         "async",
     ),
-    "sessions.compact": Method(
+    "sessions.compact": row(
         protocol.parse_compact,
         lambda c, p: c.services.compactor.rpc_compact(p),
         ADMIN_ONLY,
         "async",
     ),
-    "config.reload": Method(
+    "config.reload": row(
         protocol.parse_empty, lambda c, _: c.services.reloader.rpc(), ADMIN_ONLY, "async"
     ),
-    "events.subscribe": Method(_parse_subscribe, _subscribe, ADMIN_ONLY, "sync"),
+    "events.subscribe": row(_parse_subscribe, _subscribe, ADMIN_ONLY, "sync"),
 }
 
 
