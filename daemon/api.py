@@ -53,7 +53,15 @@ SUMMARY_FIELDS = (
 class Api:
     """Read methods over the store; `status` also reports the pipeline's counters."""
 
-    def __init__(self, store: Store, pipeline: Pipeline, socket_path: Path) -> None:
+    def __init__(
+        self,
+        store: Store,
+        pipeline: Pipeline,
+        socket_path: Path,
+        *,
+        search: SearchService | None = None,
+        broker: RedisIngest | None = None,
+    ) -> None:
         self.store = store
         self.pipeline = pipeline
         self.socket_path = socket_path
@@ -62,8 +70,8 @@ class Api:
         self.connections = 0
         # What clients hold of the daemon (daemon/server.py sets it).
         self.client_stats: Callable[[], dict[str, int]] = dict
-        self.search: SearchService | None = None
-        self.broker: RedisIngest | None = None
+        self.search = search  # `status` reports the index worker
+        self.broker = broker  # `status` reports the consumer
 
     def find(self, ref: SessionRef) -> SessionState:
         """An active session by id or key; raises NotFound."""

@@ -28,6 +28,7 @@ from daemon.compaction import Compactor
 from daemon.config import Config, resolve_socket_path
 from daemon.keymigrate import rename_case_folded_keys, save_dirty
 from daemon.lock import StateLock
+from daemon.methods import Services
 from daemon.metrics import metrics_listener
 from daemon.pipeline import Pipeline
 from daemon.reload import Reloader
@@ -116,18 +117,6 @@ async def run(opts: RunOptions) -> int:
         settle_heap()
         socket_path = resolve_socket_path(cfg, state_dir)
         pipeline = Pipeline(store, cfg)
-        api = Api(store, pipeline, socket_path)
-        server = Server(
-            pipeline,
-            api,
-            socket_path,
-            int(cfg.daemon.socketMode),
-            max_line=cfg.daemon.maxLineBytes,
-            max_connections=cfg.daemon.maxConnections,
-            idle_timeout=cfg.daemon.idleTimeoutSeconds,
-            frame_timeout=cfg.daemon.frameTimeoutSeconds,
-            limits=cfg.daemon.limits,
-        )
         scheduler = Scheduler(pipeline, state_dir)
         pipeline.mirror = mirror = Mirror(store, cfg, state_dir)  # stage 5: the backup mirror
         scheduler.retention = Retention(pipeline, mirror)
@@ -137,21 +126,15 @@ async def run(opts: RunOptions) -> int:
             with jobs:
                 await scheduler.run(task_status=task_status)
 
-        server.async_methods["config.reload"] = reloader.rpc
-        server.auth.set_config(cfg)  # tokens (raises ConfigError for an unreadable tokenFile)
         search = SearchService(
             state_dir,
             pipeline.counters,
             lambda agent: Path(workspace_of(pipeline.config, state_dir, agent)),
             lambda: agent_ids(pipeline.config),
         )
-        server.async_methods["memory.search"] = search.rpc
-        api.search = search  # `status` reports the index worker
         compactor = Compactor(
             pipeline, lambda agent: workspace_of(pipeline.config, state_dir, agent)
         )
-        server.async_methods["sessions.compact"] = compactor.rpc_compact
-        server.async_methods["sessions.context"] = compactor.rpc_context
         broker = None
         if (rc := cfg.ingest.redis) is not None:
             from daemon.broker import RedisIngest
@@ -168,7 +151,18 @@ async def run(opts: RunOptions) -> int:
                 block_ms=rc.blockMs,
                 claim_idle_ms=rc.claimIdleMs,
             )
-            api.broker = broker  # `status` reports the consumer
+        api = Api(store, pipeline, socket_path, search=search, broker=broker)
+        server = Server(
+            Services(pipeline, api, search, compactor, reloader),  # what answers the methods
+            socket_path,
+            int(cfg.daemon.socketMode),
+            max_line=cfg.daemon.maxLineBytes,
+            max_connections=cfg.daemon.maxConnections,
+            idle_timeout=cfg.daemon.idleTimeoutSeconds,
+            frame_timeout=cfg.daemon.frameTimeoutSeconds,
+            limits=cfg.daemon.limits,
+        )
+        server.auth.set_config(cfg)  # tokens (raises ConfigError for an unreadable tokenFile)
         spool = None
         if cfg.daemon.spool.enabled:
             folder = spool_dir(cfg.daemon.spool.dir, state_dir)

@@ -38,6 +38,7 @@ from daemon.core.roles import (
     Lookups,
     Principal,
     ReadCaps,
+    Rule,
     decide,
 )
 from daemon.errors import ConfigError, Forbidden, ListenFailed, Unauthenticated
@@ -239,6 +240,15 @@ async def close_bound(b: Bound) -> None:
 # The check
 
 
+def parse_hello(params: dict[str, Any]) -> str:
+    """auth.hello {token}: the token's secret."""
+    p = protocol.Params(params)
+    secret = p.text("token", required=True, max_len=MAX_TOKEN_BYTES)
+    p.done()
+    assert secret is not None
+    return secret
+
+
 class Auth:
     """The role check the server runs before dispatching each request (event loop only)."""
 
@@ -272,12 +282,8 @@ class Auth:
 
         return apply
 
-    def hello(self, conn: Conn | None, params: dict[str, Any]) -> dict[str, Any]:
+    def hello(self, conn: Conn | None, secret: str) -> dict[str, Any]:
         """`auth.hello {token}`: from now on the connection has the token's role."""
-        p = protocol.Params(params)
-        secret = p.text("token", required=True, max_len=MAX_TOKEN_BYTES)
-        p.done()
-        assert secret is not None
         principal = self.tokens.get(token_digest(secret))
         number = conn.number if conn is not None else None
         if principal is None:
@@ -302,13 +308,14 @@ class Auth:
                 conn.principal = p = current  # the same token, its role or agents changed
         return p
 
-    def admit(self, req: Request, conn: Conn | None) -> Request:
-        """The request to dispatch (params may be confined to the caller's agent). Raises
-        Unauthenticated (1001) or Forbidden (1002), after logging why."""
+    def admit(self, req: Request, conn: Conn | None, rule: Rule) -> Request:
+        """The request to dispatch (params may be confined to the caller's agent), `rule` being
+        its method's row in daemon/methods.py. Raises Unauthenticated (1001) or Forbidden
+        (1002), after logging why."""
         p = self.principal_of(conn)
         if p is ADMIN:
             return req
-        verdict = decide(p, req.method, req.params, self.lookups)
+        verdict = decide(p, req.method, rule, req.params, self.lookups)
         if isinstance(verdict, Denied):
             self._refused(req, conn, p, verdict)
         elif verdict is not req.params:

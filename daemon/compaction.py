@@ -44,7 +44,7 @@ from anyio.abc import TaskGroup, TaskStatus
 from daemon.config import CompactionConfig
 from daemon.core import tokens
 from daemon.core.commands import Command
-from daemon.core.protocol import parse_compact, parse_context
+from daemon.core.protocol import CompactParams, SessionRef
 from daemon.errors import NotFound, RequestError, StorageUnavailable, SummarizerFailed
 from daemon.memoryflush import MemoryFlusher
 from daemon.pipeline import AppendWork, IngestWork, Pipeline
@@ -360,10 +360,9 @@ class Compactor:
     # ------------------------------------------------------------------------------------------
     # Protocol methods
 
-    async def rpc_compact(self, params: dict[str, Any]) -> Outcome:
+    async def rpc_compact(self, cp: CompactParams) -> Outcome:
         """sessions.compact {sessionKey, instructions?}: compact now and answer with the outcome
         (a failure answers {compacted: false, reason} and is retried in the background)."""
-        cp = parse_compact(params)
         st = self._find(cp.session_key)
         if self._stopping:
             raise StorageUnavailable("the daemon is shutting down; retry")
@@ -379,10 +378,9 @@ class Compactor:
         await done.wait()
         return box[0]
 
-    async def rpc_context(self, params: dict[str, Any]) -> Outcome:
+    async def rpc_context(self, ref: SessionRef) -> Outcome:
         """sessions.context {sessionKey}: the latest summary, the entries from its
         firstKeptEntryId on (messages only, oldest first) and the token estimate."""
-        ref = parse_context(params)
         found = self.store.by_id.get(ref.session_id) if ref.session_id else None
         if ref.session_id is None:
             assert ref.session_key is not None

@@ -31,7 +31,6 @@ from watchfiles import awatch
 
 from daemon import openclaw_config
 from daemon.config import Config, load_config
-from daemon.core.protocol import parse_empty
 from daemon.errors import ConfigError
 from daemon.systemd import Notifier
 
@@ -252,9 +251,8 @@ class Reloader:
                 # One component failing to take the new config must not stop the others.
                 log.error("config.apply_failed", component=_name(fn), error=f"{e}", exc_info=e)
 
-    async def rpc(self, params: dict[str, Any]) -> dict[str, Any]:
+    async def rpc(self) -> dict[str, Any]:
         """The `config.reload` method: {reloaded, changed, restartRequired, error?}."""
-        parse_empty(params)
         return (await self.reload("rpc")).to_json()
 
     def stop(self) -> None:

@@ -31,12 +31,11 @@ import anyio
 import structlog
 from anyio.abc import SocketListener, SocketStream, TaskGroup, TaskStatus
 
-from daemon.api import Api
 from daemon.auth import Auth, Bound, close_bound
 from daemon.config import LimitsConfig
 from daemon.core import aliases, protocol
 from daemon.core.protocol import RequestId, encode_error, encode_result
-from daemon.core.roles import ADMIN, Principal
+from daemon.core.roles import ADMIN, ADMIN_ONLY, Principal
 from daemon.errors import (
     MethodNotFound,
     RequestError,
@@ -45,8 +44,7 @@ from daemon.errors import (
     TooLarge,
     Unauthenticated,
 )
-from daemon.events import EVENTS
-from daemon.pipeline import Pipeline
+from daemon.methods import METHODS, Call, Services
 
 log = structlog.get_logger("daemon.server")
 
@@ -319,7 +317,8 @@ class Connection:
         reply = self.answer(req.id, req.notification)
         try:
             if req.method == "message.ingest" and self.principal is ADMIN:
-                # The hot path, as `dispatch` would take it for a caller with every right.
+                # The hot path, as `dispatch` takes it through the method table's row for a
+                # caller with every right (no aliases apply to message.ingest).
                 params = protocol.parse_ingest(req.params)
                 waiter = self.server.pipeline.ingest(params, reply)
             else:
@@ -362,7 +361,6 @@ class Connection:
 
 
 Reply = Callable[[Any], None]
-Handler = Callable[[dict[str, Any]], Awaitable[Any] | Any]
 
 
 @dataclass(slots=True)
@@ -381,8 +379,7 @@ class Server:
 
     def __init__(
         self,
-        pipeline: Pipeline,
-        api: Api,
+        services: Services,
         socket_path: Path,
         socket_mode: int,
         *,
@@ -392,8 +389,9 @@ class Server:
         frame_timeout: float = 30.0,
         limits: LimitsConfig | None = None,
     ) -> None:
-        self.pipeline = pipeline
-        self.api = api
+        self.services = services
+        self.pipeline = services.pipeline
+        self.api = api = services.api
         self.socket_path = socket_path
         self.socket_mode = socket_mode
         self.max_line = max_line
@@ -407,14 +405,6 @@ class Server:
         self.connections: set[Connection] = set()
         self.accept_scope = anyio.CancelScope()
         self._counter = 0
-        self.sync_methods: dict[str, Callable[[dict[str, Any]], Any]] = {
-            "status": lambda p: api.status(protocol.parse_empty(p)),
-            "sessions.list": lambda p: api.sessions_list(protocol.parse_list(p)),
-            "sessions.get": lambda p: api.sessions_get(protocol.parse_get(p)),
-        }
-        # Methods answered by a coroutine, registered by the component that owns them (app.py
-        # wires `config.reload` to daemon/reload.py).
-        self.async_methods: dict[str, Callable[[dict[str, Any]], Awaitable[Any]]] = {}
         # Roles (daemon/auth.py), checked before every dispatch; app.py gives it the tokens and
         # opens `daemon.listeners` into `listeners` before serving.
         self.auth = Auth(api.store)
@@ -441,54 +431,30 @@ class Server:
         return lambda: self.limits.listenerConnections
 
     def dispatch(
-        self,
-        req: protocol.Request,
-        reply: Callable[[Any], None],
-        tg: TaskGroup,
-        conn: Connection | None = None,
+        self, req: protocol.Request, reply: Reply, tg: TaskGroup, conn: Connection
     ) -> Awaitable[None] | None:
-        """Route a request to its method. Raises RequestError for a request refused at once."""
+        """Route a request through its row of the method table (daemon/methods.py, whose
+        invariants say the order). Raises RequestError for a request refused at once."""
         m = req.method
-        if m == "auth.hello":
-            reply(self.auth.hello(conn, req.params))
-            return None
-        if m.startswith("sessions.") or m == "memory.search":  # OpenClaw's spellings too
-            params = aliases.canonical(m, req.params, self.pipeline.policies.tz)
-            if params is not req.params:
-                req = replace(req, params=params)
-        req = self.auth.admit(req, conn)
-        if m == "message.ingest":
-            return self.pipeline.ingest(protocol.parse_ingest(req.params), reply)
-        if m == "message.append":
-            return self.pipeline.append(protocol.parse_append(req.params), reply)
-        if m in self.sync_methods:
-            reply(self.sync_methods[m](req.params))
-            return None
-        if m == "sessions.history":
-            hp = protocol.parse_history(req.params)
-            caps = self.auth.read_caps(conn)
-            tg.start_soon(self._run_async, self.api.sessions_history(hp, caps), reply)
-            return None
-        if m == "sessions.archived":
-            ap = protocol.parse_archived(req.params)
-            caps = self.auth.read_caps(conn)
-            tg.start_soon(self._run_async, self.api.sessions_archived(ap, caps), reply)
-            return None
-        if m == "sessions.reset":
-            rp = protocol.parse_reset(req.params)
-            tg.start_soon(self._run_async, self.api.sessions_reset(rp), reply)
-            return None
-        if m == "events.subscribe" and conn is not None:
-            events = protocol.parse_subscribe(req.params, EVENTS)
-            self.pipeline.events.subscribe(conn.number, conn.notify, events)
-            reply({"subscribed": sorted(events)})
-            return None
-        if m in self.async_methods:
-            tg.start_soon(self._run_async, self.async_methods[m](req.params), reply)
-            return None
-        raise MethodNotFound(f"unknown method {m!r}")
+        params = aliases.canonical(m, req.params, self.pipeline.policies.tz)
+        if params is not req.params:
+            req = replace(req, params=params)
+        method = METHODS.get(m)
+        req = self.auth.admit(req, conn, ADMIN_ONLY if method is None else method.rule)
+        if method is None:
+            raise MethodNotFound(f"unknown method {m!r}")
+        parsed = method.parse(req.params)
+        call = Call(self.services, self.auth, conn, reply)
+        if method.kind == "commit":
+            waiter: Awaitable[None] | None = method.handler(call, parsed)
+            return waiter
+        if method.kind == "sync":
+            reply(method.handler(call, parsed))
+        else:
+            tg.start_soon(self._run_async, method.handler(call, parsed), reply)
+        return None
 
-    async def _run_async(self, coro: Awaitable[Any], reply: Callable[[Any], None]) -> None:
+    async def _run_async(self, coro: Awaitable[Any], reply: Reply) -> None:
         try:
             reply(await coro)
         except RequestError as e:

@@ -17,22 +17,10 @@ import orjson
 
 from daemon.core import protocol
 from daemon.errors import RequestError
-from daemon.events import EVENTS
+from daemon.methods import METHODS
 
-PARSERS: dict[str, Callable[[dict[str, Any]], Any]] = {
-    "message.ingest": protocol.parse_ingest,
-    "message.append": protocol.parse_append,
-    "sessions.history": protocol.parse_history,
-    "sessions.list": protocol.parse_list,
-    "sessions.get": protocol.parse_get,
-    "status": protocol.parse_empty,
-    "sessions.archived": protocol.parse_archived,
-    "sessions.reset": protocol.parse_reset,
-    "events.subscribe": lambda p: protocol.parse_subscribe(p, EVENTS),
-    "memory.search": protocol.parse_search,
-    "sessions.compact": protocol.parse_compact,
-    "sessions.context": protocol.parse_context,
-}
+# Every method's parser, from the server's own table (daemon/methods.py).
+PARSERS: dict[str, Callable[[dict[str, Any]], Any]] = {n: m.parse for n, m in METHODS.items()}
 KEYS = sorted(
     {
         *protocol._INGEST_KEYS,

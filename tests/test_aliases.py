@@ -10,6 +10,7 @@ import pytest
 from daemon.core.aliases import canonical, day_start_ms
 from daemon.core.roles import Denied, Lookups, Principal, decide
 from daemon.errors import InvalidParams
+from daemon.methods import rule_of
 
 BERLIN = ZoneInfo("Europe/Berlin")
 KEY = "agent:main:telegram:direct:1"
@@ -73,5 +74,5 @@ def test_an_agent_naming_another_agents_session_as_key_is_refused() -> None:
     agent = Principal("agent", frozenset({"main"}), "main")
     lookups = Lookups(lambda _sid: None, lambda _p: None)
     params = canonical("sessions.history", {"key": "agent:work:main"}, BERLIN)
-    verdict = decide(agent, "sessions.history", params, lookups)
+    verdict = decide(agent, "sessions.history", rule_of("sessions.history"), params, lookups)
     assert isinstance(verdict, Denied) and verdict.agent == "work"

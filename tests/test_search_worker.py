@@ -19,6 +19,7 @@ import anyio
 import orjson
 import pytest
 
+from daemon.core.protocol import parse_search
 from daemon.search import SearchIndex, SearchService, index_path
 from daemon.search import child as child_mod
 from daemon.search.worker import PassRequest, parse_request
@@ -284,7 +285,7 @@ async def test_cancelling_the_task_group_stops_and_reaps_the_worker(state: Path)
         await eventually(lambda: svc.status()["passes"] >= 1)
         pid = svc.worker_pid
         assert pid is not None and pid != os.getpid()
-        assert len((await svc.rpc({"query": "zeppelin"}))["hits"]) == 1
+        assert len((await svc.rpc(parse_search({"query": "zeppelin"})))["hits"]) == 1
         tg.cancel_scope.cancel()  # as when another of the daemon's tasks fails
     assert reaped(pid)
     assert svc.status()["workerPid"] is None
@@ -319,11 +320,11 @@ async def test_a_killed_worker_is_started_again_and_searches_answer_meanwhile(
         first = svc.worker_pid
         assert first is not None
         os.kill(first, signal.SIGKILL)
-        assert len((await svc.rpc({"query": "zeppelin"}))["hits"]) == 1
+        assert len((await svc.rpc(parse_search({"query": "zeppelin"})))["hits"]) == 1
         await eventually(lambda: svc.worker_pid not in (None, first))
         assert reaped(first)
         assert svc.status()["workerStarts"] == 2
         write_transcript(state, "s2", ["a walrus after the restart"])
         counters.batches += 1  # as the pipeline counts a batch written
-        assert len((await svc.rpc({"query": "walrus"}))["hits"]) == 1
+        assert len((await svc.rpc(parse_search({"query": "walrus"})))["hits"]) == 1
         svc.stop()

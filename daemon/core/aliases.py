@@ -1,8 +1,8 @@
 """OpenClaw's spellings of our params, rewritten to ours before a request is admitted. Pure.
 
-Rewriting before the role check (daemon/core/roles.py) matters: an agent that names another
-agent's session as `key` is refused exactly as with `sessionKey`, because the table only ever
-sees our spelling.
+Rewriting before the role check (daemon/core/roles.py; the order is daemon/methods.py's)
+matters: an agent that names another agent's session as `key` is refused exactly as with
+`sessionKey`, because the role rules only ever see our spelling.
 
     sessions.*      key                  -> sessionKey   (OpenClaw's gateway param)
     memory.search   include_sessions     -> includeSessions

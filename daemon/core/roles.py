@@ -1,14 +1,15 @@
-"""Who may call what: roles, principals and the one table every request is checked against.
+"""Who may call what: roles, principals, and the check every request passes before dispatch.
 
-Pure: no sockets, no store. The server asks `decide(principal, method, params, lookups)` for every
+Pure: no sockets, no store. Each method's `Rule` is a column of the one method table
+(daemon/methods.py). The server asks `decide(principal, method, rule, params, lookups)` for every
 request before dispatching it; the answer is the params to dispatch with (possibly confined to the
 caller's own agent) or a `Denied` saying why not. `lookups` are the two facts that need the live
 store or the routing config: which agent a session id belongs to, and which agent an inbound
 message would be routed to.
 
-Invariants the table keeps (SPEC 3):
-  1. admin may call everything; a method the table does not know is admin-only, so a method added
-     later is never open to adapters or agents by accident.
+Invariants the rules keep (SPEC 3):
+  1. admin may call everything; a method the table does not know is admin-only (its rule is
+     ADMIN_ONLY), so a method added later is never open to adapters or agents by accident.
   2. An agent principal names exactly one agent and can never name another one: every agentId,
      sessionKey and sessionId in its params must belong to its agent, or the answer is 1002.
   3. A principal of None (a connection that must authenticate and has not) may only call
@@ -54,7 +55,7 @@ ADMIN = Principal("admin", None, "socket")
 
 @dataclass(frozen=True, slots=True)
 class Rule:
-    """One method's row: the roles that may call it and which params name agents.
+    """One method's role rule: the roles that may call it and which params name agents.
 
     `agent_param`: params["agentId"] names an agent. `key_params` / `id_params`: params naming a
     session by key / by id. `routed`: the agent is the one the message routes to (ingest).
@@ -69,27 +70,8 @@ class Rule:
     confine: bool = False
 
 
+# For a method without a row in the table (invariant 1).
 ADMIN_ONLY = Rule(frozenset({"admin"}))
-_READERS: frozenset[Role] = frozenset({"admin", "agent"})
-_KEY = ("sessionKey",)
-_ID = ("sessionId",)
-
-# The central table (SPEC 3 roles). Anything not listed is ADMIN_ONLY.
-RULES: dict[str, Rule] = {
-    "status": Rule(frozenset({"admin", "adapter"})),
-    "message.ingest": Rule(frozenset({"admin", "adapter"}), routed=True),
-    "message.append": Rule(frozenset(ROLES), key_params=_KEY),
-    "sessions.list": Rule(_READERS, agent_param=True, confine=True),
-    "sessions.get": Rule(_READERS, key_params=_KEY, id_params=_ID),
-    "sessions.history": Rule(_READERS, key_params=_KEY, id_params=_ID),
-    "sessions.context": Rule(_READERS, key_params=_KEY, id_params=_ID),
-    "sessions.archived": Rule(_READERS, agent_param=True, key_params=_KEY, confine=True),
-    "memory.search": Rule(_READERS, agent_param=True, key_params=_KEY, id_params=_ID, confine=True),
-    "sessions.reset": ADMIN_ONLY,
-    "sessions.compact": ADMIN_ONLY,
-    "config.reload": ADMIN_ONLY,
-    "events.subscribe": ADMIN_ONLY,
-}
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,14 +92,15 @@ class Lookups:
     routed_agent: Callable[[dict[str, Any]], str | None]
 
 
-def rule_of(method: str) -> Rule:
-    return RULES.get(method, ADMIN_ONLY)
-
-
 def decide(
-    principal: Principal | None, method: str, params: dict[str, Any], lookups: Lookups
+    principal: Principal | None,
+    method: str,
+    rule: Rule,
+    params: dict[str, Any],
+    lookups: Lookups,
 ) -> dict[str, Any] | Denied:
-    """The params to dispatch with, or why the request is refused.
+    """The params to dispatch with, or why the request is refused; `rule` is the method's row
+    (ADMIN_ONLY for a method the table does not know).
 
     Params of the wrong type are passed through untouched: the method's own validation answers
     them with -32602, and a value that is not a string can never select another agent's data.
@@ -132,7 +115,6 @@ def decide(
         )
     if principal.role == "admin":
         return params
-    rule = rule_of(method)
     if principal.role not in rule.roles:
         return Denied(FORBIDDEN, "role", f"the {principal.role} role may not call {method}", None)
     if principal.agents is None:

@@ -21,7 +21,7 @@ import structlog
 from anyio.abc import TaskStatus
 
 from daemon.core.keys import normalize_agent_id
-from daemon.core.protocol import parse_search
+from daemon.core.protocol import SearchParams
 from daemon.errors import RequestError
 from daemon.search.child import (
     Identity,
@@ -237,9 +237,8 @@ class SearchService:
             "error": self.broken,
         }
 
-    async def rpc(self, params: dict[str, Any]) -> dict[str, Any]:
+    async def rpc(self, q: SearchParams) -> dict[str, Any]:
         """`memory.search`: waits (briefly) until what was acknowledged before it is indexed."""
-        q = parse_search(params)
         with anyio.move_on_after(FRESH_WAIT_SECONDS):
             await self._ready.wait()  # the socket serves a moment before the index is open
         if self.broken is not None or not self._ready.is_set():

@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 
 from daemon.client import Client, RpcError
+from daemon.methods import METHODS
 from e2e.conftest import Launch
 from e2e.harness import Daemon, ingest_params, short_workdir
 
@@ -203,7 +204,19 @@ CASES = [
     Case("reload", "config.reload", lambda w, a: {}, ADMIN_ONLY),
     Case("subscribe", "events.subscribe", lambda w, a: {}, ADMIN_ONLY),
     Case("unknown", "sessions.shred", lambda w, a: {}, ADMIN_ONLY),
+    # The role check comes before validation (daemon/methods.py): a refused caller is told so,
+    # not which of its params are wrong.
+    Case(
+        "reset-bad-params",
+        "sessions.reset",
+        lambda w, a: {"sessionKey": 7, "bogus": True},
+        {"admin": both(-32602), "adapter": both(1002), "agent": both(1002)},
+    ),
 ]
+
+
+def test_the_matrix_covers_every_method_of_the_table() -> None:
+    assert {c.method for c in CASES} | {"auth.hello"} >= set(METHODS)
 
 
 def outcome(w: World, transport: str, role: str, method: str, params: dict[str, Any]) -> Any:
