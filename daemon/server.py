@@ -21,23 +21,25 @@ import contextlib
 import errno
 import os
 import resource
-import stat
-from collections.abc import Awaitable, Callable
+import ssl
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import anyio
 import structlog
-from anyio.abc import SocketListener, SocketStream, TaskGroup, TaskStatus
+from anyio.abc import ByteStream, SocketListener, SocketStream, TaskGroup, TaskStatus
+from anyio.streams.tls import TLSStream
 
 from daemon.api import Api
-from daemon.auth import Auth, Bound, close_bound
+from daemon.auth import Auth
 from daemon.config import LimitsConfig
 from daemon.core import aliases, protocol
 from daemon.core.protocol import RequestId, encode_error, encode_result
 from daemon.core.roles import ADMIN, Principal
 from daemon.errors import (
+    InvalidRequest,
     MethodNotFound,
     RequestError,
     ServerBusy,
@@ -46,6 +48,16 @@ from daemon.errors import (
     Unauthenticated,
 )
 from daemon.events import EVENTS
+from daemon.listeners import (
+    TLS_HANDSHAKE_RECORD,
+    Bound,
+    Listener,
+    Replay,
+    Tls,
+    bind_listeners,
+    bind_unix,
+    close_bound,
+)
 from daemon.pipeline import Pipeline
 
 log = structlog.get_logger("daemon.server")
@@ -66,7 +78,7 @@ ACCEPT_BACKOFF_MAX = 1.0
 class Connection:
     """One client connection; owned by the server's connection task group."""
 
-    def __init__(self, server: Server, stream: SocketStream, number: int) -> None:
+    def __init__(self, server: Server, stream: ByteStream, number: int) -> None:
         self.server = server
         self.stream = stream
         self.number = number
@@ -282,8 +294,10 @@ class Connection:
         """After a too-large line: say we are done writing, then read and discard (never buffer)
         what the client is still sending, for a moment, so it can read our answer; closing
         with unread data would make the kernel reset the connection and lose the answer."""
-        with contextlib.suppress(anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
-            await self.stream.send_eof()
+        with contextlib.suppress(
+            anyio.BrokenResourceError, anyio.ClosedResourceError, OSError, NotImplementedError
+        ):
+            await self.stream.send_eof()  # NotImplementedError: TLS before 1.3
         with anyio.move_on_after(LINGER_SECONDS):
             with contextlib.suppress(
                 anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError, OSError
@@ -374,6 +388,7 @@ class Gate:
     limit: Callable[[], int]  # read at each accept: a reload may change it
     open: int = 0
     refusing: int = 0  # refusals since the last connection it let in
+    tls: Tls | None = None  # connections are TLS: handshake first (daemon/listeners.py)
 
 
 class Server:
@@ -416,9 +431,10 @@ class Server:
         # wires `config.reload` to daemon/reload.py).
         self.async_methods: dict[str, Callable[[dict[str, Any]], Awaitable[Any]]] = {}
         # Roles (daemon/auth.py), checked before every dispatch; app.py gives it the tokens and
-        # opens `daemon.listeners` into `listeners` before serving.
+        # calls `bind` before serving.
         self.auth = Auth(api.store)
-        self.listeners: list[Bound] = []
+        self.main: SocketListener | None = None  # daemon.socket
+        self.listeners: list[Bound] = []  # daemon.listeners
         api.client_stats = self.client_stats
 
     def client_stats(self) -> dict[str, int]:
@@ -497,25 +513,32 @@ class Server:
             log.exception("request.failed")
             reply(RequestError("internal error; the daemon logged the details"))
 
-    async def serve(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
-        """Bind the socket (mode from config), serve until stopped, then wait for connections."""
+    async def bind(self, listeners: Sequence[Listener] = ()) -> None:
+        """Open daemon.socket (mode from config) and `listeners` (daemon.listeners) before
+        serving. Raises ListenFailed naming the path or address (and closes what it opened)."""
         path = self.socket_path
         path.parent.mkdir(parents=True, exist_ok=True)
+        self.main = await bind_unix(path, self.socket_mode)
         try:
-            if stat.S_ISSOCK(os.lstat(path).st_mode):
-                # A socket left by a daemon that died; we hold the state lock, so it is stale.
-                os.unlink(path)
-        except FileNotFoundError:
-            pass
-        old_umask = os.umask(0o177)
-        try:
-            listener = await anyio.create_unix_listener(path)
-        finally:
-            os.umask(old_umask)
-        os.chmod(path, self.socket_mode)
+            self.listeners = await bind_listeners(list(listeners))
+        except BaseException:
+            await self.main.aclose()
+            self.main = None
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)  # our socket file, not user data
+            raise
+
+    async def serve(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Serve what `bind` opened (binding daemon.socket now if it was not) until stopped,
+        then wait for connections."""
+        if self.main is None:
+            await self.bind()
+        assert self.main is not None
+        listener = self.main
+        path = self.socket_path
         admin = Gate(f"unix:{path}", ADMIN, lambda: self.max_connections)
         gates = [
-            (b, Gate(b.spec.name, b.spec.principal, self._listener_limit(b)))
+            (b, Gate(b.spec.name, b.spec.principal, self._listener_limit(b), tls=b.spec.tls))
             for b in self.listeners
         ]
         self._check_fd_limit([admin.limit(), *(g.limit() for _, g in gates)])
@@ -531,6 +554,7 @@ class Server:
                                 address=b.address,
                                 role=role,
                                 maxConnections=gate.limit(),
+                                tls=gate.tls is not None,
                             )
                             for sock in b.sockets:
                                 accepting.start_soon(self._accept, sock, conns, gate)
@@ -577,9 +601,20 @@ class Server:
             backoff = 0.0
             conns.start_soon(self._serve_one, stream, gate)
 
-    async def _serve_one(self, stream: SocketStream, gate: Gate) -> None:
+    async def _serve_one(self, raw: SocketStream, gate: Gate) -> None:
         self._counter += 1
-        async with stream:
+        hello_deadline = anyio.current_time() + self.limits.helloTimeoutSeconds
+        async with raw:
+            stream: ByteStream = raw
+            if gate.tls is not None:
+                # In this connection's task, not the accept loop: a stalled handshake holds
+                # only itself, and only until the hello deadline (which it counts against).
+                secured = None
+                with anyio.move_on_after(self.limits.helloTimeoutSeconds):
+                    secured = await self._handshake(raw, gate.name, gate.tls)
+                if secured is None:
+                    return
+                stream = secured
             limit = gate.limit()
             if gate.open >= limit:
                 if gate.refusing == 0:
@@ -600,7 +635,7 @@ class Server:
             conn = Connection(self, stream, self._counter)
             conn.principal = gate.principal
             if gate.principal is None:
-                conn.hello_deadline = anyio.current_time() + self.limits.helloTimeoutSeconds
+                conn.hello_deadline = hello_deadline
             gate.open += 1
             self.connections.add(conn)
             self.api.connections = len(self.connections)
@@ -618,6 +653,41 @@ class Server:
                 self.connections.discard(conn)
                 self.api.connections = len(self.connections)
 
+    async def _handshake(self, raw: SocketStream, listener: str, tls: Tls) -> ByteStream | None:
+        """The TLS stream over `raw`, or None when the handshake fails or the caller's timeout
+        cancels it: logged once per streak of failures, never with a traceback; a client that
+        spoke plain JSON-RPC is told so in plain text."""
+        secured: ByteStream | None = None
+        reason = "no TLS handshake within daemon.limits.helloTimeoutSeconds"
+        try:
+            first = await raw.receive(1)
+            if first[0] != TLS_HANDSHAKE_RECORD:
+                reason = "plain text on a TLS listener"
+                err = InvalidRequest(
+                    f"{listener} speaks TLS: connect with tls://HOST:PORT; connection closed"
+                )
+                await raw.send(encode_error(None, err))
+                await _drain(raw)
+                return None
+            secured = await TLSStream.wrap(
+                Replay(raw, first),
+                server_side=True,
+                ssl_context=tls.context,
+                standard_compatible=False,
+            )
+        except ssl.SSLError as e:
+            reason = e.reason or type(e).__name__
+        except anyio.EndOfStream:
+            reason = "closed by the client"
+        except (anyio.BrokenResourceError, OSError) as e:
+            reason = str(e.__cause__ or e) or type(e).__name__
+        finally:
+            if secured is None:
+                tls.handshake_failed(listener, reason)
+            else:
+                tls.handshake_done(listener)
+        return secured
+
     def stop(self) -> None:
         """Stop accepting; keep reading for a short grace so that requests still arriving are
         answered (1004, nothing stored: the pipeline is closed) instead of vanishing with the
@@ -626,3 +696,16 @@ class Server:
         deadline = anyio.current_time() + SHUTDOWN_GRACE_SECONDS
         for conn in list(self.connections):
             conn.read_scope.deadline = min(conn.read_scope.deadline, deadline)
+
+
+async def _drain(stream: SocketStream) -> None:
+    """Say we are done writing, then read and discard what the client is still sending for a
+    moment: closing with unread data would reset the connection and lose our last answer."""
+    with contextlib.suppress(anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
+        await stream.send_eof()
+    with anyio.move_on_after(LINGER_SECONDS):
+        with contextlib.suppress(
+            anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError, OSError
+        ):
+            while await stream.receive(READ_CHUNK):
+                pass
