@@ -4,9 +4,8 @@ Commands that serve data talk to the running daemon through `daemon.client` (a U
 `tcp://HOST:PORT`, or `tls://HOST:PORT` with `--tls-*` files; a token from `--token-file` or
 `$SESSIOND_TOKEN`); `run` starts the daemon; `config check` validates a config file. The global
 flags (`--config`, `--state-dir`, `--socket`, `--token-file`, `--tls-*`, `--json`) may stand
-before or after the command. What is printed for
-people is made in `daemon.cli_output`; `--json` prints the daemon's answer as it came. Exit
-codes: 0 success, 1 failure, 2 bad usage.
+before or after the command. What is printed for people is made in `daemon.cli_output`;
+`--json` prints the daemon's answer as it came. Exit codes: 0 success, 1 failure, 2 bad usage.
 """
 
 from __future__ import annotations

@@ -102,6 +102,9 @@ class Client:
             ) from None
         self._ids = itertools.count(1)
         self._buf = b""
+        # A TLS listener with clientCa refuses a certificate after the handshake, and its alert
+        # may not reach us: a close before the first answer then gets a hint.
+        self._tls_unanswered = tls
         # Notifications that arrived while `call` waited for its answer, oldest first.
         self._notes: collections.deque[dict[str, Any]] = collections.deque()
         if token is not None:
@@ -163,13 +166,24 @@ class Client:
             except ssl.SSLError as e:
                 raise ConnectError(_tls_ended(e)) from None
             if not chunk:
+                if self._tls_unanswered:
+                    raise ConnectError(
+                        "the daemon closed the TLS connection before answering; if its "
+                        "listener has clientCa, it " + CLIENT_CERT_NEEDED
+                    )
                 raise ConnectError("the daemon closed the connection")
             self._buf += chunk
         line, _, self._buf = self._buf.partition(b"\n")
+        self._tls_unanswered = False
         obj = orjson.loads(line)
         if not isinstance(obj, dict):
             raise ConnectError("the daemon sent something that is not a JSON-RPC response")
         return obj
+
+
+CLIENT_CERT_NEEDED = (
+    "asks for a client certificate signed by its CA (--tls-cert FILE, --tls-key FILE; cert=, key=)"
+)
 
 
 def _tls_context(
@@ -219,8 +233,5 @@ def _why(e: OSError) -> str:
 def _tls_ended(e: ssl.SSLError) -> str:
     why = _why(e)
     if "CERTIFICATE" in why or "UNKNOWN_CA" in why:  # our certificate is missing or refused
-        return (
-            f"the daemon refused the TLS connection ({why}): this listener asks for a client "
-            "certificate signed by its CA (--tls-cert FILE, --tls-key FILE)"
-        )
+        return f"the daemon refused the TLS connection ({why}): this listener {CLIENT_CERT_NEEDED}"
     return f"the daemon ended the TLS connection ({why})"
