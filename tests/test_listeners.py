@@ -10,11 +10,11 @@ from pathlib import Path
 
 import anyio
 import pytest
+from tlsca import CA, Pair
 
 from daemon.config import parse_config, parse_tcp_address
 from daemon.errors import ConfigError, ListenFailed
 from daemon.listeners import TlsFiles, bind_unix, listeners_of, tls_context
-from tlsca import CA, Pair
 
 
 @pytest.fixture(scope="module")
@@ -103,7 +103,7 @@ def test_a_good_pair_makes_a_server_context_and_client_ca_requires_client_certs(
 def test_a_missing_file_is_a_config_error_naming_its_key(
     pki: tuple[CA, Pair, Pair], tmp_path: Path, which: str
 ) -> None:
-    ca, server, _ = pki
+    _, server, _ = pki
     gone = tmp_path / "gone.pem"
     f = {
         "cert": TlsFiles(gone, server.key, None, "daemon.listeners[1].tls"),

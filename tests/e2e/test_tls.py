@@ -17,11 +17,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from tlsca import CA, Pair
 
 from daemon.client import Client, ConnectError, RpcError
 from e2e.conftest import Launch
 from e2e.harness import Daemon, daemon_env, ingest_params, short_workdir
-from tlsca import CA, Pair
 
 ADMIN = "ops-tls-token-0123456789abcdef"
 ADAPTER = "adapter-tls-token-0123456789abcdef"
@@ -191,17 +191,17 @@ def test_the_cli_reaches_a_tls_listener_with_a_token_file_and_a_ca(
     token_file = tmp_path / "ops.token"
     token_file.write_text(ADMIN + "\n")
     address = f"tls://127.0.0.1:{remote.open_port}"
-    r = sessiond("status", "--socket", address, "--token-file", str(token_file), "--json",
-                 "--tls-ca", str(remote.ca.cert))  # fmt: skip
+    token = ["--token-file", str(token_file)]
+    ca = ["--tls-ca", str(remote.ca.cert)]
+    r = sessiond("status", "--socket", address, *token, "--json", *ca)
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["connections"] >= 1
     mine = remote.client
     mutual = f"tls://127.0.0.1:{remote.mutual_port}"
-    r = sessiond("--tls-ca", str(remote.ca.cert), "--tls-cert", str(mine.cert), "--tls-key",
-                 str(mine.key), "status", "--socket", mutual, "--token-file", str(token_file))  # fmt: skip
+    own = ["--tls-cert", str(mine.cert), "--tls-key", str(mine.key)]
+    r = sessiond(*ca, *own, "status", "--socket", mutual, *token)  # flags before the command
     assert r.returncode == 0, r.stderr
-    r = sessiond("status", "--socket", mutual, "--token-file", str(token_file),
-                 "--tls-ca", str(remote.ca.cert))  # fmt: skip
+    r = sessiond("status", "--socket", mutual, *token, *ca)
     assert r.returncode == 1 and "--tls-cert" in r.stderr and "Traceback" not in r.stderr
     r = sessiond("status", "--socket", f"tcp://127.0.0.1:{remote.open_port}", "--tls-ca", "x")
     assert r.returncode == 2 and "go with --socket tls://" in r.stderr
