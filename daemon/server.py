@@ -294,16 +294,7 @@ class Connection:
         """After a too-large line: say we are done writing, then read and discard (never buffer)
         what the client is still sending, for a moment, so it can read our answer; closing
         with unread data would make the kernel reset the connection and lose the answer."""
-        with contextlib.suppress(
-            anyio.BrokenResourceError, anyio.ClosedResourceError, OSError, NotImplementedError
-        ):
-            await self.stream.send_eof()  # NotImplementedError: TLS before 1.3
-        with anyio.move_on_after(LINGER_SECONDS):
-            with contextlib.suppress(
-                anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError, OSError
-            ):
-                while await self.stream.receive(READ_CHUNK):
-                    pass
+        await _drain(self.stream)
 
     def _too_large(self, seen: int) -> None:
         self.too_large = True
@@ -420,6 +411,7 @@ class Server:
         self.closed_hello = 0  # connections closed for sending no auth.hello in time
         self.refused = 0  # connections refused for a full listener
         self.connections: set[Connection] = set()
+        self.handshakes: set[anyio.CancelScope] = set()  # TLS handshakes under way
         self.accept_scope = anyio.CancelScope()
         self._counter = 0
         self.sync_methods: dict[str, Callable[[dict[str, Any]], Any]] = {
@@ -610,8 +602,12 @@ class Server:
                 # In this connection's task, not the accept loop: a stalled handshake holds
                 # only itself, and only until the hello deadline (which it counts against).
                 secured = None
-                with anyio.move_on_after(self.limits.helloTimeoutSeconds):
-                    secured = await self._handshake(raw, gate.name, gate.tls)
+                with anyio.move_on_after(self.limits.helloTimeoutSeconds) as handshaking:
+                    self.handshakes.add(handshaking)  # `stop` ends them
+                    try:
+                        secured = await self._handshake(raw, gate.name, gate.tls)
+                    finally:
+                        self.handshakes.discard(handshaking)
                 if secured is None:
                     return
                 stream = secured
@@ -694,15 +690,20 @@ class Server:
         connection; every request accepted before is answered with its real outcome."""
         self.accept_scope.cancel()
         deadline = anyio.current_time() + SHUTDOWN_GRACE_SECONDS
+        for scope in self.handshakes:
+            scope.cancel()  # nothing was asked yet: nothing to answer
         for conn in list(self.connections):
             conn.read_scope.deadline = min(conn.read_scope.deadline, deadline)
 
 
-async def _drain(stream: SocketStream) -> None:
-    """Say we are done writing, then read and discard what the client is still sending for a
-    moment: closing with unread data would reset the connection and lose our last answer."""
-    with contextlib.suppress(anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
-        await stream.send_eof()
+async def _drain(stream: ByteStream) -> None:
+    """Say we are done writing, then read and discard (never buffer) what the client is still
+    sending, for a moment: closing with unread data would make the kernel reset the connection
+    and lose our last answer."""
+    with contextlib.suppress(
+        anyio.BrokenResourceError, anyio.ClosedResourceError, OSError, NotImplementedError
+    ):
+        await stream.send_eof()  # NotImplementedError: TLS before 1.3
     with anyio.move_on_after(LINGER_SECONDS):
         with contextlib.suppress(
             anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError, OSError
