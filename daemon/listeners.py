@@ -42,6 +42,7 @@ log = structlog.get_logger("daemon.listeners")
 # The first byte of every TLS record that opens a handshake; anything else on a TLS port is a
 # client speaking plain JSON-RPC, which is told so in plain text before the connection closes.
 TLS_HANDSHAKE_RECORD = 0x16
+BACKLOG = 65536  # as anyio's create_unix_listener (the kernel caps it at somaxconn)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -277,20 +278,41 @@ async def _bind(spec: Listener) -> Bound:
 async def bind_unix(path: Path, mode: int) -> SocketListener:
     """Listen on the Unix socket `path` with `mode`. Raises ListenFailed when the path is taken
     (by a live socket or by something that is not a socket) or cannot be bound."""
+    return await listen_on(claim_unix(path, mode))
+
+
+def claim_unix(path: Path, mode: int) -> socket.socket:
+    """Bind the Unix socket `path` with `mode`, not listening yet: the path is ours and checked,
+    but nobody can connect until `listen_on` (daemon.socket: not before the daemon handles
+    SIGTERM). Raises ListenFailed like `bind_unix`; the caller owns the socket."""
     _clear_stale_socket(path)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     old_umask = os.umask(0o177)
     try:
-        lst = await anyio.create_unix_listener(path)
+        sock.bind(str(path))
     except OSError as e:
+        sock.close()
         raise ListenFailed(f"cannot listen on {path}: {e.strerror or e}") from None
     finally:
         os.umask(old_umask)
     try:
         os.chmod(path, mode)
     except OSError as e:
-        await lst.aclose()
+        sock.close()
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)  # the file we just made
         raise ListenFailed(f"cannot set mode {mode:04o} on {path}: {e.strerror or e}") from None
-    return lst
+    return sock
+
+
+async def listen_on(sock: socket.socket) -> SocketListener:
+    """Start accepting on a socket from `claim_unix`; the listener owns it from now on."""
+    try:
+        sock.listen(BACKLOG)
+        return await SocketListener.from_socket(sock)
+    except BaseException:
+        sock.close()
+        raise
 
 
 def _clear_stale_socket(path: Path) -> None:

@@ -21,6 +21,7 @@ import contextlib
 import errno
 import os
 import resource
+import socket
 import ssl
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
@@ -55,8 +56,9 @@ from daemon.listeners import (
     Replay,
     Tls,
     bind_listeners,
-    bind_unix,
+    claim_unix,
     close_bound,
+    listen_on,
 )
 from daemon.pipeline import Pipeline
 
@@ -425,7 +427,7 @@ class Server:
         # Roles (daemon/auth.py), checked before every dispatch; app.py gives it the tokens and
         # calls `bind` before serving.
         self.auth = Auth(api.store)
-        self.main: SocketListener | None = None  # daemon.socket
+        self.main: socket.socket | None = None  # daemon.socket, bound; listening once served
         self.listeners: list[Bound] = []  # daemon.listeners
         api.client_stats = self.client_stats
 
@@ -510,11 +512,11 @@ class Server:
         serving. Raises ListenFailed naming the path or address (and closes what it opened)."""
         path = self.socket_path
         path.parent.mkdir(parents=True, exist_ok=True)
-        self.main = await bind_unix(path, self.socket_mode)
+        self.main = claim_unix(path, self.socket_mode)
         try:
             self.listeners = await bind_listeners(list(listeners))
         except BaseException:
-            await self.main.aclose()
+            self.main.close()
             self.main = None
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(path)  # our socket file, not user data
@@ -526,7 +528,7 @@ class Server:
         if self.main is None:
             await self.bind()
         assert self.main is not None
-        listener = self.main
+        listener = await listen_on(self.main)
         path = self.socket_path
         admin = Gate(f"unix:{path}", ADMIN, lambda: self.max_connections)
         gates = [
