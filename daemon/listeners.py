@@ -31,11 +31,13 @@ from pathlib import Path
 import anyio
 import structlog
 from anyio.abc import ByteStream, SocketAttribute, SocketListener
+from anyio.streams.tls import TLSStream
 
 from daemon.config import Config, TlsConfig, parse_tcp_address
 from daemon.core.keys import normalize_agent_id
+from daemon.core.protocol import encode_error
 from daemon.core.roles import Principal
-from daemon.errors import ConfigError, ListenFailed
+from daemon.errors import ConfigError, InvalidRequest, ListenFailed
 
 log = structlog.get_logger("daemon.listeners")
 
@@ -43,6 +45,8 @@ log = structlog.get_logger("daemon.listeners")
 # client speaking plain JSON-RPC, which is told so in plain text before the connection closes.
 TLS_HANDSHAKE_RECORD = 0x16
 BACKLOG = 65536  # as anyio's create_unix_listener (the kernel caps it at somaxconn)
+LINGER_SECONDS = 2.0  # how long a refused plain-text client may take to read why
+DRAIN_CHUNK = 256 * 1024
 
 
 # ---------------------------------------------------------------------------------------------
@@ -179,6 +183,58 @@ class Replay(ByteStream):
 
     async def aclose(self) -> None:
         await self.stream.aclose()
+
+
+async def secure(raw: ByteStream, listener: str, tls: Tls) -> ByteStream | None:
+    """The TLS stream over `raw`, or None when the handshake fails or the caller's timeout
+    cancels it: logged once per streak of failures, never with a traceback; a client that
+    spoke plain JSON-RPC is told so in plain text. Runs in the connection's own task."""
+    secured: ByteStream | None = None
+    reason = "no TLS handshake within daemon.limits.helloTimeoutSeconds"
+    try:
+        first = await raw.receive(1)
+        if first[0] != TLS_HANDSHAKE_RECORD:
+            reason = "plain text on a TLS listener"
+            err = InvalidRequest(
+                f"{listener} speaks TLS: connect with tls://HOST:PORT; connection closed"
+            )
+            await raw.send(encode_error(None, err))
+            await drain(raw, LINGER_SECONDS)
+            return None
+        secured = await TLSStream.wrap(
+            Replay(raw, first),
+            server_side=True,
+            ssl_context=tls.context,
+            standard_compatible=False,
+        )
+    except ssl.SSLError as e:
+        reason = e.reason or type(e).__name__
+    except anyio.EndOfStream:
+        reason = "closed by the client"
+    except (anyio.BrokenResourceError, OSError) as e:
+        reason = str(e.__cause__ or e) or type(e).__name__
+    finally:
+        if secured is None:
+            tls.handshake_failed(listener, reason)
+        else:
+            tls.handshake_done(listener)
+    return secured
+
+
+async def drain(stream: ByteStream, seconds: float) -> None:
+    """Say we are done writing, then read and discard (never buffer) what the client is still
+    sending, for `seconds`: closing with unread data would make the kernel reset the
+    connection and lose our last answer."""
+    with contextlib.suppress(
+        anyio.BrokenResourceError, anyio.ClosedResourceError, OSError, NotImplementedError
+    ):
+        await stream.send_eof()  # NotImplementedError: TLS before 1.3
+    with anyio.move_on_after(seconds):
+        with contextlib.suppress(
+            anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError, OSError
+        ):
+            while await stream.receive(DRAIN_CHUNK):
+                pass
 
 
 # ---------------------------------------------------------------------------------------------

@@ -22,7 +22,6 @@ import errno
 import os
 import resource
 import socket
-import ssl
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -31,7 +30,6 @@ from typing import Any
 import anyio
 import structlog
 from anyio.abc import ByteStream, SocketListener, SocketStream, TaskGroup, TaskStatus
-from anyio.streams.tls import TLSStream
 
 from daemon.api import Api
 from daemon.auth import Auth
@@ -40,7 +38,6 @@ from daemon.core import aliases, protocol
 from daemon.core.protocol import RequestId, encode_error, encode_result
 from daemon.core.roles import ADMIN, Principal
 from daemon.errors import (
-    InvalidRequest,
     MethodNotFound,
     RequestError,
     ServerBusy,
@@ -50,15 +47,15 @@ from daemon.errors import (
 )
 from daemon.events import EVENTS
 from daemon.listeners import (
-    TLS_HANDSHAKE_RECORD,
     Bound,
     Listener,
-    Replay,
     Tls,
     bind_listeners,
     claim_unix,
     close_bound,
+    drain,
     listen_on,
+    secure,
 )
 from daemon.pipeline import Pipeline
 
@@ -296,7 +293,7 @@ class Connection:
         """After a too-large line: say we are done writing, then read and discard (never buffer)
         what the client is still sending, for a moment, so it can read our answer; closing
         with unread data would make the kernel reset the connection and lose the answer."""
-        await _drain(self.stream)
+        await drain(self.stream, LINGER_SECONDS)
 
     def _too_large(self, seen: int) -> None:
         self.too_large = True
@@ -607,7 +604,7 @@ class Server:
                 with anyio.move_on_after(self.limits.helloTimeoutSeconds) as handshaking:
                     self.handshakes.add(handshaking)  # `stop` ends them
                     try:
-                        secured = await self._handshake(raw, gate.name, gate.tls)
+                        secured = await secure(raw, gate.name, gate.tls)
                     finally:
                         self.handshakes.discard(handshaking)
                 if secured is None:
@@ -651,41 +648,6 @@ class Server:
                 self.connections.discard(conn)
                 self.api.connections = len(self.connections)
 
-    async def _handshake(self, raw: SocketStream, listener: str, tls: Tls) -> ByteStream | None:
-        """The TLS stream over `raw`, or None when the handshake fails or the caller's timeout
-        cancels it: logged once per streak of failures, never with a traceback; a client that
-        spoke plain JSON-RPC is told so in plain text."""
-        secured: ByteStream | None = None
-        reason = "no TLS handshake within daemon.limits.helloTimeoutSeconds"
-        try:
-            first = await raw.receive(1)
-            if first[0] != TLS_HANDSHAKE_RECORD:
-                reason = "plain text on a TLS listener"
-                err = InvalidRequest(
-                    f"{listener} speaks TLS: connect with tls://HOST:PORT; connection closed"
-                )
-                await raw.send(encode_error(None, err))
-                await _drain(raw)
-                return None
-            secured = await TLSStream.wrap(
-                Replay(raw, first),
-                server_side=True,
-                ssl_context=tls.context,
-                standard_compatible=False,
-            )
-        except ssl.SSLError as e:
-            reason = e.reason or type(e).__name__
-        except anyio.EndOfStream:
-            reason = "closed by the client"
-        except (anyio.BrokenResourceError, OSError) as e:
-            reason = str(e.__cause__ or e) or type(e).__name__
-        finally:
-            if secured is None:
-                tls.handshake_failed(listener, reason)
-            else:
-                tls.handshake_done(listener)
-        return secured
-
     def stop(self) -> None:
         """Stop accepting; keep reading for a short grace so that requests still arriving are
         answered (1004, nothing stored: the pipeline is closed) instead of vanishing with the
@@ -696,19 +658,3 @@ class Server:
             scope.cancel()  # nothing was asked yet: nothing to answer
         for conn in list(self.connections):
             conn.read_scope.deadline = min(conn.read_scope.deadline, deadline)
-
-
-async def _drain(stream: ByteStream) -> None:
-    """Say we are done writing, then read and discard (never buffer) what the client is still
-    sending, for a moment: closing with unread data would make the kernel reset the connection
-    and lose our last answer."""
-    with contextlib.suppress(
-        anyio.BrokenResourceError, anyio.ClosedResourceError, OSError, NotImplementedError
-    ):
-        await stream.send_eof()  # NotImplementedError: TLS before 1.3
-    with anyio.move_on_after(LINGER_SECONDS):
-        with contextlib.suppress(
-            anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError, OSError
-        ):
-            while await stream.receive(READ_CHUNK):
-                pass
