@@ -22,11 +22,11 @@ from anyio.abc import TaskStatus
 
 from daemon import __version__, logs, openclaw_config
 from daemon.api import Api
-from daemon.auth import bind_listeners, listeners_of
 from daemon.backup import Mirror
 from daemon.compaction import Compactor
 from daemon.config import Config, resolve_socket_path
 from daemon.keymigrate import rename_case_folded_keys, save_dirty
+from daemon.listeners import listeners_of, tls_reloader
 from daemon.lock import StateLock
 from daemon.methods import Services
 from daemon.metrics import metrics_listener
@@ -185,7 +185,9 @@ async def run(opts: RunOptions) -> int:
                         await stg.start(metrics.serve)
                     task_status.started()
 
-        server.listeners = await bind_listeners(listeners_of(cfg))  # ListenFailed: exit 1
+        listeners = listeners_of(cfg)  # ConfigError (a TLS file): exit 1
+        reloader.prepare(tls_reloader(listeners))  # renewed certificates, on reload
+        await server.bind(listeners)  # ListenFailed: exit 1
         if metrics is not None:
             await metrics.bind()  # ListenFailed: exit 1
         stop_signals = (signal.SIGTERM, signal.SIGINT)

@@ -1,8 +1,8 @@
 """Tokens, listeners and the role check in front of every request (SPEC 3, roles).
 
 `daemon.core.roles` decides (pure, one table); this module owns what that needs from the world:
-token secrets read from the config, files and the environment; the extra sockets of
-`daemon.listeners` and the principal their connections start with; the live store, to tell
+token secrets read from the config, files and the environment (the sockets of `daemon.listeners`
+and the principal their connections start with are daemon/listeners.py); the live store, to tell
 which agent a session id belongs to; and the log lines (`request.forbidden`,
 `request.unauthenticated`, `auth.hello`, `auth.failed`).
 
@@ -14,21 +14,17 @@ into a log; one hello per connection keeps the secret in one request.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import os
-import socket
 import stat
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, NoReturn, Protocol
 
-import anyio
 import structlog
-from anyio.abc import SocketAttribute, SocketListener
 
-from daemon.config import Config, TokenConfig, parse_tcp_address
+from daemon.config import Config, TokenConfig
 from daemon.core import protocol
 from daemon.core.keys import Inbound, normalize_agent_id, resolve_route
 from daemon.core.protocol import Request
@@ -41,7 +37,7 @@ from daemon.core.roles import (
     Rule,
     decide,
 )
-from daemon.errors import ConfigError, Forbidden, ListenFailed, Unauthenticated
+from daemon.errors import ConfigError, Forbidden, Unauthenticated
 from daemon.store.store import Store
 
 log = structlog.get_logger("daemon.auth")
@@ -104,136 +100,6 @@ def resolve_tokens(
         agents = frozenset(normalize_agent_id(a) for a in t.agents) or None
         out[digest] = Principal(t.role, agents, t.name or f"token #{i}", digest)
     return out
-
-
-# ---------------------------------------------------------------------------------------------
-# Listeners
-
-
-@dataclass(frozen=True, slots=True)
-class Listener:
-    """A socket served besides daemon.socket, and the principal its connections start with."""
-
-    name: str  # "unix:/run/sessiond/work.sock", "tcp:127.0.0.1:7700"
-    principal: Principal | None
-    path: Path | None = None
-    mode: int = 0o660
-    host: str = ""
-    port: int = 0
-    max_connections: int | None = None  # None: daemon.limits.listenerConnections
-
-
-@dataclass(slots=True)
-class Bound:
-    """A listener with its open sockets (one per address family a host name gives)."""
-
-    spec: Listener
-    sockets: list[SocketListener] = field(default_factory=list)
-    address: str = ""
-
-
-def listeners_of(cfg: Config) -> list[Listener]:
-    out = []
-    for i, lc in enumerate(cfg.daemon.listeners):
-        principal = None
-        if lc.role is not None:
-            agents = frozenset(normalize_agent_id(a) for a in lc.agents) or None
-            principal = Principal(lc.role, agents, f"listener #{i}")
-        if lc.unix is not None:
-            path = Path(lc.unix).expanduser()
-            mode = 0o660 if lc.mode is None else lc.mode
-            out.append(
-                Listener(
-                    f"unix:{path}",
-                    principal,
-                    path=path,
-                    mode=mode,
-                    max_connections=lc.maxConnections,
-                )
-            )
-        else:
-            assert lc.tcp is not None
-            host, port = parse_tcp_address(lc.tcp)
-            out.append(
-                Listener(
-                    f"tcp:{lc.tcp}",
-                    principal,
-                    host=host,
-                    port=port,
-                    max_connections=lc.maxConnections,
-                )
-            )
-    return out
-
-
-async def bind_listeners(specs: list[Listener]) -> list[Bound]:
-    """Open every listener before the daemon starts serving; raises ListenFailed (and closes
-    what it opened) so that a taken port or path stops start-up with a clear message."""
-    bound: list[Bound] = []
-    complete = False
-    try:
-        for spec in specs:
-            bound.append(await _bind(spec))
-        complete = True
-    finally:
-        if not complete:  # an error or a cancellation: close what was opened, then let it go
-            for b in bound:
-                await close_bound(b)
-    return bound
-
-
-async def _bind(spec: Listener) -> Bound:
-    if spec.path is not None:
-        path = spec.path
-        _clear_stale_socket(path)
-        old_umask = os.umask(0o177)
-        try:
-            lst = await anyio.create_unix_listener(path)
-        except OSError as e:
-            raise ListenFailed(f"cannot listen on {path}: {e.strerror or e}") from None
-        finally:
-            os.umask(old_umask)
-        os.chmod(path, spec.mode)
-        return Bound(spec, [lst], str(path))
-    try:
-        multi = await anyio.create_tcp_listener(local_host=spec.host, local_port=spec.port)
-    except OSError as e:
-        raise ListenFailed(f"cannot listen on {spec.host}:{spec.port}: {e.strerror or e}") from None
-    socks = list(multi.listeners)
-    port = socks[0].extra(SocketAttribute.local_port) if socks else spec.port
-    host = f"[{spec.host}]" if ":" in spec.host else spec.host
-    return Bound(spec, [s for s in socks if isinstance(s, SocketListener)], f"{host}:{port}")
-
-
-def _clear_stale_socket(path: Path) -> None:
-    """A socket file nobody answers on is left by a daemon that died: take it away. One that
-    answers belongs to another process (this path is outside our locked state folder)."""
-    try:
-        st = os.lstat(path)
-    except FileNotFoundError:
-        return
-    if not stat.S_ISSOCK(st.st_mode):
-        raise ListenFailed(f"cannot listen on {path}: it exists and is not a socket")
-    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        probe.settimeout(1.0)
-        probe.connect(str(path))
-    except OSError:
-        os.unlink(path)
-        return
-    finally:
-        probe.close()
-    raise ListenFailed(f"cannot listen on {path}: another process is serving on it")
-
-
-async def close_bound(b: Bound) -> None:
-    for s in b.sockets:
-        with contextlib.suppress(OSError, anyio.BrokenResourceError):
-            await s.aclose()
-    if b.spec.path is not None:
-        # Our socket file, not user data: take it away so that clients fail fast.
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(b.spec.path)
 
 
 # ---------------------------------------------------------------------------------------------

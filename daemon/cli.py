@@ -1,11 +1,11 @@
 """The `sessiond` command line.
 
-Commands that serve data talk to the running daemon through `daemon.client` (a Unix socket or
-`tcp://HOST:PORT`, with a token from `--token-file` or `$SESSIOND_TOKEN`); `run` starts the
-daemon; `config check` validates a config file. The global flags (`--config`, `--state-dir`,
-`--socket`, `--token-file`, `--json`) may stand before or after the command. What is printed for
-people is made in `daemon.cli_output`; `--json` prints the daemon's answer as it came. Exit
-codes: 0 success, 1 failure, 2 bad usage.
+Commands that serve data talk to the running daemon through `daemon.client` (a Unix socket,
+`tcp://HOST:PORT`, or `tls://HOST:PORT` with `--tls-*` files; a token from `--token-file` or
+`$SESSIOND_TOKEN`); `run` starts the daemon; `config check` validates a config file. The global
+flags (`--config`, `--state-dir`, `--socket`, `--token-file`, `--tls-*`, `--json`) may stand
+before or after the command. What is printed for people is made in `daemon.cli_output`;
+`--json` prints the daemon's answer as it came. Exit codes: 0 success, 1 failure, 2 bad usage.
 """
 
 from __future__ import annotations
@@ -63,9 +63,18 @@ def _global_flags(p: argparse.ArgumentParser, *, json_flag: bool, top: bool) -> 
         "--socket",
         metavar="ADDRESS",
         default=default(None),
-        help="the daemon's socket path, or tcp://HOST:PORT for a TCP listener (default "
-        "daemon.socket, else <stateDir>/sessiond.sock)",
+        help="the daemon's socket path, tcp://HOST:PORT for a TCP listener, or tls://HOST:PORT "
+        "for a TLS listener (default daemon.socket, else <stateDir>/sessiond.sock)",
     )
+    for flag, what in (
+        (
+            "--tls-ca",
+            "PEM file of the CA that signed the daemon's certificate (default: the system's CAs)",
+        ),
+        ("--tls-cert", "PEM file of this client's certificate, for TLS listeners with clientCa"),
+        ("--tls-key", "PEM file of the --tls-cert's private key (when not in that file)"),
+    ):
+        p.add_argument(flag, metavar="FILE", default=default(None), help=f"tls:// only: {what}")
     p.add_argument(
         "--token-file",
         metavar="FILE",
@@ -282,10 +291,10 @@ def _config(args: argparse.Namespace) -> tuple[Config, Path | None]:
 
 
 def _address(args: argparse.Namespace) -> str | Path:
-    """Where the daemon listens: `--socket` as given (a `tcp://` address is not a path), else
-    the socket the config names. The config is read only when it is needed."""
+    """Where the daemon listens: `--socket` as given (a `tcp://` or `tls://` address is not a
+    path), else the socket the config names. The config is read only when it is needed."""
     if args.socket:
-        if args.socket.startswith("tcp://"):
+        if args.socket.startswith(("tcp://", "tls://")):
             return str(args.socket)
         return Path(args.socket).expanduser()
     cfg, _ = _config(args)
@@ -308,8 +317,21 @@ def _token(args: argparse.Namespace) -> str | None:
     return os.environ.get("SESSIOND_TOKEN") or None
 
 
+def _tls_files(args: argparse.Namespace) -> tuple[Path | None, Path | None, Path | None]:
+    """`--tls-ca/--tls-cert/--tls-key` as Client's ca, cert, key; they need a tls:// address."""
+    ca, cert, key = (
+        Path(v).expanduser() if v else None for v in (args.tls_ca, args.tls_cert, args.tls_key)
+    )
+    if (ca or cert or key) and not str(args.socket or "").startswith("tls://"):
+        raise UsageError("--tls-ca, --tls-cert and --tls-key go with --socket tls://HOST:PORT")
+    if key and not cert:
+        raise UsageError("--tls-key needs --tls-cert (the certificate the key belongs to)")
+    return ca, cert, key
+
+
 def _connect(args: argparse.Namespace) -> Client:
-    return Client(_address(args), token=_token(args))
+    ca, cert, key = _tls_files(args)
+    return Client(_address(args), token=_token(args), ca=ca, cert=cert, key=key)
 
 
 def _call(args: argparse.Namespace, method: str, params: dict[str, Any]) -> Any:
@@ -395,8 +417,10 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     from daemon import app, logs
 
-    if args.socket and args.socket.startswith("tcp://"):
+    if args.socket and args.socket.startswith(("tcp://", "tls://")):
         raise UsageError("run --socket takes a path; TCP listeners are daemon.listeners")
+    if args.tls_ca or args.tls_cert or args.tls_key:
+        raise UsageError("--tls-* are for commands that talk to a running daemon")
     if args.token_file:
         raise UsageError("--token-file is for commands that talk to a running daemon")
     cfg, path = _config(args)
@@ -660,6 +684,8 @@ def cmd_mcp(args: argparse.Namespace) -> int:
     from daemon import agenttools
 
     token = _token(args)
+    if any(_tls_files(args)):
+        raise UsageError("sessiond mcp takes no --tls-* files (it trusts the system's CAs)")
     if token is None:
         raise UsageError(
             "an agent token is needed: pass --token-file FILE or set $SESSIOND_TOKEN "

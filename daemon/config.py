@@ -24,6 +24,7 @@ from pydantic import (
     Field,
     Strict,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -95,35 +96,42 @@ class SpoolConfig(_Model):
 
 
 # ---------------------------------------------------------------------------------------------
-# listeners (daemon/auth.py): more sockets, each with a default role
+# listeners (daemon/listeners.py): more sockets, each with a default role
 
 
 RoleName = Literal["admin", "adapter", "agent"]
 _LOOPBACK_NAMES = ("localhost",)
 
 
-def parse_tcp_address(v: str) -> tuple[str, int]:
-    """`127.0.0.1:7000`, `[::1]:7000` or `localhost:7000` as (host, port); loopback only,
-    because sessiond speaks no TLS: anything else would send tokens and transcripts in clear."""
+def parse_tcp_address(v: str, *, tls: bool | None = None) -> tuple[str, int]:
+    """`127.0.0.1:7000`, `[::1]:7000` or `localhost:7000` as (host, port). Loopback only unless
+    `tls` is True (a listener with `tls`: any address or host name): without TLS, anything else
+    would send tokens and transcripts in clear. `tls` None: a listener that cannot have TLS."""
     import ipaddress
 
     host, sep, port_text = v.rpartition(":")
-    if not sep or not port_text.isdigit():
-        raise ValueError(f'must be "HOST:PORT" such as "127.0.0.1:7000", got {_show(v)}')
     host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    if not sep or not port_text.isdigit() or not host:
+        raise ValueError(f'must be "HOST:PORT" such as "127.0.0.1:7000", got {_show(v)}')
     port = int(port_text)
     if not 0 <= port <= 65535:
         raise ValueError(f"port must be between 0 and 65535, got {port}")
     if host.lower() in _LOOPBACK_NAMES:
         return "127.0.0.1", port
+    if tls:
+        return host, port
     try:
         loopback = ipaddress.ip_address(host).is_loopback
     except ValueError:
         loopback = False
     if not loopback:
+        why = (
+            "sessiond listens beyond this machine only with TLS (add tls: {cert, key})"
+            if tls is False
+            else "this listener has no TLS, so it never listens beyond this machine"
+        )
         raise ValueError(
-            f"must be a loopback address (127.0.0.1, [::1] or localhost), got {_show(v)}: "
-            "sessiond has no TLS, so it never listens beyond this machine"
+            f"must be a loopback address (127.0.0.1, [::1] or localhost), got {_show(v)}: {why}"
         )
     return host, port
 
@@ -135,10 +143,30 @@ def _check_agents(role: str | None, agents: tuple[str, ...], what: str) -> None:
         raise ValueError(f"agents only applies to the adapter and agent roles ({what})")
 
 
+def _file_path(v: str) -> str:
+    if not v.strip():
+        raise ValueError("must be a file path, got an empty string")
+    return v
+
+
+FilePath = Annotated[str, Strict(), AfterValidator(_file_path)]
+
+
+class TlsConfig(_Model):
+    """TLS on a TCP listener (daemon/listeners.py): PEM files, read at start-up and on reload."""
+
+    cert: FilePath  # the server's certificate chain
+    key: FilePath  # its private key, unencrypted
+    clientCa: FilePath | None = None  # set: clients must present a certificate signed by it
+
+
 class ListenerConfig(_Model):
-    """A socket served besides daemon.socket: a Unix socket (unix, mode) or TCP on loopback."""
+    """A socket served besides daemon.socket: a Unix socket (unix, mode), TCP on loopback, or
+    TCP on any address with TLS."""
 
     unix: str | None = None
+    # Before tcp: the tcp check reads it (pydantic validates fields in this order).
+    tls: TlsConfig | None = None
     tcp: str | None = None
     mode: FileMode | None = None  # Unix sockets only; default "0660"
     role: RoleName | None = None  # None: every connection must present a token
@@ -147,9 +175,9 @@ class ListenerConfig(_Model):
 
     @field_validator("tcp")
     @classmethod
-    def _loopback_only(cls, v: str | None) -> str | None:
+    def _loopback_without_tls(cls, v: str | None, info: ValidationInfo) -> str | None:
         if v is not None:
-            parse_tcp_address(v)
+            parse_tcp_address(v, tls=info.data.get("tls") is not None)
         return v
 
     @model_validator(mode="after")
@@ -163,6 +191,8 @@ class ListenerConfig(_Model):
             )
         if self.tcp is not None and self.mode is not None:
             raise ValueError("mode applies to Unix sockets only")
+        if self.unix is not None and self.tls is not None:
+            raise ValueError("tls applies to TCP listeners only")
         _check_agents(self.role, self.agents, "a listener")
         return self
 

@@ -1,7 +1,7 @@
 """The optional metrics listener: Prometheus `/metrics` and `/healthz` on a loopback port.
 
 Configured by `daemon.metrics: "127.0.0.1:PORT"` (off by default; config validation refuses
-anything but loopback, as for every TCP listener: sessiond speaks no TLS).
+anything but loopback: this listener has no TLS).
 
 Nothing is instrumented for it on the hot path beyond plain counters and `core.histogram`
 buckets the committer keeps anyway: `DaemonCollector` reads the daemon's own counters when it is

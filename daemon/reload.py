@@ -232,8 +232,9 @@ class Reloader:
                 keys=list(plan.restart_required),
                 detail="these keys keep their running values until sessiond restarts",
             )
-        if plan.changed:
-            self._apply(plan.config, appliers)
+        # What preparers read from outside the file (token files, certificates) may have
+        # changed without the file: theirs is applied on every reload.
+        self._apply(plan.config, appliers, subscribers=bool(plan.changed))
         await anyio.to_thread.run_sync(openclaw_config.log_source, path, new)
         log.info("config.reloaded", config=where, trigger=trigger, changed=list(plan.changed))
         return ReloadResult(True, None, plan.changed, plan.restart_required)
@@ -241,9 +242,13 @@ class Reloader:
     def _resolve(self, config: Config) -> list[Callable[[], None]]:
         return [prepare(config) for prepare in self.preparers]
 
-    def _apply(self, config: Config, appliers: list[Callable[[], None]]) -> None:
+    def _apply(
+        self, config: Config, appliers: list[Callable[[], None]], *, subscribers: bool = True
+    ) -> None:
         self.config = config
-        subscribed: list[Callable[[], None]] = [partial(sub, config) for sub in self.subscribers]
+        subscribed: list[Callable[[], None]] = (
+            [partial(sub, config) for sub in self.subscribers] if subscribers else []
+        )
         for fn in [*appliers, *subscribed]:
             try:
                 fn()

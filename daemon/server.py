@@ -21,17 +21,17 @@ import contextlib
 import errno
 import os
 import resource
-import stat
-from collections.abc import Awaitable, Callable
+import socket
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import anyio
 import structlog
-from anyio.abc import SocketListener, SocketStream, TaskGroup, TaskStatus
+from anyio.abc import ByteStream, SocketListener, SocketStream, TaskGroup, TaskStatus
 
-from daemon.auth import Auth, Bound, close_bound
+from daemon.auth import Auth
 from daemon.config import LimitsConfig
 from daemon.core import aliases, protocol
 from daemon.core.protocol import RequestId, encode_error, encode_result
@@ -43,6 +43,17 @@ from daemon.errors import (
     StorageUnavailable,
     TooLarge,
     Unauthenticated,
+)
+from daemon.listeners import (
+    Bound,
+    Listener,
+    Tls,
+    bind_listeners,
+    claim_unix,
+    close_bound,
+    drain,
+    listen_on,
+    secure,
 )
 from daemon.methods import METHODS, Call, Services
 
@@ -64,7 +75,7 @@ ACCEPT_BACKOFF_MAX = 1.0
 class Connection:
     """One client connection; owned by the server's connection task group."""
 
-    def __init__(self, server: Server, stream: SocketStream, number: int) -> None:
+    def __init__(self, server: Server, stream: ByteStream, number: int) -> None:
         self.server = server
         self.stream = stream
         self.number = number
@@ -280,14 +291,7 @@ class Connection:
         """After a too-large line: say we are done writing, then read and discard (never buffer)
         what the client is still sending, for a moment, so it can read our answer; closing
         with unread data would make the kernel reset the connection and lose the answer."""
-        with contextlib.suppress(anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
-            await self.stream.send_eof()
-        with anyio.move_on_after(LINGER_SECONDS):
-            with contextlib.suppress(
-                anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError, OSError
-            ):
-                while await self.stream.receive(READ_CHUNK):
-                    pass
+        await drain(self.stream, LINGER_SECONDS)
 
     def _too_large(self, seen: int) -> None:
         self.too_large = True
@@ -372,6 +376,7 @@ class Gate:
     limit: Callable[[], int]  # read at each accept: a reload may change it
     open: int = 0
     refusing: int = 0  # refusals since the last connection it let in
+    tls: Tls | None = None  # connections are TLS: handshake first (daemon/listeners.py)
 
 
 class Server:
@@ -403,12 +408,14 @@ class Server:
         self.closed_hello = 0  # connections closed for sending no auth.hello in time
         self.refused = 0  # connections refused for a full listener
         self.connections: set[Connection] = set()
+        self.handshakes: set[anyio.CancelScope] = set()  # TLS handshakes under way
         self.accept_scope = anyio.CancelScope()
         self._counter = 0
         # Roles (daemon/auth.py), checked before every dispatch; app.py gives it the tokens and
-        # opens `daemon.listeners` into `listeners` before serving.
+        # calls `bind` before serving.
         self.auth = Auth(api.store)
-        self.listeners: list[Bound] = []
+        self.main: socket.socket | None = None  # daemon.socket, bound; listening once served
+        self.listeners: list[Bound] = []  # daemon.listeners
         api.client_stats = self.client_stats
 
     def client_stats(self) -> dict[str, int]:
@@ -463,25 +470,32 @@ class Server:
             log.exception("request.failed")
             reply(RequestError("internal error; the daemon logged the details"))
 
-    async def serve(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
-        """Bind the socket (mode from config), serve until stopped, then wait for connections."""
+    async def bind(self, listeners: Sequence[Listener] = ()) -> None:
+        """Open daemon.socket (mode from config) and `listeners` (daemon.listeners) before
+        serving. Raises ListenFailed naming the path or address (and closes what it opened)."""
         path = self.socket_path
         path.parent.mkdir(parents=True, exist_ok=True)
+        self.main = claim_unix(path, self.socket_mode)
         try:
-            if stat.S_ISSOCK(os.lstat(path).st_mode):
-                # A socket left by a daemon that died; we hold the state lock, so it is stale.
-                os.unlink(path)
-        except FileNotFoundError:
-            pass
-        old_umask = os.umask(0o177)
-        try:
-            listener = await anyio.create_unix_listener(path)
-        finally:
-            os.umask(old_umask)
-        os.chmod(path, self.socket_mode)
+            self.listeners = await bind_listeners(list(listeners))
+        except BaseException:
+            self.main.close()
+            self.main = None
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)  # our socket file, not user data
+            raise
+
+    async def serve(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Serve what `bind` opened (binding daemon.socket now if it was not) until stopped,
+        then wait for connections."""
+        if self.main is None:
+            await self.bind()
+        assert self.main is not None
+        listener = await listen_on(self.main)
+        path = self.socket_path
         admin = Gate(f"unix:{path}", ADMIN, lambda: self.max_connections)
         gates = [
-            (b, Gate(b.spec.name, b.spec.principal, self._listener_limit(b)))
+            (b, Gate(b.spec.name, b.spec.principal, self._listener_limit(b), tls=b.spec.tls))
             for b in self.listeners
         ]
         self._check_fd_limit([admin.limit(), *(g.limit() for _, g in gates)])
@@ -497,6 +511,7 @@ class Server:
                                 address=b.address,
                                 role=role,
                                 maxConnections=gate.limit(),
+                                tls=gate.tls is not None,
                             )
                             for sock in b.sockets:
                                 accepting.start_soon(self._accept, sock, conns, gate)
@@ -543,9 +558,24 @@ class Server:
             backoff = 0.0
             conns.start_soon(self._serve_one, stream, gate)
 
-    async def _serve_one(self, stream: SocketStream, gate: Gate) -> None:
+    async def _serve_one(self, raw: SocketStream, gate: Gate) -> None:
         self._counter += 1
-        async with stream:
+        hello_deadline = anyio.current_time() + self.limits.helloTimeoutSeconds
+        async with raw:
+            stream: ByteStream = raw
+            if gate.tls is not None:
+                # In this connection's task, not the accept loop: a stalled handshake holds
+                # only itself, and only until the hello deadline (which it counts against).
+                secured = None
+                with anyio.move_on_after(self.limits.helloTimeoutSeconds) as handshaking:
+                    self.handshakes.add(handshaking)  # `stop` ends them
+                    try:
+                        secured = await secure(raw, gate.name, gate.tls)
+                    finally:
+                        self.handshakes.discard(handshaking)
+                if secured is None:
+                    return
+                stream = secured
             limit = gate.limit()
             if gate.open >= limit:
                 if gate.refusing == 0:
@@ -566,7 +596,7 @@ class Server:
             conn = Connection(self, stream, self._counter)
             conn.principal = gate.principal
             if gate.principal is None:
-                conn.hello_deadline = anyio.current_time() + self.limits.helloTimeoutSeconds
+                conn.hello_deadline = hello_deadline
             gate.open += 1
             self.connections.add(conn)
             self.api.connections = len(self.connections)
@@ -590,5 +620,7 @@ class Server:
         connection; every request accepted before is answered with its real outcome."""
         self.accept_scope.cancel()
         deadline = anyio.current_time() + SHUTDOWN_GRACE_SECONDS
+        for scope in self.handshakes:
+            scope.cancel()  # nothing was asked yet: nothing to answer
         for conn in list(self.connections):
             conn.read_scope.deadline = min(conn.read_scope.deadline, deadline)
