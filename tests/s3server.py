@@ -39,7 +39,7 @@ class S3Server:
             self.server = None
 
     def client(self) -> object:
-        import boto3
+        import boto3  # type: ignore[import-untyped]
 
         return boto3.client("s3", endpoint_url=self.endpoint, region_name="us-east-1")
 

@@ -8,12 +8,12 @@ from pathlib import Path
 
 import pytest
 from pydantic import ValidationError
+from s3server import BUCKET, S3Server, s3
 
 from daemon.config import BackupConfig
 from daemon.core.bucket import Segment, chain, parse_rel, parse_target, segment_rel
 from daemon.remote import RemoteError, Uploader, download
 from daemon.store.backup import ensure_root
-from s3server import BUCKET, S3Server, s3
 
 __all__ = ["s3"]
 

@@ -9,11 +9,12 @@ import time
 from pathlib import Path
 from typing import Any
 
+from s3server import S3Server, s3
+
 from e2e.conftest import Launch
 from e2e.harness import Daemon, ingest_params
 from e2e.test_backup import PER_PEER, config, sessiond, traffic, wait_backup
 from e2e.test_restore_state import states
-from s3server import S3Server, s3
 
 __all__ = ["s3"]
 
