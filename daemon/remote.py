@@ -155,6 +155,8 @@ class Uploader:
     chains: dict[str, Chain] = field(default_factory=dict)
     etags: dict[str, str] = field(default_factory=dict)  # rel -> md5 of other objects
     loaded: bool = False
+    # state.json files as last uploaded (inode, size, mtime): unchanged ones are not read again
+    seen: dict[str, tuple[int, int, int]] = field(default_factory=dict)
 
     def load(self) -> None:
         if self.store is None:
@@ -201,13 +203,20 @@ class Uploader:
             if d.name in ("archive",) or d.name.startswith(".") or not d.is_dir():
                 continue
             state = d / "state.json"
-            archived = state.is_file()
-            self._history(d.name, d / HISTORY, now, final or archived, res)
-            if archived:
+            try:
+                sst = state.stat()
+            except FileNotFoundError:
+                sst = None
+            self._history(d.name, d / HISTORY, now, final or sst is not None, res)
+            if sst is not None:
                 rel = f"{d.name}/state.json"
+                sig = (sst.st_ino, sst.st_size, sst.st_mtime_ns)
+                if self.seen.get(rel) == sig:
+                    continue
                 data = state.read_bytes()
                 if self.etags.get(rel) != _md5(data):
                     self._put_file(rel, data, res)
+                self.seen[rel] = sig
         return res
 
     def _put_file(self, rel: str, data: bytes, res: RoundResult) -> None:
@@ -218,7 +227,13 @@ class Uploader:
 
     def _history(self, sid: str, path: Path, now: float, close: bool, res: RoundResult) -> None:
         assert self.store is not None
+        c = self.chains.get(sid)
         try:
+            if c is not None and c.pending_since is None:
+                # The common case, each round for every session: nothing new since the upload.
+                st0 = os.stat(path)
+                if st0.st_ino == c.ino and st0.st_size == c.end:
+                    return
             fd = os.open(path, os.O_RDONLY)
         except FileNotFoundError:
             return
