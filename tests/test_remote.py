@@ -12,7 +12,7 @@ from s3server import BUCKET, S3Server, s3
 
 from daemon.config import BackupConfig
 from daemon.core.bucket import Segment, chain, parse_rel, parse_target, segment_rel
-from daemon.remote import RemoteError, Uploader, download
+from daemon.remote import RemoteError, Uploader, _credentials_file, download
 from daemon.store.backup import ensure_root
 
 __all__ = ["s3"]
@@ -152,3 +152,23 @@ def test_an_unreachable_store_raises_from_the_round(s3: S3Server, tmp_path: Path
     s3.stop()
     with pytest.raises(Exception, match=r"(?i)error"):
         up.round(final=True)
+
+
+def test_credentials_come_from_the_credentials_file_when_the_environment_has_none(
+    s3: S3Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    creds = tmp_path / "credentials"
+    creds.write_text(
+        "[default]\naws_access_key_id = nobody\naws_secret_access_key = x\n\n"
+        "[backup]\naws_access_key_id = testing\naws_secret_access_key = testing\n"
+    )
+    monkeypatch.delenv("AWS_ACCESS_KEY_ID")
+    monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(creds))
+    monkeypatch.setenv("AWS_PROFILE", "backup")
+    assert _credentials_file() == {"access_key_id": "testing", "secret_access_key": "testing"}
+    root = mirror(tmp_path)
+    append(root, b'{"a":1}\n')
+    Uploader(root, parse_target(s3.url("creds"))).round(final=True)
+    out = tmp_path / "out"
+    assert download(parse_target(s3.url("creds")), out, marker=False).sessions == 1
