@@ -261,7 +261,10 @@ def _download(url: str, dest: Path, *, marker: bool) -> Path:
     try:
         got = download(target, dest, marker=marker, progress=Progress("downloading the mirror"))
     except RemoteError as e:
-        raise UsageError(str(e)) from e
+        # The bucket is unreachable or holds something that does not check out: a failure
+        # (exit 1), not a wrong command line.
+        print(f"sessiond: {e}", file=sys.stderr)
+        raise SystemExit(1) from e
     print(
         f"downloaded {got.sessions} session(s), {got.objects} object(s), {got.bytes} bytes "
         f"from {url}",

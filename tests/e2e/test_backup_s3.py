@@ -107,3 +107,14 @@ def test_an_unreachable_store_degrades_the_upload_not_the_ingest(
         "backup", "verify", "--from", s3.url("box2"), "--state-dir", str(d.state_dir), *config(d)
     )
     assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_restore_from_a_bucket_that_holds_no_mirror_fails_clearly(
+    s3: S3Server, tmp_path: Path
+) -> None:
+    new = tmp_path / "new"
+    r = sessiond("backup", "restore", "--from", s3.url("nothing-here"), "--state-dir", str(new))
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert "is not a sessiond backup" in r.stderr
+    r = sessiond("backup", "restore", "--from", "s3://Bad_Bucket/x", "--state-dir", str(new))
+    assert r.returncode == 2 and "bucket 'Bad_Bucket'" in r.stderr, r.stderr
