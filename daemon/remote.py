@@ -67,7 +67,11 @@ def open_store(target: Target) -> S3Store:
     return S3Store(
         target.bucket,
         config=config,  # type: ignore[arg-type]
-        client_options={"allow_http": endpoint.startswith("http://"), "timeout": "30s"},
+        client_options={
+            "allow_http": endpoint.startswith("http://"),
+            "connect_timeout": "5s",
+            "timeout": "20s",
+        },
         # Few retries: an unreachable store should show in `status` within seconds; the
         # uploader's own back-off does the long waiting.
         retry_config={
