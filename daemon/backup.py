@@ -34,6 +34,8 @@ import structlog
 from anyio.abc import TaskStatus
 
 from daemon import guard, logs
+from daemon.core.bucket import parse_target
+from daemon.remote import RemoteMirror
 from daemon.store.archive import MISSING_TRANSCRIPT
 from daemon.store.backup import (
     MAX_JOBS_PER_ROUND,
@@ -204,6 +206,9 @@ class Mirror:
         # Archived sessions whose state record (`<backup>/<id>/state.json`) may still differ:
         # all of them at start-up, then each session a batch closes.
         self._unstated: set[str] = set()
+        # The object-storage copy (daemon/remote.py): it follows the local mirror.
+        self.remote = RemoteMirror(self.root, parse_target(bc.target)) if bc.target else None
+        self._remote_stop = anyio.Event()
 
     # --- the committer's side (event loop) ----------------------------------------------------
 
@@ -287,6 +292,16 @@ class Mirror:
             sync="ack" if self.ack else "async",
             sessions=len(self.tracks),
         )
+        async with anyio.create_task_group() as tg:
+            if self.remote is not None:
+                tg.start_soon(self.remote.run, self._remote_stop)
+            try:
+                await self._loop()
+            finally:
+                # After the local mirror's last round, so the bucket gets that too.
+                self._remote_stop.set()
+
+    async def _loop(self) -> None:
         backoff = 0.0
         try:
             while True:
@@ -515,6 +530,7 @@ class Mirror:
             "lagSeconds": round(lag_s, 3),
             "records": c.records,
             "lastSyncAt": c.last_sync_ms or None,
+            **({"remote": self.remote.status()} if self.remote is not None else {}),
         }
 
 

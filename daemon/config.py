@@ -465,6 +465,17 @@ class BackupConfig(_Model):
     retention_days: NonNegativeInt = 30
     exclude_patterns: tuple[str, ...] = ()
     sync: Literal["async", "ack"] = "async"
+    # "s3://bucket/prefix[?endpoint=..&region=..&segmentSeconds=..]": the mirror, uploaded
+    target: str | None = None
+
+    @field_validator("target")
+    @classmethod
+    def _s3_target(cls, v: str | None) -> str | None:
+        from daemon.core.bucket import parse_target
+
+        if v is not None:
+            parse_target(v)  # its ValueError says which part is wrong
+        return v
 
 
 class SessionsConfig(_Model):

@@ -9,12 +9,15 @@ Long work shows progress on a terminal (stderr), never in --json output.
 from __future__ import annotations
 
 import argparse
+import shutil
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from daemon.core.bucket import is_remote
 from daemon.errors import ConfigError
 
 COMMANDS = ("doctor", "backup", "retention")
@@ -48,7 +51,10 @@ def add_parsers(sub: Any, common: AddCommon) -> None:
     )
     common(q, json_flag=True)
     q.add_argument(
-        "--from", dest="source", metavar="DIR", help="the mirror (default sessions.backup.path)"
+        "--from",
+        dest="source",
+        metavar="DIR|s3://BUCKET/PREFIX",
+        help="the mirror, a folder or a bucket (default sessions.backup.path)",
     )
     q = bsub.add_parser(
         "restore",
@@ -58,7 +64,13 @@ def add_parsers(sub: Any, common: AddCommon) -> None:
         "must hold no sessions. Check the result with `sessiond backup verify --from DIR`.",
     )
     common(q, json_flag=True)
-    q.add_argument("--from", dest="source", metavar="DIR", required=True, help="the mirror")
+    q.add_argument(
+        "--from",
+        dest="source",
+        metavar="DIR|s3://BUCKET/PREFIX",
+        required=True,
+        help="the mirror, a folder or a bucket (downloaded into NEW's sessions.backup.path)",
+    )
 
     p = sub.add_parser(
         "retention",
@@ -149,17 +161,33 @@ def cmd_verify(args: argparse.Namespace) -> int:
     from daemon.verify import verify
 
     cfg, _path, state_dir = _setup(args)
-    root = Path(args.source).expanduser() if args.source else backup_root(cfg, state_dir)
-    if not root.is_dir():
-        raise UsageError(f"no backup mirror at {root}")
     patterns = cfg.sessions.backup.exclude_patterns
-    report = verify(
-        state_dir,
-        root,
-        excluded=lambda key: excluded(key, patterns),
-        daemon_running=lock_holder(state_dir) is not None,
-        progress=Progress("verifying sessions"),
-    )
+    if args.source and is_remote(args.source):
+        # A copy without the marker: ours to remove once compared (a bucket's copy lags a
+        # running daemon by its open segments, so no second look either).
+        tmp = Path(tempfile.mkdtemp(prefix="sessiond-verify-"))
+        try:
+            root = _download(args.source, tmp, marker=False)
+            report = verify(
+                state_dir,
+                root,
+                excluded=lambda key: excluded(key, patterns),
+                daemon_running=False,
+                progress=Progress("verifying sessions"),
+            )
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    else:
+        root = Path(args.source).expanduser() if args.source else backup_root(cfg, state_dir)
+        if not root.is_dir():
+            raise UsageError(f"no backup mirror at {root}")
+        report = verify(
+            state_dir,
+            root,
+            excluded=lambda key: excluded(key, patterns),
+            daemon_running=lock_holder(state_dir) is not None,
+            progress=Progress("verifying sessions"),
+        )
     if args.json:
         _print_json(report.to_json())
     else:
@@ -177,7 +205,22 @@ def cmd_restore(args: argparse.Namespace) -> int:
     cfg, _path, state_dir = _setup(args)
     if not args.state_dir:
         raise UsageError("give the new state folder with --state-dir NEW")
-    root = Path(args.source).expanduser()
+    if is_remote(args.source):
+        from daemon.backup import backup_root
+        from daemon.restore import has_sessions
+
+        if state_dir.is_dir() and has_sessions(state_dir):
+            raise UsageError(f"{state_dir} already holds sessions: a restore never merges")
+        # Into NEW's own mirror folder: a daemon on NEW goes on with it (and with the bucket).
+        root = backup_root(cfg, state_dir)
+        if root.exists() and any(root.iterdir()):
+            raise UsageError(
+                f"{root} (NEW's sessions.backup.path) is not empty: restore from that folder "
+                "with --from, or point sessions.backup.path elsewhere"
+            )
+        _download(args.source, root, marker=True)
+    else:
+        root = Path(args.source).expanduser()
     if not root.is_dir():
         raise UsageError(f"no backup mirror at {root}")
     ensure_dir(state_dir)
@@ -203,6 +246,31 @@ def cmd_restore(args: argparse.Namespace) -> int:
     else:
         print(report.render())
     return EXIT_OK
+
+
+def _download(url: str, dest: Path, *, marker: bool) -> Path:
+    """The bucket's mirror, checked and written into `dest` in the folder layout."""
+    from daemon.cli import UsageError
+    from daemon.core.bucket import parse_target
+    from daemon.remote import RemoteError, download
+
+    try:
+        target = parse_target(url)
+    except ValueError as e:
+        raise UsageError(f"--from {url}: {e}") from e
+    try:
+        got = download(target, dest, marker=marker, progress=Progress("downloading the mirror"))
+    except RemoteError as e:
+        # The bucket is unreachable or holds something that does not check out: a failure
+        # (exit 1), not a wrong command line.
+        print(f"sessiond: {e}", file=sys.stderr)
+        raise SystemExit(1) from e
+    print(
+        f"downloaded {got.sessions} session(s), {got.objects} object(s), {got.bytes} bytes "
+        f"from {url}",
+        file=sys.stderr,
+    )
+    return dest
 
 
 def cmd_retention(args: argparse.Namespace) -> int:
