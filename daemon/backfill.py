@@ -41,10 +41,13 @@ def mirror_jobs(state_dir: Path, patterns: tuple[str, ...]) -> list[Job]:
     mirror stands to the end of the file."""
     jobs: list[Job] = []
     seen: set[str] = set()
+    # OpenClaw's headers carry no key (imported transcripts are copied byte for byte): the
+    # registry and the archive index know it, and a restore needs it in the mirror's records.
+    keys = known_keys(state_dir)
     for f in transcript_files(state_dir):
         first = _first_line(f.path)
         sid = session_id_of(f.path, first)
-        key = _header_key(first)
+        key = _header_key(first) or keys.get(sid)
         if sid in seen or excluded(key, patterns):
             continue
         seen.add(sid)
