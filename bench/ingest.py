@@ -109,7 +109,8 @@ def daemons(
             cfg.write_text(text)
             argv = [sys.executable, "-m", "daemon", "run", "--config", str(cfg)]
             argv += ["--state-dir", str(state)]
-            procs.append(subprocess.Popen(argv, stdout=subprocess.DEVNULL))
+            with (workdir / f"{tag}-{i}.log").open("wb") as logf:
+                procs.append(subprocess.Popen(argv, stdout=logf))
             socks.append(state / "sessiond.sock")
         for s in socks:
             wait_socket(s, procs)
@@ -127,7 +128,30 @@ def daemons(
 
 def run_ours(workdir: Path, configs: list[str], plan: dict[str, Any], tag: str) -> Result:
     with daemons(workdir, configs, tag) as (socks, procs):
-        return measured(procs, lambda: run_driver({**plan, "sockets": [str(s) for s in socks]}))
+        res = measured(procs, lambda: run_driver({**plan, "sockets": [str(s) for s in socks]}))
+    res.update(compactions(workdir, tag, len(configs)))
+    return res
+
+
+def compactions(workdir: Path, tag: str, count: int) -> Result:
+    """How the compactions of a run went, from the daemons' `compaction.done` log lines (logged
+    at level info, which the hot scenario turns on): how many, and the largest tokensAfter as a
+    share of the compaction threshold."""
+    from daemon.config import CompactionConfig
+    from daemon.core.tokens import thresholds
+
+    done = []
+    for i in range(count):
+        for line in (workdir / f"{tag}-{i}.log").read_bytes().splitlines():
+            if b'"compaction.done"' in line:
+                done.append(json.loads(line))
+    if not done:
+        return {}
+    at = thresholds(CompactionConfig()).compact_at
+    return {
+        "compactions": float(len(done)),
+        "max_after_share": max(int(d.get("tokensAfter") or 0) for d in done) / at,
+    }
 
 
 def run_bare(workdir: Path, plan: dict[str, Any], tag: str, style: str = "bare") -> Result:
@@ -266,8 +290,9 @@ def plan_for(name: str, args: argparse.Namespace) -> tuple[dict[str, Any], str]:
     if name == "sessions-100k":
         return {**plan, "messages": args.big_messages, "sessions": 100_000}, spread
     if name == "hot":
+        # Level info logs each compaction.done (with tokensAfter) and nothing per message.
         return {**plan, "messages": args.hot_messages}, os.environ.get(
-            "BENCH_CONFIG", f"{{{QUIET}}}"
+            "BENCH_CONFIG", '{daemon: {logLevel: "info"}}'
         )
     if name == "open-5k":
         return {**plan, "messages": int(args.rate * args.open_seconds), "rate": args.rate}, spread
@@ -282,7 +307,7 @@ def series(label: str, runs: int, servers: dict[str, Callable[[int], Result]]) -
             results[name].append(r)
             print(f"  {label} run {n + 1} {name:<11}: {summary(r)}", flush=True)
     return {
-        name: {k: statistics.median(r[k] for r in rs) for k in rs[0]}
+        name: {k: statistics.median(r[k] for r in rs) for k in rs[0] if all(k in r for r in rs)}
         for name, rs in results.items()
     }
 
@@ -316,6 +341,11 @@ def summary(r: Result) -> str:
     if "redis_us" in r:
         parts.append(f"redis {r['redis_us']:.1f} us/msg")
     parts.append(f"rss {r['rss_mb']:.0f} MB in {r['procs']:.0f} procs")
+    if "compactions" in r:
+        parts.append(
+            f"{r['compactions']:.0f} compactions, largest tokensAfter "
+            f"{r['max_after_share']:.2f} of the threshold"
+        )
     return "  ".join(parts)
 
 
