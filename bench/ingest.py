@@ -54,6 +54,7 @@ QUIET = 'daemon: {logLevel: "warning"}'
 SPREAD = f'{{session: {{dmScope: "per-channel-peer"}}, {QUIET}}}'
 SCENARIOS = ("sessions-1k", "sessions-100k", "hot", "open-5k")
 Result = dict[str, float]
+KEEP = "--keep" in sys.argv
 
 
 def wait_socket(path: Path, procs: list[subprocess.Popen[bytes]], timeout: float = 60) -> None:
@@ -124,6 +125,10 @@ def daemons(
             except subprocess.TimeoutExpired:
                 p.kill()
                 p.wait()
+        if not KEEP:
+            # Our own temporary state (100,000 sessions leave gigabytes): gone once measured.
+            for i in range(len(configs)):
+                shutil.rmtree(workdir / f"{tag}-{i}", ignore_errors=True)
 
 
 def run_ours(workdir: Path, configs: list[str], plan: dict[str, Any], tag: str) -> Result:
