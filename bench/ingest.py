@@ -145,17 +145,19 @@ def compactions(workdir: Path, tag: str, count: int) -> Result:
     from daemon.config import CompactionConfig
     from daemon.core.tokens import thresholds
 
-    done = []
+    done, failed = [], 0
     for i in range(count):
         for line in (workdir / f"{tag}-{i}.log").read_bytes().splitlines():
             if b'"compaction.done"' in line:
                 done.append(json.loads(line))
-    if not done:
+            failed += b'"compaction.failed"' in line
+    if not done and not failed:
         return {}
     at = thresholds(CompactionConfig()).compact_at
     return {
         "compactions": float(len(done)),
-        "max_after_share": max(int(d.get("tokensAfter") or 0) for d in done) / at,
+        "compactions_failed": float(failed),
+        "max_after_share": max((int(d.get("tokensAfter") or 0) for d in done), default=0) / at,
     }
 
 
@@ -348,7 +350,8 @@ def summary(r: Result) -> str:
     parts.append(f"rss {r['rss_mb']:.0f} MB in {r['procs']:.0f} procs")
     if "compactions" in r:
         parts.append(
-            f"{r['compactions']:.0f} compactions, largest tokensAfter "
+            f"{r['compactions']:.0f} compactions done ({r['compactions_failed']:.0f} failed, "
+            f"e.g. cut short by the stop), largest tokensAfter "
             f"{r['max_after_share']:.2f} of the threshold"
         )
     return "  ".join(parts)
