@@ -1,21 +1,35 @@
-"""Ingest benchmark: durable messages per second and ack latency, against this machine's ceiling.
+"""Ingest benchmark: durable messages per second, ack latency and CPU per message of the whole
+process tree, each scenario against this machine's ceiling measured in the same run.
 
-    python bench/ingest.py [--messages 200000] [--clients 16] [--sessions 1000] [--runs 3]
+    python bench/ingest.py [--scenario NAME ...] [--runs 3] [--messages 100000] ...
+    python bench/ingest.py --shards 2 [--via redis]
 
-Starts the real daemon on a fresh state folder, then drives it from a separate process with C
-pipelined clients (64 requests in flight each, unique message ids, spread over S sessions so that
-requests in flight hit different sessions). In the same run it measures a bare NDJSON Unix-socket
-server that only parses each line, appends it to one file and acknowledges after one fdatasync
-per batch of what arrived together: the ceiling of this machine and language. Runs alternate
-(ours, bare, ours, bare, ...) and the medians of each are compared. The same bare server written
-with anyio streams (as the daemon is) is measured beside it, to show what the framework costs.
+Scenarios (default: the first four):
+  sessions-1k    closed loop, 16 clients x 64 in flight over 1,000 sessions
+                 (dmScope per-channel-peer)
+  sessions-100k  the same over 100,000 sessions (--big-messages, default 2 per session)
+  hot            one hot session: the default config (dmScope main), every DM in agent:main:main
+  open-5k        open loop at a fixed offered rate (--rate, default 5,000 msgs/s), --open-seconds;
+                 latency counts from each message's scheduled send time
+  shards         --shards N: 1 daemon, then N daemons (each its own state folder, socket and
+                 `shards: {count: N, index: i}`); messages over 8 agents, each routed to its owner
+                 (with --via redis: published to one Redis stream per shard instead)
+
+Each run starts the real daemon on a fresh state folder and drives it from a separate process.
+In the same run it measures a bare NDJSON Unix-socket server that only parses each line, appends
+it to one file and acknowledges after one fdatasync per batch: the ceiling of this machine and
+language (for sessions-1k also that server written with anyio streams, as the daemon is). Runs
+alternate (ours, bare, ours, bare, ...) and medians are compared.
+
+CPU and memory count the whole process tree of each server (the daemon, its index and mirror
+workers and any other child; bench/proctree.py): `cpu` is the tree's CPU per message, `daemon`
+the daemon process alone (the figure older versions printed), `rss` the peak of the tree's summed
+RSS during the run. `BENCH_CONFIG='{...}'` replaces the daemon's config for the socket scenarios.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
-import contextlib
 import json
 import os
 import shutil
@@ -26,227 +40,29 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
-import orjson
+from ingest_load import IN_FLIGHT, message_params, owner, shard_of
+from proctree import TreeMeter
 
-IN_FLIGHT = 64
-
-
-# ---------------------------------------------------------------------------------------------
-# The driver (runs in its own process)
-
-
-async def _client(path: str, lines: list[bytes], lat: list[float]) -> None:
-    reader, writer = await asyncio.open_unix_connection(path, limit=1 << 24)
-    sent_at: dict[int, float] = {}
-    next_i = 0
-    done = 0
-    total = len(lines)
-    window = min(IN_FLIGHT, total)
-
-    def send(k: int) -> None:
-        nonlocal next_i
-        buf = []
-        now = time.perf_counter()
-        for _ in range(k):
-            if next_i >= total:
-                break
-            sent_at[next_i] = now
-            buf.append(lines[next_i])
-            next_i += 1
-        if buf:
-            writer.write(b"".join(buf))
-
-    send(window)
-    while done < total:
-        line = await reader.readline()
-        if not line:
-            raise RuntimeError("server closed the connection")
-        msg = orjson.loads(line)
-        if "error" in msg:
-            raise RuntimeError(f"server error: {msg['error']}")
-        i = msg["id"]
-        lat.append(time.perf_counter() - sent_at.pop(i))
-        done += 1
-        # Refill in small groups: keeps 64 in flight without a write per answer.
-        if len(sent_at) <= IN_FLIGHT - 8 or next_i >= total:
-            send(IN_FLIGHT - len(sent_at))
-    writer.close()
+HERE = Path(__file__).resolve().parent
+LOAD = str(HERE / "ingest_load.py")
+QUIET = 'daemon: {logLevel: "warning"}'
+SPREAD = f'{{session: {{dmScope: "per-channel-peer"}}, {QUIET}}}'
+SCENARIOS = ("sessions-1k", "sessions-100k", "hot", "open-5k")
+Result = dict[str, float]
+KEEP = "--keep" in sys.argv
 
 
-def make_lines(messages: int, clients: int, sessions: int, tag: str) -> list[list[bytes]]:
-    per = messages // clients
-    out: list[list[bytes]] = []
-    n = 0
-    for c in range(clients):
-        lines = []
-        for i in range(per):
-            peer = n % sessions
-            req = {
-                "jsonrpc": "2.0",
-                "id": i,
-                "method": "message.ingest",
-                "params": {
-                    "channel": "telegram",
-                    "chatType": "direct",
-                    "peer": f"{100000 + peer}",
-                    "messageId": f"{tag}-{c}-{i}",
-                    "text": f"benchmark message {n} with a little text, like a real chat line",
-                },
-            }
-            lines.append(orjson.dumps(req) + b"\n")
-            n += 1
-        out.append(lines)
-    return out
-
-
-def drive(path: str, messages: int, clients: int, sessions: int, tag: str) -> dict[str, float]:
-    work = make_lines(messages, clients, sessions, tag)
-    lat: list[float] = []
-
-    async def main() -> float:
-        t0 = time.perf_counter()
-        await asyncio.gather(*(_client(path, lines, lat) for lines in work))
-        return time.perf_counter() - t0
-
-    elapsed = asyncio.run(main())
-    lat.sort()
-    n = len(lat)
-    return {
-        "messages": n,
-        "seconds": elapsed,
-        "rate": n / elapsed,
-        "p50_ms": lat[n // 2] * 1000,
-        "p99_ms": lat[min(n - 1, int(n * 0.99))] * 1000,
-    }
-
-
-# ---------------------------------------------------------------------------------------------
-# The bare server (runs in its own process): parse, append, one fdatasync per batch, ack.
-
-
-def bare_server(path: str, data_file: str) -> None:
-    fd = os.open(data_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-    pending: list[tuple[asyncio.Transport, bytes]] = []
-    buffered: list[bytes] = []
-    wake = asyncio.Event()
-
-    class Proto(asyncio.Protocol):
-        def connection_made(self, transport: asyncio.BaseTransport) -> None:
-            self.t = transport  # type: ignore[assignment]
-            self.buf = b""
-
-        def data_received(self, data: bytes) -> None:
-            data = self.buf + data
-            *lines, self.buf = data.split(b"\n")
-            for line in lines:
-                req = orjson.loads(line)
-                buffered.append(line + b"\n")
-                pending.append(
-                    (self.t, b'{"jsonrpc":"2.0","id":%d,"result":{}}\n' % req["id"])  # type: ignore[arg-type]
-                )
-            wake.set()
-
-    async def flusher() -> None:
-        loop = asyncio.get_running_loop()
-        while True:
-            await wake.wait()
-            wake.clear()
-            if not pending:
-                continue
-            batch, acks = b"".join(buffered), list(pending)
-            buffered.clear()
-            pending.clear()
-
-            def write_sync(data: bytes) -> None:
-                os.write(fd, data)
-                os.fdatasync(fd)
-
-            await loop.run_in_executor(None, write_sync, batch)
-            out: dict[asyncio.Transport, list[bytes]] = {}
-            for t, a in acks:
-                out.setdefault(t, []).append(a)
-            for t, chunks in out.items():
-                t.write(b"".join(chunks))
-            if pending:
-                wake.set()
-
-    async def main() -> None:
-        loop = asyncio.get_running_loop()
-        server = await loop.create_unix_server(Proto, path)
-        print("ready", flush=True)
-        async with server:
-            await flusher()
-
-    asyncio.run(main())
-
-
-def bare_anyio_server(path: str, data_file: str) -> None:
-    """The same bare server written the way the daemon is: anyio streams read a line at a time,
-    a task per connection. It shows what the I/O framework alone costs."""
-    import anyio
-    from anyio.abc import SocketStream
-    from anyio.streams.buffered import BufferedByteReceiveStream
-
-    fd = os.open(data_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-    pending: list[tuple[SocketStream, bytes]] = []
-    buffered: list[bytes] = []
-    has_work = anyio.Event()
-
-    def write_sync(data: bytes) -> None:
-        os.write(fd, data)
-        os.fdatasync(fd)
-
-    async def handle(stream: SocketStream) -> None:
-        reader = BufferedByteReceiveStream(stream)
-        async with stream:
-            while True:
-                try:
-                    line = await reader.receive_until(b"\n", 1 << 20)
-                except (anyio.EndOfStream, anyio.IncompleteRead, anyio.BrokenResourceError):
-                    return
-                req = orjson.loads(line)
-                buffered.append(line + b"\n")
-                pending.append((stream, b'{"jsonrpc":"2.0","id":%d,"result":{}}\n' % req["id"]))
-                has_work.set()
-
-    async def flusher() -> None:
-        nonlocal has_work
-        while True:
-            await has_work.wait()
-            has_work = anyio.Event()
-            batch, acks = b"".join(buffered), list(pending)
-            buffered.clear()
-            pending.clear()
-            await anyio.to_thread.run_sync(write_sync, batch)
-            out: dict[SocketStream, list[bytes]] = {}
-            for st, a in acks:
-                out.setdefault(st, []).append(a)
-            for st, chunks in out.items():
-                with contextlib.suppress(anyio.BrokenResourceError, anyio.ClosedResourceError):
-                    await st.send(b"".join(chunks))
-
-    async def main() -> None:
-        listener = await anyio.create_unix_listener(path)
-        print("ready", flush=True)
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(flusher)
-            await listener.serve(handle)
-
-    anyio.run(main)
-
-
-# ---------------------------------------------------------------------------------------------
-# Orchestration
-
-
-def wait_socket(path: Path, proc: subprocess.Popen[bytes], timeout: float = 30) -> None:
+def wait_socket(path: Path, procs: list[subprocess.Popen[bytes]], timeout: float = 60) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"server exited early with code {proc.returncode}")
+        for proc in procs:
+            if proc.poll() is not None:
+                raise RuntimeError(f"server exited early with code {proc.returncode}")
         try:
             s = socket.socket(socket.AF_UNIX)
             s.connect(str(path))
@@ -254,149 +70,363 @@ def wait_socket(path: Path, proc: subprocess.Popen[bytes], timeout: float = 30) 
             return
         except OSError:
             time.sleep(0.05)
-    raise RuntimeError("server did not start listening")
+    raise RuntimeError(f"server did not start listening on {path}")
 
 
-def run_driver(path: Path, args: argparse.Namespace, tag: str) -> dict[str, float]:
+def run_driver(plan: dict[str, Any]) -> Result:
     out = subprocess.run(
-        [
-            sys.executable,
-            __file__,
-            "--drive",
-            str(path),
-            "--messages",
-            str(args.messages),
-            "--clients",
-            str(args.clients),
-            "--sessions",
-            str(args.sessions),
-            "--tag",
-            tag,
-        ],
+        [sys.executable, LOAD, "drive", json.dumps(plan)],
         check=True,
         capture_output=True,
         text=True,
     )
-    return json.loads(out.stdout)
+    return json.loads(out.stdout)  # type: ignore[no-any-return]
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time a process has used so far (Linux /proc; 0 elsewhere)."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def run_ours(args: argparse.Namespace, workdir: Path, n: int) -> dict[str, float]:
-    state = workdir / f"ours-{n}"
-    cfg = workdir / "config.json5"
-    cfg.write_text(
-        os.environ.get(
-            "BENCH_CONFIG",
-            '{session: {dmScope: "per-channel-peer"}, daemon: {logLevel: "warning"}}',
-        )
-    )
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "daemon", "run", "--config", str(cfg), "--state-dir", str(state)],
-        stdout=subprocess.DEVNULL,
-    )
-    try:
-        sock = state / "sessiond.sock"
-        wait_socket(sock, proc)
-        cpu0 = cpu_seconds(proc.pid)
-        res = run_driver(sock, args, f"r{n}")
-        res["cpu_us"] = (cpu_seconds(proc.pid) - cpu0) / res["messages"] * 1e6
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(60)
+def measured(procs: list[subprocess.Popen[bytes]], work: Callable[[], Result]) -> Result:
+    meter = TreeMeter([p.pid for p in procs])
+    meter.start()
+    res = work()
+    tree = meter.stop()
+    n = res["messages"]
+    res["cpu_us"] = tree["tree_cpu_s"] / n * 1e6
+    res["daemon_us"] = tree["root_cpu_s"] / n * 1e6
+    res["rss_mb"] = tree["peak_rss_mb"]
+    res["procs"] = tree["procs"]
     return res
 
 
-def run_bare(args: argparse.Namespace, workdir: Path, n: int, style: str) -> dict[str, float]:
-    sock = workdir / f"bare-{style}-{n}.sock"
-    data = workdir / f"bare-{style}-{n}.ndjson"
-    flag = "--bare" if style == "protocol" else "--bare-anyio"
+@contextmanager
+def daemons(
+    workdir: Path, configs: list[str], tag: str
+) -> Iterator[tuple[list[Path], list[subprocess.Popen[bytes]]]]:
+    """Start one daemon per config, each on its own state folder; yield sockets and processes."""
+    procs: list[subprocess.Popen[bytes]] = []
+    socks: list[Path] = []
+    try:
+        for i, text in enumerate(configs):
+            state = workdir / f"{tag}-{i}"
+            cfg = workdir / f"{tag}-{i}.json5"
+            cfg.write_text(text)
+            argv = [sys.executable, "-m", "daemon", "run", "--config", str(cfg)]
+            argv += ["--state-dir", str(state)]
+            with (workdir / f"{tag}-{i}.log").open("wb") as logf:
+                procs.append(subprocess.Popen(argv, stdout=logf))
+            socks.append(state / "sessiond.sock")
+        for s in socks:
+            wait_socket(s, procs)
+        yield socks, procs
+    finally:
+        for p in procs:
+            p.send_signal(signal.SIGTERM)
+        for p in procs:
+            try:
+                p.wait(60)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+        if not KEEP:
+            # Our own temporary state (100,000 sessions leave gigabytes): gone once measured.
+            for i in range(len(configs)):
+                shutil.rmtree(workdir / f"{tag}-{i}", ignore_errors=True)
+
+
+def run_ours(workdir: Path, configs: list[str], plan: dict[str, Any], tag: str) -> Result:
+    with daemons(workdir, configs, tag) as (socks, procs):
+        res = measured(procs, lambda: run_driver({**plan, "sockets": [str(s) for s in socks]}))
+    res.update(compactions(workdir, tag, len(configs)))
+    return res
+
+
+def compactions(workdir: Path, tag: str, count: int) -> Result:
+    """How the compactions of a run went, from the daemons' `compaction.done` log lines (logged
+    at level info, which the hot scenario turns on): how many, and the largest tokensAfter as a
+    share of the compaction threshold."""
+    from daemon.config import CompactionConfig
+    from daemon.core.tokens import thresholds
+
+    done, failed = [], 0
+    for i in range(count):
+        for line in (workdir / f"{tag}-{i}.log").read_bytes().splitlines():
+            if b'"compaction.done"' in line:
+                done.append(json.loads(line))
+            failed += b'"compaction.failed"' in line
+    if not done and not failed:
+        return {}
+    at = thresholds(CompactionConfig()).compact_at
+    return {
+        "compactions": float(len(done)),
+        "compactions_failed": float(failed),
+        "max_after_share": max((int(d.get("tokensAfter") or 0) for d in done), default=0) / at,
+    }
+
+
+def run_bare(workdir: Path, plan: dict[str, Any], tag: str, style: str = "bare") -> Result:
+    sock = workdir / f"{tag}.sock"
     proc = subprocess.Popen(
-        [sys.executable, __file__, flag, str(sock), str(data)], stdout=subprocess.DEVNULL
+        [sys.executable, LOAD, style, str(sock), str(workdir / f"{tag}.ndjson")],
+        stdout=subprocess.DEVNULL,
     )
     try:
-        wait_socket(sock, proc)
-        cpu0 = cpu_seconds(proc.pid)
-        res = run_driver(sock, args, f"b{n}")
-        res["cpu_us"] = (cpu_seconds(proc.pid) - cpu0) / res["messages"] * 1e6
-        return res
+        wait_socket(sock, [proc])
+        # Agents are the daemon's business; the bare server takes the same lines on one socket.
+        return measured([proc], lambda: run_driver({**plan, "sockets": [str(sock)]}))
     finally:
         proc.kill()
         proc.wait()
 
 
+# ---------------------------------------------------------------------------------------------
+# Redis Streams
+
+
+@contextmanager
+def redis_server(workdir: Path) -> Iterator[tuple[int, subprocess.Popen[bytes]]]:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    argv = ["redis-server", "--port", str(port), "--bind", "127.0.0.1"]
+    argv += ["--save", "", "--appendonly", "no", "--dir", str(workdir)]
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL)
+    import redis
+
+    client = redis.Redis(port=port)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                client.ping()
+                break
+            except redis.ConnectionError:
+                if time.monotonic() > deadline or proc.poll() is not None:
+                    raise
+                time.sleep(0.05)
+        yield port, proc
+    finally:
+        client.close()
+        proc.terminate()
+        proc.wait(30)
+
+
+def publish_and_wait(port: int, plan: dict[str, Any], count: int) -> Result:
+    """Pipelined XADD of every message to its shard's stream, then wait until each stream's
+    group has read and acknowledged all of it. Throughput counts from the first XADD."""
+    import orjson
+    import redis
+
+    client = redis.Redis(port=port)
+    total = [0] * count
+    t0 = time.perf_counter()
+    pipe = client.pipeline(transaction=False)
+    for n in range(plan["messages"]):
+        params = message_params(n, plan)
+        k = shard_of(params, count)
+        total[k] += 1
+        pipe.xadd(f"bench:ingest:{k}", {"params": orjson.dumps(params)})
+        if n % 2000 == 1999:
+            pipe.execute()
+    pipe.execute()
+    published = time.perf_counter() - t0
+    deadline = time.monotonic() + 600
+    left = set(range(count))
+    while left:
+        for k in list(left):
+            groups = client.xinfo_groups(f"bench:ingest:{k}")
+            g = groups[0] if groups else {}
+            if g.get("pending") == 0 and g.get("entries-read") == total[k]:
+                left.discard(k)
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"streams {sorted(left)} not drained after 600 s")
+        time.sleep(0.02)
+    elapsed = time.perf_counter() - t0
+    rejected = sum(client.xlen(f"bench:ingest:{k}:rejected") for k in range(count))
+    client.close()
+    if rejected:
+        raise RuntimeError(f"{rejected} entries were dead-lettered (see <stream>:rejected)")
+    n = plan["messages"]
+    return {"messages": n, "seconds": elapsed, "rate": n / elapsed, "publish_s": published}
+
+
+def run_redis(workdir: Path, configs: list[str], plan: dict[str, Any], tag: str) -> Result:
+    with redis_server(workdir) as (port, rproc):
+        url = f"redis://127.0.0.1:{port}/0"
+        cfgs = [
+            c[:-1] + f', ingest: {{redis: {{url: "{url}", stream: "bench:ingest:{i}", '
+            f'group: "sessiond", consumer: "sessiond-{i}"}}}}}}'
+            for i, c in enumerate(configs)
+        ]
+        with daemons(workdir, cfgs, tag) as (_socks, procs):
+            rmeter = TreeMeter([rproc.pid])
+            rmeter.start()
+            res = measured(procs, lambda: publish_and_wait(port, plan, len(configs)))
+            res["redis_us"] = rmeter.stop()["tree_cpu_s"] / res["messages"] * 1e6
+            return res
+
+
+# ---------------------------------------------------------------------------------------------
+# Scenarios
+
+
+def shard_agents(count: int, per_shard: int = 4) -> list[str]:
+    """Agent ids spread evenly over `count` shards by the daemon's own hash."""
+    picked: dict[int, list[str]] = {k: [] for k in range(count)}
+    i = 0
+    while any(len(v) < per_shard for v in picked.values()):
+        name = f"agent{i}"
+        k = owner(name, count)
+        if len(picked[k]) < per_shard:
+            picked[k].append(name)
+        i += 1
+    return [a for k in range(count) for a in picked[k]]
+
+
+def shard_configs(agents: list[str], count: int) -> list[str]:
+    listed = ", ".join(f'{{id: "{a}"}}' for a in agents)
+    return [
+        f'{{session: {{dmScope: "per-channel-peer"}}, {QUIET}, agents: {{list: [{listed}]}}, '
+        f"shards: {{count: {count}, index: {i}}}}}"
+        for i in range(count)
+    ]
+
+
+def plan_for(name: str, args: argparse.Namespace) -> tuple[dict[str, Any], str]:
+    plan: dict[str, Any] = {"clients": args.clients, "sessions": 1000, "tag": name}
+    spread = os.environ.get("BENCH_CONFIG", SPREAD)
+    if name == "sessions-1k":
+        return {**plan, "messages": args.messages}, spread
+    if name == "sessions-100k":
+        return {**plan, "messages": args.big_messages, "sessions": 100_000}, spread
+    if name == "hot":
+        # Level info logs each compaction.done (with tokensAfter) and nothing per message.
+        return {**plan, "messages": args.hot_messages}, os.environ.get(
+            "BENCH_CONFIG", '{daemon: {logLevel: "info"}}'
+        )
+    if name == "open-5k":
+        return {**plan, "messages": int(args.rate * args.open_seconds), "rate": args.rate}, spread
+    raise SystemExit(f"unknown scenario {name!r} (one of {', '.join(SCENARIOS)})")
+
+
+def series(label: str, runs: int, servers: dict[str, Callable[[int], Result]]) -> dict[str, Result]:
+    results: dict[str, list[Result]] = {name: [] for name in servers}
+    for n in range(runs):
+        for name, run in servers.items():
+            r = run(n)
+            results[name].append(r)
+            print(f"  {label} run {n + 1} {name:<11}: {summary(r)}", flush=True)
+    return {
+        name: {k: statistics.median(r[k] for r in rs) for k in rs[0] if all(k in r for r in rs)}
+        for name, rs in results.items()
+    }
+
+
+def report(label: str, med: dict[str, Result], ours: list[str]) -> None:
+    print(f"{label}: medians (load average {load()})")
+    for name, r in med.items():
+        print(f"    {name:<11} {summary(r)}")
+    bare = med["bare"]
+    for name in ours:
+        line = f"    ratio {name} / bare: throughput {med[name]['rate'] / bare['rate']:.2f}"
+        if "p99_ms" in med[name]:
+            line += f", ack p99 {med[name]['p99_ms'] / bare['p99_ms']:.1f}x the bare server's"
+        print(line)
+    if "bare-anyio" in med:
+        print(
+            "    ratio sessiond / bare-anyio: "
+            f"{med['sessiond']['rate'] / med['bare-anyio']['rate']:.2f}"
+        )
+
+
+def load() -> str:
+    return " ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+def summary(r: Result) -> str:
+    parts = [f"{r['rate']:>8.0f} msgs/s"]
+    if "p50_ms" in r:
+        parts.append(f"p50 {r['p50_ms']:.1f} ms  p99 {r['p99_ms']:.1f} ms")
+    parts.append(f"cpu {r['cpu_us']:.1f} us/msg (daemon {r['daemon_us']:.1f})")
+    if "redis_us" in r:
+        parts.append(f"redis {r['redis_us']:.1f} us/msg")
+    parts.append(f"rss {r['rss_mb']:.0f} MB in {r['procs']:.0f} procs")
+    if "compactions" in r:
+        parts.append(
+            f"{r['compactions']:.0f} compactions done ({r['compactions_failed']:.0f} failed, "
+            f"e.g. cut short by the stop), largest tokensAfter "
+            f"{r['max_after_share']:.2f} of the threshold"
+        )
+    return "  ".join(parts)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("--messages", type=int, default=200_000)
-    ap.add_argument("--clients", type=int, default=16)
-    ap.add_argument("--sessions", type=int, default=1000)
+    ap.add_argument("--scenario", action="append", choices=[*SCENARIOS, "all"])
     ap.add_argument("--runs", type=int, default=3)
-    ap.add_argument("--tag", default="x")
-    ap.add_argument("--drive", metavar="SOCKET", help=argparse.SUPPRESS)
-    ap.add_argument("--bare", nargs=2, metavar=("SOCKET", "FILE"), help=argparse.SUPPRESS)
-    ap.add_argument("--bare-anyio", nargs=2, metavar=("SOCKET", "FILE"), help=argparse.SUPPRESS)
+    ap.add_argument("--clients", type=int, default=16)
+    ap.add_argument("--messages", type=int, default=100_000, help="sessions-1k and shards")
+    ap.add_argument("--big-messages", type=int, default=200_000, help="sessions-100k")
+    ap.add_argument("--hot-messages", type=int, default=30_000, help="hot")
+    ap.add_argument("--rate", type=float, default=5000.0, help="open-5k: offered msgs/s")
+    ap.add_argument("--open-seconds", type=float, default=10.0, help="open-5k: duration")
+    ap.add_argument("--shards", type=int, default=0, help="compare 1 daemon with N shards")
+    ap.add_argument("--via", choices=["socket", "redis"], default="socket")
     ap.add_argument("--keep", action="store_true", help="keep the temporary folder")
     args = ap.parse_args()
-    if args.drive:
-        res = drive(args.drive, args.messages, args.clients, args.sessions, args.tag)
-        print(json.dumps(res))
-        return
-    if args.bare:
-        bare_server(*args.bare)
-        return
-    if args.bare_anyio:
-        bare_anyio_server(*args.bare_anyio)
-        return
+    scale_out = args.shards > 0 or args.via == "redis"
+    names = args.scenario or ([] if scale_out else ["all"])
+    if "all" in names:
+        names = list(SCENARIOS)
     workdir = Path(tempfile.mkdtemp(prefix="sessiond-bench-", dir=os.environ.get("BENCH_DIR")))
     print(
-        f"ingest benchmark: {args.messages} messages, {args.clients} clients x {IN_FLIGHT} "
-        f"in flight, {args.sessions} sessions, {args.runs} interleaved runs; cpus={os.cpu_count()}"
+        f"ingest benchmark: {args.clients} clients x {IN_FLIGHT} in flight, {args.runs} "
+        f"interleaved runs; cpus={os.cpu_count()}; load average {load()}",
+        flush=True,
     )
-    # The ceiling is the bare server as fast as it can simply be written (asyncio protocol, one
-    # write per batch). The same server written with anyio streams, as the daemon is, is shown
-    # beside it: the difference is what the I/O framework alone costs.
-    servers: dict[str, Callable[[int], dict[str, float]]] = {
-        "sessiond": lambda n: run_ours(args, workdir, n),
-        "bare": lambda n: run_bare(args, workdir, n, "protocol"),
-        "bare-anyio": lambda n: run_bare(args, workdir, n, "anyio"),
-    }
-    results: dict[str, list[dict[str, float]]] = {name: [] for name in servers}
     try:
-        for n in range(args.runs):
-            for name, run in servers.items():
-                r = run(n)
-                results[name].append(r)
-                print(f"  run {n + 1} {name:<10}: {summary(r)}")
+        for name in names:
+            plan, cfg = plan_for(name, args)
+            servers: dict[str, Callable[[int], Result]] = {
+                "sessiond": lambda n, p=plan, c=cfg, nm=name: run_ours(
+                    workdir, [c], p, f"{nm}-{n}"
+                ),
+                "bare": lambda n, p=plan, nm=name: run_bare(workdir, p, f"bare-{nm}-{n}"),
+            }
+            if name == "sessions-1k":
+                servers["bare-anyio"] = lambda n, p=plan: run_bare(
+                    workdir, p, f"anyio-{n}", "bare-anyio"
+                )
+            print(
+                f"{name}: {plan['messages']} messages over {plan['sessions']} sessions", flush=True
+            )
+            report(name, series(name, args.runs, servers), ["sessiond"])
+        if scale_out:
+            shard_series(args, workdir)
     finally:
         if not args.keep:
             shutil.rmtree(workdir, ignore_errors=True)
-    med = {
-        name: {k: statistics.median(r[k] for r in rs) for k in rs[0]}
-        for name, rs in results.items()
-    }
-    for label, name in (
-        ("sessiond durable msgs/s (median):", "sessiond"),
-        ("bare ceiling msgs/s (median):", "bare"),
-        ("bare with anyio streams (median):", "bare-anyio"),
-    ):
-        print(f"{label:<34} {summary(med[name])}")
-    ours = med["sessiond"]["rate"]
-    print(f"ratio sessiond / bare: {ours / med['bare']['rate']:.2f}")
-    print(f"ratio sessiond / bare with anyio streams: {ours / med['bare-anyio']['rate']:.2f}")
 
 
-def summary(r: dict[str, float]) -> str:
-    return (
-        f"{r['rate']:>9.0f} msgs/s  p50 {r['p50_ms']:.1f} ms  p99 {r['p99_ms']:.1f} ms  "
-        f"cpu {r['cpu_us']:.1f} us/msg"
+def shard_series(args: argparse.Namespace, workdir: Path) -> None:
+    counts = sorted({1, max(1, args.shards)})
+    agents = shard_agents(max(counts))
+    plan = {"clients": args.clients, "sessions": 1000, "messages": args.messages, "agents": agents}
+    run = run_redis if args.via == "redis" else run_ours
+    servers: dict[str, Callable[[int], Result]] = {}
+    for k in counts:
+        servers[f"{k}-shard"] = lambda n, k=k: run(
+            workdir, shard_configs(agents, k), {**plan, "tag": f"s{k}-{n}"}, f"s{k}-{n}"
+        )
+    servers["bare"] = lambda n: run_bare(workdir, {**plan, "tag": f"b{n}"}, f"bare-s-{n}")
+    label = f"shards via {args.via}"
+    print(
+        f"{label}: {args.messages} messages over 1000 sessions of {len(agents)} agents, "
+        f"{', '.join(map(str, counts))} shards",
+        flush=True,
     )
+    med = series(label, args.runs, servers)
+    report(label, med, [f"{k}-shard" for k in counts])
+    if len(counts) > 1:
+        a, b = med[f"{counts[0]}-shard"]["rate"], med[f"{counts[-1]}-shard"]["rate"]
+        print(f"    {counts[-1]} shards / 1 shard: {b / a:.2f}")
 
 
 if __name__ == "__main__":
