@@ -199,7 +199,8 @@ async def test_the_scheduled_job_compresses_and_the_daemon_reads_the_gz_at_once(
         segs = files.compressed_segments(state / "backup", sid)
         assert [p.name for p in segs] == ["history.jsonl.gz"]
         assert not files.live_path(state / "backup", sid).exists()
-        assert not (state / "backup" / sid).exists()  # no empty folder left behind
+        # No empty folder is left behind: what stays is the session's state record.
+        assert sorted(p.name for p in (state / "backup" / sid).iterdir()) == ["state.json"]
 
 
 def test_a_compressed_copy_that_does_not_verify_leaves_the_original(
