@@ -18,8 +18,8 @@ from __future__ import annotations
 
 import structlog
 
+from daemon.core.ingest import ROUTE_FIELD
 from daemon.core.keys import case_kept_key
-from daemon.lifecycle import ROUTE_FIELD
 from daemon.store.store import Store
 
 log = structlog.get_logger("daemon.keymigrate")

@@ -10,7 +10,6 @@ the one fdatasync that covers them all. It also runs the periodic checkpoint.
 
 from __future__ import annotations
 
-import math
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -26,8 +25,16 @@ from daemon.backup import Mirror
 from daemon.config import Config, resolve_timezone
 from daemon.core import tokens
 from daemon.core.access import check_access
-from daemon.core.commands import Command, message_text, parse_command
+from daemon.core.commands import Command
 from daemon.core.histogram import BATCH_BOUNDS, LATENCY_BOUNDS, Histogram
+from daemon.core.ingest import (
+    RESET_ENTRY,
+    ROUTE_FIELD,
+    STOP_ENTRY,
+    CommandPlan,
+    carried_fields,
+    plan_ingest,
+)
 from daemon.core.keys import Inbound, Route, resolve_route
 from daemon.core.protocol import AppendParams, IngestParams
 from daemon.errors import (
@@ -39,22 +46,13 @@ from daemon.errors import (
 )
 from daemon.events import EventBus
 from daemon.failpoints import failpoint
-from daemon.lifecycle import (
-    ROUTE_FIELD,
-    Policies,
-    carried_fields,
-    sessions_reply,
-    status_reply,
-)
+from daemon.lifecycle import Policies, sessions_reply, status_reply
 from daemon.logs import Throttle
 from daemon.store.dedup import DedupKey
 from daemon.store.fileio import SyncFailed
 from daemon.store.registry import SessionState
 from daemon.store.store import Archived, Batch, Closing, Store, ingest_answer, now_ms
 from daemon.store.transcript import custom_line, header_line, iso_ms, message_line, next_entry_id
-
-RESET_ENTRY = "sessiond.reset"  # first entry of a session begun by a reset: why, and after what
-STOP_ENTRY = "sessiond.stop"  # a /stop: the agent runtime was told to abort (session.stop)
 
 log = structlog.get_logger("daemon.pipeline")
 
@@ -609,83 +607,67 @@ class Pipeline:
         )
 
     def _prepare_ingest(self, item: IngestWork, batch: Batch, now: int, ts: str) -> dict[str, Any]:
+        """Stages 2-4 of SPEC 4: the pure planner decides, this applies its plan to the batch."""
         store = self.store
         route, p = item.route, item.params
         reg = store.agents.get(route.agent_id)
-        chat = None if reg is None else reg.sessions.get(route.session_key)
-        cmd = None
-        text = p.content if isinstance(p.content, str) else message_text(p.content)
-        if text and text.lstrip().startswith("/"):
-            cmd = parse_command(text, self.config.session.resetTriggers)
-        system = is_system_event(p)
-        # /stop aborts the agent's run: it never resets a session nor counts as interaction.
-        stop = cmd is not None and cmd.name == "stop"
-        st = chat
-        if chat is not None and reg is not None and not (cmd and cmd.name == "session"):
-            target = chat.entry.get(ROUTE_FIELD)
-            if isinstance(target, str) and target in reg.sessions:
-                st = reg.sessions[target]
-        old: SessionState | None = None
-        reason: str | None = None
-        if st is not None and not (system or stop):
-            if cmd is not None and cmd.is_reset:
-                reason = "new" if cmd.trigger.lower() == "/new" else "reset"
-            else:
-                verdict = self.policies.staleness(st, now)
-                if verdict.stale:
-                    reason = verdict.reason
-            if reason is not None:
-                old, st = st, None
-        created = st is None
-        if st is None:
-            fields = (
-                carried_fields(old.entry, cmd) if old is not None else registry_fields(route, p)
-            )
+        sessions: dict[str, SessionState] = {} if reg is None else reg.sessions
+        plan = plan_ingest(
+            sessions,
+            route,
+            p,
+            self.policies,
+            now,
+            reset_triggers=self.config.session.resetTriggers,
+            compaction=self.compaction is not None,
+        )
+        old = sessions[plan.reset.previous] if plan.reset is not None else None
+        if plan.new is not None:
             st = self._begin_session(
                 batch,
                 route.agent_id,
-                old.session_key if old is not None else route.session_key,
-                fields,
+                plan.new.session_key,
+                plan.new.fields,
                 old,
-                reason,
-                cmd,
+                plan.reset.reason if plan.reset is not None else None,
+                plan.reset.data if plan.reset is not None else None,
                 now,
                 ts,
             )
-        if st.size == 0:
-            # A registry entry whose transcript is gone: start the file again with a header.
-            self._rewrite_header(batch, st, now)
+        else:
+            assert plan.target is not None
+            st = sessions[plan.target]
+            if plan.rewrite_header:
+                self._rewrite_header(batch, st, now)
         entry_id = next_entry_id(st.last_entry_id)
-        message: dict[str, Any] = {
-            "role": "user",
-            # SPEC 2: content as blocks (OpenClaw readers accept blocks and plain strings).
-            "content": [{"type": "text", "text": p.content}]
-            if isinstance(p.content, str)
-            else p.content,
-            "timestamp": p.timestamp_ms if p.timestamp_ms is not None else now,
-        }
-        origin = origin_of(route, p)
-        if cmd is not None:
-            origin["command"] = command_origin(cmd)
-        if stop:
-            data = {"trigger": "/stop"}
-            line = custom_line(entry_id, st.last_entry_id, ts, STOP_ENTRY, data, origin)
+        if plan.kind == "stop":
+            line = custom_line(
+                entry_id, st.last_entry_id, ts, STOP_ENTRY, plan.stop_data, plan.origin
+            )
             batch.stops.append(stop_event(st, entry_id, p))
         else:
-            line = message_line(entry_id, st.last_entry_id, ts, message, origin)
+            assert plan.message is not None
+            line = message_line(entry_id, st.last_entry_id, ts, plan.message, plan.origin)
         store.add_line(batch, st, line, entry_id)
-        if system or stop:
-            st.entry["updatedAt"] = now
-        else:
-            touch_registry(st, route, p, now)
-        store.agent(route.agent_id).dirty = True
-        answer = ingest_answer(st, entry_id, created)
-        if old is not None:
-            answer["reset"] = {"reason": reason, "previousSessionId": old.session_id}
-        if cmd is not None:
-            answer["command"] = self._command(cmd, st, chat, route.agent_id, now, batch)
-            if cmd.name == "context" and cmd.arg.lower() == "detail" and self.compaction:
-                batch.details[id(item)] = st  # answered once the transcript is read
+        entry = st.entry
+        entry.update(plan.registry)
+        if plan.added_tokens is not None:
+            entry["totalTokens"] = int(entry.get("totalTokens") or 0) + plan.added_tokens
+        reg = store.agent(route.agent_id)
+        if plan.route_change is not None:
+            chat = reg.sessions.get(plan.route_change.chat_key, st)
+            if plan.route_change.target is None:
+                chat.entry.pop(ROUTE_FIELD, None)
+            else:
+                chat.entry[ROUTE_FIELD] = plan.route_change.target
+        reg.dirty = True
+        answer = ingest_answer(st, entry_id, plan.new is not None)
+        if old is not None and plan.reset is not None:
+            answer["reset"] = {"reason": plan.reset.reason, "previousSessionId": old.session_id}
+        if plan.compaction is not None:
+            answer["compaction"] = plan.compaction
+        if plan.command is not None:
+            answer["command"] = self._command(plan.command, st, route.agent_id, now, batch, item)
         return answer
 
     def _begin_session(
@@ -696,7 +678,7 @@ class Pipeline:
         fields: dict[str, Any],
         old: SessionState | None,
         reason: str | None,
-        cmd: Command | None,
+        reset_data: dict[str, Any] | None,
         now: int,
         ts: str,
     ) -> SessionState:
@@ -716,11 +698,7 @@ class Pipeline:
         store.add_line(batch, st, header, None)
         if old is not None and reason is not None:
             store.close_session(batch, old, reason, st.session_id, ts)
-            data: dict[str, Any] = {"reason": reason, "predecessor": old.session_id}
-            if cmd is not None and cmd.is_reset:
-                data["trigger"] = cmd.trigger
-                if cmd.model:
-                    data["model"] = cmd.model
+            data = reset_data or {"reason": reason, "predecessor": old.session_id}
             eid = next_entry_id(st.last_entry_id)
             store.add_line(batch, st, custom_line(eid, None, ts, RESET_ENTRY, data), eid)
             batch.resets.append((old, st, reason))
@@ -732,48 +710,27 @@ class Pipeline:
 
     def _command(
         self,
-        cmd: Command,
+        cmd: CommandPlan,
         st: SessionState,
-        chat: SessionState | None,
         agent_id: str,
         now: int,
         batch: Batch,
+        item: IngestWork,
     ) -> dict[str, Any]:
-        """The reply to a chat command (the message itself is stored like any other)."""
-        tz = self.policies.tz
-        if cmd.is_reset:
-            reply = f"New session started ({st.session_id})."
-            if cmd.model:
-                reply += f" Model: {cmd.model}."
-        elif cmd.name == "status":
+        """The planned reply to a chat command, rendered here where it needs more state."""
+        reply = cmd.reply
+        if reply is not None:
+            reply = reply.replace("{sessionId}", st.session_id)
+        elif cmd.ask == "status":
             reply = status_reply(st, self.policies, now)
-        elif cmd.name == "sessions":
-            reply = sessions_reply(self.store, agent_id, tz)
-        elif cmd.name == "session":
-            reply = self._switch(cmd.arg, chat or st, agent_id)
-        elif cmd.name == "stop":
-            reply = "Stopping: the agent's current run is told to abort."
-        elif self.compaction is not None:  # compact, context
-            reply = self.compaction.command_reply(cmd, st)
+        elif cmd.ask == "sessions":
+            reply = sessions_reply(self.store, agent_id, self.policies.tz)
         else:
-            reply = f"/{cmd.name} is not available: the compaction service is not running."
+            assert self.compaction is not None
+            if cmd.ask == "context_detail":
+                batch.details[id(item)] = st  # answered once the transcript is read
+            reply = self.compaction.command_reply(Command(cmd.name, "/" + cmd.name, cmd.arg), st)
         return {"name": cmd.name, "reply": reply}
-
-    def _switch(self, arg: str, chat: SessionState, agent_id: str) -> str:
-        reg = self.store.agents[agent_id]
-        if not arg:
-            chat.entry.pop(ROUTE_FIELD, None)
-            reg.dirty = True
-            return f"This chat is back on its own session ({chat.session_key})."
-        target = arg.strip()
-        if target not in reg.sessions:
-            return f"No active session {target!r} for agent {agent_id}; nothing changed."
-        if target == chat.session_key:
-            chat.entry.pop(ROUTE_FIELD, None)
-        else:
-            chat.entry[ROUTE_FIELD] = target
-        reg.dirty = True
-        return f"This chat now writes to {target}. Send /session alone to switch back."
 
     def _prepare_reset(self, item: ResetWork, batch: Batch, now: int, ts: str) -> dict[str, Any]:
         """A reset asked for by the API or the scheduler (no message to carry)."""
@@ -1026,102 +983,8 @@ class Pipeline:
         }
 
 
-# ---------------------------------------------------------------------------------------------
-# Registry and origin fields, as OpenClaw writes them
-
-
-def _content_chars(content: Any) -> int:
-    return tokens.content_chars(content)
-
-
-def _from_to(route: Route, p: IngestParams) -> tuple[str, str]:
-    if route.chat_type == "direct":
-        who = f"{route.channel}:{p.peer}"
-        return who, who
-    target = f"{route.channel}:{p.group_id}"
-    if p.thread_id is not None:
-        target += f":topic:{p.thread_id}" if route.channel == "telegram" else ""
-    return f"{route.channel}:group:{p.group_id}", target
-
-
-def registry_fields(route: Route, p: IngestParams) -> dict[str, Any]:
-    """The first registry fields of a session begun by an inbound message."""
-    frm, to = _from_to(route, p)
-    origin: dict[str, Any] = {
-        "provider": route.channel,
-        "surface": route.channel,
-        "chatType": route.chat_type,
-        "from": frm,
-        "to": to,
-        "accountId": route.account_id,
-    }
-    if p.sender_name and route.chat_type == "direct":
-        origin["label"] = p.sender_name
-    delivery: dict[str, Any] = {"channel": route.channel, "to": to, "accountId": route.account_id}
-    fields: dict[str, Any] = {
-        # OpenClaw's registry knows direct and group; a channel shows as group there, and as
-        # channel in origin.chatType.
-        "chatType": "direct" if route.chat_type == "direct" else "group",
-        "origin": origin,
-        "deliveryContext": delivery,
-        "lastChannel": route.channel,
-        "lastTo": to,
-        "lastAccountId": route.account_id,
-    }
-    if p.thread_id is not None:
-        origin["threadId"] = p.thread_id
-        delivery["threadId"] = p.thread_id
-        fields["lastThreadId"] = p.thread_id
-    if route.chat_type != "direct":
-        fields["channel"] = route.channel
-        fields["groupId"] = p.group_id
-    return fields
-
-
-def touch_registry(st: SessionState, route: Route, p: IngestParams, now: int) -> None:
-    entry = st.entry
-    entry["updatedAt"] = now
-    entry["lastInteractionAt"] = now
-    entry["lastChannel"] = route.channel
-    entry["lastAccountId"] = route.account_id
-    entry["totalTokens"] = int(entry.get("totalTokens") or 0) + math.ceil(
-        _content_chars(p.content) / 4
-    )
-
-
-def origin_of(route: Route, p: IngestParams) -> dict[str, Any]:
-    """The entry-level `origin` object: where the message came from, and its adapter id."""
-    origin: dict[str, Any] = {
-        "channel": route.channel,
-        "chatType": p.chat_type,
-        "accountId": route.account_id,
-    }
-    if p.peer is not None:
-        origin["peer"] = p.peer
-    if p.group_id is not None:
-        origin["groupId"] = p.group_id
-    if p.thread_id is not None:
-        origin["threadId"] = p.thread_id
-    if p.message_id is not None:
-        origin["messageId"] = p.message_id
-    if p.sender_name is not None:
-        origin["senderName"] = p.sender_name
-    if p.metadata is not None:
-        origin["metadata"] = p.metadata
-    return origin
-
-
 def _unavailable(reason: str) -> StorageUnavailable:
     return StorageUnavailable(f"storage unavailable: {reason}; nothing was stored, retry")
-
-
-def is_system_event(p: IngestParams) -> bool:
-    """Heartbeats and cron wake-ups are stored but are not interaction: they never move
-    lastInteractionAt and never trigger a reset. Adapters mark them in `metadata`."""
-    md = p.metadata
-    if not md:
-        return False
-    return md.get("system") is True or md.get("event") in ("heartbeat", "cron")
 
 
 def stop_event(st: SessionState, entry_id: str, p: IngestParams) -> dict[str, Any]:
@@ -1134,14 +997,3 @@ def stop_event(st: SessionState, entry_id: str, p: IngestParams) -> dict[str, An
         "channel": p.channel,
         "messageId": p.message_id,
     }
-
-
-def command_origin(cmd: Command) -> dict[str, Any]:
-    out: dict[str, Any] = {"name": cmd.name, "trigger": cmd.trigger}
-    if cmd.is_reset:
-        out["text"] = cmd.text
-        if cmd.model:
-            out["model"] = cmd.model
-    elif cmd.arg:
-        out["arg"] = cmd.arg
-    return out
