@@ -13,7 +13,7 @@ from __future__ import annotations
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import anyio
@@ -21,12 +21,13 @@ import structlog
 from anyio.abc import TaskGroup, TaskStatus
 from anyio.streams.memory import MemoryObjectReceiveStream
 
+from daemon.archiving import Archiver
 from daemon.backup import Mirror
+from daemon.committer import CheckpointMark, Checkpoints, Counters
 from daemon.config import Config, resolve_timezone
 from daemon.core import tokens
 from daemon.core.access import check_access
 from daemon.core.commands import Command
-from daemon.core.histogram import BATCH_BOUNDS, LATENCY_BOUNDS, Histogram
 from daemon.core.ingest import (
     RESET_ENTRY,
     ROUTE_FIELD,
@@ -49,9 +50,8 @@ from daemon.failpoints import failpoint
 from daemon.lifecycle import Policies, sessions_reply, status_reply
 from daemon.logs import Throttle
 from daemon.store.dedup import DedupKey
-from daemon.store.fileio import SyncFailed
 from daemon.store.registry import SessionState
-from daemon.store.store import Archived, Batch, Closing, Store, ingest_answer, now_ms
+from daemon.store.store import Batch, Store, ingest_answer, now_ms
 from daemon.store.transcript import custom_line, header_line, iso_ms, message_line, next_entry_id
 
 log = structlog.get_logger("daemon.pipeline")
@@ -61,7 +61,6 @@ Reply = Callable[[dict[str, Any] | RequestError], None]
 QUEUE_SIZE = 16_384  # requests waiting for the committer; beyond it adapters are pushed back
 MAX_BATCH = 8_192
 ROUTE_CACHE_SIZE = 65_536
-ARCHIVE_WAIT_SECONDS = 10.0
 WRITE_FAILURE_LOG_SECONDS = 10.0
 
 
@@ -121,34 +120,6 @@ class CompactionHooks(Protocol):
         """The reply to /context detail: each entry's share of the tokens. Never raises."""
 
 
-@dataclass(frozen=True, slots=True)
-class CheckpointMark:
-    """Sent down the writer's stream: checkpoint between the batches before and after it."""
-
-    final: bool
-
-
-@dataclass(slots=True)
-class Counters:
-    ingested: int = 0
-    appended: int = 0
-    duplicates: int = 0
-    resets: int = 0
-    rejected: int = 0
-    batches: int = 0
-    checkpoints: int = 0
-    last_checkpoint_ms: int = 0
-    # For the metrics listener (daemon/metrics.py); written on the event loop only.
-    resets_by_reason: dict[str, int] = field(default_factory=dict)
-    rejected_by_code: dict[int, int] = field(default_factory=dict)  # error answers, by code
-    ingest_latency: Histogram = field(default_factory=lambda: Histogram(LATENCY_BOUNDS))
-    commit_latency: Histogram = field(default_factory=lambda: Histogram(LATENCY_BOUNDS))
-    batch_sizes: Histogram = field(default_factory=lambda: Histogram(BATCH_BOUNDS))
-
-    def rejected_with(self, code: int) -> None:
-        self.rejected_by_code[code] = self.rejected_by_code.get(code, 0) + 1
-
-
 class Pipeline:
     """Owns the committer task; `ingest` and `append` are its entrances."""
 
@@ -171,20 +142,11 @@ class Pipeline:
         # their sessions are unloaded at once, not when the writer reaches them: a batch
         # prepared meanwhile under the new epoch must not build on their lines.
         self._unwritten: deque[Batch] = deque()
-        self._archiving = 0
-        self._moving: dict[str, anyio.Event] = {}  # session id -> set once its archiving ended
-        self._archived = anyio.Event()
-        self._archived.set()
+        self.archiver = Archiver(store)
         self._inflight: dict[tuple[str, DedupKey], list[Reply]] = {}
         self._routes: dict[tuple[str | None, ...], tuple[Route, str | None]] = {}
-        self._checkpointing = False
-        self._checkpoint_done = anyio.Event()
-        self._checkpoint_done.set()
         self.compaction: CompactionHooks | None = None
-        # A checkpoint that failed for a reason that may pass (ENOSPC, EMFILE; never a failed
-        # sync): its transcripts and folders, synced again by the next checkpoint before any
-        # journal switch (which would reuse the journal file that still covers them).
-        self._unfinished: tuple[set[str], set[str]] | None = None
+        self.checkpoints = Checkpoints(store, self.counters)
         # A full disk fails every batch: one line per kind of failure per 10 s says so.
         self._failure_lines = Throttle(WRITE_FAILURE_LOG_SECONDS)
         self._failed_batches = 0  # since the last batch written
@@ -407,7 +369,7 @@ class Pipeline:
                         next_checkpoint = time.monotonic() + interval
                         await send.send(CheckpointMark(final=False))
                 await send.send(CheckpointMark(final=True))
-        if self.store.broken is None and self._unfinished is None:
+        if self.store.broken is None and self.checkpoints.complete:
             # Everything is in the transcripts and synced: a clean stop leaves nothing to replay.
             try:
                 await anyio.to_thread.run_sync(self.store.journal.start_fresh)
@@ -481,9 +443,9 @@ class Pipeline:
             async for item in recv:
                 if isinstance(item, CheckpointMark):
                     if item.final:
-                        await self._checkpoint_done.wait()
-                    if not self._checkpointing:
-                        await self._start_checkpoint(tg)
+                        await self.checkpoints.settled()
+                    if not self.checkpoints.running:
+                        await self.checkpoints.start(tg, self._unwritten)
                 else:
                     await self._write(item)
 
@@ -565,20 +527,9 @@ class Pipeline:
         if self.compaction is not None:
             self.compaction.after_write(batch)
         if batch.closing:
-            for c in batch.closing:
-                store.release_fd(c.state)
-                self._moving[c.state.session_id] = anyio.Event()
-            if self._archiving == 0:
-                self._archived = anyio.Event()
-            self._archiving += 1
-            self._archive_tg.start_soon(self._archive, batch.closing, batch.now)
+            self.archiver.archive(self._archive_tg, batch.closing, batch.now)
         if batch.linked:
-            for a, successor in batch.linked:
-                a.successor = successor
-            if self._archiving == 0:
-                self._archived = anyio.Event()
-            self._archiving += 1
-            self._archive_tg.start_soon(self._link, batch.linked)
+            self.archiver.link(self._archive_tg, batch.linked)
         counters = self.counters
         finish = self._finish
         now = now_ms()
@@ -802,76 +753,9 @@ class Pipeline:
         self.store.agents[st.agent_id].dirty = True
         return {"sessionKey": st.session_key, "sessionId": st.session_id, "entryId": entry_id}
 
-    async def _archive(self, closing: list[Closing], now: int) -> None:
-        """Move closed sessions into archive/ (after their batch is durable; readers find them
-        where they are until the move is done)."""
-        try:
-            await self._archive_all(closing, now)
-        finally:
-            self._archiving -= 1
-            if self._archiving == 0:
-                self._archived.set()
-
-    async def _link(self, linked: list[tuple[Archived, str]]) -> None:
-        """Name the successor in the index of sessions that ended without one, after their own
-        archiving (an index line is appended; the later line for a session wins)."""
-        try:
-            for a, successor in linked:
-                moving = self._moving.get(a.session_id)
-                if moving is not None:
-                    await moving.wait()
-                try:
-                    rec = await anyio.to_thread.run_sync(self.store.record_successor, a, successor)
-                except OSError as e:
-                    log.error(
-                        "archive.successor_failed",
-                        sessionId=a.session_id,
-                        successor=successor,
-                        error=e.strerror or str(e),
-                    )
-                    continue
-                if rec is None:
-                    log.warning(
-                        "archive.successor_not_indexed", sessionId=a.session_id, successor=successor
-                    )
-                    continue
-                self.store.archived_done(rec)
-        finally:
-            self._archiving -= 1
-            if self._archiving == 0:
-                self._archived.set()
-
     async def archives_settled(self) -> None:
         """Wait (a bounded while) until closed sessions are in archive/ with their index lines."""
-        with anyio.move_on_after(ARCHIVE_WAIT_SECONDS):
-            await self._archived.wait()
-
-    async def _archive_all(self, closing: list[Closing], now: int) -> None:
-        for c in closing:
-            try:
-                rec = await anyio.to_thread.run_sync(self.store.archive_closed, c, now)
-            except OSError as e:
-                # The transcript stays where it is with its closing entry: start-up finishes it.
-                log.error(
-                    "archive.failed",
-                    sessionId=c.state.session_id,
-                    error=e.strerror or str(e),
-                )
-                continue
-            finally:
-                moved = self._moving.pop(c.state.session_id, None)
-                if moved is not None:
-                    moved.set()
-            self.store.archived_done(rec)
-            log.info(
-                "session.archived",
-                agentId=rec.agentId,
-                sessionKey=rec.sessionKey,
-                sessionId=rec.sessionId,
-                reason=rec.reason,
-                messages=rec.messages,
-                bytes=rec.bytes,
-            )
+        await self.archiver.settled()
 
     def _finish(
         self, item: Work, outcome: dict[str, Any] | RequestError, now: int | None = None
@@ -897,80 +781,6 @@ class Pipeline:
     def _reject_all(self, items: list[Work], err: RequestError) -> None:
         for item in items:
             self._finish(item, err)
-
-    # ------------------------------------------------------------------------------------------
-    # Checkpoints
-
-    async def _start_checkpoint(self, tg: TaskGroup) -> None:
-        store = self.store
-        if store.broken is not None:
-            return
-        registries = store.dirty_registries(self._unwritten)
-        dedup = store.dedup.snapshots()
-        if self._unfinished is not None:
-            # No switch until the failed checkpoint is complete: retry it with today's registries.
-            (paths, dirs), self._unfinished = self._unfinished, None
-        elif not (store.written_since_switch or store.new_dirs or registries or dedup):
-            return
-        else:
-            try:
-                paths, dirs = await anyio.to_thread.run_sync(store.switch_journal)
-            except OSError as e:
-                self._checkpoint_failed(e, "journal switch", registries, dedup)
-                return
-        self._checkpointing = True
-        self._checkpoint_done = anyio.Event()
-        tg.start_soon(self._checkpoint, paths, dirs, registries, dedup)
-
-    async def _checkpoint(
-        self, paths: set[str], dirs: set[str], registries: list[Any], dedup: list[Any]
-    ) -> None:
-        started = time.monotonic()
-        try:
-            await anyio.to_thread.run_sync(
-                self.store.checkpoint_sync, paths, dirs, registries, dedup
-            )
-        except OSError as e:
-            self._checkpoint_failed(e, "checkpoint", registries, dedup, (paths, dirs))
-        else:
-            self.store.write_error = None
-            self.counters.checkpoints += 1
-            self.counters.last_checkpoint_ms = now_ms()
-            log.debug(
-                "store.checkpoint",
-                transcripts=len(paths),
-                registries=len(registries),
-                seconds=round(time.monotonic() - started, 4),
-            )
-        finally:
-            self._checkpointing = False
-            self._checkpoint_done.set()
-
-    def _checkpoint_failed(
-        self,
-        e: OSError,
-        step: str,
-        registries: list[Any],
-        dedup: list[Any],
-        unfinished: tuple[set[str], set[str]] | None = None,
-    ) -> None:
-        """A failed sync stops the store (the kernel may have dropped pages: never retried).
-        Anything else (ENOSPC or EMFILE writing sessions.json, say) is tried again at the
-        next checkpoint: the registries and id snapshots are marked changed again, and the
-        journal is not switched until the checkpoint is complete (invariant 2)."""
-        store = self.store
-        if isinstance(e, SyncFailed):
-            store.broken = f"{step} sync failed: {e.strerror or e}"
-            log.error("store.checkpoint_failed", error=store.broken)
-            return
-        for reg, _data in registries:
-            reg.dirty = True
-        for agent, _items in dedup:
-            store.dedup.agents[agent].dirty = True
-        if unfinished is not None:
-            self._unfinished = unfinished
-        store.write_error = f"{e.strerror or e} ({step})"
-        log.warning("store.checkpoint_deferred", step=step, error=e.strerror or str(e))
 
     def counts(self) -> dict[str, int]:
         c = self.counters
