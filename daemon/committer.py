@@ -6,9 +6,10 @@ id snapshots). The pipeline's writer calls `Checkpoints.start` between two batch
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections import deque
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import anyio
 import structlog
@@ -19,6 +20,66 @@ from daemon.store.fileio import SyncFailed
 from daemon.store.store import Batch, Store, now_ms
 
 log = structlog.get_logger("daemon.committer")
+
+QUEUE_SIZE = 16_384  # requests waiting for the committer; beyond it adapters are pushed back
+MAX_BATCH = 8_192
+
+T = TypeVar("T")
+
+
+class WorkQueue(Generic[T]):
+    """A bounded queue without a checkpoint per item: adapters wait only when it is full."""
+
+    def __init__(self, abandoned: Callable[[T], None]) -> None:
+        self._items: deque[T] = deque()
+        self._has_work = anyio.Event()
+        self._room = anyio.Event()
+        self._room.set()
+        self._abandoned = abandoned  # called for an item given up while it waited for room
+        self.closed = False
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def put(self, work: T, check_open: Callable[[], None]) -> Awaitable[None] | None:
+        """Queue `work`; when full, return an awaitable that queues it once there is room
+        (`check_open` raises when the committer closed meanwhile)."""
+        if len(self._items) < QUEUE_SIZE:
+            self._items.append(work)
+            self._has_work.set()
+            return None
+        self._room = anyio.Event() if self._room.is_set() else self._room
+        return self._put_later(work, check_open)
+
+    async def _put_later(self, work: T, check_open: Callable[[], None]) -> None:
+        try:
+            while len(self._items) >= QUEUE_SIZE:
+                await self._room.wait()
+                check_open()
+        except BaseException:
+            self._abandoned(work)
+            raise
+        self._items.append(work)
+        self._has_work.set()
+
+    async def wait(self, seconds: float) -> None:
+        """Wait until work arrives, the queue closes, or `seconds` pass."""
+        self._has_work = anyio.Event()
+        with anyio.move_on_after(max(0.0, seconds)):
+            await self._has_work.wait()
+
+    def take(self) -> list[T]:
+        """Up to MAX_BATCH items, oldest first."""
+        items = self._items
+        taken = [items.popleft() for _ in range(min(len(items), MAX_BATCH))]
+        if not self._room.is_set() and len(items) < QUEUE_SIZE:
+            self._room.set()
+        return taken
+
+    def close(self) -> None:
+        self.closed = True
+        self._has_work.set()
+        self._room.set()
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,8 +13,7 @@ from __future__ import annotations
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 import anyio
 import structlog
@@ -23,10 +22,9 @@ from anyio.streams.memory import MemoryObjectReceiveStream
 
 from daemon.archiving import Archiver
 from daemon.backup import Mirror
-from daemon.committer import CheckpointMark, Checkpoints, Counters
+from daemon.committer import CheckpointMark, Checkpoints, Counters, WorkQueue
 from daemon.config import Config, resolve_timezone
 from daemon.core import tokens
-from daemon.core.access import check_access
 from daemon.core.commands import Command
 from daemon.core.ingest import (
     RESET_ENTRY,
@@ -35,8 +33,8 @@ from daemon.core.ingest import (
     CommandPlan,
     carried_fields,
     plan_ingest,
+    stop_event,
 )
-from daemon.core.keys import Inbound, Route, resolve_route
 from daemon.core.protocol import AppendParams, IngestParams
 from daemon.errors import (
     NotFound,
@@ -49,75 +47,18 @@ from daemon.events import EventBus
 from daemon.failpoints import failpoint
 from daemon.lifecycle import Policies, sessions_reply, status_reply
 from daemon.logs import Throttle
+from daemon.routing import Router
 from daemon.store.dedup import DedupKey
 from daemon.store.registry import SessionState
 from daemon.store.store import Batch, Store, ingest_answer, now_ms
 from daemon.store.transcript import custom_line, header_line, iso_ms, message_line, next_entry_id
+from daemon.work import AppendWork as AppendWork  # re-exported: compaction reads answers by kind
+from daemon.work import CompactionHooks, EntryWork, Reply, ResetWork, Work
+from daemon.work import IngestWork as IngestWork
 
 log = structlog.get_logger("daemon.pipeline")
 
-Reply = Callable[[dict[str, Any] | RequestError], None]
-
-QUEUE_SIZE = 16_384  # requests waiting for the committer; beyond it adapters are pushed back
-MAX_BATCH = 8_192
-ROUTE_CACHE_SIZE = 65_536
 WRITE_FAILURE_LOG_SECONDS = 10.0
-
-
-@dataclass(slots=True)
-class IngestWork:
-    route: Route
-    params: IngestParams
-    reply: Reply
-    dedup_key: DedupKey | None
-    received: float  # time.monotonic() when it arrived: its ack latency is measured from here
-
-
-@dataclass(slots=True)
-class AppendWork:
-    params: AppendParams
-    reply: Reply
-
-
-@dataclass(slots=True)
-class ResetWork:
-    """A reset without a message: `sessions.reset` (starts a new session at once) or the
-    scheduler (archives a stale session; the next message begins a new one)."""
-
-    agent_id: str
-    session_key: str
-    reason: str
-    reply: Reply
-    only_if_stale: bool = False
-    start_new: bool = True
-    at: int | None = None  # the time staleness is judged at (the scheduler's run time)
-
-
-@dataclass(slots=True)
-class EntryWork:
-    """Entries built outside the committer (compaction summaries, memory-flush markers): the
-    committer calls `prepare(batch, state, now, ts)` at the session's current end, where it adds
-    its lines with `Store.add_line` and returns the answer."""
-
-    session_id: str
-    prepare: Callable[[Batch, SessionState, int, str], dict[str, Any]]
-    reply: Reply
-
-
-Work = IngestWork | AppendWork | ResetWork | EntryWork
-
-
-class CompactionHooks(Protocol):
-    """What the background compaction (daemon/compaction.py) needs from the committer."""
-
-    def after_write(self, batch: Batch) -> None:
-        """A batch is durable (before its answers go out)."""
-
-    def command_reply(self, cmd: Command, st: SessionState) -> str:
-        """The reply to /compact or /context."""
-
-    async def context_detail(self, st: SessionState) -> str:
-        """The reply to /context detail: each entry's share of the tokens. Never raises."""
 
 
 class Pipeline:
@@ -129,14 +70,9 @@ class Pipeline:
         self.events = events if events is not None else EventBus()
         self.mirror: Mirror | None = None  # the backup mirror stage (daemon/backup.py), set by app
         self.policies = Policies(config.session, resolve_timezone(config))
-        self.shards = config.shard_map()
+        self.router = Router(config)  # stage 1: key resolution and access
         self.counters = Counters()
-        # A bounded queue without a checkpoint per item: adapters wait only when it is full.
-        self._queue: deque[Work] = deque()
-        self._has_work = anyio.Event()
-        self._room = anyio.Event()
-        self._room.set()
-        self._closed = False
+        self._queue: WorkQueue[Work] = WorkQueue(self._abandoned)
         self._epoch = 0  # advanced by a failed write: batches prepared before it are void
         # Batches prepared and not yet taken by the writer, oldest first. When a write fails,
         # their sessions are unloaded at once, not when the writer reaches them: a batch
@@ -144,7 +80,6 @@ class Pipeline:
         self._unwritten: deque[Batch] = deque()
         self.archiver = Archiver(store)
         self._inflight: dict[tuple[str, DedupKey], list[Reply]] = {}
-        self._routes: dict[tuple[str | None, ...], tuple[Route, str | None]] = {}
         self.compaction: CompactionHooks | None = None
         self.checkpoints = Checkpoints(store, self.counters)
         # A full disk fails every batch: one line per kind of failure per 10 s says so.
@@ -160,7 +95,7 @@ class Pipeline:
         Returns None when the message was queued (or answered), or an awaitable to wait on when
         the committer's queue is full. Raises RequestError for a message that is refused.
         """
-        route, denied = self._route(params)
+        route, denied = self.router.route(params)
         if denied is not None:
             self.counters.rejected += 1
             log.warning(
@@ -190,50 +125,17 @@ class Pipeline:
         return self._put(IngestWork(route, params, reply, dkey, time.monotonic()))
 
     def _check_open(self) -> None:
-        if self._closed:
+        if self._queue.closed:
             raise StorageUnavailable("the daemon is shutting down; nothing was stored, retry")
         self.store.check_writable()
 
     def _put(self, work: Work) -> Awaitable[None] | None:
-        if len(self._queue) < QUEUE_SIZE:
-            self._queue.append(work)
-            self._has_work.set()
-            return None
-        self._room = anyio.Event() if self._room.is_set() else self._room
-        return self._put_later(work)
+        return self._queue.put(work, self._check_open)
 
-    async def _put_later(self, work: Work) -> None:
-        try:
-            while len(self._queue) >= QUEUE_SIZE:
-                await self._room.wait()
-                self._check_open()
-        except (anyio.get_cancelled_exc_class(), RequestError):
-            if isinstance(work, IngestWork) and work.dedup_key is not None:
-                self._inflight.pop((work.route.agent_id, work.dedup_key), None)
-            raise
-        self._queue.append(work)
-        self._has_work.set()
-
-    def _route(self, p: IngestParams) -> tuple[Route, str | None]:
-        """Key resolution and access: pure functions of the message and the config, memoised
-        because an adapter sends the same conversation's coordinates again and again."""
-        ck = (p.channel, p.chat_type, p.peer, p.account_id, p.group_id, p.thread_id, p.agent_id)
-        hit = self._routes.get(ck)
-        if hit is None:
-            inbound = Inbound(
-                channel=p.channel,
-                chat_type=p.chat_type,
-                peer=p.peer,
-                account_id=p.account_id,
-                group_id=p.group_id,
-                thread_id=p.thread_id,
-                agent_id=p.agent_id,
-            )
-            route = resolve_route(inbound, self.config)
-            if len(self._routes) >= ROUTE_CACHE_SIZE:
-                self._routes.clear()
-            hit = self._routes[ck] = (route, check_access(inbound, self.config.access))
-        return hit
+    def _abandoned(self, work: Work) -> None:
+        """A request given up while it waited for room in the queue."""
+        if isinstance(work, IngestWork) and work.dedup_key is not None:
+            self._inflight.pop((work.route.agent_id, work.dedup_key), None)
 
     def append(self, params: AppendParams, reply: Reply) -> Awaitable[None] | None:
         """Queue an agent's message for a session; same contract as `ingest`."""
@@ -303,33 +205,22 @@ class Pipeline:
         return None if reg is None else reg.sessions.get(session_key)
 
     def _check_shard(self, agent_id: str) -> None:
-        """Refuse work for an agent another daemon owns (`shards`): stored here, its history
-        would be split between two state folders."""
-        shards = self.shards
-        if shards is None or shards.owns(agent_id):
-            return
-        self.counters.rejected += 1
-        owner = shards.owner(agent_id)
-        log.warning("request.wrong_shard", agentId=agent_id, owner=owner, shard=shards.index)
-        raise WrongShard(
-            f"agent {agent_id!r} belongs to shard {owner} of {shards.count}; this daemon is "
-            f"shard {shards.index}: send it to shard {owner}'s socket or stream",
-            data={"agentId": agent_id, "shard": owner, "thisShard": shards.index},
-        )
+        try:
+            self.router.check_shard(agent_id)
+        except WrongShard:
+            self.counters.rejected += 1
+            raise
 
     def set_config(self, config: Config) -> None:
         """Swap in a reloaded config (daemon/reload.py): the next message is routed, checked and
         reset by it. Memoised routes and policies were derived from the old one, so they go."""
         self.config = config
-        self.shards = config.shard_map()
+        self.router = Router(config)
         self.policies = Policies(config.session, resolve_timezone(config))
-        self._routes.clear()
 
     def close(self) -> None:
         """No more requests: the committer finishes what is queued, checkpoints and returns."""
-        self._closed = True
-        self._has_work.set()
-        self._room.set()
+        self._queue.close()
 
     # ------------------------------------------------------------------------------------------
     # The committer
@@ -344,22 +235,18 @@ class Pipeline:
         interval = self.config.daemon.checkpointIntervalMs / 1000
         next_checkpoint = time.monotonic() + interval
         send, recv = anyio.create_memory_object_stream[Batch | CheckpointMark](1)
+        queue = self._queue
         task_status.started()
         async with anyio.create_task_group() as tg:
             self._archive_tg = tg
             tg.start_soon(self._writer, recv, tg)
             async with send:
                 while True:
-                    if not self._queue:
-                        if self._closed:
+                    if not queue:
+                        if queue.closed:
                             break
-                        self._has_work = anyio.Event()
-                        with anyio.move_on_after(max(0.0, next_checkpoint - time.monotonic())):
-                            await self._has_work.wait()
-                    queue = self._queue
-                    items = [queue.popleft() for _ in range(min(len(queue), MAX_BATCH))]
-                    if not self._room.is_set() and len(queue) < QUEUE_SIZE:
-                        self._room.set()
+                        await queue.wait(next_checkpoint - time.monotonic())
+                    items = queue.take()
                     if items:
                         batch = await self._prepare(items)
                         if batch is not None:
@@ -595,7 +482,7 @@ class Pipeline:
             line = custom_line(
                 entry_id, st.last_entry_id, ts, STOP_ENTRY, plan.stop_data, plan.origin
             )
-            batch.stops.append(stop_event(st, entry_id, p))
+            batch.stops.append(stop_event(st.agent_id, st, entry_id, p))
         else:
             assert plan.message is not None
             line = message_line(entry_id, st.last_entry_id, ts, plan.message, plan.origin)
@@ -795,15 +682,3 @@ class Pipeline:
 
 def _unavailable(reason: str) -> StorageUnavailable:
     return StorageUnavailable(f"storage unavailable: {reason}; nothing was stored, retry")
-
-
-def stop_event(st: SessionState, entry_id: str, p: IngestParams) -> dict[str, Any]:
-    """The `session.stop` notification: which session's run to abort, and the /stop's ids."""
-    return {
-        "agentId": st.agent_id,
-        "sessionKey": st.session_key,
-        "sessionId": st.session_id,
-        "entryId": entry_id,
-        "channel": p.channel,
-        "messageId": p.message_id,
-    }

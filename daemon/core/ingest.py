@@ -369,3 +369,15 @@ def command_origin(cmd: Command) -> dict[str, Any]:
     elif cmd.arg:
         out["arg"] = cmd.arg
     return out
+
+
+def stop_event(agent_id: str, st: SessionView, entry_id: str, p: IngestParams) -> dict[str, Any]:
+    """The `session.stop` notification: which session's run to abort, and the /stop's ids."""
+    return {
+        "agentId": agent_id,
+        "sessionKey": st.session_key,
+        "sessionId": st.session_id,
+        "entryId": entry_id,
+        "channel": p.channel,
+        "messageId": p.message_id,
+    }
