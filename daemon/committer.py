@@ -196,9 +196,9 @@ class Checkpoints:
             log.error("store.checkpoint_failed", error=store.broken)
             return
         for reg, _data in registries:
-            reg.dirty = True
+            reg.changed()
         for agent, _items in dedup:
-            store.dedup.agents[agent].dirty = True
+            store.dedup.changed(agent)
         if unfinished is not None:
             self._unfinished = unfinished
         store.write_error = f"{e.strerror or e} ({step})"

@@ -487,18 +487,18 @@ class Pipeline:
             assert plan.message is not None
             line = message_line(entry_id, st.last_entry_id, ts, plan.message, plan.origin)
         store.add_line(batch, st, line, entry_id)
-        entry = st.entry
-        entry.update(plan.registry)
+        fields = plan.registry
         if plan.added_tokens is not None:
-            entry["totalTokens"] = int(entry.get("totalTokens") or 0) + plan.added_tokens
-        reg = store.agent(route.agent_id)
-        if plan.route_change is not None:
-            chat = reg.sessions.get(plan.route_change.chat_key, st)
-            if plan.route_change.target is None:
-                chat.entry.pop(ROUTE_FIELD, None)
+            total = int(st.entry.get("totalTokens") or 0) + plan.added_tokens
+            fields = {**fields, "totalTokens": total}
+        store.update_entry(st, fields)
+        change = plan.route_change
+        if change is not None:
+            chat = store.agent(route.agent_id).sessions.get(change.chat_key, st)
+            if change.target is None:
+                store.update_entry(chat, {}, drop=(ROUTE_FIELD,))
             else:
-                chat.entry[ROUTE_FIELD] = plan.route_change.target
-        reg.dirty = True
+                store.update_entry(chat, {ROUTE_FIELD: change.target})
         answer = ingest_answer(st, entry_id, plan.new is not None)
         if old is not None and plan.reset is not None:
             answer["reset"] = {"reason": plan.reset.reason, "previousSessionId": old.session_id}
@@ -632,12 +632,9 @@ class Pipeline:
         message.setdefault("timestamp", now)
         line = message_line(entry_id, st.last_entry_id, ts, message)
         store.add_line(batch, st, line, entry_id)
-        st.entry["updatedAt"] = now
         # SPEC 4.6: the provider's usage where known, else ceil(chars/4) on top.
-        st.entry["totalTokens"] = tokens.after_message(
-            int(st.entry.get("totalTokens") or 0), message
-        )
-        self.store.agents[st.agent_id].dirty = True
+        total = tokens.after_message(int(st.entry.get("totalTokens") or 0), message)
+        self.store.update_entry(st, {"updatedAt": now, "totalTokens": total})
         return {"sessionKey": st.session_key, "sessionId": st.session_id, "entryId": entry_id}
 
     async def archives_settled(self) -> None:

@@ -13,7 +13,7 @@ import os
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -404,6 +404,18 @@ class Store:
         st = SessionState(agent_id, session_key, sid, rel, entry, size=0, new=True)
         cwd = self.workspaces.get(agent_id) or str(self.state_dir / "workspace")
         return st, transcript.header_line(sid, session_key, now, cwd, predecessor)
+
+    def update_entry(
+        self, st: SessionState, fields: Mapping[str, Any], *, drop: tuple[str, ...] = ()
+    ) -> None:
+        """Set (and drop) fields of a session's registry entry: the only way its entry changes
+        outside the store, so its sessions.json is always written at the next checkpoint.
+        Fields the daemon does not know (OpenClaw's) stay as they are."""
+        entry = st.entry
+        entry.update(fields)
+        for k in drop:
+            entry.pop(k, None)
+        self.agent(st.agent_id).dirty = True
 
     def register(self, st: SessionState) -> None:
         reg = self.agent(st.agent_id)
