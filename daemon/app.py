@@ -115,7 +115,8 @@ async def run(opts: RunOptions) -> int:
             await anyio.to_thread.run_sync(save_dirty, store)
         settle_heap()
         socket_path = resolve_socket_path(cfg, state_dir)
-        pipeline = Pipeline(store, cfg)
+        mirror = Mirror(store, cfg, state_dir)  # stage 5: the backup mirror
+        pipeline = Pipeline(store, cfg, mirror=mirror)
         api = Api(store, pipeline, socket_path)
         server = Server(
             pipeline,
@@ -129,7 +130,6 @@ async def run(opts: RunOptions) -> int:
             limits=cfg.daemon.limits,
         )
         scheduler = Scheduler(pipeline, state_dir)
-        pipeline.mirror = mirror = Mirror(store, cfg, state_dir)  # stage 5: the backup mirror
         scheduler.retention = Retention(pipeline, mirror)
         jobs = anyio.CancelScope()
 

@@ -64,11 +64,18 @@ WRITE_FAILURE_LOG_SECONDS = 10.0
 class Pipeline:
     """Owns the committer task; `ingest` and `append` are its entrances."""
 
-    def __init__(self, store: Store, config: Config, events: EventBus | None = None) -> None:
+    def __init__(
+        self,
+        store: Store,
+        config: Config,
+        events: EventBus | None = None,
+        *,
+        mirror: Mirror | None = None,
+    ) -> None:
         self.store = store
         self.config = config
         self.events = events if events is not None else EventBus()
-        self.mirror: Mirror | None = None  # the backup mirror stage (daemon/backup.py), set by app
+        self.mirror = mirror  # stage 5, the backup mirror (daemon/backup.py): None when off
         self.policies = Policies(config.session, resolve_timezone(config))
         self.router = Router(config)  # stage 1: key resolution and access
         self.counters = Counters()
