@@ -2,10 +2,15 @@
 
     resolve key -> access -> (reset policy) -> idempotency -> append (group commit) -> answer
 
-The first stages are pure calls into `daemon.core`. The append stage is the committer: a single
-task that takes whatever requests are waiting, prepares them as one batch, writes the batch to
-its transcripts and the journal in a worker thread, and answers every request of the batch after
-the one fdatasync that covers them all. It also runs the periodic checkpoint.
+Resolving the key and access is `daemon/routing.py`; the reset decision, the entry and the
+registry changes are planned by the pure `daemon/core/ingest.py` (`plan_ingest`) and applied to
+the batch in `_prepare_ingest`, in one place. The append stage is the committer: a single task
+that takes whatever requests are waiting (`committer.WorkQueue`), prepares them as one batch,
+writes the batch to its transcripts and the journal in a worker thread, and answers every request
+of the batch after the one fdatasync that covers them all. After the write, in order: the backup
+mirror (stage 5), the session events, the compaction check (which also schedules memory flushes),
+the archiving of closed sessions, the answers. Checkpoints run between batches
+(`committer.Checkpoints`).
 """
 
 from __future__ import annotations
