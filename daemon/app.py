@@ -116,7 +116,13 @@ async def run(opts: RunOptions) -> int:
         settle_heap()
         socket_path = resolve_socket_path(cfg, state_dir)
         mirror = Mirror(store, cfg, state_dir)  # stage 5: the backup mirror
-        pipeline = Pipeline(store, cfg, mirror=mirror)
+
+        def stages_6_and_7(p: Pipeline) -> Compactor:  # compaction check and memory flush
+            return Compactor(p, lambda agent: workspace_of(p.config, state_dir, agent))
+
+        pipeline = Pipeline(store, cfg, mirror=mirror, compaction=stages_6_and_7)
+        compactor = pipeline.compaction
+        assert isinstance(compactor, Compactor)
         api = Api(store, pipeline, socket_path)
         server = Server(
             pipeline,
@@ -147,9 +153,6 @@ async def run(opts: RunOptions) -> int:
         )
         server.async_methods["memory.search"] = search.rpc
         api.search = search  # `status` reports the index worker
-        compactor = Compactor(
-            pipeline, lambda agent: workspace_of(pipeline.config, state_dir, agent)
-        )
         server.async_methods["sessions.compact"] = compactor.rpc_compact
         server.async_methods["sessions.context"] = compactor.rpc_context
         broker = None

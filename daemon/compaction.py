@@ -160,7 +160,6 @@ class Compactor:
         self._limiter = anyio.CapacityLimiter(pipeline.config.daemon.compactionWorkers)
         self._config: object = None
         self._settings: dict[str, tuple[CompactionConfig, tokens.Thresholds]] = {}
-        pipeline.compaction = self
 
     # ------------------------------------------------------------------------------------------
     # Settings

@@ -76,7 +76,10 @@ class Pipeline:
         events: EventBus | None = None,
         *,
         mirror: Mirror | None = None,
+        compaction: Callable[[Pipeline], CompactionHooks] | None = None,
     ) -> None:
+        """`mirror` is stage 5; `compaction` builds stages 6-7 (compaction check, memory flush)
+        on this pipeline, whose entrances it uses to append its entries."""
         self.store = store
         self.config = config
         self.events = events if events is not None else EventBus()
@@ -92,11 +95,11 @@ class Pipeline:
         self._unwritten: deque[Batch] = deque()
         self.archiver = Archiver(store)
         self._inflight: dict[tuple[str, DedupKey], list[Reply]] = {}
-        self.compaction: CompactionHooks | None = None
         self.checkpoints = Checkpoints(store, self.counters)
         # A full disk fails every batch: one line per kind of failure per 10 s says so.
         self._failure_lines = Throttle(WRITE_FAILURE_LOG_SECONDS)
         self._failed_batches = 0  # since the last batch written
+        self.compaction = None if compaction is None else compaction(self)
 
     # ------------------------------------------------------------------------------------------
     # Entrances (event loop)
