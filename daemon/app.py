@@ -116,9 +116,15 @@ async def run(opts: RunOptions) -> int:
             await anyio.to_thread.run_sync(save_dirty, store)
         settle_heap()
         socket_path = resolve_socket_path(cfg, state_dir)
-        pipeline = Pipeline(store, cfg)
+        mirror = Mirror(store, cfg, state_dir)  # stage 5: the backup mirror
+
+        def stages_6_and_7(p: Pipeline) -> Compactor:  # compaction check and memory flush
+            return Compactor(p, lambda agent: workspace_of(p.config, state_dir, agent))
+
+        pipeline = Pipeline(store, cfg, mirror=mirror, compaction=stages_6_and_7)
+        compactor = pipeline.compaction
+        assert isinstance(compactor, Compactor)
         scheduler = Scheduler(pipeline, state_dir)
-        pipeline.mirror = mirror = Mirror(store, cfg, state_dir)  # stage 5: the backup mirror
         scheduler.retention = Retention(pipeline, mirror)
         jobs = anyio.CancelScope()
 
@@ -131,9 +137,6 @@ async def run(opts: RunOptions) -> int:
             pipeline.counters,
             lambda agent: Path(workspace_of(pipeline.config, state_dir, agent)),
             lambda: agent_ids(pipeline.config),
-        )
-        compactor = Compactor(
-            pipeline, lambda agent: workspace_of(pipeline.config, state_dir, agent)
         )
         broker = None
         if (rc := cfg.ingest.redis) is not None:

@@ -160,7 +160,6 @@ class Compactor:
         self._limiter = anyio.CapacityLimiter(pipeline.config.daemon.compactionWorkers)
         self._config: object = None
         self._settings: dict[str, tuple[CompactionConfig, tokens.Thresholds]] = {}
-        pipeline.compaction = self
 
     # ------------------------------------------------------------------------------------------
     # Settings
@@ -223,8 +222,7 @@ class Compactor:
                 window = windows[st.agent_id] = self.settings(st.agent_id)[1].context_window
             if st.entry.get("contextTokens") != window:
                 # As OpenClaw writes it: the window `totalTokens` is measured against.
-                st.entry["contextTokens"] = window
-                self.store.agent(st.agent_id).dirty = True
+                self.store.update_entry(st, {"contextTokens": window})
             ans = last_ingest.get(sid)
             if self._check(st) and ans is not None and ans.get("compaction") is None:
                 ans["compaction"] = {"scheduled": True, "reason": "threshold"}
@@ -681,9 +679,7 @@ class Compactor:
             self.store.add_line(batch, s, orjson.dumps(entry), eid)
             # Messages that arrived while the summarizer worked stay counted on top.
             grown = max(0, _int(s.entry.get("totalTokens")) - at_read)
-            s.entry["totalTokens"] = after + grown
-            s.entry["compactionCount"] = cycle
-            self.store.agent(s.agent_id).dirty = True
+            self.store.update_entry(s, {"totalTokens": after + grown, "compactionCount": cycle})
             return {"entryId": eid, "end": s.size, "tokensAfter": after + grown}
 
         with anyio.CancelScope(shield=True):

@@ -18,8 +18,8 @@ from __future__ import annotations
 
 import structlog
 
+from daemon.core.ingest import ROUTE_FIELD
 from daemon.core.keys import case_kept_key
-from daemon.lifecycle import ROUTE_FIELD
 from daemon.store.store import Store
 
 log = structlog.get_logger("daemon.keymigrate")
@@ -34,15 +34,12 @@ def rename_case_folded_keys(store: Store) -> dict[str, str]:
             new = case_kept_key(key, st.entry)
             if new is None or new in reg.sessions:
                 continue
-            del reg.sessions[key]
-            st.session_key = new
-            reg.sessions[new] = st
-            reg.dirty = True
+            reg.rename(key, new)
             renamed[key] = new
         for st in reg.sessions.values():
             target = st.entry.get(ROUTE_FIELD)
             if isinstance(target, str) and target in renamed:
-                st.entry[ROUTE_FIELD] = renamed[target]
+                store.update_entry(st, {ROUTE_FIELD: renamed[target]})
     if renamed:
         log.info("keys.case_restored", count=len(renamed), keys=renamed)
     return renamed
@@ -51,6 +48,4 @@ def rename_case_folded_keys(store: Store) -> dict[str, str]:
 def save_dirty(store: Store) -> None:
     """Write the registries the rename changed (worker thread). Raises OSError."""
     for reg in store.agents.values():
-        if reg.dirty:
-            reg.save(reg.serialize())
-            reg.dirty = False
+        reg.save_if_changed()

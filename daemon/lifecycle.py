@@ -10,7 +10,6 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from daemon.config import SessionConfig
-from daemon.core.commands import Command, split_model
 from daemon.core.policy import (
     Policy,
     Staleness,
@@ -23,36 +22,6 @@ from daemon.core.policy import (
 )
 from daemon.store.registry import SessionState
 from daemon.store.store import Store
-
-ROUTE_FIELD = "sessiondRouteTo"  # registry field: this chat's messages go to another session
-
-# Registry fields a new session inherits from the one a reset replaced (where to deliver, who).
-CARRIED = (
-    "chatType",
-    "origin",
-    "deliveryContext",
-    "lastChannel",
-    "lastTo",
-    "lastAccountId",
-    "lastThreadId",
-    "channel",
-    "groupId",
-    "displayName",
-    "subject",
-    "modelOverride",
-    "providerOverride",
-    ROUTE_FIELD,
-)
-
-
-def carried_fields(old: dict[str, Any], command: Command | None) -> dict[str, Any]:
-    fields = {k: old[k] for k in CARRIED if k in old}
-    if command is not None and command.model:
-        provider, model = split_model(command.model)
-        fields["modelOverride"] = model
-        if provider:
-            fields["providerOverride"] = provider
-    return fields
 
 
 def last_interaction(entry: dict[str, Any]) -> int:

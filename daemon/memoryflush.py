@@ -79,8 +79,7 @@ class MemoryFlusher:
                 data["compactionCount"] = _int(s.entry.get("compactionCount"))
                 line = custom_line(eid, s.last_entry_id, ts, FLUSH_ENTRY, data)
                 self.store.add_line(batch, s, line, eid)
-                s.entry["memoryFlushCompactionCount"] = data["compactionCount"]
-                self.store.agent(s.agent_id).dirty = True
+                self.store.update_entry(s, {"memoryFlushCompactionCount": data["compactionCount"]})
                 return {"entryId": eid}
 
             await self.pipeline.append_prepared(st.session_id, prepare)

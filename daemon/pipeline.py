@@ -2,33 +2,44 @@
 
     resolve key -> access -> (reset policy) -> idempotency -> append (group commit) -> answer
 
-The first stages are pure calls into `daemon.core`. The append stage is the committer: a single
-task that takes whatever requests are waiting, prepares them as one batch, writes the batch to
-its transcripts and the journal in a worker thread, and answers every request of the batch after
-the one fdatasync that covers them all. It also runs the periodic checkpoint.
+Resolving the key and access is `daemon/routing.py`; the reset decision, the entry and the
+registry changes are planned by the pure `daemon/core/ingest.py` (`plan_ingest`) and applied to
+the batch in `_prepare_ingest`, in one place. The append stage is the committer: a single task
+that takes whatever requests are waiting (`committer.WorkQueue`), prepares them as one batch,
+writes the batch to its transcripts and the journal in a worker thread, and answers every request
+of the batch after the one fdatasync that covers them all. After the write, in order: the backup
+mirror (stage 5), the session events, the compaction check (which also schedules memory flushes),
+the archiving of closed sessions, the answers. Checkpoints run between batches
+(`committer.Checkpoints`).
 """
 
 from __future__ import annotations
 
-import math
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 import anyio
 import structlog
 from anyio.abc import TaskGroup, TaskStatus
 from anyio.streams.memory import MemoryObjectReceiveStream
 
+from daemon.archiving import Archiver
 from daemon.backup import Mirror
+from daemon.committer import CheckpointMark, Checkpoints, Counters, WorkQueue
 from daemon.config import Config, resolve_timezone
 from daemon.core import tokens
-from daemon.core.access import check_access
-from daemon.core.commands import Command, message_text, parse_command
-from daemon.core.histogram import BATCH_BOUNDS, LATENCY_BOUNDS, Histogram
-from daemon.core.keys import Inbound, Route, resolve_route
+from daemon.core.commands import Command
+from daemon.core.ingest import (
+    RESET_ENTRY,
+    ROUTE_FIELD,
+    STOP_ENTRY,
+    CommandPlan,
+    carried_fields,
+    plan_ingest,
+    stop_event,
+)
 from daemon.core.protocol import AppendParams, IngestParams
 from daemon.errors import (
     NotFound,
@@ -39,157 +50,56 @@ from daemon.errors import (
 )
 from daemon.events import EventBus
 from daemon.failpoints import failpoint
-from daemon.lifecycle import (
-    ROUTE_FIELD,
-    Policies,
-    carried_fields,
-    sessions_reply,
-    status_reply,
-)
+from daemon.lifecycle import Policies, sessions_reply, status_reply
 from daemon.logs import Throttle
+from daemon.routing import Router
 from daemon.store.dedup import DedupKey
-from daemon.store.fileio import SyncFailed
 from daemon.store.registry import SessionState
-from daemon.store.store import Archived, Batch, Closing, Store, ingest_answer, now_ms
+from daemon.store.store import Batch, Store, ingest_answer, now_ms
 from daemon.store.transcript import custom_line, header_line, iso_ms, message_line, next_entry_id
-
-RESET_ENTRY = "sessiond.reset"  # first entry of a session begun by a reset: why, and after what
-STOP_ENTRY = "sessiond.stop"  # a /stop: the agent runtime was told to abort (session.stop)
+from daemon.work import AppendWork as AppendWork  # re-exported: compaction reads answers by kind
+from daemon.work import CompactionHooks, EntryWork, Reply, ResetWork, Work
+from daemon.work import IngestWork as IngestWork
 
 log = structlog.get_logger("daemon.pipeline")
 
-Reply = Callable[[dict[str, Any] | RequestError], None]
-
-QUEUE_SIZE = 16_384  # requests waiting for the committer; beyond it adapters are pushed back
-MAX_BATCH = 8_192
-ROUTE_CACHE_SIZE = 65_536
-ARCHIVE_WAIT_SECONDS = 10.0
 WRITE_FAILURE_LOG_SECONDS = 10.0
-
-
-@dataclass(slots=True)
-class IngestWork:
-    route: Route
-    params: IngestParams
-    reply: Reply
-    dedup_key: DedupKey | None
-    received: float  # time.monotonic() when it arrived: its ack latency is measured from here
-
-
-@dataclass(slots=True)
-class AppendWork:
-    params: AppendParams
-    reply: Reply
-
-
-@dataclass(slots=True)
-class ResetWork:
-    """A reset without a message: `sessions.reset` (starts a new session at once) or the
-    scheduler (archives a stale session; the next message begins a new one)."""
-
-    agent_id: str
-    session_key: str
-    reason: str
-    reply: Reply
-    only_if_stale: bool = False
-    start_new: bool = True
-    at: int | None = None  # the time staleness is judged at (the scheduler's run time)
-
-
-@dataclass(slots=True)
-class EntryWork:
-    """Entries built outside the committer (compaction summaries, memory-flush markers): the
-    committer calls `prepare(batch, state, now, ts)` at the session's current end, where it adds
-    its lines with `Store.add_line` and returns the answer."""
-
-    session_id: str
-    prepare: Callable[[Batch, SessionState, int, str], dict[str, Any]]
-    reply: Reply
-
-
-Work = IngestWork | AppendWork | ResetWork | EntryWork
-
-
-class CompactionHooks(Protocol):
-    """What the background compaction (daemon/compaction.py) needs from the committer."""
-
-    def after_write(self, batch: Batch) -> None:
-        """A batch is durable (before its answers go out)."""
-
-    def command_reply(self, cmd: Command, st: SessionState) -> str:
-        """The reply to /compact or /context."""
-
-    async def context_detail(self, st: SessionState) -> str:
-        """The reply to /context detail: each entry's share of the tokens. Never raises."""
-
-
-@dataclass(frozen=True, slots=True)
-class CheckpointMark:
-    """Sent down the writer's stream: checkpoint between the batches before and after it."""
-
-    final: bool
-
-
-@dataclass(slots=True)
-class Counters:
-    ingested: int = 0
-    appended: int = 0
-    duplicates: int = 0
-    resets: int = 0
-    rejected: int = 0
-    batches: int = 0
-    checkpoints: int = 0
-    last_checkpoint_ms: int = 0
-    # For the metrics listener (daemon/metrics.py); written on the event loop only.
-    resets_by_reason: dict[str, int] = field(default_factory=dict)
-    rejected_by_code: dict[int, int] = field(default_factory=dict)  # error answers, by code
-    ingest_latency: Histogram = field(default_factory=lambda: Histogram(LATENCY_BOUNDS))
-    commit_latency: Histogram = field(default_factory=lambda: Histogram(LATENCY_BOUNDS))
-    batch_sizes: Histogram = field(default_factory=lambda: Histogram(BATCH_BOUNDS))
-
-    def rejected_with(self, code: int) -> None:
-        self.rejected_by_code[code] = self.rejected_by_code.get(code, 0) + 1
 
 
 class Pipeline:
     """Owns the committer task; `ingest` and `append` are its entrances."""
 
-    def __init__(self, store: Store, config: Config, events: EventBus | None = None) -> None:
+    def __init__(
+        self,
+        store: Store,
+        config: Config,
+        events: EventBus | None = None,
+        *,
+        mirror: Mirror | None = None,
+        compaction: Callable[[Pipeline], CompactionHooks] | None = None,
+    ) -> None:
+        """`mirror` is stage 5; `compaction` builds stages 6-7 (compaction check, memory flush)
+        on this pipeline, whose entrances it uses to append its entries."""
         self.store = store
         self.config = config
         self.events = events if events is not None else EventBus()
-        self.mirror: Mirror | None = None  # the backup mirror stage (daemon/backup.py), set by app
+        self.mirror = mirror  # stage 5, the backup mirror (daemon/backup.py): None when off
         self.policies = Policies(config.session, resolve_timezone(config))
-        self.shards = config.shard_map()
+        self.router = Router(config)  # stage 1: key resolution and access
         self.counters = Counters()
-        # A bounded queue without a checkpoint per item: adapters wait only when it is full.
-        self._queue: deque[Work] = deque()
-        self._has_work = anyio.Event()
-        self._room = anyio.Event()
-        self._room.set()
-        self._closed = False
+        self._queue: WorkQueue[Work] = WorkQueue(self._abandoned)
         self._epoch = 0  # advanced by a failed write: batches prepared before it are void
         # Batches prepared and not yet taken by the writer, oldest first. When a write fails,
         # their sessions are unloaded at once, not when the writer reaches them: a batch
         # prepared meanwhile under the new epoch must not build on their lines.
         self._unwritten: deque[Batch] = deque()
-        self._archiving = 0
-        self._moving: dict[str, anyio.Event] = {}  # session id -> set once its archiving ended
-        self._archived = anyio.Event()
-        self._archived.set()
+        self.archiver = Archiver(store)
         self._inflight: dict[tuple[str, DedupKey], list[Reply]] = {}
-        self._routes: dict[tuple[str | None, ...], tuple[Route, str | None]] = {}
-        self._checkpointing = False
-        self._checkpoint_done = anyio.Event()
-        self._checkpoint_done.set()
-        self.compaction: CompactionHooks | None = None
-        # A checkpoint that failed for a reason that may pass (ENOSPC, EMFILE; never a failed
-        # sync): its transcripts and folders, synced again by the next checkpoint before any
-        # journal switch (which would reuse the journal file that still covers them).
-        self._unfinished: tuple[set[str], set[str]] | None = None
+        self.checkpoints = Checkpoints(store, self.counters)
         # A full disk fails every batch: one line per kind of failure per 10 s says so.
         self._failure_lines = Throttle(WRITE_FAILURE_LOG_SECONDS)
         self._failed_batches = 0  # since the last batch written
+        self.compaction = None if compaction is None else compaction(self)
 
     # ------------------------------------------------------------------------------------------
     # Entrances (event loop)
@@ -200,7 +110,7 @@ class Pipeline:
         Returns None when the message was queued (or answered), or an awaitable to wait on when
         the committer's queue is full. Raises RequestError for a message that is refused.
         """
-        route, denied = self._route(params)
+        route, denied = self.router.route(params)
         if denied is not None:
             self.counters.rejected += 1
             log.warning(
@@ -230,50 +140,17 @@ class Pipeline:
         return self._put(IngestWork(route, params, reply, dkey, time.monotonic()))
 
     def _check_open(self) -> None:
-        if self._closed:
+        if self._queue.closed:
             raise StorageUnavailable("the daemon is shutting down; nothing was stored, retry")
         self.store.check_writable()
 
     def _put(self, work: Work) -> Awaitable[None] | None:
-        if len(self._queue) < QUEUE_SIZE:
-            self._queue.append(work)
-            self._has_work.set()
-            return None
-        self._room = anyio.Event() if self._room.is_set() else self._room
-        return self._put_later(work)
+        return self._queue.put(work, self._check_open)
 
-    async def _put_later(self, work: Work) -> None:
-        try:
-            while len(self._queue) >= QUEUE_SIZE:
-                await self._room.wait()
-                self._check_open()
-        except (anyio.get_cancelled_exc_class(), RequestError):
-            if isinstance(work, IngestWork) and work.dedup_key is not None:
-                self._inflight.pop((work.route.agent_id, work.dedup_key), None)
-            raise
-        self._queue.append(work)
-        self._has_work.set()
-
-    def _route(self, p: IngestParams) -> tuple[Route, str | None]:
-        """Key resolution and access: pure functions of the message and the config, memoised
-        because an adapter sends the same conversation's coordinates again and again."""
-        ck = (p.channel, p.chat_type, p.peer, p.account_id, p.group_id, p.thread_id, p.agent_id)
-        hit = self._routes.get(ck)
-        if hit is None:
-            inbound = Inbound(
-                channel=p.channel,
-                chat_type=p.chat_type,
-                peer=p.peer,
-                account_id=p.account_id,
-                group_id=p.group_id,
-                thread_id=p.thread_id,
-                agent_id=p.agent_id,
-            )
-            route = resolve_route(inbound, self.config)
-            if len(self._routes) >= ROUTE_CACHE_SIZE:
-                self._routes.clear()
-            hit = self._routes[ck] = (route, check_access(inbound, self.config.access))
-        return hit
+    def _abandoned(self, work: Work) -> None:
+        """A request given up while it waited for room in the queue."""
+        if isinstance(work, IngestWork) and work.dedup_key is not None:
+            self._inflight.pop((work.route.agent_id, work.dedup_key), None)
 
     def append(self, params: AppendParams, reply: Reply) -> Awaitable[None] | None:
         """Queue an agent's message for a session; same contract as `ingest`."""
@@ -343,33 +220,22 @@ class Pipeline:
         return None if reg is None else reg.sessions.get(session_key)
 
     def _check_shard(self, agent_id: str) -> None:
-        """Refuse work for an agent another daemon owns (`shards`): stored here, its history
-        would be split between two state folders."""
-        shards = self.shards
-        if shards is None or shards.owns(agent_id):
-            return
-        self.counters.rejected += 1
-        owner = shards.owner(agent_id)
-        log.warning("request.wrong_shard", agentId=agent_id, owner=owner, shard=shards.index)
-        raise WrongShard(
-            f"agent {agent_id!r} belongs to shard {owner} of {shards.count}; this daemon is "
-            f"shard {shards.index}: send it to shard {owner}'s socket or stream",
-            data={"agentId": agent_id, "shard": owner, "thisShard": shards.index},
-        )
+        try:
+            self.router.check_shard(agent_id)
+        except WrongShard:
+            self.counters.rejected += 1
+            raise
 
     def set_config(self, config: Config) -> None:
         """Swap in a reloaded config (daemon/reload.py): the next message is routed, checked and
         reset by it. Memoised routes and policies were derived from the old one, so they go."""
         self.config = config
-        self.shards = config.shard_map()
+        self.router = Router(config)
         self.policies = Policies(config.session, resolve_timezone(config))
-        self._routes.clear()
 
     def close(self) -> None:
         """No more requests: the committer finishes what is queued, checkpoints and returns."""
-        self._closed = True
-        self._has_work.set()
-        self._room.set()
+        self._queue.close()
 
     # ------------------------------------------------------------------------------------------
     # The committer
@@ -384,22 +250,18 @@ class Pipeline:
         interval = self.config.daemon.checkpointIntervalMs / 1000
         next_checkpoint = time.monotonic() + interval
         send, recv = anyio.create_memory_object_stream[Batch | CheckpointMark](1)
+        queue = self._queue
         task_status.started()
         async with anyio.create_task_group() as tg:
             self._archive_tg = tg
             tg.start_soon(self._writer, recv, tg)
             async with send:
                 while True:
-                    if not self._queue:
-                        if self._closed:
+                    if not queue:
+                        if queue.closed:
                             break
-                        self._has_work = anyio.Event()
-                        with anyio.move_on_after(max(0.0, next_checkpoint - time.monotonic())):
-                            await self._has_work.wait()
-                    queue = self._queue
-                    items = [queue.popleft() for _ in range(min(len(queue), MAX_BATCH))]
-                    if not self._room.is_set() and len(queue) < QUEUE_SIZE:
-                        self._room.set()
+                        await queue.wait(next_checkpoint - time.monotonic())
+                    items = queue.take()
                     if items:
                         batch = await self._prepare(items)
                         if batch is not None:
@@ -409,7 +271,7 @@ class Pipeline:
                         next_checkpoint = time.monotonic() + interval
                         await send.send(CheckpointMark(final=False))
                 await send.send(CheckpointMark(final=True))
-        if self.store.broken is None and self._unfinished is None:
+        if self.store.broken is None and self.checkpoints.complete:
             # Everything is in the transcripts and synced: a clean stop leaves nothing to replay.
             try:
                 await anyio.to_thread.run_sync(self.store.journal.start_fresh)
@@ -483,9 +345,9 @@ class Pipeline:
             async for item in recv:
                 if isinstance(item, CheckpointMark):
                     if item.final:
-                        await self._checkpoint_done.wait()
-                    if not self._checkpointing:
-                        await self._start_checkpoint(tg)
+                        await self.checkpoints.settled()
+                    if not self.checkpoints.running:
+                        await self.checkpoints.start(tg, self._unwritten)
                 else:
                     await self._write(item)
 
@@ -567,20 +429,9 @@ class Pipeline:
         if self.compaction is not None:
             self.compaction.after_write(batch)
         if batch.closing:
-            for c in batch.closing:
-                store.release_fd(c.state)
-                self._moving[c.state.session_id] = anyio.Event()
-            if self._archiving == 0:
-                self._archived = anyio.Event()
-            self._archiving += 1
-            self._archive_tg.start_soon(self._archive, batch.closing, batch.now)
+            self.archiver.archive(self._archive_tg, batch.closing, batch.now)
         if batch.linked:
-            for a, successor in batch.linked:
-                a.successor = successor
-            if self._archiving == 0:
-                self._archived = anyio.Event()
-            self._archiving += 1
-            self._archive_tg.start_soon(self._link, batch.linked)
+            self.archiver.link(self._archive_tg, batch.linked)
         counters = self.counters
         finish = self._finish
         now = now_ms()
@@ -609,83 +460,67 @@ class Pipeline:
         )
 
     def _prepare_ingest(self, item: IngestWork, batch: Batch, now: int, ts: str) -> dict[str, Any]:
+        """Stages 2-4 of SPEC 4: the pure planner decides, this applies its plan to the batch."""
         store = self.store
         route, p = item.route, item.params
         reg = store.agents.get(route.agent_id)
-        chat = None if reg is None else reg.sessions.get(route.session_key)
-        cmd = None
-        text = p.content if isinstance(p.content, str) else message_text(p.content)
-        if text and text.lstrip().startswith("/"):
-            cmd = parse_command(text, self.config.session.resetTriggers)
-        system = is_system_event(p)
-        # /stop aborts the agent's run: it never resets a session nor counts as interaction.
-        stop = cmd is not None and cmd.name == "stop"
-        st = chat
-        if chat is not None and reg is not None and not (cmd and cmd.name == "session"):
-            target = chat.entry.get(ROUTE_FIELD)
-            if isinstance(target, str) and target in reg.sessions:
-                st = reg.sessions[target]
-        old: SessionState | None = None
-        reason: str | None = None
-        if st is not None and not (system or stop):
-            if cmd is not None and cmd.is_reset:
-                reason = "new" if cmd.trigger.lower() == "/new" else "reset"
-            else:
-                verdict = self.policies.staleness(st, now)
-                if verdict.stale:
-                    reason = verdict.reason
-            if reason is not None:
-                old, st = st, None
-        created = st is None
-        if st is None:
-            fields = (
-                carried_fields(old.entry, cmd) if old is not None else registry_fields(route, p)
-            )
+        sessions: dict[str, SessionState] = {} if reg is None else reg.sessions
+        plan = plan_ingest(
+            sessions,
+            route,
+            p,
+            self.policies,
+            now,
+            reset_triggers=self.config.session.resetTriggers,
+            compaction=self.compaction is not None,
+        )
+        old = sessions[plan.reset.previous] if plan.reset is not None else None
+        if plan.new is not None:
             st = self._begin_session(
                 batch,
                 route.agent_id,
-                old.session_key if old is not None else route.session_key,
-                fields,
+                plan.new.session_key,
+                plan.new.fields,
                 old,
-                reason,
-                cmd,
+                plan.reset.reason if plan.reset is not None else None,
+                plan.reset.data if plan.reset is not None else None,
                 now,
                 ts,
             )
-        if st.size == 0:
-            # A registry entry whose transcript is gone: start the file again with a header.
-            self._rewrite_header(batch, st, now)
+        else:
+            assert plan.target is not None
+            st = sessions[plan.target]
+            if plan.rewrite_header:
+                self._rewrite_header(batch, st, now)
         entry_id = next_entry_id(st.last_entry_id)
-        message: dict[str, Any] = {
-            "role": "user",
-            # SPEC 2: content as blocks (OpenClaw readers accept blocks and plain strings).
-            "content": [{"type": "text", "text": p.content}]
-            if isinstance(p.content, str)
-            else p.content,
-            "timestamp": p.timestamp_ms if p.timestamp_ms is not None else now,
-        }
-        origin = origin_of(route, p)
-        if cmd is not None:
-            origin["command"] = command_origin(cmd)
-        if stop:
-            data = {"trigger": "/stop"}
-            line = custom_line(entry_id, st.last_entry_id, ts, STOP_ENTRY, data, origin)
-            batch.stops.append(stop_event(st, entry_id, p))
+        if plan.kind == "stop":
+            line = custom_line(
+                entry_id, st.last_entry_id, ts, STOP_ENTRY, plan.stop_data, plan.origin
+            )
+            batch.stops.append(stop_event(st.agent_id, st, entry_id, p))
         else:
-            line = message_line(entry_id, st.last_entry_id, ts, message, origin)
+            assert plan.message is not None
+            line = message_line(entry_id, st.last_entry_id, ts, plan.message, plan.origin)
         store.add_line(batch, st, line, entry_id)
-        if system or stop:
-            st.entry["updatedAt"] = now
-        else:
-            touch_registry(st, route, p, now)
-        store.agent(route.agent_id).dirty = True
-        answer = ingest_answer(st, entry_id, created)
-        if old is not None:
-            answer["reset"] = {"reason": reason, "previousSessionId": old.session_id}
-        if cmd is not None:
-            answer["command"] = self._command(cmd, st, chat, route.agent_id, now, batch)
-            if cmd.name == "context" and cmd.arg.lower() == "detail" and self.compaction:
-                batch.details[id(item)] = st  # answered once the transcript is read
+        fields = plan.registry
+        if plan.added_tokens is not None:
+            total = int(st.entry.get("totalTokens") or 0) + plan.added_tokens
+            fields = {**fields, "totalTokens": total}
+        store.update_entry(st, fields)
+        change = plan.route_change
+        if change is not None:
+            chat = store.agent(route.agent_id).sessions.get(change.chat_key, st)
+            if change.target is None:
+                store.update_entry(chat, {}, drop=(ROUTE_FIELD,))
+            else:
+                store.update_entry(chat, {ROUTE_FIELD: change.target})
+        answer = ingest_answer(st, entry_id, plan.new is not None)
+        if old is not None and plan.reset is not None:
+            answer["reset"] = {"reason": plan.reset.reason, "previousSessionId": old.session_id}
+        if plan.compaction is not None:
+            answer["compaction"] = plan.compaction
+        if plan.command is not None:
+            answer["command"] = self._command(plan.command, st, route.agent_id, now, batch, item)
         return answer
 
     def _begin_session(
@@ -696,7 +531,7 @@ class Pipeline:
         fields: dict[str, Any],
         old: SessionState | None,
         reason: str | None,
-        cmd: Command | None,
+        reset_data: dict[str, Any] | None,
         now: int,
         ts: str,
     ) -> SessionState:
@@ -716,11 +551,7 @@ class Pipeline:
         store.add_line(batch, st, header, None)
         if old is not None and reason is not None:
             store.close_session(batch, old, reason, st.session_id, ts)
-            data: dict[str, Any] = {"reason": reason, "predecessor": old.session_id}
-            if cmd is not None and cmd.is_reset:
-                data["trigger"] = cmd.trigger
-                if cmd.model:
-                    data["model"] = cmd.model
+            data = reset_data or {"reason": reason, "predecessor": old.session_id}
             eid = next_entry_id(st.last_entry_id)
             store.add_line(batch, st, custom_line(eid, None, ts, RESET_ENTRY, data), eid)
             batch.resets.append((old, st, reason))
@@ -732,48 +563,27 @@ class Pipeline:
 
     def _command(
         self,
-        cmd: Command,
+        cmd: CommandPlan,
         st: SessionState,
-        chat: SessionState | None,
         agent_id: str,
         now: int,
         batch: Batch,
+        item: IngestWork,
     ) -> dict[str, Any]:
-        """The reply to a chat command (the message itself is stored like any other)."""
-        tz = self.policies.tz
-        if cmd.is_reset:
-            reply = f"New session started ({st.session_id})."
-            if cmd.model:
-                reply += f" Model: {cmd.model}."
-        elif cmd.name == "status":
+        """The planned reply to a chat command, rendered here where it needs more state."""
+        reply = cmd.reply
+        if reply is not None:
+            reply = reply.replace("{sessionId}", st.session_id)
+        elif cmd.ask == "status":
             reply = status_reply(st, self.policies, now)
-        elif cmd.name == "sessions":
-            reply = sessions_reply(self.store, agent_id, tz)
-        elif cmd.name == "session":
-            reply = self._switch(cmd.arg, chat or st, agent_id)
-        elif cmd.name == "stop":
-            reply = "Stopping: the agent's current run is told to abort."
-        elif self.compaction is not None:  # compact, context
-            reply = self.compaction.command_reply(cmd, st)
+        elif cmd.ask == "sessions":
+            reply = sessions_reply(self.store, agent_id, self.policies.tz)
         else:
-            reply = f"/{cmd.name} is not available: the compaction service is not running."
+            assert self.compaction is not None
+            if cmd.ask == "context_detail":
+                batch.details[id(item)] = st  # answered once the transcript is read
+            reply = self.compaction.command_reply(Command(cmd.name, "/" + cmd.name, cmd.arg), st)
         return {"name": cmd.name, "reply": reply}
-
-    def _switch(self, arg: str, chat: SessionState, agent_id: str) -> str:
-        reg = self.store.agents[agent_id]
-        if not arg:
-            chat.entry.pop(ROUTE_FIELD, None)
-            reg.dirty = True
-            return f"This chat is back on its own session ({chat.session_key})."
-        target = arg.strip()
-        if target not in reg.sessions:
-            return f"No active session {target!r} for agent {agent_id}; nothing changed."
-        if target == chat.session_key:
-            chat.entry.pop(ROUTE_FIELD, None)
-        else:
-            chat.entry[ROUTE_FIELD] = target
-        reg.dirty = True
-        return f"This chat now writes to {target}. Send /session alone to switch back."
 
     def _prepare_reset(self, item: ResetWork, batch: Batch, now: int, ts: str) -> dict[str, Any]:
         """A reset asked for by the API or the scheduler (no message to carry)."""
@@ -837,84 +647,14 @@ class Pipeline:
         message.setdefault("timestamp", now)
         line = message_line(entry_id, st.last_entry_id, ts, message)
         store.add_line(batch, st, line, entry_id)
-        st.entry["updatedAt"] = now
         # SPEC 4.6: the provider's usage where known, else ceil(chars/4) on top.
-        st.entry["totalTokens"] = tokens.after_message(
-            int(st.entry.get("totalTokens") or 0), message
-        )
-        self.store.agents[st.agent_id].dirty = True
+        total = tokens.after_message(int(st.entry.get("totalTokens") or 0), message)
+        self.store.update_entry(st, {"updatedAt": now, "totalTokens": total})
         return {"sessionKey": st.session_key, "sessionId": st.session_id, "entryId": entry_id}
-
-    async def _archive(self, closing: list[Closing], now: int) -> None:
-        """Move closed sessions into archive/ (after their batch is durable; readers find them
-        where they are until the move is done)."""
-        try:
-            await self._archive_all(closing, now)
-        finally:
-            self._archiving -= 1
-            if self._archiving == 0:
-                self._archived.set()
-
-    async def _link(self, linked: list[tuple[Archived, str]]) -> None:
-        """Name the successor in the index of sessions that ended without one, after their own
-        archiving (an index line is appended; the later line for a session wins)."""
-        try:
-            for a, successor in linked:
-                moving = self._moving.get(a.session_id)
-                if moving is not None:
-                    await moving.wait()
-                try:
-                    rec = await anyio.to_thread.run_sync(self.store.record_successor, a, successor)
-                except OSError as e:
-                    log.error(
-                        "archive.successor_failed",
-                        sessionId=a.session_id,
-                        successor=successor,
-                        error=e.strerror or str(e),
-                    )
-                    continue
-                if rec is None:
-                    log.warning(
-                        "archive.successor_not_indexed", sessionId=a.session_id, successor=successor
-                    )
-                    continue
-                self.store.archived_done(rec)
-        finally:
-            self._archiving -= 1
-            if self._archiving == 0:
-                self._archived.set()
 
     async def archives_settled(self) -> None:
         """Wait (a bounded while) until closed sessions are in archive/ with their index lines."""
-        with anyio.move_on_after(ARCHIVE_WAIT_SECONDS):
-            await self._archived.wait()
-
-    async def _archive_all(self, closing: list[Closing], now: int) -> None:
-        for c in closing:
-            try:
-                rec = await anyio.to_thread.run_sync(self.store.archive_closed, c, now)
-            except OSError as e:
-                # The transcript stays where it is with its closing entry: start-up finishes it.
-                log.error(
-                    "archive.failed",
-                    sessionId=c.state.session_id,
-                    error=e.strerror or str(e),
-                )
-                continue
-            finally:
-                moved = self._moving.pop(c.state.session_id, None)
-                if moved is not None:
-                    moved.set()
-            self.store.archived_done(rec)
-            log.info(
-                "session.archived",
-                agentId=rec.agentId,
-                sessionKey=rec.sessionKey,
-                sessionId=rec.sessionId,
-                reason=rec.reason,
-                messages=rec.messages,
-                bytes=rec.bytes,
-            )
+        await self.archiver.settled()
 
     def _finish(
         self, item: Work, outcome: dict[str, Any] | RequestError, now: int | None = None
@@ -941,80 +681,6 @@ class Pipeline:
         for item in items:
             self._finish(item, err)
 
-    # ------------------------------------------------------------------------------------------
-    # Checkpoints
-
-    async def _start_checkpoint(self, tg: TaskGroup) -> None:
-        store = self.store
-        if store.broken is not None:
-            return
-        registries = store.dirty_registries(self._unwritten)
-        dedup = store.dedup.snapshots()
-        if self._unfinished is not None:
-            # No switch until the failed checkpoint is complete: retry it with today's registries.
-            (paths, dirs), self._unfinished = self._unfinished, None
-        elif not (store.written_since_switch or store.new_dirs or registries or dedup):
-            return
-        else:
-            try:
-                paths, dirs = await anyio.to_thread.run_sync(store.switch_journal)
-            except OSError as e:
-                self._checkpoint_failed(e, "journal switch", registries, dedup)
-                return
-        self._checkpointing = True
-        self._checkpoint_done = anyio.Event()
-        tg.start_soon(self._checkpoint, paths, dirs, registries, dedup)
-
-    async def _checkpoint(
-        self, paths: set[str], dirs: set[str], registries: list[Any], dedup: list[Any]
-    ) -> None:
-        started = time.monotonic()
-        try:
-            await anyio.to_thread.run_sync(
-                self.store.checkpoint_sync, paths, dirs, registries, dedup
-            )
-        except OSError as e:
-            self._checkpoint_failed(e, "checkpoint", registries, dedup, (paths, dirs))
-        else:
-            self.store.write_error = None
-            self.counters.checkpoints += 1
-            self.counters.last_checkpoint_ms = now_ms()
-            log.debug(
-                "store.checkpoint",
-                transcripts=len(paths),
-                registries=len(registries),
-                seconds=round(time.monotonic() - started, 4),
-            )
-        finally:
-            self._checkpointing = False
-            self._checkpoint_done.set()
-
-    def _checkpoint_failed(
-        self,
-        e: OSError,
-        step: str,
-        registries: list[Any],
-        dedup: list[Any],
-        unfinished: tuple[set[str], set[str]] | None = None,
-    ) -> None:
-        """A failed sync stops the store (the kernel may have dropped pages: never retried).
-        Anything else (ENOSPC or EMFILE writing sessions.json, say) is tried again at the
-        next checkpoint: the registries and id snapshots are marked changed again, and the
-        journal is not switched until the checkpoint is complete (invariant 2)."""
-        store = self.store
-        if isinstance(e, SyncFailed):
-            store.broken = f"{step} sync failed: {e.strerror or e}"
-            log.error("store.checkpoint_failed", error=store.broken)
-            return
-        for reg, _data in registries:
-            reg.dirty = True
-        for agent, _items in dedup:
-            store.dedup.agents[agent].dirty = True
-        if unfinished is not None:
-            self._unfinished = unfinished
-        store.write_error = f"{e.strerror or e} ({step})"
-        log.warning("store.checkpoint_deferred", step=step, error=e.strerror or str(e))
-
     def counts(self) -> dict[str, int]:
         c = self.counters
         return {
@@ -1026,122 +692,5 @@ class Pipeline:
         }
 
 
-# ---------------------------------------------------------------------------------------------
-# Registry and origin fields, as OpenClaw writes them
-
-
-def _content_chars(content: Any) -> int:
-    return tokens.content_chars(content)
-
-
-def _from_to(route: Route, p: IngestParams) -> tuple[str, str]:
-    if route.chat_type == "direct":
-        who = f"{route.channel}:{p.peer}"
-        return who, who
-    target = f"{route.channel}:{p.group_id}"
-    if p.thread_id is not None:
-        target += f":topic:{p.thread_id}" if route.channel == "telegram" else ""
-    return f"{route.channel}:group:{p.group_id}", target
-
-
-def registry_fields(route: Route, p: IngestParams) -> dict[str, Any]:
-    """The first registry fields of a session begun by an inbound message."""
-    frm, to = _from_to(route, p)
-    origin: dict[str, Any] = {
-        "provider": route.channel,
-        "surface": route.channel,
-        "chatType": route.chat_type,
-        "from": frm,
-        "to": to,
-        "accountId": route.account_id,
-    }
-    if p.sender_name and route.chat_type == "direct":
-        origin["label"] = p.sender_name
-    delivery: dict[str, Any] = {"channel": route.channel, "to": to, "accountId": route.account_id}
-    fields: dict[str, Any] = {
-        # OpenClaw's registry knows direct and group; a channel shows as group there, and as
-        # channel in origin.chatType.
-        "chatType": "direct" if route.chat_type == "direct" else "group",
-        "origin": origin,
-        "deliveryContext": delivery,
-        "lastChannel": route.channel,
-        "lastTo": to,
-        "lastAccountId": route.account_id,
-    }
-    if p.thread_id is not None:
-        origin["threadId"] = p.thread_id
-        delivery["threadId"] = p.thread_id
-        fields["lastThreadId"] = p.thread_id
-    if route.chat_type != "direct":
-        fields["channel"] = route.channel
-        fields["groupId"] = p.group_id
-    return fields
-
-
-def touch_registry(st: SessionState, route: Route, p: IngestParams, now: int) -> None:
-    entry = st.entry
-    entry["updatedAt"] = now
-    entry["lastInteractionAt"] = now
-    entry["lastChannel"] = route.channel
-    entry["lastAccountId"] = route.account_id
-    entry["totalTokens"] = int(entry.get("totalTokens") or 0) + math.ceil(
-        _content_chars(p.content) / 4
-    )
-
-
-def origin_of(route: Route, p: IngestParams) -> dict[str, Any]:
-    """The entry-level `origin` object: where the message came from, and its adapter id."""
-    origin: dict[str, Any] = {
-        "channel": route.channel,
-        "chatType": p.chat_type,
-        "accountId": route.account_id,
-    }
-    if p.peer is not None:
-        origin["peer"] = p.peer
-    if p.group_id is not None:
-        origin["groupId"] = p.group_id
-    if p.thread_id is not None:
-        origin["threadId"] = p.thread_id
-    if p.message_id is not None:
-        origin["messageId"] = p.message_id
-    if p.sender_name is not None:
-        origin["senderName"] = p.sender_name
-    if p.metadata is not None:
-        origin["metadata"] = p.metadata
-    return origin
-
-
 def _unavailable(reason: str) -> StorageUnavailable:
     return StorageUnavailable(f"storage unavailable: {reason}; nothing was stored, retry")
-
-
-def is_system_event(p: IngestParams) -> bool:
-    """Heartbeats and cron wake-ups are stored but are not interaction: they never move
-    lastInteractionAt and never trigger a reset. Adapters mark them in `metadata`."""
-    md = p.metadata
-    if not md:
-        return False
-    return md.get("system") is True or md.get("event") in ("heartbeat", "cron")
-
-
-def stop_event(st: SessionState, entry_id: str, p: IngestParams) -> dict[str, Any]:
-    """The `session.stop` notification: which session's run to abort, and the /stop's ids."""
-    return {
-        "agentId": st.agent_id,
-        "sessionKey": st.session_key,
-        "sessionId": st.session_id,
-        "entryId": entry_id,
-        "channel": p.channel,
-        "messageId": p.message_id,
-    }
-
-
-def command_origin(cmd: Command) -> dict[str, Any]:
-    out: dict[str, Any] = {"name": cmd.name, "trigger": cmd.trigger}
-    if cmd.is_reset:
-        out["text"] = cmd.text
-        if cmd.model:
-            out["model"] = cmd.model
-    elif cmd.arg:
-        out["arg"] = cmd.arg
-    return out

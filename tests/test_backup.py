@@ -216,9 +216,8 @@ async def running(
     cfg = Config.model_validate(settings or {})
     store = Store(state, dedup_max=1000, dedup_window_ms=86_400_000)
     await anyio.to_thread.run_sync(store.open)
-    pipeline = Pipeline(store, cfg)
     mirror = Mirror(store, cfg, state)
-    pipeline.mirror = mirror
+    pipeline = Pipeline(store, cfg, mirror=mirror)
     async with anyio.create_task_group() as tg:
         await tg.start(mirror.run)
         await tg.start(pipeline.run)

@@ -98,6 +98,10 @@ class DedupIndex:
                 break
             answers.popitem(last=False)
 
+    def changed(self, agent_id: str) -> None:
+        """Write the agent's snapshot at the next checkpoint (again, after a failed one)."""
+        self.agents[agent_id].dirty = True
+
     def snapshots(self) -> list[tuple[str, Snapshot]]:
         """Copies of the changed agents' ids (event loop; cheap), to be written by `save`."""
         out = []

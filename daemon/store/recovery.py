@@ -3,7 +3,7 @@
 The journal may still hold the newest lines of a session that is archived, compressed or not:
 archiving syncs a transcript before it moves it, so those lines are already in the archive and
 replay must not begin a second copy of the session (issue 12). These helpers read a compressed
-archive and decide whether a journal line is in it; `Store._replay_line` calls them.
+archive and decide whether a journal line is in it; `opening.replay_line` calls them.
 """
 
 from __future__ import annotations

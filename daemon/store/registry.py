@@ -56,6 +56,24 @@ class AgentRegistry:
         doc = {key: st.entry for key, st in chosen.items()}
         return orjson.dumps(doc, option=orjson.OPT_INDENT_2)
 
+    def changed(self) -> None:
+        """Write sessions.json at the next checkpoint (again, after a failed one)."""
+        self.dirty = True
+
+    def rename(self, old: str, new: str) -> SessionState:
+        """Give a session a new key (the caller checked `new` is free)."""
+        st = self.sessions.pop(old)
+        st.session_key = new
+        self.sessions[new] = st
+        self.dirty = True
+        return st
+
+    def save_if_changed(self) -> None:
+        """Write sessions.json now if it changed (worker thread). Raises OSError."""
+        if self.dirty:
+            self.save(self.serialize())
+            self.dirty = False
+
     def save(self, data: bytes) -> None:
         """Atomically replace sessions.json (mode 0600). Raises OSError on failure."""
         atomic_write(self.folder / SESSIONS_JSON, data, step="registry")
