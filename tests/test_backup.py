@@ -290,7 +290,9 @@ def mirror_ids(root: Path) -> dict[str, list[str]]:
 
 
 @pytest.mark.anyio
-async def test_every_appended_entry_is_mirrored_within_a_second(tmp_path: Path) -> None:
+async def test_every_appended_entry_is_mirrored(tmp_path: Path) -> None:
+    # How fast the mirror catches up is a figure for bench/, not a bound for a test: on a
+    # loaded machine any bound fails; here only "everything arrives" is proved.
     state = tmp_path / "state"
     async with running(state, PER_PEER) as (_store, pipeline, mirror):
         for i in range(20):
@@ -301,9 +303,7 @@ async def test_every_appended_entry_is_mirrored_within_a_second(tmp_path: Path) 
             "append",
             {"sessionKey": a["sessionKey"], "message": {"role": "assistant", "content": "ok"}},
         )
-        started = time.monotonic()
-        status = await settled(mirror)
-        assert time.monotonic() - started < 1.5
+        status = await settled(mirror, seconds=60.0)
         assert status["records"] == 4 + 21 + 1  # 4 headers, 21 messages, 1 reply
     assert mirror_ids(state / "backup") == transcript_ids(state)
     recs = list(read_records(state / "backup", a["sessionId"]))
