@@ -426,7 +426,7 @@ class Mirror:
                 done = await anyio.to_process.run_sync(
                     run_round, self.writer, jobs, logs.settings(), limiter=self._limiter
                 )
-            worker_log.relay(done.events, done.left_out, worker="mirror")
+            worker_log.relay(done.events, done.left_out, process="mirror-worker")
             outcomes = done.outcomes
         except anyio.BrokenWorkerProcess as e:
             # The worker died mid-round (killed): as for a failed write, the sessions are

@@ -77,13 +77,14 @@ def take() -> tuple[list[dict[str, Any]], int]:
 log = structlog.get_logger("daemon.worker")
 
 
-def relay(events: list[dict[str, Any]], left_out: int, worker: str) -> None:
-    """In the daemon: log a worker's events as they were logged there, each with `worker`."""
+def relay(events: list[dict[str, Any]], left_out: int, process: str) -> None:
+    """In the daemon: log a worker's events as they were logged there, each with `process`
+    naming the worker (as the index worker's lines carry `"process": "search-worker"`)."""
     for e in events:
         fields = dict(e)
         level = str(fields.pop("level", "info"))
         name = str(fields.pop("event", "worker.event"))
         emit = getattr(log, level if level in LEVELS or level == "critical" else "info")
-        emit(name, **fields, worker=worker)
+        emit(name, **{**fields, "process": process})
     if left_out:
-        log.warning("worker.lines_left_out", worker=worker, count=left_out)
+        log.warning("worker.lines_left_out", process=process, count=left_out)

@@ -15,10 +15,11 @@ from typing import Any
 import anyio
 import orjson
 import pytest
+import structlog
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from daemon import failpoints
+from daemon import failpoints, logs, worker_log
 from daemon.api import read_history
 from daemon.backup import Mirror, backup_root, excluded
 from daemon.config import Config
@@ -533,3 +534,30 @@ def test_history_reads_a_compressed_archive_like_the_plain_one(tmp_path: Path) -
         if cur is None:
             break
     assert got == want and len(got) == 30 and pages == 5
+
+
+@pytest.mark.anyio
+async def test_the_mirror_workers_log_lines_reach_the_daemons_log(tmp_path: Path) -> None:
+    """anyio starts its worker with stderr on a pipe nobody reads: the mirror worker's lines
+    were lost, and one that wrote more than the pipe holds (64 KiB) blocked for ever with the
+    mirror's lock held. Jobs with ids that cannot name a mirror folder make the worker log an
+    error each (about 300 bytes): 1,500 of them are far more than a pipe holds."""
+    state = tmp_path / "state"
+    bad = [f"../bad-id-{i:04d}-{'x' * 200}" for i in range(1500)]
+    jobs = [Job(sid, "main", None, None, (), None, None) for sid in bad]
+    out = tmp_path / "daemon.log"
+    try:
+        with out.open("w", buffering=1) as stream:
+            logs.configure("info", "json", stream=stream)
+            async with running(state) as (_store, _pipeline, mirror):
+                with anyio.fail_after(60):  # blocked for ever before the fix
+                    assert await mirror._round(jobs) is True
+    finally:
+        structlog.reset_defaults()
+    lines = [orjson.loads(line) for line in out.read_text().splitlines()]
+    relayed = [e for e in lines if e["event"] == "backup.bad_session_id"]
+    # At most MAX_EVENTS lines of one round come back; the rest are counted, not dropped unseen.
+    assert [e["sessionId"] for e in relayed] == bad[: worker_log.MAX_EVENTS]
+    assert all(e["level"] == "error" and e["process"] == "mirror-worker" for e in relayed)
+    [left_out] = [e for e in lines if e["event"] == "worker.lines_left_out"]
+    assert left_out["count"] == len(bad) - worker_log.MAX_EVENTS
