@@ -157,7 +157,7 @@ def answers(d: Daemon) -> list[list[dict[str, Any]]]:
 
 def settled_answers(d: Daemon) -> list[list[dict[str, Any]]]:
     """Answers once the index has caught up with the files (memory files: about a second)."""
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + 60  # generous: the worker runs niced on a loaded machine
     last = answers(d)
     while time.monotonic() < deadline:
         time.sleep(1.2)
