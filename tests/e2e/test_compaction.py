@@ -48,7 +48,7 @@ def note(i: int) -> str:
     return head + "The weather was mild and the garden was quiet. " * ((400 - len(head)) // 48)
 
 
-def wait_for(pred: Callable[[], Any], timeout: float = 20.0, what: str = "condition") -> Any:
+def wait_for(pred: Callable[[], Any], timeout: float = 60.0, what: str = "condition") -> Any:
     deadline = time.monotonic() + timeout
     while True:
         value = pred()
