@@ -41,6 +41,12 @@ def test_a_fresh_default_install_passes_doctor_running_and_stopped(launch: Launc
                 return None
 
         wait_for("the index", found, timeout=60)
+
+        def at_rest() -> bool:  # a running daemon between bursts: mirrored and checkpointed
+            st = c.call("status", {})
+            return bool(st["backup"].get("lagSessions") == 0 and st.get("lastCheckpointAt"))
+
+        wait_for("the mirror and a checkpoint", at_rest, timeout=60)
     wal = d.state_dir / "index" / "search.sqlite3-wal"
     assert wal.exists()
     assert stat.S_IMODE(wal.stat().st_mode) == 0o600
