@@ -9,6 +9,13 @@ Where compaction used to lose history, it only appends here:
   `daemon.compactionWorkers` at once and one at a time per session. A job is: the memory flush of
   the cycle if it has not run yet, then the compaction if one is due or was asked for. The flush
   therefore always comes first, once per cycle (`memoryFlushCompactionCount`).
+- The reading and the summarizing run in worker processes (daemon/workers.py running
+  daemon/compaction_job.py): the daemon passes the transcript's path and the offset the registry
+  counted up to, the worker reads the tail it needs (bounded, however long the session) and
+  hands back the notes and the summary. A worker killed mid-job is a failed attempt: nothing
+  written, retried with backoff. Stopping the daemon cancels a running job at once.
+- The kept tail is at most a quarter of the compaction threshold, so the summary plus the kept
+  tail leave a session well below it: a busy session does not compact again right away.
 - A flush (daemon/memoryflush.py) gives the summarizer the flush prompt and the entries since
   the last compaction; its notes are appended to `<workspace>/memory/YYYY-MM-DD.md` (one write +
   fsync, mode 0600) unless it answers NO_REPLY. A `sessiond.memoryFlush` custom entry then
@@ -19,7 +26,8 @@ Where compaction used to lose history, it only appends here:
   `firstKeptEntryId` on (`sessions.context`).
 - A reset (when `memoryFlush.onReset`) queues a flush of the closed session: it reads the
   archived transcript after the reset is durable, so it can never delay the reset or the message
-  that caused it.
+  that caused it. Such flushes run in groups in a worker of their own (the reset job closes
+  thousands of sessions at once), their notes written with one append per memory file.
 - A summarizer failure (timeout, exit code, HTTP error, empty or template-only answer) writes
   nothing: the job is logged with the reason and retried with exponential backoff
   (`retryBaseSeconds`, doubling, at most an hour) while the session keeps taking messages.
@@ -33,7 +41,6 @@ from __future__ import annotations
 import math
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 import anyio
@@ -41,102 +48,45 @@ import orjson
 import structlog
 from anyio.abc import TaskGroup, TaskStatus
 
+from daemon import compaction_job
+from daemon.compaction_job import Closed, ClosedDone, Done, Job, kept_budget, read_budget
+from daemon.compaction_state import (
+    MAX_BACKOFF_SECONDS,
+    RESET_FLUSH_ATTEMPTS,
+    Latest,
+    Outcome,
+    Pending,
+    Request,
+    ResetFlush,
+    Waiter,
+    answer,
+    flushed,
+    int_of,
+    not_done,
+    why,
+)
 from daemon.config import CompactionConfig
 from daemon.core import tokens
 from daemon.core.commands import Command
 from daemon.core.protocol import CompactParams, SessionRef
-from daemon.errors import NotFound, RequestError, StorageUnavailable, SummarizerFailed
+from daemon.errors import NotFound, StorageUnavailable, SummarizerFailed
 from daemon.memoryflush import MemoryFlusher
 from daemon.pipeline import AppendWork, IngestWork, Pipeline
 from daemon.store.context import ContextView, detail_reply, read_context
 from daemon.store.registry import SessionState
 from daemon.store.store import Batch
 from daemon.store.transcript import next_entry_id
-from daemon.summarizers import (
-    COMPACTION_PROMPT,
-    SummaryRequest,
-    check_summary,
-    make_summarizer,
-)
+from daemon.workers import Pool, WorkerDied
 
 log = structlog.get_logger("daemon.compaction")
 
-MAX_BACKOFF_SECONDS = 3600.0
-RESET_FLUSH_ATTEMPTS = 6
 LATEST_CACHE = 4096  # sessions whose latest summary is kept in memory for /context
 REPLY_SUMMARY_CHARS = 1500
 SETTLE_SECONDS = 2.0
-
-Outcome = dict[str, Any]
-Waiter = Callable[[Outcome], None]
-
-
-@dataclass(slots=True)
-class Request:
-    """A compaction asked for by /compact or sessions.compact."""
-
-    instructions: str | None
-    reason: str  # "command" | "api"
-    waiters: list[Waiter] = field(default_factory=list)
-
-
-@dataclass(slots=True)
-class Pending:
-    """A session's outstanding work; its jobs run one at a time."""
-
-    agent_id: str
-    session_key: str
-    session_id: str
-    flush: bool = False  # the flush threshold was crossed
-    compact: bool = False  # the compaction threshold was crossed
-    requested: Request | None = None
-    running: bool = False
-    compacting: bool = False  # the running job includes a compaction
-    taken: Request | None = None  # the request the running job took on
-    failures: int = 0
-    retry_at: float = 0.0  # anyio.current_time() before which no retry starts
-    last_error: str | None = None
-
-    @property
-    def has_work(self) -> bool:
-        return self.flush or self.compact or self.requested is not None
-
-
-@dataclass(slots=True)
-class ResetFlush:
-    """The memory flush of a session closed by a reset; reads its archived transcript."""
-
-    agent_id: str
-    session_key: str
-    session_id: str
-    rel_path: str
-    settings: CompactionConfig
-    attempts: int = 0
-    retry_at: float = 0.0
-    running: bool = False
-
-
-@dataclass(frozen=True, slots=True)
-class Latest:
-    """A session's latest compaction, for the /context reply."""
-
-    entry_id: str | None
-    summary: str
-    first_kept: str | None
-    tokens_before: int | None
-
-
-@dataclass(frozen=True, slots=True)
-class Plan:
-    """What one compaction will summarise, decided before the cycle's flush runs (a flush only
-    appends a marker, so the plan stays right)."""
-
-    previous_summary: str | None
-    summarized: tuple[dict[str, Any], ...]
-    first_kept: str
-    kept_tokens: int
-    kept_entries: int
-    tokens_at_plan: int  # the registry's count when planned: later messages stay counted
+# Closed sessions flushed in one worker call: their notes share one write and sync per memory
+# file. One group at a time, in a pool of its own: the reset job's thousands of flushes take
+# one core at most, and neither ingest nor threshold compactions wait behind them.
+RESET_FLUSH_GROUP = 500
 
 
 class Compactor:
@@ -157,7 +107,11 @@ class Compactor:
         self._wake = anyio.Event()
         self._scope = anyio.CancelScope()
         self._stopping = False
-        self._limiter = anyio.CapacityLimiter(pipeline.config.daemon.compactionWorkers)
+        # Every summarizer, and every read of more than a transcript's tail window, runs in
+        # these worker processes: the event loop's GIL stays with acknowledgements.
+        self.pool = Pool("compaction", pipeline.config.daemon.compactionWorkers)
+        self.reset_pool = Pool("memory-flush", 1)
+        self._reset_batch_running = False
         self._config: object = None
         self._settings: dict[str, tuple[CompactionConfig, tokens.Thresholds]] = {}
 
@@ -170,7 +124,7 @@ class Compactor:
         if cfg is not self._config:
             self._config = cfg
             self._settings.clear()
-            self._limiter.total_tokens = cfg.daemon.compactionWorkers
+            self.pool.resize(cfg.daemon.compactionWorkers)
 
     def settings(self, agent_id: str) -> tuple[CompactionConfig, tokens.Thresholds]:
         """The agent's effective compaction config and thresholds (memoised per config)."""
@@ -200,21 +154,21 @@ class Compactor:
         touched: dict[str, SessionState] = {}
         last_ingest: dict[str, dict[str, Any]] = {}
         by_id = self.store.by_id
-        for item, answer in batch.answers:
+        for item, ans in batch.answers:
             kind = type(item)
             if kind is not IngestWork and kind is not AppendWork:
                 continue
-            sid = answer.get("sessionId")
+            sid = ans.get("sessionId")
             st = by_id.get(sid) if isinstance(sid, str) else None
             if st is None:
                 continue
             touched[st.session_id] = st
             if kind is IngestWork:
-                last_ingest[st.session_id] = answer
-                command = answer.get("command")
+                last_ingest[st.session_id] = ans
+                command = ans.get("command")
                 if command is not None and command.get("name") == "compact":
                     # /compact asked for it while the batch was prepared (command_reply).
-                    answer["compaction"] = {"scheduled": True, "reason": "command"}
+                    ans["compaction"] = {"scheduled": True, "reason": "command"}
         windows: dict[str, int] = {}
         for sid, st in touched.items():
             window = windows.get(st.agent_id)
@@ -223,9 +177,9 @@ class Compactor:
             if st.entry.get("contextTokens") != window:
                 # As OpenClaw writes it: the window `totalTokens` is measured against.
                 self.store.update_entry(st, {"contextTokens": window})
-            ans = last_ingest.get(sid)
-            if self._check(st) and ans is not None and ans.get("compaction") is None:
-                ans["compaction"] = {"scheduled": True, "reason": "threshold"}
+            last = last_ingest.get(sid)
+            if self._check(st) and last is not None and last.get("compaction") is None:
+                last["compaction"] = {"scheduled": True, "reason": "threshold"}
             if sid not in self.latest and int(st.entry.get("compactionCount") or 0) > 0:
                 self._to_load.add(sid)
         if self.pending or self.reset_flushes or self._to_load:
@@ -236,7 +190,7 @@ class Compactor:
         compaction (what the ingest answer reports)."""
         _cc, th = self.settings(st.agent_id)
         entry = st.entry
-        count = _int(entry.get("totalTokens"))
+        count = int_of(entry.get("totalTokens"))
         if count < th.flush_at:
             return False
         d = self._due(st, th)
@@ -254,9 +208,9 @@ class Compactor:
         grown = None if mark is None else tokens.estimate(max(0, st.size - mark))
         fc = entry.get("memoryFlushCompactionCount")
         return tokens.due(
-            _int(entry.get("totalTokens")),
+            int_of(entry.get("totalTokens")),
             th,
-            _int(entry.get("compactionCount")),
+            int_of(entry.get("compactionCount")),
             fc if isinstance(fc, int) else None,
             grown,
         )
@@ -272,7 +226,7 @@ class Compactor:
 
     def _command_reply(self, cmd: Command, st: SessionState) -> str:
         cc, th = self.settings(st.agent_id)
-        count = _int(st.entry.get("totalTokens"))
+        count = int_of(st.entry.get("totalTokens"))
         if cmd.name != "compact":
             return self._context_reply(st, cc, th)
         self._request(st, cmd.arg or None, "command", None)
@@ -282,7 +236,7 @@ class Compactor:
         ]
         if cmd.arg:
             lines.append(f"Instructions: {cmd.arg}")
-        if th.flush_enabled and not _flushed(st):
+        if th.flush_enabled and not flushed(st):
             lines.append("Lasting notes are saved to the memory file first.")
         lines.append(
             "Older messages are summarised; the transcript keeps every message. "
@@ -294,13 +248,13 @@ class Compactor:
         e = st.entry
         lines = [
             f"Context of {st.session_key} (session {st.session_id[:8]})",
-            f"tokens: about {_int(e.get('totalTokens'))} of {th.context_window} "
+            f"tokens: about {int_of(e.get('totalTokens'))} of {th.context_window} "
             f"(memory flush at {th.flush_at if th.flush_enabled else 'off'}, "
             f"compaction at {th.compact_at})",
         ]
-        count = _int(e.get("compactionCount"))
-        flushed = "yes" if _flushed(st) else "no"
-        lines.append(f"compactions: {count}; memory flushed this cycle: {flushed}")
+        count = int_of(e.get("compactionCount"))
+        done = "yes" if flushed(st) else "no"
+        lines.append(f"compactions: {count}; memory flushed this cycle: {done}")
         p = self.pending.get(st.session_id)
         if p is not None and (p.running or p.has_work):
             state = "running" if p.running else "pending"
@@ -345,7 +299,7 @@ class Compactor:
         if p is not None and not p.running:
             del self.pending[sid]
         if p is not None and p.requested is not None:
-            _answer(p.requested.waiters, _not_done(old, "the session was reset"))
+            answer(p.requested.waiters, not_done(old, "the session was reset"))
             p.requested = None
         self.marks.pop(sid, None)
         self.latest.pop(sid, None)
@@ -406,9 +360,9 @@ class Compactor:
             },
             "entries": view.messages(),
             "tokens": view.tokens,
-            "totalTokens": _int(st.entry.get("totalTokens")),
+            "totalTokens": int_of(st.entry.get("totalTokens")),
             "contextWindow": th.context_window,
-            "compactionCount": _int(st.entry.get("compactionCount")),
+            "compactionCount": int_of(st.entry.get("compactionCount")),
         }
 
     def _find(self, key: str) -> SessionState:
@@ -441,14 +395,18 @@ class Compactor:
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Start due jobs until `stop`; each job runs in this task group under the limiter."""
-        with self._scope:
-            async with anyio.create_task_group() as tg:
-                task_status.started()
-                while True:
-                    self._wake = anyio.Event()
-                    wait = self._start_due(tg)
-                    with anyio.move_on_after(wait):
-                        await self._wake.wait()
+        try:
+            with self._scope:
+                async with anyio.create_task_group() as tg:
+                    task_status.started()
+                    while True:
+                        self._wake = anyio.Event()
+                        wait = self._start_due(tg)
+                        with anyio.move_on_after(wait):
+                            await self._wake.wait()
+        finally:
+            await self.pool.aclose()
+            await self.reset_pool.aclose()
 
     def stop(self) -> None:
         """Cancel the worker (jobs in a summarizer are abandoned and retried after a restart by
@@ -456,7 +414,7 @@ class Compactor:
         self._stopping = True
         for p in self.pending.values():
             if p.requested is not None:
-                _answer(p.requested.waiters, {"compacted": False, "reason": "the daemon stopped"})
+                answer(p.requested.waiters, {"compacted": False, "reason": "the daemon stopped"})
                 p.requested.waiters.clear()
         self._scope.cancel()
 
@@ -476,17 +434,23 @@ class Compactor:
                 continue
             p.running = True
             tg.start_soon(self._session_job, p)
-        for rf in self.reset_flushes:
-            if rf.running:
-                continue
-            busy = self.pending.get(rf.session_id)
-            if busy is not None and busy.running:
-                continue  # its threshold flush first; the job's end wakes us
-            if rf.retry_at > now:
-                next_at = min(next_at, rf.retry_at)
-                continue
-            rf.running = True
-            tg.start_soon(self._reset_flush_job, rf)
+        if not self._reset_batch_running:
+            group: list[ResetFlush] = []
+            for rf in self.reset_flushes:
+                busy = self.pending.get(rf.session_id)
+                if busy is not None and busy.running:
+                    continue  # its threshold flush first; the job's end wakes us
+                if rf.retry_at > now:
+                    next_at = min(next_at, rf.retry_at)
+                    continue
+                group.append(rf)
+                if len(group) >= RESET_FLUSH_GROUP:
+                    break
+            if group:
+                self._reset_batch_running = True
+                for rf in group:
+                    rf.running = True
+                tg.start_soon(self._reset_flush_group, group)
         for sid in self._to_load - self._loading:
             self._loading.add(sid)
             tg.start_soon(self._load_latest, sid)
@@ -495,13 +459,12 @@ class Compactor:
 
     async def _session_job(self, p: Pending) -> None:
         try:
-            async with self._limiter:
-                await self._job(p)
+            await self._job(p)
         except anyio.get_cancelled_exc_class():
             # The daemon is stopping: whoever waits on this job gets an answer (the server
             # drains every request before it exits).
             if p.taken is not None:
-                _answer(p.taken.waiters, {"compacted": False, "reason": "the daemon stopped"})
+                answer(p.taken.waiters, {"compacted": False, "reason": "the daemon stopped"})
             raise
         except Exception as e:
             # A bug must neither kill the worker nor drop the session's work.
@@ -514,14 +477,15 @@ class Compactor:
             self._wake.set()
 
     async def _job(self, p: Pending) -> None:
-        """One turn for a session: plan the compaction (when due or asked for), run the cycle's
-        flush if it has not run yet, then compact. A failure leaves the work pending with a
+        """One turn for a session: in a worker, the cycle's flush notes if the flush has not run
+        yet and the compaction's summary (when due or asked for); then the notes and the
+        entries are written here, flush first. A failure leaves the work pending with a
         backoff; a reset in between ends it (the reset's own flush takes over)."""
         st = self.store.by_id.get(p.session_id)
         if st is None or st.session_key != p.session_key:
             self.pending.pop(p.session_id, None)
             if p.requested is not None:
-                _answer(p.requested.waiters, {"compacted": False, "reason": "session ended"})
+                answer(p.requested.waiters, {"compacted": False, "reason": "session ended"})
                 p.requested = None
             return
         cc, th = self.settings(st.agent_id)
@@ -530,41 +494,76 @@ class Compactor:
         p.flush = p.compact = False
         d = self._due(st, th)
         compact = req is not None or d.compact
-        flush = th.flush_enabled and not _flushed(st) and (d.flush or compact)
+        flush = th.flush_enabled and not flushed(st) and (d.flush or compact)
         if not (flush or compact):
             return  # the count fell back below the thresholds (a fresh usage report)
         p.compacting = compact
         stage = "compaction"
         outcome: Outcome | None = None
         try:
-            plan = await self._plan(st, th) if compact else None
-            if compact and plan is None:
-                # Nothing to summarise: no compaction, and so no flush that it would need.
-                outcome = _not_done(st, "nothing to compact: every entry is in the kept tail")
-                flush = flush and d.flush
-            stage = "memory flush"
-            if flush:
-                await self.flusher.flush_cycle(st, cc, "threshold" if d.flush else "compaction")
+            # What the registry counted must be in the file before the worker reads it.
+            await self._settled(st)
+            at_read = int_of(st.entry.get("totalTokens"))
+            job = Job(
+                path=str(self.store.state_dir / st.rel_path),
+                end=st.size,
+                max_bytes=read_budget(cc),
+                keep_recent=kept_budget(th),
+                compact=compact,
+                flush=flush,
+                flush_alone=d.flush,
+                summarizer=cc.summarizer,
+                flush_prompt=cc.memoryFlush.prompt,
+                instructions=req.instructions if req is not None else None,
+                session_key=st.session_key,
+                agent_id=st.agent_id,
+            )
+            try:
+                done = await self.pool.run(compaction_job.run, job)
+            except WorkerDied as e:
+                # As a failed summarizer: nothing was written; retried with backoff.
+                raise SummarizerFailed(str(e)) from None
+            if done.flush_error is not None:
+                stage = "memory flush"
+                raise SummarizerFailed(done.flush_error)
+            if done.flush_entries:
+                stage = "memory flush"
+                why_flush = "threshold" if d.flush else "compaction"
+                await self.flusher.record_cycle(
+                    st, done.flush_entries, done.notes, done.last_entry_id, why_flush
+                )
             stage = "compaction"
-            if plan is not None:
-                outcome = await self._compact(st, cc, plan, req)
+            if done.nothing_to_compact:
+                # Nothing older than the kept tail: the threshold waits for new material.
+                self.marks[st.session_id] = job.end
+                log.info(
+                    "compaction.skipped",
+                    sessionKey=st.session_key,
+                    sessionId=st.session_id,
+                    reason="nothing to compact before the kept tail",
+                )
+                outcome = not_done(st, "nothing to compact: every entry is in the kept tail")
+            elif done.compact_error is not None:
+                raise SummarizerFailed(done.compact_error)
+            elif done.plan is not None:
+                outcome = await self._compact(st, done, at_read, req)
         except NotFound:
             self.pending.pop(p.session_id, None)
             if req is not None:
-                _answer(req.waiters, _not_done(st, "the session was reset"))
+                answer(req.waiters, not_done(st, "the session was reset"))
             return
         except (SummarizerFailed, OSError, StorageUnavailable) as e:
-            reason = _why(e)
+            reason = why(e)
             delay = self._backoff(p, f"{stage}: {reason}")
-            p.flush = p.flush or (flush and stage == "memory flush")
+            p.flush = p.flush or (flush and not flushed(st))
             p.compact = p.compact or compact
             if req is not None:
                 if p.requested is None:
                     p.requested = Request(req.instructions, req.reason)
-                _answer(
+                answer(
                     req.waiters,
                     {
-                        **_not_done(st, f"{stage} failed: {reason}"),
+                        **not_done(st, f"{stage} failed: {reason}"),
                         "retryInSeconds": round(delay, 3),
                     },
                 )
@@ -583,7 +582,7 @@ class Compactor:
         p.retry_at = 0.0
         p.last_error = None
         if req is not None:
-            _answer(req.waiters, outcome or _not_done(st, "nothing to compact"))
+            answer(req.waiters, outcome or not_done(st, "nothing to compact"))
 
     def _backoff(self, p: Pending, reason: str) -> float:
         cc, _th = self.settings(p.agent_id)
@@ -595,76 +594,36 @@ class Compactor:
 
     # --- the compaction --------------------------------------------------------------------------
 
-    async def _plan(self, st: SessionState, th: tokens.Thresholds) -> Plan | None:
-        """What a compaction would summarise now; None (logged) when every message is in the
-        kept tail. Raises OSError."""
-        view = await self._read(st)
-        msgs = view.messages()
-        sizes = [tokens.entry_tokens(m) for m in msgs]
-        cut = tokens.split_kept(sizes, [tokens.role_of(m) for m in msgs], th.keep_recent)
-        first_kept = msgs[cut].get("id") if msgs else None
-        if cut == 0 or not isinstance(first_kept, str):
-            # Nothing older than the kept tail: the threshold waits for new material.
-            self.marks[st.session_id] = view.end
-            log.info(
-                "compaction.skipped",
-                sessionKey=st.session_key,
-                sessionId=st.session_id,
-                reason="nothing to compact before the kept tail",
-                entries=len(msgs),
-            )
-            return None
-        return Plan(
-            view.summary,
-            tuple(msgs[:cut]),
-            first_kept,
-            sum(sizes[cut:]),
-            len(msgs) - cut,
-            _int(st.entry.get("totalTokens")),
-        )
-
     async def _compact(
-        self,
-        st: SessionState,
-        cc: CompactionConfig,
-        plan: Plan,
-        req: Request | None,
+        self, st: SessionState, done: Done, at_read: int, req: Request | None
     ) -> Outcome:
-        """Summarise what the plan says and append the compaction entry. Raises
-        SummarizerFailed (nothing appended), NotFound (session reset), StorageUnavailable."""
+        """Append the compaction entry the worker summarised. Raises NotFound (session reset),
+        StorageUnavailable."""
+        plan = done.plan
+        assert plan is not None
         reason = req.reason if req is not None else "threshold"
+        summary = plan.summary
         first_kept = plan.first_kept
-        at_read = plan.tokens_at_plan
-        cut = len(plan.summarized)
-        summarizer = make_summarizer(cc.summarizer)
-        instructions = req.instructions if req is not None else None
-        request = SummaryRequest(
-            "compaction",
-            COMPACTION_PROMPT,
-            plan.summarized,
-            plan.previous_summary,
-            instructions,
-            st.session_key,
-            st.agent_id,
-        )
-        summary = check_summary(await summarizer.summarize(request))
         after = tokens.estimate(len(summary)) + plan.kept_tokens
         details: dict[str, Any] = {
             "compactionCount": 0,
             "reason": reason,
-            "summarizer": summarizer.kind,
-            "summarizedEntries": cut,
+            "summarizer": done.kind,
+            "summarizedEntries": plan.summarized,
         }
-        if instructions:
-            details["instructions"] = instructions
+        if req is not None and req.instructions:
+            details["instructions"] = req.instructions
+        if not plan.complete:
+            # The session's start was beyond what a compaction reads (read_budget).
+            details["readFromOffset"] = True
 
         def prepare(batch: Batch, s: SessionState, now: int, ts: str) -> dict[str, Any]:
-            cycle = _int(s.entry.get("compactionCount")) + 1
+            cycle = int_of(s.entry.get("compactionCount")) + 1
             details["compactionCount"] = cycle
-            flushed = s.entry.get("memoryFlushCompactionCount")
-            if isinstance(flushed, int):
+            flushed_in = s.entry.get("memoryFlushCompactionCount")
+            if isinstance(flushed_in, int):
                 # Carried so that a recount from the transcript alone finds it (store/context.py).
-                details["memoryFlushCompactionCount"] = flushed
+                details["memoryFlushCompactionCount"] = flushed_in
             eid = next_entry_id(s.last_entry_id)
             entry = {
                 "type": "compaction",
@@ -678,26 +637,26 @@ class Compactor:
             }
             self.store.add_line(batch, s, orjson.dumps(entry), eid)
             # Messages that arrived while the summarizer worked stay counted on top.
-            grown = max(0, _int(s.entry.get("totalTokens")) - at_read)
+            grown = max(0, int_of(s.entry.get("totalTokens")) - at_read)
             self.store.update_entry(s, {"totalTokens": after + grown, "compactionCount": cycle})
             return {"entryId": eid, "end": s.size, "tokensAfter": after + grown}
 
         with anyio.CancelScope(shield=True):
-            done = await self.pipeline.append_prepared(st.session_id, prepare)
-        self.marks[st.session_id] = int(done["end"])
-        self._cache(st.session_id, Latest(done["entryId"], summary, first_kept, at_read))
+            appended = await self.pipeline.append_prepared(st.session_id, prepare)
+        self.marks[st.session_id] = int(appended["end"])
+        self._cache(st.session_id, Latest(appended["entryId"], summary, first_kept, at_read))
         info = {
             "agentId": st.agent_id,
             "sessionKey": st.session_key,
             "sessionId": st.session_id,
-            "entryId": done["entryId"],
+            "entryId": appended["entryId"],
             "firstKeptEntryId": first_kept,
             "tokensBefore": at_read,
-            "tokensAfter": done["tokensAfter"],
+            "tokensAfter": appended["tokensAfter"],
             "compactionCount": details["compactionCount"],
-            "summarizedEntries": cut,
+            "summarizedEntries": plan.summarized,
             "keptEntries": plan.kept_entries,
-            "summarizer": summarizer.kind,
+            "summarizer": done.kind,
             "reason": reason,
         }
         log.info("compaction.done", **info)
@@ -706,36 +665,74 @@ class Compactor:
 
     # --- the flush before a reset -----------------------------------------------------------
 
-    async def _reset_flush_job(self, rf: ResetFlush) -> None:
+    async def _reset_flush_group(self, group: list[ResetFlush]) -> None:
+        """Flush a group of closed sessions in one worker call (their notes share one write
+        and sync per memory file); each failure is retried on its own backoff."""
         try:
-            async with self._limiter:
-                await self.flusher.flush_closed(
-                    rf.agent_id, rf.session_key, rf.session_id, rf.rel_path, rf.settings
+            items = [
+                Closed(
+                    rf.session_id,
+                    rf.session_key,
+                    rf.agent_id,
+                    str(self.store.state_dir / rf.rel_path),
+                    str(self.flusher.memory_folder(rf.agent_id)),
+                    self.flusher.covered.get(rf.session_id),
+                    # What a model can read at most: the newest context window's worth.
+                    rf.settings.contextWindow * tokens.CHARS_PER_TOKEN,
+                    rf.settings.summarizer,
+                    rf.settings.memoryFlush.prompt,
                 )
-            self.reset_flushes.remove(rf)
-        except (SummarizerFailed, OSError) as e:
-            rf.attempts += 1
-            reason = _why(e)
-            gave_up = rf.attempts >= RESET_FLUSH_ATTEMPTS
-            delay = min(MAX_BACKOFF_SECONDS, rf.settings.retryBaseSeconds * 2.0**rf.attempts)
-            log.warning(
-                "memory.flush_failed",
-                agentId=rf.agent_id,
-                sessionKey=rf.session_key,
-                sessionId=rf.session_id,
-                reason=reason,
-                trigger="reset",
-                attempt=rf.attempts,
-                gaveUp=gave_up,
-                retryInSeconds=None if gave_up else delay,
-            )
-            if gave_up:
-                self.reset_flushes.remove(rf)
-            else:
-                rf.retry_at = anyio.current_time() + delay
+                for rf in group
+            ]
+            try:
+                results = await self.reset_pool.run(
+                    compaction_job.flush_closed, items, self.flusher.local_now()
+                )
+            except (WorkerDied, OSError) as e:
+                reason = why(e)
+                results = [ClosedDone(rf.session_id, error=reason) for rf in group]
+            for rf, res in zip(group, results, strict=True):
+                self._reset_flushed(rf, res)
         finally:
-            rf.running = False
+            for rf in group:
+                rf.running = False
+            self._reset_batch_running = False
             self._wake.set()
+
+    def _reset_flushed(self, rf: ResetFlush, res: ClosedDone) -> None:
+        if res.error is None:
+            self.flusher.covered.pop(rf.session_id, None)
+            self.reset_flushes.remove(rf)
+            if not res.entries:
+                log.debug("memory.flush_skipped", sessionId=rf.session_id, reason="nothing new")
+                return
+            data = {
+                "file": res.file,
+                "bytes": res.bytes,
+                "noReply": res.no_reply,
+                "entries": res.entries,
+            }
+            self.flusher.publish(rf.agent_id, rf.session_key, rf.session_id, "reset", data)
+            return
+        rf.attempts += 1
+        gave_up = rf.attempts >= RESET_FLUSH_ATTEMPTS
+        delay = min(MAX_BACKOFF_SECONDS, rf.settings.retryBaseSeconds * 2.0**rf.attempts)
+        log.warning(
+            "memory.flush_failed",
+            agentId=rf.agent_id,
+            sessionKey=rf.session_key,
+            sessionId=rf.session_id,
+            reason=res.error,
+            trigger="reset",
+            attempt=rf.attempts,
+            gaveUp=gave_up,
+            retryInSeconds=None if gave_up else delay,
+        )
+        if gave_up:
+            self.flusher.covered.pop(rf.session_id, None)
+            self.reset_flushes.remove(rf)
+        else:
+            rf.retry_at = anyio.current_time() + delay
 
     # --- reading -------------------------------------------------------------------------------
 
@@ -762,8 +759,7 @@ class Compactor:
             st = self.store.by_id.get(sid)
             if st is None:
                 return
-            async with self._limiter:
-                view = await self._read(st)
+            view = await self._read(st)
             self._remember(sid, view)
         except OSError as e:
             log.debug("compaction.summary_unreadable", sessionId=sid, error=str(e))
@@ -794,40 +790,3 @@ class Compactor:
         self.latest.move_to_end(sid)
         while len(self.latest) > LATEST_CACHE:
             self.latest.popitem(last=False)
-
-
-# ---------------------------------------------------------------------------------------------
-# Small helpers
-
-
-def _int(v: Any) -> int:
-    return v if isinstance(v, int) and not isinstance(v, bool) else 0
-
-
-def _flushed(st: SessionState) -> bool:
-    """Has the memory flush of the session's current cycle run?"""
-    fc = st.entry.get("memoryFlushCompactionCount")
-    return isinstance(fc, int) and fc == _int(st.entry.get("compactionCount"))
-
-
-def _not_done(st: SessionState, reason: str) -> Outcome:
-    return {
-        "compacted": False,
-        "sessionKey": st.session_key,
-        "sessionId": st.session_id,
-        "reason": reason,
-    }
-
-
-def _answer(waiters: list[Waiter], outcome: Outcome) -> None:
-    for w in waiters:
-        w(outcome)
-    waiters.clear()
-
-
-def _why(e: Exception) -> str:
-    if isinstance(e, OSError):
-        return f"{e.strerror or e} ({getattr(e, 'filename', None) or 'file'})"
-    if isinstance(e, RequestError):
-        return e.message
-    return str(e) or type(e).__name__

@@ -20,25 +20,38 @@ def write_memory(folder: Path, local: datetime, session_key: str, notes: str) ->
     mode. Returns the path and the bytes written. Raises OSError; nothing is then recorded, and
     the flush is retried.
     """
+    path, sizes = write_memory_sections(folder, local, [(session_key, notes)])
+    return path, sizes[0]
+
+
+def write_memory_sections(
+    folder: Path, local: datetime, sections: list[tuple[str, str]]
+) -> tuple[Path, list[int]]:
+    """Append the notes of several flushes (session key, notes) to `<folder>/YYYY-MM-DD.md` in
+    one write and one fsync: the reset job flushes thousands of sessions, and a sync each would
+    cost more than the notes. Returns the path and the bytes each section took. Raises OSError
+    (then none of them is written)."""
     day = local.strftime("%Y-%m-%d")
     ensure_dir(folder)
     path = folder / f"{day}.md"
-    body = f"## {local.strftime('%H:%M')} memory flush ({session_key})\n\n{notes.strip()}\n"
+    stamp = local.strftime("%H:%M")
+    bodies = [f"## {stamp} memory flush ({key})\n\n{notes.strip()}\n" for key, notes in sections]
     fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, FILE_MODE)
     try:
         size = os.fstat(fd).st_size
         if size == 0:
-            data = f"# {day}\n\n{body}"
+            head = f"# {day}\n\n"
         else:
-            data = _separator(os.pread(fd, min(2, size), max(0, size - 2))) + body
-        raw = data.encode("utf-8")
-        write_all(fd, raw)
+            head = _separator(os.pread(fd, min(2, size), max(0, size - 2)))
+        parts = [(head if i == 0 else "\n") + body for i, body in enumerate(bodies)]
+        raws = [p.encode("utf-8") for p in parts]
+        write_all(fd, b"".join(raws))
         os.fsync(fd)
     finally:
         os.close(fd)
     if size == 0:
         fsync_dir(folder)
-    return path, len(raw)
+    return path, [len(r) for r in raws]
 
 
 def _separator(tail: bytes) -> str:

@@ -98,6 +98,20 @@ def make_summarizer(cfg: SummarizerConfig) -> Summarizer:
     return BuiltinSummarizer()
 
 
+def summarize_here(cfg: SummarizerConfig, req: SummaryRequest) -> tuple[str, str]:
+    """(kind, text): the summarizer's answer, computed in this thread; for worker processes
+    (daemon/workers.py), where nothing else waits on this thread. Raises SummarizerFailed."""
+    import anyio
+
+    from daemon.summarizers import builtin
+
+    if cfg.kind == "builtin":
+        text = builtin.notes(req) if req.task == "memoryFlush" else builtin.summary(req)
+        return "builtin", text
+    summarizer = make_summarizer(cfg)
+    return summarizer.kind, anyio.run(summarizer.summarize, req)
+
+
 # ---------------------------------------------------------------------------------------------
 # Transcript as text
 

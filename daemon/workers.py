@@ -1,0 +1,287 @@
+"""Worker processes: the one way the daemon runs Python work on big data off its event loop's GIL.
+
+Parsing a transcript of hundreds of MB, summarising it, turning mirror rounds into records: each
+is pure Python, and on a thread it would hold the GIL the event loop needs to acknowledge other
+sessions' messages. A `Pool` runs such a job as a call of a module-level function in a process of
+its own (`python -m daemon.workers`), handing it paths, offsets and settings, never transcripts:
+the worker reads what it needs itself and sends back a small result.
+
+Supervision, the same for every pool:
+- workers start on demand, at most `size` at once, and are reused; an idle one that finds its
+  stdin closed (the daemon stopped or died) exits, and the kernel kills it with SIGKILL if the
+  daemon dies mid-job (PR_SET_PDEATHSIG), so no worker outlives the daemon;
+- a worker that dies mid-job (SIGKILL, a crash) is a `WorkerDied` for that job: the caller treats
+  it as any failed attempt (nothing written, retried with back-off) and the next job gets a new
+  worker; the daemon itself is unaffected;
+- a cancelled job (the daemon stopping) is cancelled in the worker at once: SIGUSR1 raises
+  `JobCancelled` there, which unwinds the job (a summarizer program it runs is killed and
+  reaped); a worker that has not exited GRACE_SECONDS later is killed;
+- workers ignore SIGINT/SIGTERM/SIGHUP (a Ctrl-C or systemd's stop reach the whole group: the
+  daemon decides what ends and when), run WORKER_NICE below the daemon, and keep their log
+  events in memory, handed back with each result and logged by the daemon (daemon/worker_log.py).
+
+Frames on the pipes: 8 bytes of length (big-endian), then a pickle. Request: (function, args, log
+level); answer: ("ok", result, events, left_out) or ("error", exception, events, left_out).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import pickle
+import signal
+import struct
+import subprocess
+import sys
+from collections.abc import Callable
+from types import FrameType
+from typing import Any, TypeVar
+
+import anyio
+import structlog
+from anyio.abc import Process
+from anyio.streams.buffered import BufferedByteReceiveStream
+
+from daemon import guard, logs, worker_log
+
+log = structlog.get_logger("daemon.workers")
+
+T = TypeVar("T")
+
+WORKER_NICE = 10  # workers run this much below the daemon's priority
+GRACE_SECONDS = 3.0  # a cancelled or stopped worker is killed if it has not exited by then
+HEADER = struct.Struct(">Q")
+PR_SET_PDEATHSIG = 1
+
+
+class WorkerDied(Exception):
+    """A worker process ended during a job (killed, crashed) or broke the protocol; the job did
+    not finish, and whatever it was to write was not written by the daemon."""
+
+
+class JobCancelled(BaseException):
+    """Raised in a worker by SIGUSR1: the daemon cancelled the job (a BaseException, so that no
+    `except Exception` in the job's code takes it for a failure to handle)."""
+
+
+# ---------------------------------------------------------------------------------------------
+# The daemon's side
+
+
+class Pool:
+    """Up to `size` worker processes for one kind of job. Owned by the component that runs the
+    jobs; `aclose` (at its end) stops the idle workers and kills those that do not stop."""
+
+    def __init__(self, name: str, size: int) -> None:
+        self.name = name
+        self.limiter = anyio.CapacityLimiter(size)
+        self._idle: list[Process] = []
+        self._busy: set[Process] = set()
+        self.started = 0  # processes started, over the pool's life
+        self.deaths = 0  # jobs whose worker died under them
+
+    def resize(self, size: int) -> None:
+        self.limiter.total_tokens = size
+
+    @property
+    def pids(self) -> list[int]:
+        """The live workers' process ids (idle and busy)."""
+        return [p.pid for p in (*self._idle, *self._busy)]
+
+    async def run(self, fn: Callable[..., T], *args: Any, cancellable: bool = True) -> T:
+        """`fn(*args)` in a worker. Raises what `fn` raised (re-raised here), WorkerDied, or
+        OSError when no worker can be started. With `cancellable=False` the job always runs to
+        its end, even if the caller is cancelled meanwhile (the answer is then dropped)."""
+        request = pickle.dumps((fn, args, logs.settings()[0]), protocol=pickle.HIGHEST_PROTOCOL)
+        async with self.limiter:
+            proc = await self._take()
+            self._busy.add(proc)
+            clean = False
+            try:
+                with anyio.CancelScope(shield=not cancellable):
+                    reply = await self._exchange(proc, request)
+                clean = True
+            finally:
+                self._busy.discard(proc)
+                if clean:
+                    self._idle.append(proc)
+                else:
+                    with anyio.CancelScope(shield=True):
+                        await self._end(proc, cancel=True)
+        status, value, events, left_out = reply
+        worker_log.relay(events, left_out, process=f"{self.name}-worker")
+        if status == "ok":
+            return value  # type: ignore[no-any-return]
+        assert isinstance(value, BaseException)
+        raise value
+
+    async def _exchange(self, proc: Process, request: bytes) -> tuple[str, Any, Any, int]:
+        assert proc.stdin is not None and proc.stdout is not None
+        replies = BufferedByteReceiveStream(proc.stdout)
+        try:
+            await proc.stdin.send(HEADER.pack(len(request)) + request)
+            (n,) = HEADER.unpack(await replies.receive_exactly(HEADER.size))
+            raw = await replies.receive_exactly(n)
+        except (
+            anyio.IncompleteRead,
+            anyio.BrokenResourceError,
+            anyio.ClosedResourceError,
+            OSError,
+        ) as e:
+            self.deaths += 1
+            with anyio.CancelScope(shield=True):
+                code = await self._end(proc, cancel=False)
+            raise WorkerDied(f"the {self.name} worker process ended ({_how(code)})") from e
+        try:
+            reply = pickle.loads(raw)
+        except Exception as e:
+            raise WorkerDied(f"the {self.name} worker sent an answer that does not load") from e
+        if not (isinstance(reply, tuple) and len(reply) == 4):
+            raise WorkerDied(f"the {self.name} worker broke the protocol")
+        return reply
+
+    async def _take(self) -> Process:
+        while self._idle:
+            proc = self._idle.pop()
+            if proc.returncode is None:
+                return proc
+            await proc.aclose()
+        argv = [sys.executable, "-m", "daemon.workers", str(WORKER_NICE)]
+        proc = await anyio.open_process(
+            argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=None
+        )
+        self.started += 1
+        return proc
+
+    async def _end(self, proc: Process, *, cancel: bool) -> int:
+        """End a worker (shield the call): with `cancel`, SIGUSR1 first so that the job unwinds
+        (and kills what it started); SIGKILL after GRACE_SECONDS. Reaps it."""
+        if proc.returncode is None and cancel:
+            with contextlib.suppress(ProcessLookupError):
+                proc.send_signal(signal.SIGUSR1)
+        with anyio.move_on_after(GRACE_SECONDS):
+            await proc.wait()
+        if proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+        code = await proc.wait()
+        with contextlib.suppress(OSError):
+            await proc.aclose()
+        return code
+
+    async def aclose(self) -> None:
+        """Stop the idle workers (they exit when their stdin closes) and cancel busy ones;
+        kill what has not exited after GRACE_SECONDS. Shielded."""
+        with anyio.CancelScope(shield=True):
+            idle, self._idle = self._idle, []
+            busy = list(self._busy)
+            for proc in idle:
+                if proc.stdin is not None:
+                    with contextlib.suppress(OSError, anyio.BrokenResourceError):
+                        await proc.stdin.aclose()
+            async with anyio.create_task_group() as tg:
+                for proc in idle:
+                    tg.start_soon(self._end_idle, proc)
+                for proc in busy:
+                    tg.start_soon(lambda p: self._end(p, cancel=True), proc)
+
+    async def _end_idle(self, proc: Process) -> None:
+        await self._end(proc, cancel=False)
+
+
+def _how(code: int | None) -> str:
+    if code is None:
+        return "still running"
+    if code < 0:
+        return f"killed by signal {-code}"
+    return f"exit code {code}"
+
+
+# ---------------------------------------------------------------------------------------------
+# The worker's side
+
+_in_worker = False
+
+
+def in_worker() -> bool:
+    """True in a worker process (a summarizer program started there must not outlive it)."""
+    return _in_worker
+
+
+def _cancel(_sig: int, _frame: FrameType | None) -> None:
+    raise JobCancelled()
+
+
+def _setup(nice: int) -> None:
+    global _in_worker
+    _in_worker = True
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, signal.SIG_IGN)
+    signal.signal(signal.SIGUSR1, _cancel)
+    with contextlib.suppress(OSError, AttributeError):
+        # Killed with the daemon, even mid-job: nothing of ours outlives it.
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() == 1:
+        sys.exit(0)  # the daemon died before the prctl: nobody to work for
+    with contextlib.suppress(OSError):
+        os.setpriority(os.PRIO_PROCESS, 0, os.getpriority(os.PRIO_PROCESS, 0) + nice)
+    guard.install_from_env()  # tests: the never-delete guard watches workers as well
+
+
+def _read_exactly(fd: int, n: int) -> bytes | None:
+    parts = []
+    while n:
+        chunk = os.read(fd, n)
+        if not chunk:
+            return None
+        parts.append(chunk)
+        n -= len(chunk)
+    return b"".join(parts)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+def serve(nice: int) -> None:
+    """The worker's loop: one job at a time until stdin closes or a job is cancelled."""
+    _setup(nice)
+    level = None
+    while True:
+        head = _read_exactly(0, HEADER.size)
+        if head is None:
+            return
+        raw = _read_exactly(0, HEADER.unpack(head)[0])
+        if raw is None:
+            return
+        fn, args, want = pickle.loads(raw)
+        if want != level:
+            level = want
+            worker_log.capture(level)
+        try:
+            reply: tuple[str, Any, Any, int] = ("ok", fn(*args), *worker_log.take())
+        except JobCancelled:
+            return  # the daemon ends this process; the job's `finally` blocks have run
+        except Exception as e:
+            reply = ("error", e, *worker_log.take())
+        try:
+            data = pickle.dumps(reply, protocol=pickle.HIGHEST_PROTOCOL)
+        except Exception as e:
+            data = pickle.dumps(("error", RuntimeError(f"{type(e).__name__}: {e}"), [], 0))
+        _write_all(1, HEADER.pack(len(data)) + data)
+
+
+def main() -> None:
+    with contextlib.suppress(JobCancelled, BrokenPipeError):
+        serve(int(sys.argv[1]) if len(sys.argv) > 1 else WORKER_NICE)
+
+
+if __name__ == "__main__":
+    # Through the imported module, not this __main__ copy: jobs that ask `in_worker()` or raise
+    # `JobCancelled` must see the same globals and classes as the loop does.
+    from daemon import workers
+
+    workers.main()
