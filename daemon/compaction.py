@@ -49,7 +49,15 @@ import structlog
 from anyio.abc import TaskGroup, TaskStatus
 
 from daemon import compaction_job
-from daemon.compaction_job import Closed, ClosedDone, Done, Job, kept_budget, read_budget
+from daemon.compaction_job import (
+    Closed,
+    ClosedDone,
+    Done,
+    Job,
+    after_limit,
+    kept_budget,
+    read_budget,
+)
 from daemon.compaction_state import (
     MAX_BACKOFF_SECONDS,
     RESET_FLUSH_ATTEMPTS,
@@ -509,6 +517,7 @@ class Compactor:
                 end=st.size,
                 max_bytes=read_budget(cc),
                 keep_recent=kept_budget(th),
+                max_after=after_limit(th),
                 compact=compact,
                 flush=flush,
                 flush_alone=d.flush,
@@ -546,7 +555,7 @@ class Compactor:
             elif done.compact_error is not None:
                 raise SummarizerFailed(done.compact_error)
             elif done.plan is not None:
-                outcome = await self._compact(st, done, at_read, req)
+                outcome = await self._compact(st, done, at_read, job.end, req)
         except NotFound:
             self.pending.pop(p.session_id, None)
             if req is not None:
@@ -581,6 +590,9 @@ class Compactor:
         p.failures = 0
         p.retry_at = 0.0
         p.last_error = None
+        # A busy session may be over the threshold again with what arrived meanwhile: its next
+        # turn is due now, not at its next message.
+        self._check(st)
         if req is not None:
             answer(req.waiters, outcome or not_done(st, "nothing to compact"))
 
@@ -595,7 +607,7 @@ class Compactor:
     # --- the compaction --------------------------------------------------------------------------
 
     async def _compact(
-        self, st: SessionState, done: Done, at_read: int, req: Request | None
+        self, st: SessionState, done: Done, at_read: int, end: int, req: Request | None
     ) -> Outcome:
         """Append the compaction entry the worker summarised. Raises NotFound (session reset),
         StorageUnavailable."""
@@ -635,15 +647,19 @@ class Compactor:
                 "tokensBefore": at_read,
                 "details": details,
             }
-            self.store.add_line(batch, s, orjson.dumps(entry), eid)
-            # Messages that arrived while the summarizer worked stay counted on top.
+            line = orjson.dumps(entry)
+            self.store.add_line(batch, s, line, eid)
+            # Messages that arrived while the summarizer worked stay counted on top: they are
+            # in the session's count, not in what the compaction left (`tokensAfter`).
             grown = max(0, int_of(s.entry.get("totalTokens")) - at_read)
             self.store.update_entry(s, {"totalTokens": after + grown, "compactionCount": cycle})
-            return {"entryId": eid, "end": s.size, "tokensAfter": after + grown}
+            return {"entryId": eid, "line": len(line) + 1, "totalTokens": after + grown}
 
         with anyio.CancelScope(shield=True):
             appended = await self.pipeline.append_prepared(st.session_id, prepare)
-        self.marks[st.session_id] = int(appended["end"])
+        # The growth guard counts from what the summary covered: messages that arrived while
+        # the summarizer ran are new material (only the compaction's own line is not).
+        self.marks[st.session_id] = end + int(appended["line"])
         self._cache(st.session_id, Latest(appended["entryId"], summary, first_kept, at_read))
         info = {
             "agentId": st.agent_id,
@@ -652,7 +668,8 @@ class Compactor:
             "entryId": appended["entryId"],
             "firstKeptEntryId": first_kept,
             "tokensBefore": at_read,
-            "tokensAfter": appended["tokensAfter"],
+            "tokensAfter": after,
+            "totalTokens": appended["totalTokens"],
             "compactionCount": details["compactionCount"],
             "summarizedEntries": plan.summarized,
             "keptEntries": plan.kept_entries,

@@ -53,6 +53,11 @@ def kept_budget(th: tokens.Thresholds) -> int:
     return min(th.keep_recent, max(1, th.compact_at // 4))
 
 
+def after_limit(th: tokens.Thresholds) -> int:
+    """The most tokens a compaction may leave (summary plus kept tail): half the threshold."""
+    return max(1, th.compact_at // 2)
+
+
 @dataclass(frozen=True, slots=True)
 class Job:
     """One turn of a session's compaction work, as the worker gets it."""
@@ -61,6 +66,7 @@ class Job:
     end: int  # read up to this offset: what the registry counted when the job started
     max_bytes: int
     keep_recent: int
+    max_after: int  # summary plus kept tail at most this (a longer summary shortens the tail)
     compact: bool
     flush: bool  # the cycle's memory flush is to run first
     flush_alone: bool  # flush even when there turns out to be nothing to compact
@@ -104,12 +110,9 @@ def run(job: Job) -> Done:
     view = read_context(Path(job.path), end=job.end, max_bytes=job.max_bytes)
     msgs = view.messages()
     cut = 0
+    sizes = [tokens.entry_tokens(m) for m in msgs]
     if job.compact:
-        sizes = [tokens.entry_tokens(m) for m in msgs]
-        cut = tokens.split_kept(sizes, [tokens.role_of(m) for m in msgs], job.keep_recent)
-        first_kept = msgs[cut].get("id") if msgs else None
-        if not isinstance(first_kept, str):
-            cut = 0
+        cut = _cut(msgs, sizes, job.keep_recent)
     kind: str = job.summarizer.kind
     done = Done(kind, nothing_to_compact=job.compact and cut == 0)
     if job.flush and (cut > 0 or job.flush_alone):
@@ -131,18 +134,16 @@ def run(job: Job) -> Done:
             done = Done(kind, len(entries), notes, view.last_entry_id)
     if cut == 0:
         return _with(done, nothing_to_compact=job.compact)
-    req = SummaryRequest(
-        "compaction",
-        COMPACTION_PROMPT,
-        tuple(msgs[:cut]),
-        view.summary,
-        job.instructions,
-        job.session_key,
-        job.agent_id,
-    )
     try:
-        kind, text = summarize_here(job.summarizer, req)
-        summary = check_summary(text)
+        kind, summary = _summary(job, msgs, cut, view.summary)
+        room = job.max_after - tokens.estimate(len(summary))
+        if sum(sizes[cut:]) > room:
+            # A long summary: the tail kept beside it shrinks so that the two together stay
+            # within `max_after`, and the summary is written again over what no longer fits.
+            longer = _cut(msgs, sizes, max(0, room))
+            if longer > cut:
+                cut = longer
+                kind, summary = _summary(job, msgs, cut, view.summary)
     except SummarizerFailed as e:
         return _with(done, compact_error=str(e) or "the summarizer failed")
     kept = msgs[cut:]
@@ -156,6 +157,28 @@ def run(job: Job) -> Done:
         view.complete,
     )
     return _with(done, kind=kind, plan=plan)
+
+
+def _cut(msgs: list[dict[str, Any]], sizes: list[int], keep: int) -> int:
+    """Index of the first kept message (0: nothing to summarise)."""
+    cut = tokens.split_kept(sizes, [tokens.role_of(m) for m in msgs], keep)
+    return cut if cut < len(msgs) and isinstance(msgs[cut].get("id"), str) else 0
+
+
+def _summary(
+    job: Job, msgs: list[dict[str, Any]], cut: int, previous: str | None
+) -> tuple[str, str]:
+    req = SummaryRequest(
+        "compaction",
+        COMPACTION_PROMPT,
+        tuple(msgs[:cut]),
+        previous,
+        job.instructions,
+        job.session_key,
+        job.agent_id,
+    )
+    kind, text = summarize_here(job.summarizer, req)
+    return kind, check_summary(text)
 
 
 def _with(done: Done, **changes: Any) -> Done:
