@@ -39,7 +39,6 @@ by its next message.
 from __future__ import annotations
 
 import math
-from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
@@ -50,17 +49,21 @@ from anyio.abc import TaskGroup, TaskStatus
 
 from daemon import compaction_job
 from daemon.compaction_job import (
-    Closed,
-    ClosedDone,
     Done,
     Job,
     after_limit,
     kept_budget,
     read_budget,
 )
+from daemon.compaction_replies import (
+    LatestCache,
+    compact_reply,
+    context_answer,
+    context_reply,
+    latest_of,
+)
 from daemon.compaction_state import (
     MAX_BACKOFF_SECONDS,
-    RESET_FLUSH_ATTEMPTS,
     Latest,
     Outcome,
     Pending,
@@ -80,7 +83,8 @@ from daemon.core.protocol import CompactParams, SessionRef
 from daemon.errors import NotFound, StorageUnavailable, SummarizerFailed
 from daemon.memoryflush import MemoryFlusher
 from daemon.pipeline import AppendWork, IngestWork, Pipeline
-from daemon.store.context import ContextView, detail_reply, read_context
+from daemon.reset_flushes import ResetFlushes
+from daemon.store.context import ContextView
 from daemon.store.registry import SessionState
 from daemon.store.store import Batch
 from daemon.store.transcript import next_entry_id
@@ -88,13 +92,7 @@ from daemon.workers import Pool, WorkerDied
 
 log = structlog.get_logger("daemon.compaction")
 
-LATEST_CACHE = 4096  # sessions whose latest summary is kept in memory for /context
-REPLY_SUMMARY_CHARS = 1500
 SETTLE_SECONDS = 2.0
-# Closed sessions flushed in one worker call: their notes share one write and sync per memory
-# file. One group at a time, in a pool of its own: the reset job's thousands of flushes take
-# one core at most, and neither ingest nor threshold compactions wait behind them.
-RESET_FLUSH_GROUP = 500
 
 
 class Compactor:
@@ -105,11 +103,11 @@ class Compactor:
         self.store = pipeline.store
         self.workspace_of = workspace_of
         self.pending: dict[str, Pending] = {}  # by session id
-        self.reset_flushes: list[ResetFlush] = []
-        self.latest: OrderedDict[str, Latest | None] = OrderedDict()
+        self.flusher = MemoryFlusher(pipeline, workspace_of)
+        self.reset_flushes = ResetFlushes(self.store, self.flusher, self._woken)
+        self.latest = LatestCache()
         # Transcript size right after our latest compaction of a session: the growth guard.
         self.marks: dict[str, int] = {}
-        self.flusher = MemoryFlusher(pipeline, workspace_of)
         self._to_load: set[str] = set()
         self._loading: set[str] = set()
         self._wake = anyio.Event()
@@ -118,8 +116,6 @@ class Compactor:
         # Every summarizer, and every read of more than a transcript's tail window, runs in
         # these worker processes: the event loop's GIL stays with acknowledgements.
         self.pool = Pool("compaction", pipeline.config.daemon.compactionWorkers)
-        self.reset_pool = Pool("memory-flush", 1)
-        self._reset_batch_running = False
         self._config: object = None
         self._settings: dict[str, tuple[CompactionConfig, tokens.Thresholds]] = {}
 
@@ -233,72 +229,38 @@ class Compactor:
             return f"/{cmd.name} failed; the daemon logged why. Your message was stored."
 
     def _command_reply(self, cmd: Command, st: SessionState) -> str:
-        cc, th = self.settings(st.agent_id)
-        count = int_of(st.entry.get("totalTokens"))
-        if cmd.name != "compact":
-            return self._context_reply(st, cc, th)
-        self._request(st, cmd.arg or None, "command", None)
-        lines = [
-            f"Compacting {st.session_key} in the background: about {count} tokens now "
-            f"(automatic compaction at {th.compact_at} of a {th.context_window}-token window).",
-        ]
-        if cmd.arg:
-            lines.append(f"Instructions: {cmd.arg}")
-        if th.flush_enabled and not flushed(st):
-            lines.append("Lasting notes are saved to the memory file first.")
-        lines.append(
-            "Older messages are summarised; the transcript keeps every message. "
-            "Send /context to see the summary."
+        _cc, th = self.settings(st.agent_id)
+        if cmd.name == "compact":
+            self._request(st, cmd.arg or None, "command", None)
+            return compact_reply(st, th, cmd.arg or None)
+        sid = st.session_id
+        text, load = context_reply(
+            st,
+            th,
+            self.pending.get(sid),
+            anyio.current_time(),
+            self.latest.get(sid),
+            sid in self.latest,
         )
-        return "\n".join(lines)
-
-    def _context_reply(self, st: SessionState, cc: CompactionConfig, th: tokens.Thresholds) -> str:
-        e = st.entry
-        lines = [
-            f"Context of {st.session_key} (session {st.session_id[:8]})",
-            f"tokens: about {int_of(e.get('totalTokens'))} of {th.context_window} "
-            f"(memory flush at {th.flush_at if th.flush_enabled else 'off'}, "
-            f"compaction at {th.compact_at})",
-        ]
-        count = int_of(e.get("compactionCount"))
-        done = "yes" if flushed(st) else "no"
-        lines.append(f"compactions: {count}; memory flushed this cycle: {done}")
-        p = self.pending.get(st.session_id)
-        if p is not None and (p.running or p.has_work):
-            state = "running" if p.running else "pending"
-            if p.last_error and not p.running:
-                wait = max(0, round(p.retry_at - anyio.current_time()))
-                state += f", retry in {wait}s after: {p.last_error}"
-            lines.append(f"compaction: {state}")
-        latest = self.latest.get(st.session_id)
-        known = st.session_id in self.latest
-        if latest is not None:
-            lines.append(
-                f"latest summary (entry {latest.entry_id}, keeps entries from "
-                f"{latest.first_kept} on; {latest.tokens_before} tokens before):"
-            )
-            text = latest.summary
-            if len(text) > REPLY_SUMMARY_CHARS:
-                text = text[:REPLY_SUMMARY_CHARS].rstrip() + "\n… (sessions.context has all of it)"
-            lines.append(text)
-        elif count == 0 or known:
-            lines.append("no summary yet: the whole transcript is the context.")
-        else:
-            self._to_load.add(st.session_id)
-            lines.append("latest summary: being loaded; sessions.context returns it.")
-        lines.append("Send /context detail for each entry's share of the tokens.")
-        return "\n".join(lines)
+        if load:
+            self._to_load.add(sid)
+        return text
 
     async def context_detail(self, st: SessionState) -> str:
         """The reply to /context detail: each entry of the context with its share of the tokens.
         Never raises (the message is already stored; the answer waits for this)."""
         try:
             await self._settled(st)
-            view = await self._read(st)
+            return await self.pool.run(
+                compaction_job.detail,
+                self._path(st),
+                st.session_key,
+                st.session_id,
+                read_budget(self.settings(st.agent_id)[0]),
+            )
         except Exception as e:
             log.exception("compaction.hook_failed", error=repr(e))
             return "/context detail failed; the daemon logged why. Your message was stored."
-        return detail_reply(st.session_key, st.session_id, view)
 
     def _session_ended(self, old: SessionState) -> None:
         """A reset closed `old`: its pending work ends, and its memory flush is queued."""
@@ -310,12 +272,10 @@ class Compactor:
             answer(p.requested.waiters, not_done(old, "the session was reset"))
             p.requested = None
         self.marks.pop(sid, None)
-        self.latest.pop(sid, None)
+        self.latest.pop(sid)
         cc, th = self.settings(old.agent_id)
         if th.flush_on_reset:
-            self.reset_flushes.append(
-                ResetFlush(old.agent_id, old.session_key, sid, old.rel_path, cc)
-            )
+            self.reset_flushes.add(ResetFlush(old.agent_id, old.session_key, sid, old.rel_path, cc))
 
     # ------------------------------------------------------------------------------------------
     # Protocol methods
@@ -349,29 +309,10 @@ class Compactor:
             raise NotFound(f"no active session with id {ref.session_id!r}")
         st = found
         await self._settled(st)
-        view = await self._read(st)
-        self._remember(st.session_id, view)
-        _cc, th = self.settings(st.agent_id)
-        c = view.compaction
-        return {
-            "sessionKey": st.session_key,
-            "sessionId": st.session_id,
-            "agentId": st.agent_id,
-            "summary": view.summary,
-            "compaction": None
-            if c is None
-            else {
-                "entryId": c.get("id"),
-                "timestamp": c.get("timestamp"),
-                "firstKeptEntryId": c.get("firstKeptEntryId"),
-                "tokensBefore": c.get("tokensBefore"),
-            },
-            "entries": view.messages(),
-            "tokens": view.tokens,
-            "totalTokens": int_of(st.entry.get("totalTokens")),
-            "contextWindow": th.context_window,
-            "compactionCount": int_of(st.entry.get("compactionCount")),
-        }
+        cc, th = self.settings(st.agent_id)
+        view = await self._read(st, cc)
+        self.latest.put(st.session_id, latest_of(view))
+        return context_answer(st, th, view)
 
     def _find(self, key: str) -> SessionState:
         st = self.pipeline.find_by_key(key)
@@ -414,7 +355,14 @@ class Compactor:
                             await self._wake.wait()
         finally:
             await self.pool.aclose()
-            await self.reset_pool.aclose()
+            await self.reset_flushes.pool.aclose()
+
+    def _woken(self) -> None:
+        self._wake.set()
+
+    def _running(self, sid: str) -> bool:
+        p = self.pending.get(sid)
+        return p is not None and p.running
 
     def stop(self) -> None:
         """Cancel the worker (jobs in a summarizer are abandoned and retried after a restart by
@@ -442,23 +390,9 @@ class Compactor:
                 continue
             p.running = True
             tg.start_soon(self._session_job, p)
-        if not self._reset_batch_running:
-            group: list[ResetFlush] = []
-            for rf in self.reset_flushes:
-                busy = self.pending.get(rf.session_id)
-                if busy is not None and busy.running:
-                    continue  # its threshold flush first; the job's end wakes us
-                if rf.retry_at > now:
-                    next_at = min(next_at, rf.retry_at)
-                    continue
-                group.append(rf)
-                if len(group) >= RESET_FLUSH_GROUP:
-                    break
-            if group:
-                self._reset_batch_running = True
-                for rf in group:
-                    rf.running = True
-                tg.start_soon(self._reset_flush_group, group)
+        wait = self.reset_flushes.start_due(tg, now, self._running)
+        if wait is not None:
+            next_at = min(next_at, now + wait)
         for sid in self._to_load - self._loading:
             self._loading.add(sid)
             tg.start_soon(self._load_latest, sid)
@@ -513,7 +447,7 @@ class Compactor:
             await self._settled(st)
             at_read = int_of(st.entry.get("totalTokens"))
             job = Job(
-                path=str(self.store.state_dir / st.rel_path),
+                path=self._path(st),
                 end=st.size,
                 max_bytes=read_budget(cc),
                 keep_recent=kept_budget(th),
@@ -660,7 +594,7 @@ class Compactor:
         # The growth guard counts from what the summary covered: messages that arrived while
         # the summarizer ran are new material (only the compaction's own line is not).
         self.marks[st.session_id] = end + int(appended["line"])
-        self._cache(st.session_id, Latest(appended["entryId"], summary, first_kept, at_read))
+        self.latest.put(st.session_id, Latest(appended["entryId"], summary, first_kept, at_read))
         info = {
             "agentId": st.agent_id,
             "sessionKey": st.session_key,
@@ -682,75 +616,6 @@ class Compactor:
 
     # --- the flush before a reset -----------------------------------------------------------
 
-    async def _reset_flush_group(self, group: list[ResetFlush]) -> None:
-        """Flush a group of closed sessions in one worker call (their notes share one write
-        and sync per memory file); each failure is retried on its own backoff."""
-        try:
-            items = [
-                Closed(
-                    rf.session_id,
-                    rf.session_key,
-                    rf.agent_id,
-                    str(self.store.state_dir / rf.rel_path),
-                    str(self.flusher.memory_folder(rf.agent_id)),
-                    self.flusher.covered.get(rf.session_id),
-                    # What a model can read at most: the newest context window's worth.
-                    rf.settings.contextWindow * tokens.CHARS_PER_TOKEN,
-                    rf.settings.summarizer,
-                    rf.settings.memoryFlush.prompt,
-                )
-                for rf in group
-            ]
-            try:
-                results = await self.reset_pool.run(
-                    compaction_job.flush_closed, items, self.flusher.local_now()
-                )
-            except (WorkerDied, OSError) as e:
-                reason = why(e)
-                results = [ClosedDone(rf.session_id, error=reason) for rf in group]
-            for rf, res in zip(group, results, strict=True):
-                self._reset_flushed(rf, res)
-        finally:
-            for rf in group:
-                rf.running = False
-            self._reset_batch_running = False
-            self._wake.set()
-
-    def _reset_flushed(self, rf: ResetFlush, res: ClosedDone) -> None:
-        if res.error is None:
-            self.flusher.covered.pop(rf.session_id, None)
-            self.reset_flushes.remove(rf)
-            if not res.entries:
-                log.debug("memory.flush_skipped", sessionId=rf.session_id, reason="nothing new")
-                return
-            data = {
-                "file": res.file,
-                "bytes": res.bytes,
-                "noReply": res.no_reply,
-                "entries": res.entries,
-            }
-            self.flusher.publish(rf.agent_id, rf.session_key, rf.session_id, "reset", data)
-            return
-        rf.attempts += 1
-        gave_up = rf.attempts >= RESET_FLUSH_ATTEMPTS
-        delay = min(MAX_BACKOFF_SECONDS, rf.settings.retryBaseSeconds * 2.0**rf.attempts)
-        log.warning(
-            "memory.flush_failed",
-            agentId=rf.agent_id,
-            sessionKey=rf.session_key,
-            sessionId=rf.session_id,
-            reason=res.error,
-            trigger="reset",
-            attempt=rf.attempts,
-            gaveUp=gave_up,
-            retryInSeconds=None if gave_up else delay,
-        )
-        if gave_up:
-            self.flusher.covered.pop(rf.session_id, None)
-            self.reset_flushes.remove(rf)
-        else:
-            rf.retry_at = anyio.current_time() + delay
-
     # --- reading -------------------------------------------------------------------------------
 
     async def _settled(self, st: SessionState) -> None:
@@ -768,42 +633,26 @@ class Compactor:
                     return
                 await anyio.sleep(0.005)
 
-    async def _read(self, st: SessionState) -> ContextView:
-        return await anyio.to_thread.run_sync(read_context, self.store.state_dir / st.rel_path)
+    def _path(self, st: SessionState) -> str:
+        return str(self.store.state_dir / st.rel_path)
+
+    async def _read(self, st: SessionState, cc: CompactionConfig) -> ContextView:
+        """The session's context, parsed in a worker (at most `read_budget` of its tail)."""
+        try:
+            return await self.pool.run(compaction_job.context, self._path(st), read_budget(cc))
+        except WorkerDied as e:
+            raise StorageUnavailable(f"reading the context failed: {e}") from None
 
     async def _load_latest(self, sid: str) -> None:
         try:
             st = self.store.by_id.get(sid)
             if st is None:
                 return
-            view = await self._read(st)
-            self._remember(sid, view)
-        except OSError as e:
+            cc = self.settings(st.agent_id)[0]
+            found = await self.pool.run(compaction_job.latest, self._path(st), read_budget(cc))
+            self.latest.put(sid, found)
+        except (OSError, WorkerDied) as e:
             log.debug("compaction.summary_unreadable", sessionId=sid, error=str(e))
-            self._cache(sid, None)  # not tried again with every message
+            self.latest.put(sid, None)  # not tried again with every message
         finally:
             self._loading.discard(sid)
-
-    def _remember(self, sid: str, view: ContextView) -> None:
-        c = view.compaction
-        if c is None or view.summary is None:
-            self._cache(sid, None)  # known to have none: not read again for /context
-            return
-        before = c.get("tokensBefore")
-        fk = c.get("firstKeptEntryId")
-        eid = c.get("id")
-        self._cache(
-            sid,
-            Latest(
-                eid if isinstance(eid, str) else None,
-                view.summary,
-                fk if isinstance(fk, str) else None,
-                before if isinstance(before, int) else None,
-            ),
-        )
-
-    def _cache(self, sid: str, latest: Latest | None) -> None:
-        self.latest[sid] = latest
-        self.latest.move_to_end(sid)
-        while len(self.latest) > LATEST_CACHE:
-            self.latest.popitem(last=False)

@@ -21,10 +21,17 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from daemon.compaction_state import Latest
 from daemon.config import CompactionConfig, SummarizerConfig
 from daemon.core import tokens
 from daemon.errors import SummarizerFailed
-from daemon.store.context import FLUSH_ENTRY, find_transcript, read_context
+from daemon.store.context import (
+    FLUSH_ENTRY,
+    ContextView,
+    detail_reply,
+    find_transcript,
+    read_context,
+)
 from daemon.store.memoryfile import write_memory_sections
 from daemon.summarizers import (
     COMPACTION_PROMPT,
@@ -183,6 +190,27 @@ def _summary(
 
 def _with(done: Done, **changes: Any) -> Done:
     return replace(done, **changes)
+
+
+# ---------------------------------------------------------------------------------------------
+# Reads for /context and sessions.context
+
+
+def context(path: str, max_bytes: int) -> ContextView:
+    """In a worker: the session's context, from at most `max_bytes` of its tail."""
+    return read_context(Path(path), max_bytes=max_bytes)
+
+
+def latest(path: str, max_bytes: int) -> Latest | None:
+    """In a worker: the latest compaction's summary (None: none in the tail read)."""
+    from daemon.compaction_replies import latest_of
+
+    return latest_of(read_context(Path(path), max_bytes=max_bytes))
+
+
+def detail(path: str, session_key: str, session_id: str, max_bytes: int) -> str:
+    """In a worker: the /context detail reply."""
+    return detail_reply(session_key, session_id, read_context(Path(path), max_bytes=max_bytes))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,0 +1,138 @@
+"""The memory flushes of sessions a reset closed (SPEC 4.7, `memoryFlush.onReset`), in groups.
+
+The daily reset closes thousands of sessions at once. Each one's flush reads its archived
+transcript and asks the summarizer for notes: Python work on data, so it runs in a worker process
+(daemon/compaction_job.py `flush_closed`), RESET_FLUSH_GROUP sessions per call, and the notes of a
+group share one append and one sync per memory file. One group at a time, in a pool of its own:
+the flushes take one core at most, and neither ingest nor threshold compactions queue behind them.
+A failed flush (summarizer, I/O, a worker that died) is retried on its own backoff, at most
+RESET_FLUSH_ATTEMPTS times; nothing is written for it meanwhile.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import anyio
+import structlog
+from anyio.abc import TaskGroup
+
+from daemon import compaction_job
+from daemon.compaction_job import Closed, ClosedDone
+from daemon.compaction_state import MAX_BACKOFF_SECONDS, RESET_FLUSH_ATTEMPTS, ResetFlush, why
+from daemon.core import tokens
+from daemon.memoryflush import MemoryFlusher
+from daemon.store.store import Store
+from daemon.workers import Pool, WorkerDied
+
+log = structlog.get_logger("daemon.compaction")
+
+RESET_FLUSH_GROUP = 500
+
+
+class ResetFlushes:
+    """Queued flushes of closed sessions; the compaction worker starts their groups."""
+
+    def __init__(self, store: Store, flusher: MemoryFlusher, wake: Callable[[], None]) -> None:
+        self.store = store
+        self.flusher = flusher
+        self.wake = wake
+        self.pool = Pool("memory-flush", 1)
+        self.queued: dict[str, ResetFlush] = {}  # by session id, oldest first
+        self._running = False
+
+    def __bool__(self) -> bool:
+        return bool(self.queued)
+
+    def add(self, rf: ResetFlush) -> None:
+        self.queued[rf.session_id] = rf
+
+    def start_due(self, tg: TaskGroup, now: float, busy: Callable[[str], bool]) -> float | None:
+        """Start the next group unless one runs; return the seconds until a retry is due.
+        A session whose threshold job is running (`busy`) waits for it: its flush first."""
+        if self._running:
+            return None
+        next_at: float | None = None
+        group: list[ResetFlush] = []
+        for rf in self.queued.values():
+            if busy(rf.session_id):
+                continue  # the job's end wakes us
+            if rf.retry_at > now:
+                next_at = rf.retry_at if next_at is None else min(next_at, rf.retry_at)
+                continue
+            group.append(rf)
+            if len(group) >= RESET_FLUSH_GROUP:
+                break
+        if group:
+            self._running = True
+            for rf in group:
+                rf.running = True
+            tg.start_soon(self._run_group, group)
+        return None if next_at is None else max(0.0, next_at - now)
+
+    async def _run_group(self, group: list[ResetFlush]) -> None:
+        try:
+            items = [
+                Closed(
+                    rf.session_id,
+                    rf.session_key,
+                    rf.agent_id,
+                    str(self.store.state_dir / rf.rel_path),
+                    str(self.flusher.memory_folder(rf.agent_id)),
+                    self.flusher.covered.get(rf.session_id),
+                    # What a model can read at most: the newest context window's worth.
+                    rf.settings.contextWindow * tokens.CHARS_PER_TOKEN,
+                    rf.settings.summarizer,
+                    rf.settings.memoryFlush.prompt,
+                )
+                for rf in group
+            ]
+            try:
+                results = await self.pool.run(
+                    compaction_job.flush_closed, items, self.flusher.local_now()
+                )
+            except (WorkerDied, OSError) as e:
+                reason = why(e)
+                results = [ClosedDone(rf.session_id, error=reason) for rf in group]
+            for rf, res in zip(group, results, strict=True):
+                self._done(rf, res)
+        finally:
+            for rf in group:
+                rf.running = False
+            self._running = False
+            self.wake()
+
+    def _done(self, rf: ResetFlush, res: ClosedDone) -> None:
+        if res.error is None:
+            self.flusher.covered.pop(rf.session_id, None)
+            self.queued.pop(rf.session_id, None)
+            if not res.entries:
+                log.debug("memory.flush_skipped", sessionId=rf.session_id, reason="nothing new")
+                return
+            data = {
+                "file": res.file,
+                "bytes": res.bytes,
+                "noReply": res.no_reply,
+                "entries": res.entries,
+            }
+            self.flusher.publish(rf.agent_id, rf.session_key, rf.session_id, "reset", data)
+            return
+        rf.attempts += 1
+        gave_up = rf.attempts >= RESET_FLUSH_ATTEMPTS
+        delay = min(MAX_BACKOFF_SECONDS, rf.settings.retryBaseSeconds * 2.0**rf.attempts)
+        log.warning(
+            "memory.flush_failed",
+            agentId=rf.agent_id,
+            sessionKey=rf.session_key,
+            sessionId=rf.session_id,
+            reason=res.error,
+            trigger="reset",
+            attempt=rf.attempts,
+            gaveUp=gave_up,
+            retryInSeconds=None if gave_up else delay,
+        )
+        if gave_up:
+            self.flusher.covered.pop(rf.session_id, None)
+            self.queued.pop(rf.session_id, None)
+        else:
+            rf.retry_at = anyio.current_time() + delay
