@@ -14,6 +14,7 @@ from daemon.store.store import Archived, Closing, Store
 log = structlog.get_logger("daemon.pipeline")
 
 ARCHIVE_WAIT_SECONDS = 10.0
+ARCHIVE_GROUP = 256  # closed sessions archived per thread call
 
 
 class Archiver:
@@ -89,28 +90,36 @@ class Archiver:
                 self._archived.set()
 
     async def _archive_all(self, closing: list[Closing], now: int) -> None:
-        for c in closing:
+        # In groups, one thread call each: a reset job closes thousands of sessions at once,
+        # and the syncs of a group's folders and index are shared (store/archive.py).
+        for start in range(0, len(closing), ARCHIVE_GROUP):
+            group = closing[start : start + ARCHIVE_GROUP]
             try:
-                rec = await anyio.to_thread.run_sync(self.store.archive_closed, c, now)
-            except OSError as e:
-                # The transcript stays where it is with its closing entry: start-up finishes it.
-                log.error(
-                    "archive.failed",
-                    sessionId=c.state.session_id,
-                    error=e.strerror or str(e),
+                results = await anyio.to_thread.run_sync(
+                    self.store.archive_closed_group, group, now
                 )
-                continue
             finally:
-                moved = self._moving.pop(c.state.session_id, None)
-                if moved is not None:
-                    moved.set()
-            self.store.archived_done(rec)
-            log.info(
-                "session.archived",
-                agentId=rec.agentId,
-                sessionKey=rec.sessionKey,
-                sessionId=rec.sessionId,
-                reason=rec.reason,
-                messages=rec.messages,
-                bytes=rec.bytes,
-            )
+                for c in group:
+                    moved = self._moving.pop(c.state.session_id, None)
+                    if moved is not None:
+                        moved.set()
+            for c, rec in zip(group, results, strict=True):
+                if isinstance(rec, OSError):
+                    # The transcript stays where it is with its closing entry (or is in
+                    # archive/ without its index line): start-up finishes it.
+                    log.error(
+                        "archive.failed",
+                        sessionId=c.state.session_id,
+                        error=rec.strerror or str(rec),
+                    )
+                    continue
+                self.store.archived_done(rec)
+                log.info(
+                    "session.archived",
+                    agentId=rec.agentId,
+                    sessionKey=rec.sessionKey,
+                    sessionId=rec.sessionId,
+                    reason=rec.reason,
+                    messages=rec.messages,
+                    bytes=rec.bytes,
+                )

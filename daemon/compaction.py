@@ -478,7 +478,8 @@ class Compactor:
             stage = "compaction"
             if done.nothing_to_compact:
                 # Nothing older than the kept tail: the threshold waits for new material.
-                self.marks[st.session_id] = job.end
+                if job.end >= 0:
+                    self.marks[st.session_id] = job.end
                 log.info(
                     "compaction.skipped",
                     sessionKey=st.session_key,
@@ -593,7 +594,8 @@ class Compactor:
             appended = await self.pipeline.append_prepared(st.session_id, prepare)
         # The growth guard counts from what the summary covered: messages that arrived while
         # the summarizer ran are new material (only the compaction's own line is not).
-        self.marks[st.session_id] = end + int(appended["line"])
+        if end >= 0:
+            self.marks[st.session_id] = end + int(appended["line"])
         self.latest.put(st.session_id, Latest(appended["entryId"], summary, first_kept, at_read))
         info = {
             "agentId": st.agent_id,

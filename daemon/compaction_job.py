@@ -70,7 +70,7 @@ class Job:
     """One turn of a session's compaction work, as the worker gets it."""
 
     path: str
-    end: int  # read up to this offset: what the registry counted when the job started
+    end: int  # read up to this offset (what the registry counted when the job started); -1: all
     max_bytes: int
     keep_recent: int
     max_after: int  # summary plus kept tail at most this (a longer summary shortens the tail)
@@ -114,7 +114,9 @@ class Done:
 
 def run(job: Job) -> Done:
     """In a worker: read, plan, flush, summarise. Raises OSError (the transcript unreadable)."""
-    view = read_context(Path(job.path), end=job.end, max_bytes=job.max_bytes)
+    # A session not touched since start-up has no known size yet (-1): up to its end.
+    end = job.end if job.end >= 0 else None
+    view = read_context(Path(job.path), end=end, max_bytes=job.max_bytes)
     msgs = view.messages()
     cut = 0
     sizes = [tokens.entry_tokens(m) for m in msgs]

@@ -236,8 +236,9 @@ def _count(
     return messages, started, ended, key, sid
 
 
-def move_into_archive(src: Path, name: str) -> Path:
-    """Rename `src` into its folder's archive/ under `name` and sync both folders.
+def move_into_archive(src: Path, name: str, *, sync: bool = True) -> Path:
+    """Rename `src` into its folder's archive/ under `name` and sync both folders (unless
+    `sync` is False: the caller syncs them once for a group of moves).
 
     Never overwrites: if `name` is taken, a numbered variant is used. Returns the new path.
     Raises OSError (nothing is lost: the rename is atomic).
@@ -250,8 +251,9 @@ def move_into_archive(src: Path, name: str) -> Path:
         dest = folder / f"{name}.{n}"
         n += 1
     fileio.rename(src, dest)
-    fsync_dir(folder)
-    fsync_dir(src.parent)
+    if sync:
+        fsync_dir(folder)
+        fsync_dir(src.parent)
     return dest
 
 
@@ -406,6 +408,71 @@ def archive_transcript(
     append_index(path.parent, [rec])
     failpoint("archive.after_index")
     return rec
+
+
+@dataclass(frozen=True, slots=True)
+class ToArchive:
+    """A closed transcript to archive (archive_transcripts)."""
+
+    path: Path
+    agent_id: str
+    reason: str
+    session_id: str
+    session_key: str | None
+    predecessor: str | None
+    successor: str | None
+
+
+def archive_transcripts(items: list[ToArchive], now: int) -> list[ArchiveRecord | OSError]:
+    """`archive_transcript` for a group (worker thread): each file is synced, described and
+    moved as there, then each sessions folder and its archive/ are synced once and the group's
+    index lines appended with one sync. The reset job archives thousands of sessions at once;
+    four syncs each made it slow. Returns each item's record, or the OSError that stopped it
+    (a file whose index line could not be written is in archive/: start-up indexes it)."""
+    out: list[ArchiveRecord | OSError] = []
+    folders: dict[Path, list[int]] = {}
+    for i, it in enumerate(items):
+        try:
+            fd = fileio.open(it.path, os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                fileio.fsync(fd)
+            finally:
+                fileio.close(fd)
+            failpoint("archive.after_fsync")
+            stats = transcript_stats(it.path)
+            dest = move_into_archive(it.path, it.path.name, sync=False)
+            failpoint("archive.after_move")
+        except OSError as e:
+            out.append(e)
+            continue
+        out.append(
+            ArchiveRecord(
+                sessionId=it.session_id,
+                sessionKey=it.session_key or stats.session_key,
+                agentId=it.agent_id,
+                reason=it.reason,
+                startedAt=stats.started_at,
+                endedAt=stats.ended_at,
+                archivedAt=now,
+                messages=stats.messages,
+                bytes=stats.bytes,
+                sha256=stats.sha256,
+                predecessor=it.predecessor or stats.predecessor,
+                successor=it.successor,
+                file=dest.name,
+            )
+        )
+        folders.setdefault(it.path.parent, []).append(i)
+    for folder, idx in folders.items():
+        try:
+            fsync_dir(archive_folder(folder))
+            fsync_dir(folder)
+            append_index(folder, [r for i in idx if isinstance(r := out[i], ArchiveRecord)])
+            failpoint("archive.after_index")
+        except OSError as e:
+            for i in idx:
+                out[i] = e
+    return out
 
 
 def index_orphan(path: Path, agent_id: str, now: int, reason: str | None = None) -> ArchiveRecord:

@@ -323,6 +323,25 @@ class Store:
             now=now,
         )
 
+    def archive_closed_group(
+        self, closing: list[Closing], now: int
+    ) -> list[ArchiveRecord | OSError]:
+        """`archive_closed` for many sessions, their folder and index syncs shared (worker
+        thread); each gets its record or the OSError that stopped it."""
+        items = [
+            archive.ToArchive(
+                self.state_dir / c.state.rel_path,
+                c.state.agent_id,
+                c.reason,
+                c.state.session_id,
+                c.state.session_key,
+                c.predecessor,
+                c.successor,
+            )
+            for c in closing
+        ]
+        return archive.archive_transcripts(items, now)
+
     def archived_done(self, rec: ArchiveRecord) -> None:
         a = self.archived_by_id.get(rec.sessionId)
         if a is None:
