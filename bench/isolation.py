@@ -249,6 +249,50 @@ class Events:
                     self.flushed_at.append(now)
 
 
+def other_phases(
+    client: Client, big_key: str, seconds: float, phases: list[tuple[str, float, float, str]]
+) -> None:
+    """The compaction, history and big-message phases, one after the other."""
+    t0 = time.monotonic()
+    res = client.call("sessions.compact", {"sessionKey": big_key})
+    took = time.monotonic() - t0
+    note = (
+        f"compacted {res.get('summarizedEntries')} entries in {took:.1f} s"
+        if res.get("compacted")
+        else f"not compacted: {res.get('reason')}"
+    )
+    time.sleep(max(0.0, seconds - took))
+    phases.append(("compaction", t0, time.monotonic(), note))
+
+    t0 = time.monotonic()
+    pages, before = 0, None
+    while time.monotonic() - t0 < seconds:
+        params: dict[str, Any] = {"sessionKey": big_key, "limit": 200}
+        if before is not None:
+            params["before"] = before
+        page = client.call("sessions.history", params)
+        pages += 1
+        before = page.get("before")
+    phases.append(("history", t0, time.monotonic(), f"{pages} pages of 200 entries"))
+
+    t0 = time.monotonic()
+    big_text = "x" * (1_000_000 - 300)
+    for i in range(60):
+        client.call(
+            "message.ingest",
+            {
+                "channel": "telegram",
+                "chatType": "direct",
+                "peer": "bigmessages",
+                "messageId": f"big-{i}",
+                "text": f"{i} {big_text}",
+            },
+        )
+    took = time.monotonic() - t0
+    time.sleep(max(0.0, seconds - took))
+    phases.append(("big", t0, time.monotonic(), f"60 messages of 1 MB in {took:.1f} s"))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--rate", type=float, default=2000.0)
@@ -257,6 +301,7 @@ def main() -> None:
     ap.add_argument("--reset-sessions", type=int, default=10_000)
     ap.add_argument("--phase-seconds", type=float, default=10.0)
     ap.add_argument("--keep", action="store_true", help="keep the state folder")
+    ap.add_argument("--only-reset", action="store_true", help="baseline and reset phases only")
     ap.add_argument("--profile", help="write py-spy's folded stacks of the daemon here")
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="sessiond-isolation-", dir=os.environ.get("BENCH_DIR")))
@@ -288,15 +333,22 @@ def main() -> None:
         with (work / "daemon.log").open("wb") as logf:
             proc = subprocess.Popen(argv, stdout=logf)
         wait_ready(sock, proc)
-        spy = None
+        spies: list[subprocess.Popen[bytes]] = []
         if args.profile:
-            # Sampled stacks of the daemon (and its workers) for the whole run, folded.
-            spy = subprocess.Popen(
-                ["py-spy", "record", "-p", str(proc.pid), "-s", "-f", "raw", "-r", "200"]
-                + ["-o", args.profile, "-d", "600"],
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-            )
+            # Sampled stacks of the daemon's threads, folded, around the reset job (the expiry
+            # job runs a minute after the start).
+            def spy() -> None:
+                assert proc is not None and args.profile
+                spies.append(
+                    subprocess.Popen(
+                        ["py-spy", "record", "-p", str(proc.pid), "-t", "-f", "raw", "-r", "200"]
+                        + ["-o", args.profile, "-d", "40"],
+                        stdout=subprocess.DEVNULL,
+                        stderr=subprocess.DEVNULL,
+                    )
+                )
+
+            threading.Timer(55.0, spy).start()
         events = Events(sock)
         probes = Probes(sock, args.rate, args.probe_sessions)
         probes.start()
@@ -308,44 +360,8 @@ def main() -> None:
         time.sleep(args.phase_seconds)
         phases.append(("baseline", t0, time.monotonic(), ""))
 
-        t0 = time.monotonic()
-        res = client.call("sessions.compact", {"sessionKey": big_key})
-        took = time.monotonic() - t0
-        note = (
-            f"compacted {res.get('summarizedEntries')} entries in {took:.1f} s"
-            if res.get("compacted")
-            else f"not compacted: {res.get('reason')}"
-        )
-        time.sleep(max(0.0, args.phase_seconds - took))
-        phases.append(("compaction", t0, time.monotonic(), note))
-
-        t0 = time.monotonic()
-        pages, before = 0, None
-        while time.monotonic() - t0 < args.phase_seconds:
-            params: dict[str, Any] = {"sessionKey": big_key, "limit": 200}
-            if before is not None:
-                params["before"] = before
-            page = client.call("sessions.history", params)
-            pages += 1
-            before = page.get("before")
-        phases.append(("history", t0, time.monotonic(), f"{pages} pages of 200 entries"))
-
-        t0 = time.monotonic()
-        big_text = "x" * (1_000_000 - 300)
-        for i in range(60):
-            client.call(
-                "message.ingest",
-                {
-                    "channel": "telegram",
-                    "chatType": "direct",
-                    "peer": "bigmessages",
-                    "messageId": f"big-{i}",
-                    "text": f"{i} {big_text}",
-                },
-            )
-        took = time.monotonic() - t0
-        time.sleep(max(0.0, args.phase_seconds - took))
-        phases.append(("big", t0, time.monotonic(), f"60 messages of 1 MB in {took:.1f} s"))
+        if not args.only_reset:
+            other_phases(client, big_key, args.phase_seconds, phases)
 
         # The reset job: the reset sessions turn idle a minute after they were written, and the
         # expiry job runs every minute.
@@ -366,9 +382,8 @@ def main() -> None:
         phases.append(("reset", started, max(ended, notes_done), ""))
         probes.stop()
         client.close()
-        if spy is not None:
-            spy.send_signal(signal.SIGINT)
-            spy.wait(60)
+        for p in spies:
+            p.wait(120)
 
         la = os.getloadavg()
         print(

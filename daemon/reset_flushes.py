@@ -72,13 +72,18 @@ class ResetFlushes:
 
     async def _run_group(self, group: list[ResetFlush]) -> None:
         try:
+            folders: dict[str, str] = {}
+            for rf in group:
+                if rf.agent_id not in folders:
+                    folders[rf.agent_id] = str(self.flusher.memory_folder(rf.agent_id))
+            state_dir = str(self.store.state_dir)
             items = [
                 Closed(
                     rf.session_id,
                     rf.session_key,
                     rf.agent_id,
-                    str(self.store.state_dir / rf.rel_path),
-                    str(self.flusher.memory_folder(rf.agent_id)),
+                    f"{state_dir}/{rf.rel_path}",
+                    folders[rf.agent_id],
                     self.flusher.covered.get(rf.session_id),
                     # What a model can read at most: the newest context window's worth.
                     rf.settings.contextWindow * tokens.CHARS_PER_TOKEN,

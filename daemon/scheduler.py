@@ -42,6 +42,9 @@ EXPIRY = "expiry"
 RETENTION = "retention"  # hourly; the sweep itself (daemon/retention.py) is bounded per run
 
 
+RESET_GROUP = 1000  # resets queued at once by a job; the next group once these are answered
+
+
 def daily_job(hour: int) -> str:
     return f"daily@{hour:02d}"
 
@@ -171,17 +174,36 @@ class Scheduler:
 
             return reply
 
-        # All at once: the committer batches them, so thousands of resets share a few syncs.
-        for agent_id, key, reason in stale:
-            reply = answered(key, reason)
-            try:
-                waiter = self.pipeline.reset(
-                    agent_id, key, reason, reply, only_if_stale=True, start_new=False, at=now
-                )
-                if waiter is not None:
-                    await waiter
-            except RequestError as e:
-                reply(e)
+        # In groups: the committer batches a group's resets, so they share a few syncs, and
+        # between groups other sessions' messages are answered (thousands of resets queued at
+        # once would be prepared in batches that hold the event loop for seconds).
+        for start in range(0, len(stale), RESET_GROUP):
+            group_done = anyio.Event()
+            left = len(stale[start : start + RESET_GROUP])
+
+            def counted(
+                reply: Callable[[Any], None], ended: anyio.Event = group_done
+            ) -> Callable[[Any], None]:
+                def done(res: Any) -> None:
+                    nonlocal left
+                    reply(res)
+                    left -= 1
+                    if left == 0:
+                        ended.set()
+
+                return done
+
+            for agent_id, key, reason in stale[start : start + RESET_GROUP]:
+                reply = counted(answered(key, reason))
+                try:
+                    waiter = self.pipeline.reset(
+                        agent_id, key, reason, reply, only_if_stale=True, start_new=False, at=now
+                    )
+                    if waiter is not None:
+                        await waiter
+                except RequestError as e:
+                    reply(e)
+            await group_done.wait()
         if stale:
             await all_done.wait()
             await self.pipeline.archives_settled()

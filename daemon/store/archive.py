@@ -23,11 +23,12 @@ import orjson
 
 from daemon.failpoints import failpoint
 from daemon.store import fileio
-from daemon.store.fsutil import FILE_MODE, ensure_dir, fsync_dir, write_all
+from daemon.store.fsutil import FILE_MODE, ensure_dir, fsync_dir, sync_filesystem, write_all
 from daemon.store.transcript import json_object
 
 ARCHIVE_DIR = "archive"
 INDEX = "index.jsonl"
+SYNCFS_ABOVE = 16  # files archived at once beyond which one syncfs beats a fsync each
 REASONS = ("new", "reset", "daily", "idle", "deleted", "orphan", "import", "missing-transcript")
 # A registry row whose transcript was already gone when it was imported: the record keeps its
 # key, ids, times and registry fields; no file holds it (`file` names the one that was missing).
@@ -431,13 +432,21 @@ def archive_transcripts(items: list[ToArchive], now: int) -> list[ArchiveRecord 
     (a file whose index line could not be written is in archive/: start-up indexes it)."""
     out: list[ArchiveRecord | OSError] = []
     folders: dict[Path, list[int]] = {}
+    # Many files: one syncfs for all of them (as a checkpoint does, store/store.py); a fsync
+    # each would cost one disk flush each.
+    synced: list[OSError | None] = [None] * len(items)
+    try:
+        together = len(items) > SYNCFS_ABOVE and _sync_all(items)
+    except OSError as e:
+        # A write-back error: not retried file by file as if nothing happened (the kernel may
+        # have dropped the pages); these stay where they are, and start-up archives them.
+        together, synced = True, [e] * len(items)
+    if not together:
+        synced = [_sync_file(it.path) for it in items]
     for i, it in enumerate(items):
         try:
-            fd = fileio.open(it.path, os.O_RDONLY | os.O_CLOEXEC)
-            try:
-                fileio.fsync(fd)
-            finally:
-                fileio.close(fd)
+            if synced[i] is not None:
+                raise synced[i]  # type: ignore[misc]
             failpoint("archive.after_fsync")
             stats = transcript_stats(it.path)
             dest = move_into_archive(it.path, it.path.name, sync=False)
@@ -473,6 +482,27 @@ def archive_transcripts(items: list[ToArchive], now: int) -> list[ArchiveRecord 
             for i in idx:
                 out[i] = e
     return out
+
+
+def _sync_all(items: list[ToArchive]) -> bool:
+    """syncfs on each file system the items are on; False when it is not available. Raises
+    OSError (a write-back error)."""
+    devices: dict[int, Path] = {}
+    for it in items:
+        devices.setdefault(os.stat(it.path.parent).st_dev, it.path.parent)
+    return all(sync_filesystem(folder) for folder in devices.values())
+
+
+def _sync_file(path: Path) -> OSError | None:
+    try:
+        fd = fileio.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            fileio.fsync(fd)
+        finally:
+            fileio.close(fd)
+    except OSError as e:
+        return e
+    return None
 
 
 def index_orphan(path: Path, agent_id: str, now: int, reason: str | None = None) -> ArchiveRecord:
