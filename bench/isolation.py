@@ -46,6 +46,7 @@ from daemon.client import Client
 
 TEXT = "a line of chat that is about as long as a real message, with some words in it. " * 2
 PROBE_CLIENTS = 4
+SPY = ["py-spy", "record", "-t", "-f", "raw", "-r", "200", "-d", "40"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -244,9 +245,8 @@ class Events:
             now = time.monotonic()
             if msg.get("method") == "job.run":
                 self.jobs.append((now, msg["params"]))
-            elif msg.get("method") == "memory.flushed":
-                if msg["params"].get("reason") == "reset":
-                    self.flushed_at.append(now)
+            elif msg.get("method") == "memory.flushed" and msg["params"].get("reason") == "reset":
+                self.flushed_at.append(now)
 
 
 def other_phases(
@@ -341,8 +341,7 @@ def main() -> None:
                 assert proc is not None and args.profile
                 spies.append(
                     subprocess.Popen(
-                        ["py-spy", "record", "-p", str(proc.pid), "-t", "-f", "raw", "-r", "200"]
-                        + ["-o", args.profile, "-d", "40"],
+                        [*SPY, "-p", str(proc.pid), "-o", args.profile],
                         stdout=subprocess.DEVNULL,
                         stderr=subprocess.DEVNULL,
                     )

@@ -18,12 +18,10 @@ round is retried with a growing pause, and once the disk is back the mirror catc
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import fnmatch
 import os
 import re
-import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,7 +31,6 @@ import anyio
 import structlog
 from anyio.abc import TaskStatus
 
-from daemon import guard, logs, worker_log
 from daemon.core.bucket import parse_target
 from daemon.remote import RemoteMirror
 from daemon.store.archive import MISSING_TRANSCRIPT
@@ -46,6 +43,7 @@ from daemon.store.backup import (
     state_record,
     write_states,
 )
+from daemon.workers import Pool, WorkerDied
 
 if TYPE_CHECKING:
     from daemon.config import Config
@@ -58,7 +56,6 @@ ACK_WAIT_SECONDS = 5.0  # sync "ack": the longest an answer waits for the mirror
 BACKOFF_MAX = 30.0
 CLOSE_GRACE = 0.5  # after close(): the committer's last batches arrive within this
 CLOSE_MAX = 10.0
-WORKER_NICE = 10  # the mirror worker runs this much below the daemon's priority
 
 
 def backup_root(config: Config, state_dir: Path) -> Path:
@@ -142,46 +139,12 @@ class MirrorCounters:
 # The worker process that writes rounds
 
 
-def run_round(writer: MirrorWriter, jobs: list[Job], log_settings: tuple[str, str]) -> Round:
-    """One round, in the mirror's worker process (anyio.to_process): turning each transcript
+def run_round(writer: MirrorWriter, jobs: list[Job]) -> list[Outcome]:
+    """One round, in the mirror's worker process (daemon/workers.py): turning each transcript
     line into a record is Python work, which in the daemon would hold the GIL its event loop
-    needs to acknowledge messages. MirrorWriter keeps no state between rounds. The round's log
-    events come back with its outcomes (daemon/worker_log.py); those of a round that raised
-    come back with the next one."""
-    global _in_worker
-    if not _in_worker:
-        _enter_worker(log_settings)
-        _in_worker = True
-    outcomes = writer.run(jobs)
-    events, left_out = worker_log.take()
-    return Round(outcomes, events, left_out)
-
-
-@dataclass(frozen=True, slots=True)
-class Round:
-    """What a round in the worker hands back."""
-
-    outcomes: list[Outcome]
-    events: list[dict[str, Any]]
-    left_out: int
-
-
-_in_worker = False
-
-
-def _enter_worker(log_settings: tuple[str, str]) -> None:
-    # Ctrl-C or systemd's stop reach the whole group: a round must not be cut short by them
-    # (the daemon lets the last round finish, then ends its workers itself).
-    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, signal.SIG_IGN)
-    # Below the daemon's priority, as the index worker: when the machine is busy (a catch-up
-    # after start), acknowledging messages and answering reads go first.
-    with contextlib.suppress(OSError):
-        os.setpriority(os.PRIO_PROCESS, 0, os.getpriority(os.PRIO_PROCESS, 0) + WORKER_NICE)
-    guard.install_from_env()  # tests: the never-delete guard watches the worker as well
-    # anyio gives the worker no fd of the daemon's log (its fd 2 is a pipe nobody reads, which
-    # blocks the worker once 64 KiB wait in it): events go back with each round's result.
-    worker_log.capture(log_settings[0])
+    needs to acknowledge messages. MirrorWriter keeps no state between rounds. The worker's log
+    events come back with the outcomes and are logged by the daemon."""
+    return writer.run(jobs)
 
 
 class Mirror:
@@ -205,7 +168,8 @@ class Mirror:
         self.error: str | None = None
         self.counters = MirrorCounters()
         self.lock = anyio.Lock()
-        self._limiter = anyio.CapacityLimiter(1)
+        # One worker process, the same mechanism as every other (daemon/workers.py).
+        self.pool = Pool("mirror", 1)
         self._wake = anyio.Event()
         self._round_done = anyio.Event()
         self._closing = False
@@ -349,6 +313,7 @@ class Mirror:
         finally:
             self._stopped = True
             self._signal_round()
+            await self.pool.aclose()
         log.info("backup.stopped", behind=sum(1 for t in self.tracks.values() if not t.caught_up()))
 
     async def _prime(self) -> None:
@@ -438,12 +403,8 @@ class Mirror:
         try:
             async with self.lock:
                 # Not cancellable: a round always completes (or fails) as a whole.
-                done = await anyio.to_process.run_sync(
-                    run_round, self.writer, jobs, logs.settings(), limiter=self._limiter
-                )
-            worker_log.relay(done.events, done.left_out, process="mirror-worker")
-            outcomes = done.outcomes
-        except anyio.BrokenWorkerProcess as e:
+                outcomes = await self.pool.run(run_round, self.writer, jobs, cancellable=False)
+        except WorkerDied as e:
             # The worker died mid-round (killed): as for a failed write, the sessions are
             # located again; the next round starts a new worker.
             self.counters.worker_deaths += 1

@@ -1,13 +1,11 @@
-"""Log lines of a worker process started by `anyio.to_process` (the backup mirror's), handed back
-to the daemon with each call's result and logged there.
+"""Log lines of a worker process (daemon/workers.py: the compaction, memory-flush and mirror
+workers), handed back to the daemon with each call's result and logged there.
 
-anyio starts its workers with stdout as its reply pipe and stderr as a pipe nobody reads, and
-passes them no other fd: a line written there is lost, and once 64 KiB are waiting the worker
-blocks on its next write for ever (with the mirror's lock held). So the worker keeps its events
-in memory (`capture`), returns them with its result (`take`), and the daemon logs them through
-its own logger (`relay`), in its format, on its stream (stdout, or the journal with priorities).
-The worker's fd 2 is pointed at /dev/null, so that nothing else (a C library, a traceback at
-exit) can fill the pipe either.
+A worker's stdout is its reply pipe, and a line its stderr got would interleave with the daemon's
+own output mid-line. So the worker keeps its events in memory (`capture`), returns them with its
+result (`take`), and the daemon logs them through its own logger (`relay`), in its format, on its
+stream (stdout, or the journal with priorities), each marked with the worker's `process` name.
+The worker's fd 2 is pointed at /dev/null, so that nothing else (a C library) writes there.
 """
 
 from __future__ import annotations
