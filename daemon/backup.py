@@ -35,6 +35,7 @@ from anyio.abc import TaskStatus
 
 from daemon import guard, logs, worker_log
 from daemon.core.bucket import parse_target
+from daemon.core.ids import now_ms
 from daemon.remote import RemoteMirror
 from daemon.store.archive import MISSING_TRANSCRIPT
 from daemon.store.backup import (
@@ -457,7 +458,7 @@ class Mirror:
             self.error = None
         c = self.counters
         c.rounds += 1
-        c.last_sync_ms = time.time_ns() // 1_000_000
+        c.last_sync_ms = now_ms()
         for o in outcomes:
             c.records += o.records
             if o.kept is not None:

@@ -16,8 +16,9 @@ import structlog
 from anyio.abc import TaskGroup
 
 from daemon.core.histogram import BATCH_BOUNDS, LATENCY_BOUNDS, Histogram
+from daemon.core.ids import now_ms
 from daemon.store.fileio import SyncFailed
-from daemon.store.store import Batch, Store, now_ms
+from daemon.store.store import Batch, Store
 
 log = structlog.get_logger("daemon.committer")
 

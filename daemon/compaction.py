@@ -44,6 +44,7 @@ from anyio.abc import TaskGroup, TaskStatus
 from daemon.config import CompactionConfig
 from daemon.core import tokens
 from daemon.core.commands import Command
+from daemon.core.ids import next_entry_id
 from daemon.core.protocol import CompactParams, SessionRef
 from daemon.errors import NotFound, RequestError, StorageUnavailable, SummarizerFailed
 from daemon.memoryflush import MemoryFlusher
@@ -51,7 +52,6 @@ from daemon.pipeline import AppendWork, IngestWork, Pipeline
 from daemon.store.context import ContextView, detail_reply, read_context
 from daemon.store.registry import SessionState
 from daemon.store.store import Batch
-from daemon.store.transcript import next_entry_id
 from daemon.summarizers import (
     COMPACTION_PROMPT,
     SummaryRequest,

@@ -21,7 +21,6 @@ import fcntl
 import os
 import sqlite3
 import stat
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from functools import partial
@@ -33,6 +32,7 @@ import orjson
 from daemon import backfill
 from daemon.backup import backup_root, excluded
 from daemon.config import Config, load_config
+from daemon.core.ids import now_ms
 from daemon.doctor_holes import check_holes
 from daemon.errors import ConfigError
 from daemon.lock import LOCK_NAME
@@ -143,10 +143,6 @@ def lock_holder(state_dir: Path) -> str | None:
         return None
     finally:
         os.close(fd)
-
-
-def now_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 class Doctor:

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from daemon.core.bucket import is_remote
+from daemon.core.ids import now_ms
 from daemon.errors import ConfigError
 
 COMMANDS = ("doctor", "backup", "retention")
@@ -233,7 +234,7 @@ def cmd_restore(args: argparse.Namespace) -> int:
             workspace=lambda agent: workspace_of(cfg, state_dir, agent),
             dedup_max=cfg.daemon.dedupMaxPerAgent,
             dedup_window_ms=cfg.daemon.dedupWindowHours * 3_600_000,
-            now_ms=time.time_ns() // 1_000_000,
+            now_ms=now_ms(),
             progress=Progress("restoring sessions"),
         )
     except RestoreError as e:
@@ -294,7 +295,7 @@ def cmd_retention(args: argparse.Namespace) -> int:
             root,
             compress_after_days=cfg.retention.compressAfterDays,
             retention_days=cfg.sessions.backup.retention_days,
-            now_ms=time.time_ns() // 1_000_000,
+            now_ms=now_ms(),
             active=active,
         )
         if args.dry_run:

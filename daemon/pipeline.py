@@ -31,6 +31,7 @@ from daemon.committer import CheckpointMark, Checkpoints, Counters, WorkQueue
 from daemon.config import Config, resolve_timezone
 from daemon.core import tokens
 from daemon.core.commands import Command
+from daemon.core.ids import next_entry_id, now_ms
 from daemon.core.ingest import (
     RESET_ENTRY,
     ROUTE_FIELD,
@@ -55,8 +56,8 @@ from daemon.logs import Throttle
 from daemon.routing import Router
 from daemon.store.dedup import DedupKey
 from daemon.store.registry import SessionState
-from daemon.store.store import Batch, Store, ingest_answer, now_ms
-from daemon.store.transcript import custom_line, header_line, iso_ms, message_line, next_entry_id
+from daemon.store.store import Batch, Store, ingest_answer
+from daemon.store.transcript import custom_line, header_line, iso_ms, message_line
 from daemon.work import AppendWork as AppendWork  # re-exported: compaction reads answers by kind
 from daemon.work import CompactionHooks, EntryWork, Reply, ResetWork, Work
 from daemon.work import IngestWork as IngestWork

@@ -42,6 +42,7 @@ import anyio
 import structlog
 
 from daemon import backup
+from daemon.core.ids import now_ms
 from daemon.failpoints import failpoint
 from daemon.guard import BACKUP_MARKER
 from daemon.store import archive
@@ -415,7 +416,7 @@ class Retention:
                     root,
                     compress_after_days=cfg.retention.compressAfterDays,
                     retention_days=cfg.sessions.backup.retention_days,
-                    now_ms=time.time_ns() // 1_000_000,
+                    now_ms=now_ms(),
                     active=active,
                     busy=busy,
                 )

@@ -29,12 +29,12 @@ from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
 from daemon.adoption import adopt, record
+from daemon.core.ids import now_ms
 from daemon.core.policy import all_at_hours, daily_boundary
 from daemon.errors import RequestError
 from daemon.pipeline import Pipeline
 from daemon.retention import Retention
 from daemon.store.fsutil import atomic_write
-from daemon.store.store import now_ms
 
 log = structlog.get_logger("daemon.scheduler")
 

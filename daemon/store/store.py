@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import time
-import uuid
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
@@ -20,6 +18,7 @@ from typing import Any
 
 import structlog
 
+from daemon.core.ids import new_session_id, next_entry_id, now_ms
 from daemon.errors import StorageUnavailable
 from daemon.failpoints import failpoint
 from daemon.store import archive, context, fileio, recovery, transcript
@@ -39,16 +38,11 @@ from daemon.store.registry import (
     SessionState,
     load_agent,
 )
-from daemon.store.transcript import next_entry_id
 
 log = structlog.get_logger("daemon.store")
 
 MAX_OPEN_TRANSCRIPTS = 4096
 SYNCFS_ABOVE = 16  # transcripts per checkpoint beyond which one syncfs beats many fsyncs
-
-
-def now_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 @dataclass(slots=True)
@@ -389,7 +383,7 @@ class Store:
     ) -> tuple[SessionState, bytes]:
         """A new session's state and header line (not yet written)."""
         self.agent(agent_id)  # creates the agent's folder on first use
-        sid = str(uuid.uuid4())
+        sid = new_session_id()
         rel = f"agents/{agent_id}/sessions/{sid}.jsonl"
         entry: dict[str, Any] = {
             "sessionId": sid,
