@@ -24,7 +24,8 @@ from daemon import __version__, logs, openclaw_config
 from daemon.api import Api
 from daemon.backup import Mirror
 from daemon.compaction import Compactor
-from daemon.config import Config, resolve_socket_path
+from daemon.config import Config
+from daemon.config_load import resolve_socket_path
 from daemon.keymigrate import rename_case_folded_keys, save_dirty
 from daemon.listeners import listeners_of, tls_reloader
 from daemon.lock import StateLock

@@ -21,13 +21,8 @@ import orjson
 
 from daemon import __version__, cli_events, cli_output, guard, maintenance
 from daemon.client import Client, ConnectError, RpcError
-from daemon.config import (
-    Config,
-    find_config,
-    load_config,
-    resolve_socket_path,
-    resolve_state_dir,
-)
+from daemon.config import Config
+from daemon.config_load import find_config, load_config, resolve_socket_path, resolve_state_dir
 from daemon.errors import UNAUTHENTICATED, ConfigError, ListenFailed, StateLocked
 
 if TYPE_CHECKING:

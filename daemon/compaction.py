@@ -177,8 +177,8 @@ class Compactor:
         self._follow_config()
         hit = self._settings.get(agent_id)
         if hit is None:
-            cc = tokens.compaction_for(self.pipeline.config, agent_id)
-            hit = self._settings[agent_id] = (cc, tokens.thresholds(cc))
+            cc = self.pipeline.config.compaction_for(agent_id)
+            hit = self._settings[agent_id] = (cc, cc.thresholds())
         return hit
 
     # ------------------------------------------------------------------------------------------

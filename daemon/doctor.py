@@ -31,7 +31,8 @@ import orjson
 
 from daemon import backfill
 from daemon.backup import backup_root, excluded
-from daemon.config import Config, load_config
+from daemon.config import Config
+from daemon.config_load import load_config
 from daemon.core.ids import now_ms
 from daemon.doctor_holes import check_holes
 from daemon.errors import ConfigError

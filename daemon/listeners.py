@@ -33,7 +33,8 @@ import structlog
 from anyio.abc import ByteStream, SocketAttribute, SocketListener
 from anyio.streams.tls import TLSStream
 
-from daemon.config import Config, TlsConfig, parse_tcp_address
+from daemon.config import Config, TlsConfig
+from daemon.config_fields import parse_tcp_address
 from daemon.core.keys import normalize_agent_id
 from daemon.core.protocol import encode_error
 from daemon.core.roles import Principal

@@ -118,7 +118,7 @@ def dispatch(args: argparse.Namespace) -> int:
 
 def _setup(args: argparse.Namespace) -> tuple[Any, Path | None, Path]:
     from daemon.cli import _config
-    from daemon.config import resolve_state_dir
+    from daemon.config_load import resolve_state_dir
 
     cfg, path = _config(args)
     return cfg, path, resolve_state_dir(args.state_dir, cfg)
@@ -126,7 +126,8 @@ def _setup(args: argparse.Namespace) -> tuple[Any, Path | None, Path]:
 
 def cmd_doctor(args: argparse.Namespace) -> int:
     from daemon.cli import EXIT_FAIL, EXIT_OK, _print_json
-    from daemon.config import Config, find_config, load_config, resolve_state_dir
+    from daemon.config import Config
+    from daemon.config_load import find_config, load_config, resolve_state_dir
     from daemon.doctor import run_doctor
     from daemon.lock import StateLock
     from daemon.openclaw_config import detect

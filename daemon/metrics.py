@@ -35,7 +35,7 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 from daemon import __version__, errors
-from daemon.config import parse_tcp_address
+from daemon.config_fields import parse_tcp_address
 from daemon.core.histogram import Histogram
 from daemon.errors import ListenFailed
 

@@ -31,6 +31,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from daemon.config_files import read_config_text, read_json5
+
 if TYPE_CHECKING:
     from daemon.config import Config
 
@@ -267,7 +269,6 @@ def merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
 
 def load(path: Path) -> Translation:
     """Read and translate an openclaw.json; raises ConfigError naming the file."""
-    from daemon.config import read_config_text, read_json5
 
     raw = read_json5(read_config_text(path), str(path), duplicates_ok=True)
     return translate(raw)
@@ -293,7 +294,6 @@ def source_of(path: Path | None) -> tuple[Path, Translation] | None:
         return None
     if is_openclaw_file(path):
         return path, load(path)
-    from daemon.config import read_config_text, read_json5
 
     named = openclaw_path(read_json5(read_config_text(path), str(path)), str(path))
     return None if named is None else (named, load(named))

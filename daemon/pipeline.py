@@ -28,7 +28,8 @@ from anyio.streams.memory import MemoryObjectReceiveStream
 from daemon.archiving import Archiver
 from daemon.backup import Mirror
 from daemon.committer import CheckpointMark, Checkpoints, Counters, WorkQueue
-from daemon.config import Config, resolve_timezone
+from daemon.config import Config
+from daemon.config_load import resolve_timezone
 from daemon.core import tokens
 from daemon.core.commands import Command
 from daemon.core.ids import next_entry_id, now_ms

@@ -72,7 +72,7 @@ class Scheduler:
         """Daily jobs whose latest boundary passed while the daemon was down."""
         tz = self.pipeline.policies.tz
         out = []
-        for hour in sorted(all_at_hours(self.pipeline.config.session)):
+        for hour in sorted(all_at_hours(self.pipeline.config.session.reset_rules())):
             name = daily_job(hour)
             last = self.last_runs.get(name)
             if last is not None and last < daily_boundary(now, hour, tz) <= now:
@@ -93,7 +93,7 @@ class Scheduler:
                 send.send_nowait(name)
 
         sched = AsyncIOScheduler(timezone=tz)
-        for hour in sorted(all_at_hours(self.pipeline.config.session)):
+        for hour in sorted(all_at_hours(self.pipeline.config.session.reset_rules())):
             sched.add_job(
                 fire,
                 CronTrigger(hour=hour, minute=0, timezone=tz),
