@@ -123,3 +123,19 @@ def resolve_timezone(cfg: Config, env: Mapping[str, str] | None = None) -> ZoneI
         except (ZoneInfoNotFoundError, ValueError):
             continue
     return ZoneInfo("UTC")
+
+
+def workspace_of(cfg: Config, state_dir: Path, agent_id: str) -> str:
+    """OpenClaw's default workspaces: workspace/ for the default agent, workspace-<id>/ else."""
+    for a in cfg.agents.list:
+        if a.id == agent_id and a.workspace:
+            return str(Path(a.workspace).expanduser())
+    if agent_id == cfg.default_agent_id():
+        base = cfg.agents.defaults.workspace
+        return str(Path(base).expanduser()) if base else str(state_dir / "workspace")
+    return str(state_dir / f"workspace-{agent_id}")
+
+
+def agent_ids(cfg: Config) -> list[str]:
+    """The configured agents, the default one first (also when the list is empty)."""
+    return [cfg.default_agent_id(), *(a.id for a in cfg.agents.list)]
