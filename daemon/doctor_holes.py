@@ -45,7 +45,7 @@ def check_holes(doc: Doctor) -> None:
         if not path.name.endswith(".gz"):
             found = _transcript_damage(path)
             if found is not None:
-                transcript_holes.append((f"{doc._rel(path)}: {found[0]}", found[1]))
+                transcript_holes.append((f"{doc.rel(path)}: {found[0]}", found[1]))
         first = _first_line(path)
         sid = session_id_of(path, first)
         key = _json(first).get("sessionKey")
@@ -78,7 +78,7 @@ def _check_mirror_holes(doc: Doctor, root: Path, jobs: dict[str, Job]) -> None:
         missing = _gap(root, job) if job is not None else []
         if not damage and not missing:
             continue
-        rel = doc._rel(live)
+        rel = doc.rel(live)
         if damage:
             holes += 1
             msg = f"mirror {rel}: {summarize(damage)}"
@@ -159,7 +159,7 @@ def _check_zero_torn(doc: Doctor, root: Path) -> None:
     if not zeros:
         doc.add("torn-zeros", "ok", "no torn side file is only zeros")
         return
-    shown = ", ".join(doc._rel(p) for p in zeros[:SHOW]) + (", ..." if len(zeros) > SHOW else "")
+    shown = ", ".join(doc.rel(p) for p in zeros[:SHOW]) + (", ..." if len(zeros) > SHOW else "")
     doc.add(
         "torn-zeros",
         "info",

@@ -51,7 +51,12 @@ from daemon.errors import (
 )
 from daemon.failpoints import failpoint
 from daemon.pipeline import Pipeline
-from daemon.store.fsutil import FILE_MODE, atomic_write, ensure_dir, fsync_dir, write_all
+from daemon.store.fsutil import (
+    atomic_write,
+    ensure_dir,
+    fsync_dir,
+    write_new_file,
+)
 
 log = structlog.get_logger("daemon.spool")
 
@@ -211,16 +216,6 @@ def claim_and_read(root: Path, names: list[str], max_bytes: int, from_new: bool)
     claimed = claim(root, names) if from_new else names
     cur = root / "cur"
     return [read_item(cur, name, max_bytes) for name in claimed]
-
-
-def write_new_file(path: Path, data: bytes) -> None:
-    """Create `path` (it must not exist: nothing is ever overwritten) and sync it."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, FILE_MODE)
-    try:
-        write_all(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def settle(root: Path, items: list[Item]) -> None:
