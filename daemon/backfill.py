@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from daemon.backup import backup_root, excluded
+from daemon.errors import os_reason
 from daemon.store import archive
 from daemon.store.backup import Job, catch_up, state_record, write_states
 from daemon.verify import (
@@ -90,7 +91,7 @@ def try_record_states(cfg: Config, state_dir: Path) -> str | None:
     try:
         record_states(cfg, state_dir)
     except OSError as e:
-        return f"the mirror's state records could not be written: {e.strerror or e}"
+        return f"the mirror's state records could not be written: {os_reason(e)}"
     return None
 
 

@@ -36,6 +36,7 @@ from anyio.abc import TaskStatus
 from daemon import guard, logs, worker_log
 from daemon.core.bucket import parse_target
 from daemon.core.ids import now_ms
+from daemon.errors import os_reason
 from daemon.remote import RemoteMirror
 from daemon.store.archive import MISSING_TRANSCRIPT
 from daemon.store.backup import (
@@ -504,7 +505,7 @@ class Mirror:
         self._signal_round()
 
     def _fail(self, e: Exception) -> None:
-        reason = (e.strerror if isinstance(e, OSError) else None) or str(e)
+        reason = os_reason(e)
         self.counters.failures += 1
         if self.error != reason:
             log.error("backup.degraded", path=str(self.root), error=reason)

@@ -20,6 +20,7 @@ from daemon.cli_common import (
 )
 from daemon.config import Config
 from daemon.config_load import agent_ids, resolve_state_dir, workspace_of
+from daemon.errors import os_reason
 
 if TYPE_CHECKING:
     from daemon.backfill import Filled
@@ -136,7 +137,7 @@ def _fill_mirror(cfg: Config, state_dir: Path) -> tuple[Filled | None, str | Non
     try:
         return fill_mirror(cfg, state_dir), None
     except OSError as e:
-        return None, str(e.strerror or e)
+        return None, os_reason(e)
 
 
 # ---------------------------------------------------------------------------------------------

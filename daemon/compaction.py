@@ -46,7 +46,7 @@ from daemon.core import tokens
 from daemon.core.commands import Command
 from daemon.core.ids import next_entry_id
 from daemon.core.protocol import CompactParams, SessionRef
-from daemon.errors import NotFound, RequestError, StorageUnavailable, SummarizerFailed
+from daemon.errors import NotFound, RequestError, StorageUnavailable, SummarizerFailed, os_reason
 from daemon.memoryflush import MemoryFlusher
 from daemon.pipeline import AppendWork, IngestWork, Pipeline
 from daemon.store.context import ContextView, detail_reply, read_context
@@ -827,7 +827,7 @@ def _answer(waiters: list[Waiter], outcome: Outcome) -> None:
 
 def _why(e: Exception) -> str:
     if isinstance(e, OSError):
-        return f"{e.strerror or e} ({getattr(e, 'filename', None) or 'file'})"
+        return f"{os_reason(e)} ({getattr(e, 'filename', None) or 'file'})"
     if isinstance(e, RequestError):
         return e.message
     return str(e) or type(e).__name__

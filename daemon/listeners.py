@@ -38,7 +38,7 @@ from daemon.config_fields import parse_tcp_address
 from daemon.core.keys import normalize_agent_id
 from daemon.core.protocol import encode_error
 from daemon.core.roles import Principal
-from daemon.errors import ConfigError, InvalidRequest, ListenFailed
+from daemon.errors import ConfigError, InvalidRequest, ListenFailed, os_reason
 
 log = structlog.get_logger("daemon.listeners")
 
@@ -99,7 +99,7 @@ def _check_pem(path: Path, where: str, marker: bytes, what: str) -> None:
     try:
         data = path.read_bytes()
     except OSError as e:
-        raise ConfigError(f"{where}: cannot read {path}: {e.strerror or e}") from None
+        raise ConfigError(f"{where}: cannot read {path}: {os_reason(e)}") from None
     if b"-----BEGIN " not in data or marker not in data:
         raise ConfigError(f"{where}: {path} holds no PEM {what}")
 
@@ -325,7 +325,7 @@ async def _bind(spec: Listener) -> Bound:
     try:
         multi = await anyio.create_tcp_listener(local_host=spec.host, local_port=spec.port)
     except OSError as e:
-        raise ListenFailed(f"cannot listen on {spec.host}:{spec.port}: {e.strerror or e}") from None
+        raise ListenFailed(f"cannot listen on {spec.host}:{spec.port}: {os_reason(e)}") from None
     socks = list(multi.listeners)
     port = socks[0].extra(SocketAttribute.local_port) if socks else spec.port
     host = f"[{spec.host}]" if ":" in spec.host else spec.host
@@ -349,7 +349,7 @@ def claim_unix(path: Path, mode: int) -> socket.socket:
         sock.bind(str(path))
     except OSError as e:
         sock.close()
-        raise ListenFailed(f"cannot listen on {path}: {e.strerror or e}") from None
+        raise ListenFailed(f"cannot listen on {path}: {os_reason(e)}") from None
     finally:
         os.umask(old_umask)
     try:
@@ -358,7 +358,7 @@ def claim_unix(path: Path, mode: int) -> socket.socket:
         sock.close()
         with contextlib.suppress(FileNotFoundError):
             os.unlink(path)  # the file we just made
-        raise ListenFailed(f"cannot set mode {mode:04o} on {path}: {e.strerror or e}") from None
+        raise ListenFailed(f"cannot set mode {mode:04o} on {path}: {os_reason(e)}") from None
     return sock
 
 

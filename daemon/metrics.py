@@ -37,7 +37,7 @@ from prometheus_client.registry import Collector
 from daemon import __version__, errors
 from daemon.config_fields import parse_tcp_address
 from daemon.core.histogram import Histogram
-from daemon.errors import ListenFailed
+from daemon.errors import ListenFailed, os_reason
 
 if TYPE_CHECKING:
     from anyio.abc import Listener
@@ -343,7 +343,7 @@ class MetricsListener:
             )
         except OSError as e:
             raise ListenFailed(
-                f"cannot listen on {self.host}:{self.port} (daemon.metrics): {e.strerror or e}"
+                f"cannot listen on {self.host}:{self.port} (daemon.metrics): {os_reason(e)}"
             ) from None
 
     async def serve(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:

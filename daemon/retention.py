@@ -43,6 +43,7 @@ import structlog
 
 from daemon import backup
 from daemon.core.ids import now_ms
+from daemon.errors import os_reason
 from daemon.failpoints import failpoint
 from daemon.guard import BACKUP_MARKER
 from daemon.store import archive
@@ -383,7 +384,7 @@ def execute(
         for folder in emptied_mirror_folders(backup_root):
             remove_emptied_folder(folder)
     except OSError as e:
-        out.failed.append(f"empty mirror folders: {e.strerror or e}")
+        out.failed.append(f"empty mirror folders: {os_reason(e)}")
     return out
 
 
@@ -423,8 +424,8 @@ class Retention:
             )
         except OSError as e:
             # The folder could not be listed: logged, and the next run tries again.
-            log.error("retention.failed", target="plan", error=e.strerror or str(e))
-            out.failed.append(f"plan: {e.strerror or e}")
+            log.error("retention.failed", target="plan", error=os_reason(e))
+            out.failed.append(f"plan: {os_reason(e)}")
             p = Plan()
         for path in p.stale_temps:
             await anyio.to_thread.run_sync(remove_stale_temp, path)

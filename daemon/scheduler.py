@@ -31,7 +31,7 @@ from apscheduler.triggers.interval import IntervalTrigger
 from daemon.adoption import adopt, record
 from daemon.core.ids import now_ms
 from daemon.core.policy import all_at_hours, daily_boundary
-from daemon.errors import RequestError
+from daemon.errors import RequestError, os_reason
 from daemon.pipeline import Pipeline
 from daemon.retention import Retention
 from daemon.store.fsutil import atomic_write
@@ -132,7 +132,7 @@ class Scheduler:
         try:
             await anyio.to_thread.run_sync(self._save)
         except OSError as e:
-            log.error("job.state_not_saved", job=name, error=e.strerror or str(e))
+            log.error("job.state_not_saved", job=name, error=os_reason(e))
         self.pipeline.events.publish("job.run", info)
         return info
 
@@ -189,7 +189,7 @@ class Scheduler:
         try:
             await anyio.to_thread.run_sync(self._save)
         except OSError as e:
-            log.error("job.state_not_saved", job=name, error=e.strerror or str(e))
+            log.error("job.state_not_saved", job=name, error=os_reason(e))
         info = {
             "job": name,
             "checked": checked,

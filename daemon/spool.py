@@ -48,6 +48,7 @@ from daemon.errors import (
     TOO_LARGE,
     InvalidParams,
     RequestError,
+    os_reason,
 )
 from daemon.failpoints import failpoint
 from daemon.pipeline import Pipeline
@@ -319,7 +320,7 @@ class Spool:
         try:
             await anyio.to_thread.run_sync(make_dirs, self.root)
         except OSError as e:
-            log.error("spool.unavailable", dir=str(self.root), error=e.strerror or str(e))
+            log.error("spool.unavailable", dir=str(self.root), error=os_reason(e))
             task_status.started()
             return
         task_status.started()
@@ -360,7 +361,7 @@ class Spool:
                 await self._chunks(names, from_new=True)
         except OSError as e:
             # The disk said no (ENOSPC, EIO, EMFILE): files stay where they are; try again later.
-            log.error("spool.failed", dir=str(self.root), error=e.strerror or str(e))
+            log.error("spool.failed", dir=str(self.root), error=os_reason(e))
             self._schedule_retry()
             with anyio.move_on_after(self._retry_delay):
                 await self._stop.wait()
