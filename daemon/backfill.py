@@ -13,7 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from daemon.backup import backup_root, excluded
+from daemon.backup import backup_root
+from daemon.core.exclusions import excluded
 from daemon.errors import os_reason
 from daemon.store import archive
 from daemon.store.backup import Job, catch_up, state_record, write_states

@@ -28,9 +28,10 @@ from typing import Any
 import orjson
 
 from daemon import backfill
-from daemon.backup import backup_root, excluded
+from daemon.backup import backup_root
 from daemon.config import Config
 from daemon.config_load import load_config
+from daemon.core.exclusions import excluded
 from daemon.core.ids import now_ms
 from daemon.doctor_findings import SHOW, DoctorReport, Finding
 from daemon.doctor_holes import check_holes

@@ -18,7 +18,8 @@ from typing import TYPE_CHECKING
 
 import orjson
 
-from daemon.backup import backup_root, excluded
+from daemon.backup import backup_root
+from daemon.core.exclusions import excluded
 from daemon.core.holes import damaged_lines, is_all_zeros, summarize
 from daemon.store import backup as mirror_files
 from daemon.store import mirror_holes

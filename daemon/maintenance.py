@@ -157,8 +157,9 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    from daemon.backup import backup_root, excluded
+    from daemon.backup import backup_root
     from daemon.cli_common import EXIT_FAIL, EXIT_OK, UsageError, print_json
+    from daemon.core.exclusions import excluded
     from daemon.doctor import lock_holder
     from daemon.verify import verify
 

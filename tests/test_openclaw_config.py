@@ -9,9 +9,9 @@ from typing import Any
 
 import pytest
 
-from daemon.backup import exclude_problems, excluded
 from daemon.config import Config
 from daemon.config_load import load_config
+from daemon.core.exclusions import exclude_problems, excluded
 from daemon.core.keys import Inbound, resolve_route
 from daemon.errors import ConfigError
 from daemon.openclaw_config import check_report, detect, is_openclaw_file, translate
