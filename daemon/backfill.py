@@ -19,8 +19,8 @@ from daemon.errors import os_reason
 from daemon.store import archive
 from daemon.store.backup import Job, catch_up, state_record, write_states
 from daemon.verify import (
-    _first_line,
     _header_key,
+    first_line,
     known_keys,
     session_id_of,
     state_diffs,
@@ -47,7 +47,7 @@ def mirror_jobs(state_dir: Path, patterns: tuple[str, ...]) -> list[Job]:
     # registry and the archive index know it, and a restore needs it in the mirror's records.
     keys = known_keys(state_dir)
     for f in transcript_files(state_dir):
-        first = _first_line(f.path)
+        first = first_line(f.path)
         sid = session_id_of(f.path, first)
         key = _header_key(first) or keys.get(sid)
         if sid in seen or excluded(key, patterns):

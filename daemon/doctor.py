@@ -23,7 +23,6 @@ import stat
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
-from typing import Any
 
 import orjson
 
@@ -43,7 +42,8 @@ from daemon.store import archive, transcript
 from daemon.store import backup as mirror_files
 from daemon.store.backup import Job, Source, key_of_line
 from daemon.store.fsutil import FILE_MODE
-from daemon.verify import session_id_of
+from daemon.store.transcript import json_object
+from daemon.verify import first_line, session_id_of
 
 
 def lock_holder(state_dir: Path) -> str | None:
@@ -227,12 +227,12 @@ class Doctor:
         behind: list[Job] = []
         seen: set[str] = set()
         for agent_id, path, _archived in self._files():
-            first = _first_line(path)
+            first = first_line(path)
             sid = session_id_of(path, first)
             if sid in seen:
                 continue
             seen.add(sid)
-            header = _json(first)
+            header = json_object(first or b"") or {}
             key = header.get("sessionKey") if isinstance(header.get("sessionKey"), str) else None
             if excluded(key, bc.exclude_patterns):
                 continue
@@ -358,22 +358,6 @@ def _live_mirrors(root: Path) -> list[str]:
         and e.name != mirror_files.ARCHIVE
         and (Path(e.path) / "history.jsonl").exists()
     )
-
-
-def _first_line(path: Path) -> bytes | None:
-    from daemon.verify import _first_line as first
-
-    return first(path)
-
-
-def _json(line: bytes | None) -> dict[str, Any]:
-    if not line:
-        return {}
-    try:
-        obj = orjson.loads(line)
-    except orjson.JSONDecodeError:
-        return {}
-    return obj if isinstance(obj, dict) else {}
 
 
 def _last_key(path: Path) -> str | None:

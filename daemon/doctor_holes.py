@@ -25,7 +25,8 @@ from daemon.store import backup as mirror_files
 from daemon.store import mirror_holes
 from daemon.store.backup import Job, Source
 from daemon.store.mirror_holes import mirror_damage, plan_refill
-from daemon.verify import session_id_of
+from daemon.store.transcript import json_object
+from daemon.verify import first_line, session_id_of
 
 if TYPE_CHECKING:
     from daemon.doctor import Doctor
@@ -36,8 +37,6 @@ ZERO_CHECK_MAX = 64 << 20  # a side file larger than this is not read to see whe
 
 def check_holes(doc: Doctor) -> None:
     """Add the `holes`, `mirror-gap` and `torn-zeros` findings to `doc`."""
-    from daemon.doctor import _first_line, _json
-
     bc = doc.cfg.sessions.backup
     root = backup_root(doc.cfg, doc.state_dir)
     transcript_holes: list[tuple[str, bool]] = []
@@ -47,9 +46,9 @@ def check_holes(doc: Doctor) -> None:
             found = _transcript_damage(path)
             if found is not None:
                 transcript_holes.append((f"{doc.rel(path)}: {found[0]}", found[1]))
-        first = _first_line(path)
+        first = first_line(path)
         sid = session_id_of(path, first)
-        key = _json(first).get("sessionKey")
+        key = (json_object(first or b"") or {}).get("sessionKey")
         key = key if isinstance(key, str) else None
         if sid not in jobs and not excluded(key, bc.exclude_patterns):
             jobs[sid] = Job(sid, agent_id, key, None, (path,), None, None)
