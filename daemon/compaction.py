@@ -79,6 +79,7 @@ from daemon.compaction_state import (
 from daemon.config import CompactionConfig
 from daemon.core import tokens
 from daemon.core.commands import Command
+from daemon.core.ids import next_entry_id
 from daemon.core.protocol import CompactParams, SessionRef
 from daemon.errors import NotFound, StorageUnavailable, SummarizerFailed
 from daemon.memoryflush import MemoryFlusher
@@ -87,7 +88,6 @@ from daemon.reset_flushes import ResetFlushes
 from daemon.store.context import ContextView
 from daemon.store.registry import SessionState
 from daemon.store.store import Batch
-from daemon.store.transcript import next_entry_id
 from daemon.workers import Pool, WorkerDied
 
 log = structlog.get_logger("daemon.compaction")
@@ -135,8 +135,8 @@ class Compactor:
         self._follow_config()
         hit = self._settings.get(agent_id)
         if hit is None:
-            cc = tokens.compaction_for(self.pipeline.config, agent_id)
-            hit = self._settings[agent_id] = (cc, tokens.thresholds(cc))
+            cc = self.pipeline.config.compaction_for(agent_id)
+            hit = self._settings[agent_id] = (cc, cc.thresholds())
         return hit
 
     # ------------------------------------------------------------------------------------------

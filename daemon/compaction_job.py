@@ -24,7 +24,7 @@ from typing import Any
 from daemon.compaction_state import Latest
 from daemon.config import CompactionConfig, SummarizerConfig
 from daemon.core import tokens
-from daemon.errors import SummarizerFailed
+from daemon.errors import SummarizerFailed, os_reason
 from daemon.store.context import (
     FLUSH_ENTRY,
     ContextView,
@@ -299,5 +299,5 @@ def _closed_entries(item: Closed) -> tuple[dict[str, object], ...]:
 
 def _why(e: Exception) -> str:
     if isinstance(e, OSError):
-        return f"{e.strerror or e} ({getattr(e, 'filename', None) or 'file'})"
+        return f"{os_reason(e)} ({getattr(e, 'filename', None) or 'file'})"
     return str(e) or type(e).__name__

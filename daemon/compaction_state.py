@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from daemon.config import CompactionConfig
-from daemon.errors import RequestError
+from daemon.errors import RequestError, os_reason
 from daemon.store.registry import SessionState
 
 MAX_BACKOFF_SECONDS = 3600.0
@@ -101,7 +101,7 @@ def answer(waiters: list[Waiter], outcome: Outcome) -> None:
 
 def why(e: Exception) -> str:
     if isinstance(e, OSError):
-        return f"{e.strerror or e} ({getattr(e, 'filename', None) or 'file'})"
+        return f"{os_reason(e)} ({getattr(e, 'filename', None) or 'file'})"
     if isinstance(e, RequestError):
         return e.message
     return str(e) or type(e).__name__

@@ -22,12 +22,13 @@ from typing import Any
 import anyio
 import structlog
 
+from daemon.core.ids import next_entry_id, now_ms
 from daemon.pipeline import Pipeline
 from daemon.store.context import FLUSH_ENTRY
 from daemon.store.memoryfile import write_memory
 from daemon.store.registry import SessionState
-from daemon.store.store import Batch, now_ms
-from daemon.store.transcript import custom_line, next_entry_id
+from daemon.store.store import Batch
+from daemon.store.transcript import custom_line
 
 log = structlog.get_logger("daemon.memoryflush")
 
