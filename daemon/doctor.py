@@ -357,7 +357,8 @@ class Doctor:
 
             def drop(folder: Path = folder, keys: tuple[str, ...] = tuple(stale)) -> None:
                 path = folder / SESSIONS_JSON
-                doc = orjson.loads(path.read_bytes())
+                doc, _problem = read_registry(path)  # with its change log, which it then folds in
+                doc = doc or {}
                 for k in keys:
                     doc.pop(k, None)
                 atomic_write(path, orjson.dumps(doc, option=orjson.OPT_INDENT_2))
