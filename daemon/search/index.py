@@ -1,6 +1,5 @@
-"""The index database: schema, incremental passes, and rebuilding from scratch.
-
-    <stateDir>/index/search.sqlite3     (WAL mode; derived data only)
+"""The index's passes: incremental ones, and rebuilding from scratch (the database file
+itself, its schema and writer thread: daemon/search/db.py).
 
 Per file the index remembers how far it has read (complete lines only), the file's identity
 (device, inode) and the bytes just before that offset. A pass stats each file and reads only what
@@ -20,7 +19,6 @@ from __future__ import annotations
 import contextlib
 import gzip
 import os
-import queue
 import sqlite3
 import threading
 import time
@@ -32,6 +30,22 @@ from typing import Any
 import structlog
 
 from daemon.core.protocol import SearchParams
+from daemon.search.db import (
+    DB_NAME,
+    DOCS_INDEX,
+    SCHEMA,
+    SCHEMA_VERSION,
+    FileRow,
+    Job,
+    Writer,
+    begin,
+    check_fts5,
+    commit,
+    connect,
+    execute,
+    index_path,
+    install,
+)
 from daemon.search.query import Readers
 from daemon.search.sources import (
     DEFAULT_AGENTS,
@@ -45,73 +59,14 @@ from daemon.search.sources import (
     split_lines,
     transcript_docs,
 )
-from daemon.store.fsutil import fsync_dir
 
 log = structlog.get_logger("daemon.search")
 
-INDEX_DIR = "index"
-DB_NAME = "search.sqlite3"
-SCHEMA_VERSION = "1"
 ANCHOR_BYTES = 64  # bytes before the read offset that must be unchanged to continue reading
 READ_CHUNK = 16 << 20
 FLUSH_DOCS = 20_000  # rows per executemany
 COMMIT_DOCS = 200_000  # rows per transaction during a long build (readers see progress)
 FULL_STAT_SECONDS = 30.0  # how often unchanged archive folders are looked into file by file
-
-SCHEMA = f"""
-CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS files(
-  id INTEGER PRIMARY KEY,
-  path TEXT NOT NULL UNIQUE,  -- relative to the state folder, absolute outside it
-  source TEXT NOT NULL,       -- session | memory
-  agent_id TEXT NOT NULL,
-  session_id TEXT,
-  session_key TEXT,
-  archived INTEGER NOT NULL,
-  dev INTEGER NOT NULL,
-  ino INTEGER NOT NULL,
-  size INTEGER NOT NULL,      -- on disk (compressed for .gz)
-  mtime_ns INTEGER NOT NULL,
-  offset INTEGER NOT NULL,    -- bytes read, up to the last complete line (uncompressed)
-  lines INTEGER NOT NULL,     -- complete lines before offset
-  tail INTEGER NOT NULL,      -- 1: an unfinished last line of a memory file is indexed for now
-  anchor BLOB NOT NULL        -- the bytes just before offset
-);
-CREATE TABLE IF NOT EXISTS docs(
-  id INTEGER PRIMARY KEY,
-  file_id INTEGER NOT NULL,
-  off INTEGER NOT NULL,
-  entry_id TEXT NOT NULL,
-  role TEXT,
-  ts INTEGER NOT NULL,
-  text TEXT NOT NULL
-);
-CREATE VIRTUAL TABLE IF NOT EXISTS fts USING fts5(
-  text, content='docs', content_rowid='id', tokenize='unicode61 remove_diacritics 2'
-);
-INSERT OR IGNORE INTO meta(key, value) VALUES ('schema', '{SCHEMA_VERSION}');
-"""
-# Made at the end of a bulk build (one sort beats keeping it up to date row by row).
-DOCS_INDEX = "CREATE INDEX IF NOT EXISTS docs_file ON docs(file_id, off);"
-
-
-@dataclass(slots=True)
-class FileRow:
-    id: int
-    path: str
-    source: str
-    agent_id: str
-    session_id: str | None
-    session_key: str | None
-    archived: bool
-    dev: int
-    ino: int
-    size: int
-    mtime_ns: int
-    offset: int
-    lines: int
-    tail: bool
-    anchor: bytes
 
 
 @dataclass(slots=True)
@@ -143,57 +98,6 @@ class Halted(Exception):
     """A pass was asked to stop (the daemon is shutting down); what it did is committed."""
 
 
-class IndexUnavailable(Exception):
-    """This Python's SQLite cannot hold the index (no FTS5)."""
-
-
-Job = Callable[[sqlite3.Connection], None]
-
-
-class _Writer:
-    """The thread that runs a pass's SQL, in order, while the pass goes on reading and parsing
-    files: SQLite releases the GIL while it works, so the two overlap (about 1.5x on a large
-    build). Owned by one `sync` call, which always joins it before returning. A job that fails
-    makes every later `submit` and `barrier` raise its error."""
-
-    def __init__(self, conn: sqlite3.Connection, nice: int = 0) -> None:
-        self.conn = conn
-        self.nice = nice
-        self.jobs: queue.Queue[Job | None] = queue.Queue(maxsize=4)
-        self.error: BaseException | None = None
-        self.thread = threading.Thread(target=self._run, name="search-writer", daemon=True)
-        self.thread.start()
-
-    def _run(self) -> None:
-        lower_priority(self.nice)
-        while True:
-            job = self.jobs.get()
-            try:
-                if job is None:
-                    return
-                if self.error is None:
-                    job(self.conn)
-            except BaseException as e:  # handed to the pass, which re-raises it
-                self.error = e
-            finally:
-                self.jobs.task_done()
-
-    def submit(self, job: Job) -> None:
-        if self.error is not None:
-            raise self.error
-        self.jobs.put(job)
-
-    def barrier(self) -> None:
-        """Wait until every job so far has run."""
-        self.jobs.join()
-        if self.error is not None:
-            raise self.error
-
-    def join(self) -> None:
-        self.jobs.put(None)
-        self.thread.join()
-
-
 @dataclass(slots=True)
 class _Pass:
     halt: threading.Event | None
@@ -202,52 +106,8 @@ class _Pass:
     pending: list[Doc] = field(default_factory=list)
     uncommitted: int = 0
     keys: dict[str, dict[str, str]] = field(default_factory=dict)  # agent -> sessionId -> key
-    writer: _Writer | None = None
+    writer: Writer | None = None
     in_transaction: bool = False
-
-
-def connect(path: Path, *, bulk: bool = False) -> sqlite3.Connection:
-    """A connection in autocommit mode (transactions are explicit). WAL lets searches read
-    while a pass writes; synchronous=NORMAL because the index can always be rebuilt."""
-    private(path)
-    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-    conn.execute("PRAGMA page_size=8192")  # a new file only; FTS5 segments fill them well
-    if bulk:
-        conn.execute("PRAGMA journal_mode=OFF")
-        conn.execute("PRAGMA synchronous=OFF")
-    else:
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute("PRAGMA synchronous=NORMAL")
-    conn.execute("PRAGMA cache_size=-65536")
-    conn.execute("PRAGMA temp_store=MEMORY")
-    return conn
-
-
-def private(path: Path) -> None:
-    """Make the database file 0600 before SQLite opens it (creating it empty if need be).
-
-    SQLite gives the `-wal` and `-shm` files it creates the database file's mode; a file it
-    created itself would be 0644 under the usual umask, and so its WAL, which holds what the
-    transcripts say. Side files an older version left open are tightened too."""
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-    try:
-        os.fchmod(fd, 0o600)
-    finally:
-        os.close(fd)
-    for suffix in ("-wal", "-shm"):
-        with contextlib.suppress(FileNotFoundError):
-            os.chmod(f"{path}{suffix}", 0o600)
-
-
-def check_fts5() -> None:
-    """Raise IndexUnavailable when SQLite was built without FTS5."""
-    conn = sqlite3.connect(":memory:")
-    try:
-        conn.execute("CREATE VIRTUAL TABLE t USING fts5(x)")
-    except sqlite3.OperationalError as e:
-        raise IndexUnavailable(f"SQLite {sqlite3.sqlite_version} has no FTS5: {e}") from None
-    finally:
-        conn.close()
 
 
 class SearchIndex:
@@ -425,9 +285,9 @@ class SearchIndex:
         """Run `job` on the writer thread, after everything submitted before it."""
         if ps.writer is None:
             assert self.conn is not None
-            ps.writer = _Writer(self.conn, self.nice)
+            ps.writer = Writer(self.conn, self.nice)
         if not ps.in_transaction:
-            ps.writer.submit(_begin)
+            ps.writer.submit(begin)
             ps.in_transaction = True
         ps.writer.submit(job)
 
@@ -480,7 +340,7 @@ class SearchIndex:
         values = (row.id, src.key, src.source, src.agent_id, int(src.archived), row.dev, row.ino)
         self._sql(
             ps,
-            lambda c: _execute(
+            lambda c: execute(
                 c,
                 "INSERT INTO files(id, path, source, agent_id, session_id, session_key, "
                 "archived, dev, ino, size, mtime_ns, offset, lines, tail, anchor) "
@@ -511,7 +371,7 @@ class SearchIndex:
         )
         self._sql(
             ps,
-            lambda c: _execute(
+            lambda c: execute(
                 c,
                 "UPDATE files SET path = ?, agent_id = ?, session_id = ?, session_key = ?, "
                 "archived = ?, dev = ?, ino = ?, size = ?, mtime_ns = ?, offset = ?, "
@@ -542,7 +402,7 @@ class SearchIndex:
         self._flush(ps)
         self._delete_docs(ps, row.id, 0)
         file_id = row.id
-        self._sql(ps, lambda c: _execute(c, "DELETE FROM files WHERE id = ?", (file_id,)))
+        self._sql(ps, lambda c: execute(c, "DELETE FROM files WHERE id = ?", (file_id,)))
         self.files.pop(row.path, None)
 
     def _delete_docs(self, ps: _Pass, file_id: int, from_off: int) -> None:
@@ -697,7 +557,7 @@ class SearchIndex:
         offset after it. Raises Halted (after committing) when asked to stop."""
         self._flush(ps)
         if ps.writer is not None and ps.in_transaction:
-            ps.writer.submit(_commit)
+            ps.writer.submit(commit)
             ps.writer.barrier()
             ps.in_transaction = False
         ps.uncommitted = 0
@@ -705,44 +565,8 @@ class SearchIndex:
             raise Halted
 
 
-def lower_priority(nice: int) -> None:
-    """Lower the CPU priority of the calling thread only (Linux schedules threads one by one):
-    when the machine is busy, acknowledging messages goes before indexing them."""
-    if nice <= 0:
-        return
-    with contextlib.suppress(OSError, AttributeError):
-        tid = threading.get_native_id()
-        os.setpriority(os.PRIO_PROCESS, tid, os.getpriority(os.PRIO_PROCESS, tid) + nice)
-
-
-def _begin(c: sqlite3.Connection) -> None:
-    c.execute("BEGIN")
-
-
-def _commit(c: sqlite3.Connection) -> None:
-    c.execute("COMMIT")
-
-
-def _execute(c: sqlite3.Connection, sql: str, params: tuple[Any, ...]) -> None:
-    c.execute(sql, params)
-
-
 def _halted(ps: _Pass) -> bool:
     return ps.halt is not None and ps.halt.is_set()
-
-
-def index_path(state_dir: Path) -> Path:
-    return state_dir / INDEX_DIR / DB_NAME
-
-
-def install(new: Path, dest: Path) -> None:
-    """Put a finished database in place of `dest` by renaming; the old one's WAL and shared
-    memory files are taken away first, since SQLite would otherwise apply them to the new one."""
-    for suffix in ("-wal", "-shm"):
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(f"{dest}{suffix}")
-    os.replace(new, dest)
-    fsync_dir(dest.parent)
 
 
 def rebuild(

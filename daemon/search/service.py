@@ -31,7 +31,7 @@ from daemon.search.child import (
     WorkerUnavailable,
     spawn,
 )
-from daemon.search.index import index_path
+from daemon.search.db import index_path
 from daemon.search.query import Readers
 from daemon.search.sources import DEFAULT_AGENTS
 

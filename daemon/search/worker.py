@@ -54,7 +54,8 @@ import orjson
 import structlog
 
 from daemon import guard, logs
-from daemon.search.index import Halted, IndexUnavailable, SearchIndex, index_path, lower_priority
+from daemon.search.db import IndexUnavailable, index_path, lower_priority
+from daemon.search.index import Halted, SearchIndex
 from daemon.search.sources import DEFAULT_AGENTS
 
 log = structlog.get_logger("daemon.search")
