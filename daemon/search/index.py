@@ -24,6 +24,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from itertools import chain
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +54,7 @@ from daemon.search.sources import (
     Doc,
     Source,
     Timestamps,
+    active_sources,
     memory_ts,
     scan_sources,
     session_keys,
@@ -135,6 +137,7 @@ class SearchIndex:
         self._identity: tuple[int, int] | None = None
         self._next_file_id = 1
         self._archive_cache: dict[str, tuple[int, list[Source]]] = {}
+        self._memory: set[str] = set()  # keys of the memory files' rows
         self._last_full = 0.0
         self.readers = Readers(path)
 
@@ -176,6 +179,7 @@ class SearchIndex:
     def _load_files(self) -> None:
         rows = self._load_rows()
         self.files = {r.path: r for r in rows}
+        self._memory = {r.path for r in rows if r.source == "memory"}
         # File ids are handed out here, so that a pass never waits for the writer to learn one.
         self._next_file_id = max((r.id for r in rows), default=0) + 1
 
@@ -226,22 +230,34 @@ class SearchIndex:
     # --- one pass ---------------------------------------------------------------------------
 
     def sync(
-        self, halt: threading.Event | None = None, progress: Progress | None = None
+        self,
+        halt: threading.Event | None = None,
+        progress: Progress | None = None,
+        touched: Iterable[str] | None = None,
     ) -> SyncStats:
         """Bring the index up to the files: read what was appended, follow moves, drop what is
         gone. Runs in a worker thread. Raises Halted when `halt` is set (work done so far is
-        committed and kept), sqlite3.Error or OSError when the index cannot be written."""
+        committed and kept), sqlite3.Error or OSError when the index cannot be written.
+
+        `touched`: the active transcripts (keys) written since the last pass, when the caller
+        knows them (the daemon, their only writer): then the sessions folders are not listed,
+        nor every transcript in them looked at, except every FULL_STAT_SECONDS. A pass over
+        100,000 sessions otherwise stats 100,000 files to find the few that grew."""
         started = time.monotonic()
         self._reopen_if_replaced()
         conn = self.conn
         assert conn is not None
         full = self.bulk or started - self._last_full >= FULL_STAT_SECONDS
+        listing = full or touched is None
         cache = None if full else self._archive_cache
         if full:
             self._archive_cache.clear()
             cache = self._archive_cache
         found: list[tuple[Source, os.stat_result | None]] = []
-        for src, cached in scan_sources(self.state_dir, self.workspace_of, self.agents(), cache):
+        sources = scan_sources(self.state_dir, self.workspace_of, self.agents(), cache, listing)
+        if not listing and touched is not None:
+            sources = chain(sources, ((s, False) for s in active_sources(self.state_dir, touched)))
+        for src, cached in sources:
             row = self.files.get(src.key)
             if cached and not full and row is not None and row.offset > 0:
                 found.append((src, None))  # an archive that was already read and cannot change
@@ -254,7 +270,10 @@ class SearchIndex:
             self._last_full = started
         ps = _Pass(halt, progress, SyncStats(files=len(found)))
         present = {src.key for src, _ in found}
-        vanished = {(r.dev, r.ino): r for k, r in self.files.items() if k not in present}
+        if listing:
+            vanished = {(r.dev, r.ino): r for k, r in self.files.items() if k not in present}
+        else:
+            vanished = self._vanished_among(found, present)
         try:
             for n, (src, st) in enumerate(found):
                 if st is not None:
@@ -280,6 +299,28 @@ class SearchIndex:
             ps.writer.join()
         ps.stats.seconds = time.monotonic() - started
         return ps.stats
+
+    def _vanished_among(
+        self, found: list[tuple[Source, os.stat_result | None]], present: set[str]
+    ) -> dict[tuple[int, int], FileRow]:
+        """A pass that did not list the sessions folders: the memory files gone from their
+        (listed) folders, and the transcripts moved into archive/ since (a new archive file
+        with the inode of a known transcript that is no longer where it was)."""
+        out = {}
+        for key in self._memory - present:
+            r = self.files[key]
+            out[(r.dev, r.ino)] = r
+        arrived = {
+            (st.st_dev, st.st_ino)
+            for src, st in found
+            if st is not None and src.archived and src.key not in self.files
+        }
+        if arrived:
+            for r in self.files.values():
+                moved = (r.dev, r.ino) in arrived and not r.archived and r.path not in present
+                if moved and not os.path.exists(self.state_dir / r.path):
+                    out[(r.dev, r.ino)] = r
+        return out
 
     def _sql(self, ps: _Pass, job: Job) -> None:
         """Run `job` on the writer thread, after everything submitted before it."""
@@ -349,6 +390,8 @@ class SearchIndex:
             ),
         )
         self.files[src.key] = row
+        if src.source == "memory":
+            self._memory.add(src.key)
         return row
 
     def _save_row(self, ps: _Pass, row: FileRow) -> None:
@@ -383,8 +426,11 @@ class SearchIndex:
     def _move(self, ps: _Pass, row: FileRow, src: Source) -> FileRow:
         """A file renamed (a reset moves a transcript into archive/): same entries, new place."""
         del self.files[row.path]
+        self._memory.discard(row.path)
         row.path, row.archived, row.agent_id = src.key, src.archived, src.agent_id
         self.files[row.path] = row
+        if row.source == "memory":
+            self._memory.add(row.path)
         self._save_row(ps, row)
         return row
 
@@ -404,6 +450,7 @@ class SearchIndex:
         file_id = row.id
         self._sql(ps, lambda c: execute(c, "DELETE FROM files WHERE id = ?", (file_id,)))
         self.files.pop(row.path, None)
+        self._memory.discard(row.path)
 
     def _delete_docs(self, ps: _Pass, file_id: int, from_off: int) -> None:
         def job(c: sqlite3.Connection) -> None:

@@ -127,6 +127,7 @@ class Store:
         # are in (`_fd`): session id -> (temporary path, path).
         self._unnamed: dict[str, tuple[Path, Path]] = {}
         self.written_since_switch: set[str] = set()  # rel paths to fsync at the next checkpoint
+        self.index_touched: set[str] = set()  # rel paths written since the search index took them
         self.new_dirs: set[str] = set()
         self.broken: str | None = None  # set when a sync failed: no more writes
         # `broken` only until there is space again (a start-up on a full disk: daemon/storage.py)
@@ -538,8 +539,14 @@ class Store:
         """After a successful write: remember what the next checkpoint must sync (event loop)."""
         for st, _before, _lines in batch.touched.values():
             self.written_since_switch.add(st.rel_path)
+            self.index_touched.add(st.rel_path)
         for st in batch.created:
             self.new_dirs.add(str(Path(st.rel_path).parent))
+
+    def take_index_touched(self) -> set[str]:
+        """The transcripts written since the last call (the search index reads just those)."""
+        paths, self.index_touched = self.index_touched, set()
+        return paths
 
     def fail(self, batch: Batch) -> None:
         """After a failed (or abandoned) write: nothing of the batch was acknowledged. Touched
