@@ -122,6 +122,10 @@ def test_at_rest_or_at_the_final_checkpoint_sessions_json_catches_up(tmp_path: P
     assert plan_writes([reg], [], [], ALWAYS_LOG) == [], "nothing changed, nothing is due yet"
     assert checkpoint(reg, final=True)
     assert on_disk(reg)["agent:main:k1"] == {"sessionId": "s1", "updatedAt": 5}
+    reg.sessions["agent:main:k3"].entry["updatedAt"] = 7
+    reg.changed("agent:main:k3")
+    assert checkpoint(reg, final=True), "changed, with nothing logged yet: rewritten at a stop"
+    assert on_disk(reg)["agent:main:k3"] == {"sessionId": "s3", "updatedAt": 7}
     reg.sessions["agent:main:k2"].entry["updatedAt"] = 6
     reg.changed("agent:main:k2")
     assert not checkpoint(reg)

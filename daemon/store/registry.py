@@ -178,7 +178,8 @@ def plan_writes(
         unsettled.setdefault(st.agent_id, set()).add(st.session_key)
     out = []
     for reg in agents:
-        if reg.log is not None and reg.log.size > 0 and (final or reg.wants_full(policy)):
+        behind = reg.log is not None and reg.log.size > 0
+        if (final and (behind or reg.pending)) or (behind and reg.wants_full(policy)):
             reg.dirty = True
         if not reg.pending:
             continue
