@@ -113,7 +113,9 @@ class AgentRegistry:
         logged = 0 if self.log is None else self.log.size
         if self.dirty or self.saved_id is None:
             return True
-        return policy.full(self.saved_size, logged, age)
+        # The changed entries' share of sessions.json, as a guess at what logging them costs.
+        coming = self.saved_size * len(self.changed_keys) // max(1, len(self.sessions))
+        return policy.full(self.saved_size, logged + coming, age)
 
     def write(self, w: RegistryWrite) -> None:
         """Carry out a checkpoint's write (worker thread). Raises OSError; after a failure the

@@ -49,11 +49,12 @@ Change = tuple[str, "dict[str, Any] | None"]
 class WritePolicy:
     """When a checkpoint rewrites sessions.json rather than appending to its log.
 
-    Rewriting costs the file's size; appending costs what changed. Rewriting once the log has
-    grown to `log_share` of the file's size keeps the rewrite's cost at most 1/`log_share`
-    times the bytes that changed, whatever the number of sessions; small files are always
-    rewritten (cheap, and sessions.json is then never behind); `max_age` (seconds) bounds how
-    far behind it can be.
+    Rewriting costs the file's size; appending costs what changed. Rewriting once the log (with
+    what this checkpoint would add to it) has grown to `log_share` of the file's size keeps the
+    rewrite's cost at most 1/`log_share` times the bytes that changed, whatever the number of
+    sessions, and a checkpoint that changed most entries rewrites rather than logs them all;
+    small files are always rewritten (cheap, and sessions.json is then never behind); `max_age`
+    (seconds) bounds how far behind it can be.
     """
 
     always_below: int = 256 << 10
