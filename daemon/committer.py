@@ -16,8 +16,10 @@ import structlog
 from anyio.abc import TaskGroup
 
 from daemon.core.histogram import BATCH_BOUNDS, LATENCY_BOUNDS, Histogram
+from daemon.core.ids import now_ms
+from daemon.errors import os_reason
 from daemon.store.fileio import SyncFailed
-from daemon.store.store import Batch, Store, now_ms
+from daemon.store.store import Batch, Store
 
 log = structlog.get_logger("daemon.committer")
 
@@ -192,7 +194,7 @@ class Checkpoints:
         journal is not switched until the checkpoint is complete (invariant 2)."""
         store = self.store
         if isinstance(e, SyncFailed):
-            store.broken = f"{step} sync failed: {e.strerror or e}"
+            store.broken = f"{step} sync failed: {os_reason(e)}"
             log.error("store.checkpoint_failed", error=store.broken)
             return
         for reg, _data in registries:
@@ -201,5 +203,5 @@ class Checkpoints:
             store.dedup.changed(agent)
         if unfinished is not None:
             self._unfinished = unfinished
-        store.write_error = f"{e.strerror or e} ({step})"
-        log.warning("store.checkpoint_deferred", step=step, error=e.strerror or str(e))
+        store.write_error = f"{os_reason(e)} ({step})"
+        log.warning("store.checkpoint_deferred", step=step, error=os_reason(e))

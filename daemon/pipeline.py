@@ -28,9 +28,11 @@ from anyio.streams.memory import MemoryObjectReceiveStream
 from daemon.archiving import Archiver
 from daemon.backup import Mirror
 from daemon.committer import CheckpointMark, Checkpoints, Counters, WorkQueue
-from daemon.config import Config, resolve_timezone
+from daemon.config import Config
+from daemon.config_load import resolve_timezone
 from daemon.core import tokens
 from daemon.core.commands import Command
+from daemon.core.ids import next_entry_id, now_ms
 from daemon.core.ingest import (
     RESET_ENTRY,
     ROUTE_FIELD,
@@ -47,6 +49,8 @@ from daemon.errors import (
     SenderNotAllowed,
     StorageUnavailable,
     WrongShard,
+    os_reason,
+    storage_unavailable,
 )
 from daemon.events import EventBus
 from daemon.failpoints import failpoint
@@ -55,8 +59,8 @@ from daemon.logs import Throttle
 from daemon.routing import Router
 from daemon.store.dedup import DedupKey
 from daemon.store.registry import SessionState
-from daemon.store.store import Batch, Store, ingest_answer, now_ms
-from daemon.store.transcript import custom_line, header_line, iso_ms, message_line, next_entry_id
+from daemon.store.store import Batch, Store, ingest_answer
+from daemon.store.transcript import custom_line, header_line, iso_ms, message_line
 from daemon.work import AppendWork as AppendWork  # re-exported: compaction reads answers by kind
 from daemon.work import CompactionHooks, EntryWork, Reply, ResetWork, Work
 from daemon.work import IngestWork as IngestWork
@@ -276,14 +280,14 @@ class Pipeline:
             try:
                 await anyio.to_thread.run_sync(self.store.journal.start_fresh)
             except OSError as e:  # a full disk, say: the next start replays the journal instead
-                log.warning("store.journal_kept", error=e.strerror or str(e))
+                log.warning("store.journal_kept", error=os_reason(e))
         log.info("store.flushed", **self.counts())
 
     async def _prepare(self, items: list[Work]) -> Batch | None:
         """Build one batch from queued requests (event loop, after any tail reads it needs)."""
         store = self.store
         if store.broken is not None:
-            self._reject_all(items, StorageUnavailable(f"storage unavailable: {store.broken}"))
+            self._reject_all(items, storage_unavailable(store.broken, hint=None))
             return None
         while True:
             unloaded: list[SessionState] = []
@@ -297,7 +301,7 @@ class Pipeline:
             try:
                 await anyio.to_thread.run_sync(store.ensure_loaded, unloaded)
             except OSError as e:  # EMFILE, EIO: these requests fail, the committer goes on
-                self._reject_all(items, _unavailable(f"reading a transcript: {e.strerror or e}"))
+                self._reject_all(items, storage_unavailable(e, "reading a transcript"))
                 return None
         now = now_ms()
         ts = iso_ms(now)
@@ -360,7 +364,7 @@ class Pipeline:
             # Prepared on top of a batch that failed: its offsets are wrong; nothing written.
             store.fail(batch)
             reason = store.broken or "an earlier write failed"
-            self._reject_all([w for w, _ in answers], _unavailable(reason))
+            self._reject_all([w for w, _ in answers], storage_unavailable(reason))
             return
         started = time.monotonic()
         try:
@@ -370,7 +374,7 @@ class Pipeline:
             store.fail(batch)
             for later in self._unwritten:
                 store.fail(later)  # void already (old epoch); its sessions re-read their tails
-            reason = e.strerror or str(e)
+            reason = os_reason(e)
             store.write_error = f"{reason} (writing a batch)"  # `status` says so
             self._failed_batches += 1
             left_out = self._failure_lines.allow((e.errno, store.broken is not None))
@@ -383,7 +387,7 @@ class Pipeline:
                     broken=store.broken is not None,
                     failuresNotLogged=left_out,
                 )
-            self._reject_all([w for w, _ in answers], _unavailable(reason))
+            self._reject_all([w for w, _ in answers], storage_unavailable(reason))
             return
         synced = time.monotonic()
         if self._failed_batches:
@@ -690,7 +694,3 @@ class Pipeline:
             "resets": c.resets,
             "batches": c.batches,
         }
-
-
-def _unavailable(reason: str) -> StorageUnavailable:
-    return StorageUnavailable(f"storage unavailable: {reason}; nothing was stored, retry")

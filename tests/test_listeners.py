@@ -13,7 +13,8 @@ import pytest
 from anyio.abc import SocketAttribute
 from tlsca import CA, Pair
 
-from daemon.config import parse_config, parse_tcp_address
+from daemon.config_fields import parse_tcp_address
+from daemon.config_load import parse_config
 from daemon.errors import ConfigError, ListenFailed
 from daemon.listeners import TlsFiles, bind_unix, cheap_repr, listeners_of, tls_context
 

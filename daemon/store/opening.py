@@ -11,6 +11,7 @@ from typing import Any
 
 import structlog
 
+from daemon.core.ids import now_ms
 from daemon.store import archive, fileio, recovery, transcript
 from daemon.store.fsutil import FILE_MODE, ensure_dir
 from daemon.store.journal import Record
@@ -20,7 +21,6 @@ from daemon.store.store import (
     _int_or_none,
     _str_or_none,
     ingest_answer,
-    now_ms,
     session_answer,
     write_all_at_end,
 )
