@@ -127,6 +127,7 @@ async def run(opts: RunOptions) -> int:
             pipeline.counters,
             lambda agent: Path(workspace_of(pipeline.config, state_dir, agent)),
             lambda: agent_ids(pipeline.config),
+            lambda: pipeline.store.take_index_touched(),
         )
         broker = None
         if (rc := cfg.ingest.redis) is not None:

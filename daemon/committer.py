@@ -135,11 +135,11 @@ class Checkpoints:
     async def settled(self) -> None:
         await self._done.wait()
 
-    async def start(self, tg: TaskGroup, unwritten: Iterable[Batch]) -> None:
+    async def start(self, tg: TaskGroup, unwritten: Iterable[Batch], *, final: bool) -> None:
         store = self.store
         if store.broken is not None:
             return
-        registries = store.dirty_registries(unwritten)
+        registries = store.dirty_registries(unwritten, final=final)
         dedup = store.dedup.snapshots()
         if self._unfinished is not None:
             # No switch until the failed checkpoint is complete: retry it with today's registries.

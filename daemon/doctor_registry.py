@@ -106,7 +106,7 @@ def _check_entries(doc: Checkup, agent_id: str, folder: Path, reg: AgentRegistry
 
         def drop(folder: Path = folder, keys: tuple[str, ...] = tuple(stale)) -> None:
             path = folder / SESSIONS_JSON
-            doc = orjson.loads(path.read_bytes())
+            doc = read_registry(path)[0] or {}  # with its change log, which it then folds in
             for k in keys:
                 doc.pop(k, None)
             atomic_write(path, orjson.dumps(doc, option=orjson.OPT_INDENT_2))

@@ -413,3 +413,25 @@ def remove_socket_file(path: Path) -> None:
     """Take away a socket file we bound (ours, not user data), so that clients fail fast."""
     with contextlib.suppress(FileNotFoundError):
         os.unlink(path)
+
+
+class _Accepted(socket.socket):
+    """An accepted socket whose repr is cheap.
+
+    Each time anyio waits for a socket to become readable or writable, asyncio's selector
+    looks the socket up first and, not finding it, raises a KeyError whose message holds the
+    socket's repr (getsockname, getpeername: about 15 us). That happened once per message on a
+    connection sending one message at a time.
+    """
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return f"<socket fd={self.fileno()}>"
+
+
+def cheap_repr(stream: ByteStream) -> None:
+    """Give an accepted connection's socket the cheap repr (same layout: only the class)."""
+    sock = stream.extra(SocketAttribute.raw_socket, None)
+    if type(sock) is socket.socket:
+        sock.__class__ = _Accepted

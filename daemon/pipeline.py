@@ -351,7 +351,7 @@ class Pipeline:
                     if item.final:
                         await self.checkpoints.settled()
                     if not self.checkpoints.running:
-                        await self.checkpoints.start(tg, self._unwritten)
+                        await self.checkpoints.start(tg, self._unwritten, final=item.final)
                 else:
                     await self._write(item)
 

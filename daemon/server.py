@@ -48,6 +48,7 @@ from daemon.listeners import (
     Listener,
     Tls,
     bind_listeners,
+    cheap_repr,
     claim_unix,
     close_bound,
     drain,
@@ -558,6 +559,7 @@ class Server:
     async def _serve_one(self, raw: SocketStream, gate: Gate) -> None:
         self._counter += 1
         hello_deadline = anyio.current_time() + self.limits.helloTimeoutSeconds
+        cheap_repr(raw)
         async with raw:
             stream: ByteStream = raw
             if gate.tls is not None:

@@ -10,12 +10,13 @@ from pathlib import Path
 
 import anyio
 import pytest
+from anyio.abc import SocketAttribute
 from tlsca import CA, Pair
 
 from daemon.config_fields import parse_tcp_address
 from daemon.config_load import parse_config
 from daemon.errors import ConfigError, ListenFailed
-from daemon.listeners import TlsFiles, bind_unix, listeners_of, tls_context
+from daemon.listeners import TlsFiles, bind_unix, cheap_repr, listeners_of, tls_context
 
 
 @pytest.fixture(scope="module")
@@ -186,3 +187,28 @@ def test_a_live_socket_or_a_file_at_the_path_stops_start_up_untouched(tmp_path: 
         assert live.exists() and plain.read_text() == "keep me"
     finally:
         other.close()
+
+
+def test_an_accepted_connection_is_named_by_its_descriptor_alone(tmp_path: Path) -> None:
+    """asyncio's selector formats a socket each time anyio waits on it: the accepted socket's
+    repr must not ask the kernel for its addresses, and the connection must work as before."""
+    path = tmp_path / "s.sock"
+
+    async def main() -> None:
+        lst = await bind_unix(path, 0o600)
+        try:
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as c:
+                c.connect(str(path))
+                conn = await lst.accept()
+                cheap_repr(conn)
+                raw = conn.extra(SocketAttribute.raw_socket)
+                assert repr(raw) == f"<socket fd={raw.fileno()}>"
+                c.sendall(b"ping\n")
+                assert await conn.receive() == b"ping\n"
+                await conn.send(b"pong\n")
+                assert c.recv(16) == b"pong\n"
+                await conn.aclose()
+        finally:
+            await lst.aclose()
+
+    anyio.run(main)

@@ -180,6 +180,44 @@ def test_a_pass_reads_only_what_was_appended(folder: Folder, index: SearchIndex)
     assert hit["archived"] is False and hit["role"] == "user"
 
 
+def test_a_pass_told_what_was_written_looks_at_those_transcripts_only(
+    folder: Folder, index: SearchIndex
+) -> None:
+    a = folder.transcript("sa", "agent:main:a")
+    b = folder.transcript("sb", "agent:main:b")
+    folder.say(a, "first apricot")
+    index.sync()
+    folder.say(a, "second apricot")
+    folder.say(b, "a blueberry")
+    c = folder.transcript("sc", "agent:main:c")
+    folder.say(c, "a cranberry")
+    stats = index.sync(touched=["agents/main/sessions/sb.jsonl", "agents/main/sessions/sc.jsonl"])
+    assert (stats.files, stats.read) == (2, 2), "only the transcripts named were looked at"
+    assert (
+        len(hits(index, "apricot")) == 1 and hits(index, "blueberry") and hits(index, "cranberry")
+    )
+    assert index.sync().docs == 1, "a pass that lists the folders finds what was left"
+    assert len(hits(index, "apricot")) == 2
+
+
+def test_a_pass_told_what_was_written_still_follows_resets_and_memory(
+    folder: Folder, index: SearchIndex
+) -> None:
+    t = folder.transcript("s1", "agent:main:main")
+    eid = folder.say(t, "remember the word zeppelin")
+    gone = folder.memory("2026-11-18.md", "a note about quinces\n")
+    index.sync()
+    with open(t, "ab") as f:
+        f.write(custom_line("ffffffff", eid, iso_ms(T0), "sessiond.closed", {}) + b"\n")
+    folder.archive(t)
+    gone.unlink()
+    stats = index.sync(touched=["agents/main/sessions/s1.jsonl"])
+    assert (stats.moved, stats.removed) == (1, 1)
+    [hit] = hits(index, "zeppelin")
+    assert hit["archived"] is True
+    assert hits(index, "quinces") == []
+
+
 def test_a_line_still_being_written_waits_for_its_newline(
     folder: Folder, index: SearchIndex
 ) -> None:

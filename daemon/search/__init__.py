@@ -1,7 +1,8 @@
 """Full-text search over transcripts and memory files (SPEC 3 `memory.search`, SPEC 2 `index/`).
 
     sources.py   which files are read, and which lines become entries (pure)
-    index.py     the SQLite FTS5 database: incremental passes, rebuilding from scratch
+    db.py        the SQLite FTS5 database file: schema, connections, the writer thread
+    index.py     the passes over it: incremental ones, rebuilding from scratch
     query.py     answering a search: bm25 order, filters, snippets, query errors (read-only)
     worker.py    the index worker process: runs every pass, the only writer of the database
     child.py     the daemon's end of the worker: start it, ask for a pass, stop and reap it
@@ -13,15 +14,8 @@ loses nothing: the next start (or `sessiond reindex`) reads the files again and 
 answers.
 """
 
-from daemon.search.index import (
-    Halted,
-    IndexUnavailable,
-    SearchIndex,
-    SyncStats,
-    index_path,
-    lower_priority,
-    rebuild,
-)
+from daemon.search.db import IndexUnavailable, index_path, lower_priority
+from daemon.search.index import Halted, SearchIndex, SyncStats, rebuild
 from daemon.search.query import check_prefixes
 from daemon.search.service import SearchService
 from daemon.search.sources import is_archived_name, message_text, transcript_docs

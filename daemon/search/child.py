@@ -90,8 +90,14 @@ class IndexWorker:
             raise await self._broken(f"expected the index to open, got {reply!r}")
         return _identity(reply["open"])
 
-    async def run_pass(self, agents: Iterable[str], workspaces: dict[str, str]) -> PassDone:
-        """One pass in the worker. Raises PassFailed, WorkerExited."""
+    async def run_pass(
+        self,
+        agents: Iterable[str],
+        workspaces: dict[str, str],
+        touched: list[str] | None = None,
+    ) -> PassDone:
+        """One pass in the worker (`touched`: the transcripts written since the last one, None
+        when not known). Raises PassFailed, WorkerExited."""
         self._n += 1
         request = {
             "op": "pass",
@@ -99,6 +105,7 @@ class IndexWorker:
             "agents": list(agents),
             "workspaces": workspaces,
             "log": list(logs.settings()),
+            "touched": touched,
         }
         try:
             await self._stdin.send(orjson.dumps(request) + b"\n")

@@ -1,6 +1,5 @@
-"""The index database: schema, incremental passes, and rebuilding from scratch.
-
-    <stateDir>/index/search.sqlite3     (WAL mode; derived data only)
+"""The index's passes: incremental ones, and rebuilding from scratch (the database file
+itself, its schema and writer thread: daemon/search/db.py).
 
 Per file the index remembers how far it has read (complete lines only), the file's identity
 (device, inode) and the bytes just before that offset. A pass stats each file and reads only what
@@ -20,18 +19,34 @@ from __future__ import annotations
 import contextlib
 import gzip
 import os
-import queue
 import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from itertools import chain
 from pathlib import Path
 from typing import Any
 
 import structlog
 
 from daemon.core.protocol import SearchParams
+from daemon.search.db import (
+    DB_NAME,
+    DOCS_INDEX,
+    SCHEMA,
+    SCHEMA_VERSION,
+    FileRow,
+    Job,
+    Writer,
+    begin,
+    check_fts5,
+    commit,
+    connect,
+    execute,
+    index_path,
+    install,
+)
 from daemon.search.query import Readers
 from daemon.search.sources import (
     DEFAULT_AGENTS,
@@ -39,79 +54,21 @@ from daemon.search.sources import (
     Doc,
     Source,
     Timestamps,
+    active_sources,
     memory_ts,
     scan_sources,
     session_keys,
     split_lines,
     transcript_docs,
 )
-from daemon.store.fsutil import fsync_dir
 
 log = structlog.get_logger("daemon.search")
 
-INDEX_DIR = "index"
-DB_NAME = "search.sqlite3"
-SCHEMA_VERSION = "1"
 ANCHOR_BYTES = 64  # bytes before the read offset that must be unchanged to continue reading
 READ_CHUNK = 16 << 20
 FLUSH_DOCS = 20_000  # rows per executemany
 COMMIT_DOCS = 200_000  # rows per transaction during a long build (readers see progress)
 FULL_STAT_SECONDS = 30.0  # how often unchanged archive folders are looked into file by file
-
-SCHEMA = f"""
-CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS files(
-  id INTEGER PRIMARY KEY,
-  path TEXT NOT NULL UNIQUE,  -- relative to the state folder, absolute outside it
-  source TEXT NOT NULL,       -- session | memory
-  agent_id TEXT NOT NULL,
-  session_id TEXT,
-  session_key TEXT,
-  archived INTEGER NOT NULL,
-  dev INTEGER NOT NULL,
-  ino INTEGER NOT NULL,
-  size INTEGER NOT NULL,      -- on disk (compressed for .gz)
-  mtime_ns INTEGER NOT NULL,
-  offset INTEGER NOT NULL,    -- bytes read, up to the last complete line (uncompressed)
-  lines INTEGER NOT NULL,     -- complete lines before offset
-  tail INTEGER NOT NULL,      -- 1: an unfinished last line of a memory file is indexed for now
-  anchor BLOB NOT NULL        -- the bytes just before offset
-);
-CREATE TABLE IF NOT EXISTS docs(
-  id INTEGER PRIMARY KEY,
-  file_id INTEGER NOT NULL,
-  off INTEGER NOT NULL,
-  entry_id TEXT NOT NULL,
-  role TEXT,
-  ts INTEGER NOT NULL,
-  text TEXT NOT NULL
-);
-CREATE VIRTUAL TABLE IF NOT EXISTS fts USING fts5(
-  text, content='docs', content_rowid='id', tokenize='unicode61 remove_diacritics 2'
-);
-INSERT OR IGNORE INTO meta(key, value) VALUES ('schema', '{SCHEMA_VERSION}');
-"""
-# Made at the end of a bulk build (one sort beats keeping it up to date row by row).
-DOCS_INDEX = "CREATE INDEX IF NOT EXISTS docs_file ON docs(file_id, off);"
-
-
-@dataclass(slots=True)
-class FileRow:
-    id: int
-    path: str
-    source: str
-    agent_id: str
-    session_id: str | None
-    session_key: str | None
-    archived: bool
-    dev: int
-    ino: int
-    size: int
-    mtime_ns: int
-    offset: int
-    lines: int
-    tail: bool
-    anchor: bytes
 
 
 @dataclass(slots=True)
@@ -143,57 +100,6 @@ class Halted(Exception):
     """A pass was asked to stop (the daemon is shutting down); what it did is committed."""
 
 
-class IndexUnavailable(Exception):
-    """This Python's SQLite cannot hold the index (no FTS5)."""
-
-
-Job = Callable[[sqlite3.Connection], None]
-
-
-class _Writer:
-    """The thread that runs a pass's SQL, in order, while the pass goes on reading and parsing
-    files: SQLite releases the GIL while it works, so the two overlap (about 1.5x on a large
-    build). Owned by one `sync` call, which always joins it before returning. A job that fails
-    makes every later `submit` and `barrier` raise its error."""
-
-    def __init__(self, conn: sqlite3.Connection, nice: int = 0) -> None:
-        self.conn = conn
-        self.nice = nice
-        self.jobs: queue.Queue[Job | None] = queue.Queue(maxsize=4)
-        self.error: BaseException | None = None
-        self.thread = threading.Thread(target=self._run, name="search-writer", daemon=True)
-        self.thread.start()
-
-    def _run(self) -> None:
-        lower_priority(self.nice)
-        while True:
-            job = self.jobs.get()
-            try:
-                if job is None:
-                    return
-                if self.error is None:
-                    job(self.conn)
-            except BaseException as e:  # handed to the pass, which re-raises it
-                self.error = e
-            finally:
-                self.jobs.task_done()
-
-    def submit(self, job: Job) -> None:
-        if self.error is not None:
-            raise self.error
-        self.jobs.put(job)
-
-    def barrier(self) -> None:
-        """Wait until every job so far has run."""
-        self.jobs.join()
-        if self.error is not None:
-            raise self.error
-
-    def join(self) -> None:
-        self.jobs.put(None)
-        self.thread.join()
-
-
 @dataclass(slots=True)
 class _Pass:
     halt: threading.Event | None
@@ -202,52 +108,8 @@ class _Pass:
     pending: list[Doc] = field(default_factory=list)
     uncommitted: int = 0
     keys: dict[str, dict[str, str]] = field(default_factory=dict)  # agent -> sessionId -> key
-    writer: _Writer | None = None
+    writer: Writer | None = None
     in_transaction: bool = False
-
-
-def connect(path: Path, *, bulk: bool = False) -> sqlite3.Connection:
-    """A connection in autocommit mode (transactions are explicit). WAL lets searches read
-    while a pass writes; synchronous=NORMAL because the index can always be rebuilt."""
-    private(path)
-    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-    conn.execute("PRAGMA page_size=8192")  # a new file only; FTS5 segments fill them well
-    if bulk:
-        conn.execute("PRAGMA journal_mode=OFF")
-        conn.execute("PRAGMA synchronous=OFF")
-    else:
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute("PRAGMA synchronous=NORMAL")
-    conn.execute("PRAGMA cache_size=-65536")
-    conn.execute("PRAGMA temp_store=MEMORY")
-    return conn
-
-
-def private(path: Path) -> None:
-    """Make the database file 0600 before SQLite opens it (creating it empty if need be).
-
-    SQLite gives the `-wal` and `-shm` files it creates the database file's mode; a file it
-    created itself would be 0644 under the usual umask, and so its WAL, which holds what the
-    transcripts say. Side files an older version left open are tightened too."""
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-    try:
-        os.fchmod(fd, 0o600)
-    finally:
-        os.close(fd)
-    for suffix in ("-wal", "-shm"):
-        with contextlib.suppress(FileNotFoundError):
-            os.chmod(f"{path}{suffix}", 0o600)
-
-
-def check_fts5() -> None:
-    """Raise IndexUnavailable when SQLite was built without FTS5."""
-    conn = sqlite3.connect(":memory:")
-    try:
-        conn.execute("CREATE VIRTUAL TABLE t USING fts5(x)")
-    except sqlite3.OperationalError as e:
-        raise IndexUnavailable(f"SQLite {sqlite3.sqlite_version} has no FTS5: {e}") from None
-    finally:
-        conn.close()
 
 
 class SearchIndex:
@@ -275,6 +137,7 @@ class SearchIndex:
         self._identity: tuple[int, int] | None = None
         self._next_file_id = 1
         self._archive_cache: dict[str, tuple[int, list[Source]]] = {}
+        self._memory: set[str] = set()  # keys of the memory files' rows
         self._last_full = 0.0
         self.readers = Readers(path)
 
@@ -316,6 +179,7 @@ class SearchIndex:
     def _load_files(self) -> None:
         rows = self._load_rows()
         self.files = {r.path: r for r in rows}
+        self._memory = {r.path for r in rows if r.source == "memory"}
         # File ids are handed out here, so that a pass never waits for the writer to learn one.
         self._next_file_id = max((r.id for r in rows), default=0) + 1
 
@@ -366,22 +230,34 @@ class SearchIndex:
     # --- one pass ---------------------------------------------------------------------------
 
     def sync(
-        self, halt: threading.Event | None = None, progress: Progress | None = None
+        self,
+        halt: threading.Event | None = None,
+        progress: Progress | None = None,
+        touched: Iterable[str] | None = None,
     ) -> SyncStats:
         """Bring the index up to the files: read what was appended, follow moves, drop what is
         gone. Runs in a worker thread. Raises Halted when `halt` is set (work done so far is
-        committed and kept), sqlite3.Error or OSError when the index cannot be written."""
+        committed and kept), sqlite3.Error or OSError when the index cannot be written.
+
+        `touched`: the active transcripts (keys) written since the last pass, when the caller
+        knows them (the daemon, their only writer): then the sessions folders are not listed,
+        nor every transcript in them looked at, except every FULL_STAT_SECONDS. A pass over
+        100,000 sessions otherwise stats 100,000 files to find the few that grew."""
         started = time.monotonic()
         self._reopen_if_replaced()
         conn = self.conn
         assert conn is not None
         full = self.bulk or started - self._last_full >= FULL_STAT_SECONDS
+        listing = full or touched is None
         cache = None if full else self._archive_cache
         if full:
             self._archive_cache.clear()
             cache = self._archive_cache
         found: list[tuple[Source, os.stat_result | None]] = []
-        for src, cached in scan_sources(self.state_dir, self.workspace_of, self.agents(), cache):
+        sources = scan_sources(self.state_dir, self.workspace_of, self.agents(), cache, listing)
+        if not listing and touched is not None:
+            sources = chain(sources, ((s, False) for s in active_sources(self.state_dir, touched)))
+        for src, cached in sources:
             row = self.files.get(src.key)
             if cached and not full and row is not None and row.offset > 0:
                 found.append((src, None))  # an archive that was already read and cannot change
@@ -394,7 +270,10 @@ class SearchIndex:
             self._last_full = started
         ps = _Pass(halt, progress, SyncStats(files=len(found)))
         present = {src.key for src, _ in found}
-        vanished = {(r.dev, r.ino): r for k, r in self.files.items() if k not in present}
+        if listing:
+            vanished = {(r.dev, r.ino): r for k, r in self.files.items() if k not in present}
+        else:
+            vanished = self._vanished_among(found, present)
         try:
             for n, (src, st) in enumerate(found):
                 if st is not None:
@@ -421,13 +300,35 @@ class SearchIndex:
         ps.stats.seconds = time.monotonic() - started
         return ps.stats
 
+    def _vanished_among(
+        self, found: list[tuple[Source, os.stat_result | None]], present: set[str]
+    ) -> dict[tuple[int, int], FileRow]:
+        """A pass that did not list the sessions folders: the memory files gone from their
+        (listed) folders, and the transcripts moved into archive/ since (a new archive file
+        with the inode of a known transcript that is no longer where it was)."""
+        out = {}
+        for key in self._memory - present:
+            r = self.files[key]
+            out[(r.dev, r.ino)] = r
+        arrived = {
+            (st.st_dev, st.st_ino)
+            for src, st in found
+            if st is not None and src.archived and src.key not in self.files
+        }
+        if arrived:
+            for r in self.files.values():
+                moved = (r.dev, r.ino) in arrived and not r.archived and r.path not in present
+                if moved and not os.path.exists(self.state_dir / r.path):
+                    out[(r.dev, r.ino)] = r
+        return out
+
     def _sql(self, ps: _Pass, job: Job) -> None:
         """Run `job` on the writer thread, after everything submitted before it."""
         if ps.writer is None:
             assert self.conn is not None
-            ps.writer = _Writer(self.conn, self.nice)
+            ps.writer = Writer(self.conn, self.nice)
         if not ps.in_transaction:
-            ps.writer.submit(_begin)
+            ps.writer.submit(begin)
             ps.in_transaction = True
         ps.writer.submit(job)
 
@@ -480,7 +381,7 @@ class SearchIndex:
         values = (row.id, src.key, src.source, src.agent_id, int(src.archived), row.dev, row.ino)
         self._sql(
             ps,
-            lambda c: _execute(
+            lambda c: execute(
                 c,
                 "INSERT INTO files(id, path, source, agent_id, session_id, session_key, "
                 "archived, dev, ino, size, mtime_ns, offset, lines, tail, anchor) "
@@ -489,6 +390,8 @@ class SearchIndex:
             ),
         )
         self.files[src.key] = row
+        if src.source == "memory":
+            self._memory.add(src.key)
         return row
 
     def _save_row(self, ps: _Pass, row: FileRow) -> None:
@@ -511,7 +414,7 @@ class SearchIndex:
         )
         self._sql(
             ps,
-            lambda c: _execute(
+            lambda c: execute(
                 c,
                 "UPDATE files SET path = ?, agent_id = ?, session_id = ?, session_key = ?, "
                 "archived = ?, dev = ?, ino = ?, size = ?, mtime_ns = ?, offset = ?, "
@@ -523,8 +426,11 @@ class SearchIndex:
     def _move(self, ps: _Pass, row: FileRow, src: Source) -> FileRow:
         """A file renamed (a reset moves a transcript into archive/): same entries, new place."""
         del self.files[row.path]
+        self._memory.discard(row.path)
         row.path, row.archived, row.agent_id = src.key, src.archived, src.agent_id
         self.files[row.path] = row
+        if row.source == "memory":
+            self._memory.add(row.path)
         self._save_row(ps, row)
         return row
 
@@ -542,8 +448,9 @@ class SearchIndex:
         self._flush(ps)
         self._delete_docs(ps, row.id, 0)
         file_id = row.id
-        self._sql(ps, lambda c: _execute(c, "DELETE FROM files WHERE id = ?", (file_id,)))
+        self._sql(ps, lambda c: execute(c, "DELETE FROM files WHERE id = ?", (file_id,)))
         self.files.pop(row.path, None)
+        self._memory.discard(row.path)
 
     def _delete_docs(self, ps: _Pass, file_id: int, from_off: int) -> None:
         def job(c: sqlite3.Connection) -> None:
@@ -697,7 +604,7 @@ class SearchIndex:
         offset after it. Raises Halted (after committing) when asked to stop."""
         self._flush(ps)
         if ps.writer is not None and ps.in_transaction:
-            ps.writer.submit(_commit)
+            ps.writer.submit(commit)
             ps.writer.barrier()
             ps.in_transaction = False
         ps.uncommitted = 0
@@ -705,44 +612,8 @@ class SearchIndex:
             raise Halted
 
 
-def lower_priority(nice: int) -> None:
-    """Lower the CPU priority of the calling thread only (Linux schedules threads one by one):
-    when the machine is busy, acknowledging messages goes before indexing them."""
-    if nice <= 0:
-        return
-    with contextlib.suppress(OSError, AttributeError):
-        tid = threading.get_native_id()
-        os.setpriority(os.PRIO_PROCESS, tid, os.getpriority(os.PRIO_PROCESS, tid) + nice)
-
-
-def _begin(c: sqlite3.Connection) -> None:
-    c.execute("BEGIN")
-
-
-def _commit(c: sqlite3.Connection) -> None:
-    c.execute("COMMIT")
-
-
-def _execute(c: sqlite3.Connection, sql: str, params: tuple[Any, ...]) -> None:
-    c.execute(sql, params)
-
-
 def _halted(ps: _Pass) -> bool:
     return ps.halt is not None and ps.halt.is_set()
-
-
-def index_path(state_dir: Path) -> Path:
-    return state_dir / INDEX_DIR / DB_NAME
-
-
-def install(new: Path, dest: Path) -> None:
-    """Put a finished database in place of `dest` by renaming; the old one's WAL and shared
-    memory files are taken away first, since SQLite would otherwise apply them to the new one."""
-    for suffix in ("-wal", "-shm"):
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(f"{dest}{suffix}")
-    os.replace(new, dest)
-    fsync_dir(dest.parent)
 
 
 def rebuild(

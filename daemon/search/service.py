@@ -31,7 +31,7 @@ from daemon.search.child import (
     WorkerUnavailable,
     spawn,
 )
-from daemon.search.index import index_path
+from daemon.search.db import index_path
 from daemon.search.query import Readers
 from daemon.search.sources import DEFAULT_AGENTS
 
@@ -48,6 +48,7 @@ class Counting(Protocol):
 POLL_SECONDS = 0.1  # how often the batch counter is looked at
 NICE = 10  # the index worker runs this much below the daemon's priority
 WRITE_GAP_SECONDS = 0.25  # passes for new writes at most this often (a search does not wait)
+MAX_TOUCHED = 20_000  # transcripts written since the last pass beyond which it lists the folders
 SWEEP_SECONDS = 1.0  # a pass at least this often (memory files, moves into archive/)
 FRESH_WAIT_SECONDS = 2.0  # a search waits at most this long for the writes before it
 # ... and this long for the index to open at start-up: a worker process starting on a loaded
@@ -77,11 +78,14 @@ class SearchService:
         counters: Counting,
         workspace_of: Callable[[str], Path],
         agents: Callable[[], Iterable[str]] = lambda: DEFAULT_AGENTS,
+        touched: Callable[[], set[str]] | None = None,
     ) -> None:
         self.state_dir = state_dir
         self.readers = Readers(index_path(state_dir))
         self.workspace_of = workspace_of
         self.agents = agents
+        # Takes the transcripts written since it was last called (the store's); None: unknown.
+        self.touched = touched
         self.counters = counters
         self.broken: str | None = None
         self.worker_pid: int | None = None
@@ -161,6 +165,7 @@ class SearchService:
         self._ready.set()
         first = True
         last = time.monotonic()
+        known = False  # whether the worker has seen every write before the paths taken next
         while True:
             if not first:
                 await self._wait_for_work(last)
@@ -170,8 +175,15 @@ class SearchService:
             last = time.monotonic()
             listed = [normalize_agent_id(a) for a in self.agents()]
             workspaces = {a: str(self.workspace_of(a)) for a in listed}
+            paths = None if self.touched is None else self.touched()
+            # Passes list every folder until one has succeeded with this worker, and when too
+            # much was written for a list to be cheaper.
+            touched = (
+                sorted(paths) if known and paths is not None and len(paths) <= MAX_TOUCHED else None
+            )
+            known = False
             try:
-                done = await worker.run_pass(listed, workspaces)
+                done = await worker.run_pass(listed, workspaces, touched)
             except PassFailed as e:
                 await self._follow(e.db)
                 self._failures += 1
@@ -179,6 +191,7 @@ class SearchService:
                 await anyio.sleep(backoff(self._failures))
                 continue
             await self._follow(done.db)
+            known = self.touched is not None
             self._failures = 0
             self._indexed_batches = batches
             self._done = number

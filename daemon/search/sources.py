@@ -55,11 +55,13 @@ def scan_sources(
     workspace_of: Callable[[str], Path],
     agents: Iterable[str] = (),
     archive_cache: dict[str, tuple[int, list[Source]]] | None = None,
+    active: bool = True,
 ) -> Iterator[tuple[Source, bool]]:
     """Every file to index, with whether it came from an archive folder listed earlier.
 
     `archive_cache` (folder -> (mtime, sources)) spares listing archive folders that have not
-    changed: archives are written once and only ever moved in.
+    changed: archives are written once and only ever moved in. `active=False` leaves out the
+    files in the sessions folders themselves (the caller knows which of them changed).
     """
     known_agents = {normalize_agent_id(a) for a in agents}
     agents_dir = state_dir / "agents"
@@ -69,12 +71,14 @@ def scan_sources(
         agent = entry.name
         known_agents.add(agent)
         folder = Path(entry.path) / "sessions"
-        for f in _scandir(folder):
+        # Keys built as strings: Path.relative_to for each of 100,000 files costs seconds.
+        prefix = f"agents/{agent}/sessions/"
+        for f in _scandir(folder) if active else ():
             name = f.name
             if name.startswith(".") or not f.is_file():
                 continue
             if name.endswith(".jsonl"):
-                yield _session_source(state_dir, Path(f.path), agent, archived=False), False
+                yield Source(Path(f.path), prefix + name, "session", agent), False
             elif OPENCLAW_SUFFIX.match(name):
                 yield _session_source(state_dir, Path(f.path), agent, archived=True), False
         yield from _archive_sources(state_dir, folder / ARCHIVE_DIR, agent, archive_cache)
@@ -123,6 +127,17 @@ def _archive_sources(
         cache[ck] = (mtime, out)
     for src in out:
         yield src, False
+
+
+def active_sources(state_dir: Path, keys: Iterable[str]) -> Iterator[Source]:
+    """The active transcripts named by these keys (`agents/<agent>/sessions/<name>.jsonl`);
+    other keys are skipped."""
+    for key in keys:
+        parts = key.split("/")
+        if len(parts) == 4 and parts[0] == "agents" and parts[2] == "sessions":
+            name = parts[3]
+            if name.endswith(".jsonl") and not name.startswith(".") and ".." not in parts:
+                yield Source(state_dir / key, key, "session", parts[1])
 
 
 def _session_source(state_dir: Path, path: Path, agent: str, *, archived: bool) -> Source:

@@ -15,17 +15,21 @@ JSON object per line:
     worker -> daemon   {"open": [dev, ino]}            the index is open (the file's identity)
                        {"unavailable": "why"}          it cannot be opened; the worker exits 1
     daemon -> worker   {"op": "pass", "n": 7, "agents": ["main", ...],
-                        "workspaces": {"main": "/path/workspace"}, "log": ["info", "json"]}
+                        "workspaces": {"main": "/path/workspace"}, "log": ["info", "json"],
+                        "touched": ["agents/main/sessions/<id>.jsonl", ...] or null}
     worker -> daemon   {"n": 7, "stats": {SyncStats.to_json()}, "db": [dev, ino]}
                        {"n": 7, "error": "why", "db": [dev, ino]}   (sqlite3.Error or OSError;
                                                                      the next pass tries again)
     daemon -> worker   {"op": "stop"}, or its stdin closes (the daemon is gone): a pass in
                        progress commits what it did, the worker closes the index and exits 0.
 
-`db` lets the daemon retire its read connections when the file was replaced (deleted, or found
-unusable and built anew). The agents and their workspaces come with each request because they
-are the daemon's reloadable config; an agent that only exists on disk gets OpenClaw's default
-workspace, `<stateDir>/workspace-<id>` (as daemon/config_load.py `workspace_of` gives it).
+`touched` names the transcripts the daemon wrote since its previous request (null: it does not
+know, so the pass lists every folder); the pass then reads those and leaves the others unlooked
+at (SearchIndex.sync). `db` lets the daemon retire its read connections when the file was
+replaced (deleted, or found unusable and built anew). The agents and their workspaces come
+with each request because they are the daemon's reloadable config; an agent that only exists
+on disk gets OpenClaw's default workspace, `<stateDir>/workspace-<id>` (as daemon/config_load.py
+`workspace_of` gives it).
 
 Logs go, in the daemon's format, to `--log-fd` (the daemon's stdout), else to stderr; fd 1 is
 pointed there too, so nothing stray can corrupt the pipe. SIGINT, SIGTERM and SIGHUP sent to the
@@ -54,7 +58,8 @@ import orjson
 import structlog
 
 from daemon import guard, logs
-from daemon.search.index import Halted, IndexUnavailable, SearchIndex, index_path, lower_priority
+from daemon.search.db import IndexUnavailable, index_path, lower_priority
+from daemon.search.index import Halted, SearchIndex
 from daemon.search.sources import DEFAULT_AGENTS
 
 log = structlog.get_logger("daemon.search")
@@ -72,6 +77,7 @@ class PassRequest:
     agents: tuple[str, ...]
     workspaces: dict[str, str]
     log: tuple[str, str] | None = None
+    touched: tuple[str, ...] | None = None
 
 
 def parse_request(obj: Any) -> PassRequest | None:
@@ -103,7 +109,13 @@ def parse_request(obj: Any) -> PassRequest | None:
         ):
             raise ValueError(f"log must be [level, format], got {settings!r}")
         level_format = (settings[0], settings[1])
-    return PassRequest(n, tuple(agents), dict(workspaces), level_format)
+    touched = obj.get("touched")
+    if touched is not None and (
+        not isinstance(touched, list) or not all(isinstance(t, str) for t in touched)
+    ):
+        raise ValueError("touched must be a list of paths or null")
+    listed = None if touched is None else tuple(touched)
+    return PassRequest(n, tuple(agents), dict(workspaces), level_format, listed)
 
 
 class Agents:
@@ -196,7 +208,7 @@ def serve(index: SearchIndex, agents: Agents, replies: Replies, fd_in: int) -> i
                 settings = req.log
                 logs.configure(*settings, stream=sys.stdout)
             try:
-                stats = index.sync(halt)
+                stats = index.sync(halt, touched=req.touched)
             except Halted:
                 return 0
             except (sqlite3.Error, OSError) as e:

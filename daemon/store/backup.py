@@ -584,11 +584,16 @@ class MirrorWriter:
         return o
 
     def _sync(self, opened: dict[str, _Open], new_dirs: set[Path]) -> None:
+        """One syncfs for the whole round when it touched many files or folders: it covers the
+        files' data and every new folder entry, so no folder is synced one by one after it
+        (a round mirroring 256 new sessions made 257 folder syncs). Else a sync per file and
+        per new folder, parents first."""
         if not opened:
             return
-        if not (len(opened) > SYNCFS_ABOVE and sync_filesystem(self.root)):
-            for o in opened.values():
-                os.fdatasync(o.fd)
+        if len(opened) + len(new_dirs) > SYNCFS_ABOVE and sync_filesystem(self.root):
+            return
+        for o in opened.values():
+            os.fdatasync(o.fd)
         for d in sorted(new_dirs, key=lambda p: len(str(p))):
             fsync_dir(d)
 

@@ -1,14 +1,18 @@
 """The session registry: `sessions.json` per agent, in OpenClaw's shape, plus what a writer needs.
 
 The registry is derived data: the transcripts (and, after a crash, the journal) are the truth.
-It is held in memory, written atomically at checkpoints (never once per message), and rebuilt
-from transcript headers when `sessions.json` is missing or unreadable. Fields sessiond does not
+It is held in memory, written at checkpoints (never once per message): the entries that changed
+are appended to sessions.json's change log, and sessions.json is rewritten atomically when the
+log has grown to a share of its size or is old (store/registry_log.py). It is rebuilt from
+transcript headers when `sessions.json` is missing or unreadable. Fields sessiond does not
 know (OpenClaw's skillsSnapshot, systemPromptReport, ...) are kept as they were read.
 """
 
 from __future__ import annotations
 
 import os
+import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,6 +22,14 @@ import orjson
 from daemon.core.ids import now_ms
 from daemon.store import fileio
 from daemon.store.fsutil import atomic_write
+from daemon.store.registry_log import (
+    ChangeLog,
+    WritePolicy,
+    apply_changes,
+    identity,
+    read_changes,
+    serialize,
+)
 from daemon.store.transcript import read_header
 
 SESSIONS_JSON = "sessions.json"
@@ -43,41 +55,162 @@ class SessionState:
 
 
 @dataclass(slots=True)
+class RegistryWrite:
+    """What one checkpoint writes for one agent, decided on the event loop: either all its
+    entries (sessions.json rewritten) or the entries that changed (appended to its log; None
+    for a key that no longer names a session)."""
+
+    full: list[tuple[str, dict[str, Any]]] | None = None
+    changes: list[tuple[str, dict[str, Any] | None]] = field(default_factory=list)
+
+
+@dataclass(slots=True)
 class AgentRegistry:
-    """The sessions of one agent, keyed by session key."""
+    """The sessions of one agent, keyed by session key.
+
+    What the next checkpoint writes: `dirty` asks for sessions.json to be rewritten whole
+    (start-up, a failed write); `changed_keys` names the entries that changed since the last
+    checkpoint, which it appends to the change log (store/registry_log.py) unless the policy
+    says a rewrite is due.
+    """
 
     agent_id: str
     folder: Path  # <stateDir>/agents/<agentId>/sessions
     sessions: dict[str, SessionState] = field(default_factory=dict)
     dirty: bool = False
+    changed_keys: set[str] = field(default_factory=set)
+    saved_size: int = -1  # bytes of sessions.json as last written or read; -1: none yet
+    saved_id: str | None = None  # its identity (registry_log.identity); None: none yet
+    saved_at: float = field(default_factory=time.monotonic)
+    log: ChangeLog | None = None
 
     def serialize(self, sessions: dict[str, SessionState] | None = None) -> bytes:
         """sessions.json's bytes: these sessions (default: all of this agent's)."""
         chosen = self.sessions if sessions is None else sessions
-        doc = {key: st.entry for key, st in chosen.items()}
-        return orjson.dumps(doc, option=orjson.OPT_INDENT_2)
+        return serialize([(key, st.entry) for key, st in chosen.items()])
 
-    def changed(self) -> None:
-        """Write sessions.json at the next checkpoint (again, after a failed one)."""
-        self.dirty = True
+    def changed(self, key: str | None = None) -> None:
+        """Write this entry (None: all of sessions.json) at the next checkpoint."""
+        if key is None:
+            self.dirty = True
+        else:
+            self.changed_keys.add(key)
+
+    @property
+    def pending(self) -> bool:
+        return self.dirty or bool(self.changed_keys)
 
     def rename(self, old: str, new: str) -> SessionState:
         """Give a session a new key (the caller checked `new` is free)."""
         st = self.sessions.pop(old)
         st.session_key = new
         self.sessions[new] = st
-        self.dirty = True
+        self.changed_keys.update((old, new))
         return st
+
+    def wants_full(self, policy: WritePolicy) -> bool:
+        """Whether the next checkpoint rewrites sessions.json rather than logging changes."""
+        age = time.monotonic() - self.saved_at
+        logged = 0 if self.log is None else self.log.size
+        if self.dirty or self.saved_id is None:
+            return True
+        # The changed entries' share of sessions.json, as a guess at what logging them costs.
+        coming = self.saved_size * len(self.changed_keys) // max(1, len(self.sessions))
+        return policy.full(self.saved_size, logged + coming, age)
+
+    def write(self, w: RegistryWrite) -> None:
+        """Carry out a checkpoint's write (worker thread). Raises OSError; after a failure the
+        next checkpoint rewrites sessions.json (the caller marks the registry `changed`)."""
+        if w.full is not None:
+            self.save(serialize(w.full))
+            return
+        if self.saved_id is None:
+            raise FileNotFoundError(2, "no sessions.json to log changes on top of")
+        if self.log is None:
+            self.log = ChangeLog(self.folder / SESSIONS_JSON)
+        self.log.append(self.saved_id, w.changes)
 
     def save_if_changed(self) -> None:
         """Write sessions.json now if it changed (worker thread). Raises OSError."""
-        if self.dirty:
+        if self.pending:
             self.save(self.serialize())
             self.dirty = False
+            self.changed_keys.clear()
 
     def save(self, data: bytes) -> None:
-        """Atomically replace sessions.json (mode 0600). Raises OSError on failure."""
+        """Atomically replace sessions.json (mode 0600); its change log then begins again.
+        Raises OSError on failure."""
         atomic_write(self.folder / SESSIONS_JSON, data, step="registry")
+        self.saved_id = identity(data)
+        self.saved_size = len(data)
+        self.saved_at = time.monotonic()
+        if self.log is not None:
+            self.log.rebase()
+
+    def close(self) -> None:
+        if self.log is not None:
+            self.log.close()
+
+
+def plan_writes(
+    agents: Iterable[AgentRegistry],
+    created: list[SessionState],
+    closed: list[SessionState],
+    policy: WritePolicy,
+    *,
+    final: bool = False,
+) -> list[tuple[AgentRegistry, RegistryWrite]]:
+    """What each changed registry writes at a checkpoint (event loop), and which keys stay
+    changed for the next one. A sessions.json behind its change log is rewritten when the
+    policy says so even if nothing changed since (a daemon at rest catches up), and always at
+    the `final` checkpoint (a stopped daemon leaves every sessions.json whole).
+
+    `created` and `closed` are the sessions that batches prepared but not yet written have
+    registered and unregistered: what is written now must show neither, or a crash before
+    those batches are durable would leave sessions.json naming a session without a transcript,
+    or dropping one whose closing entry never made it (orphaned). Their keys stay changed, to
+    be written again once the batches are durable. Costs what changed (and the unwritten
+    batches), except when sessions.json is rewritten whole.
+    """
+    new = {id(st) for st in created}
+    was: dict[tuple[str, str], SessionState] = {}
+    for st in closed:
+        was.setdefault((st.agent_id, st.session_key), st)
+    unsettled: dict[str, set[str]] = {}
+    for st in [*created, *closed]:
+        unsettled.setdefault(st.agent_id, set()).add(st.session_key)
+    out = []
+    for reg in agents:
+        behind = reg.log is not None and reg.log.size > 0
+        if (final and (behind or reg.pending)) or (behind and reg.wants_full(policy)):
+            reg.dirty = True
+        if not reg.pending:
+            continue
+
+        def shown(key: str, reg: AgentRegistry = reg) -> SessionState | None:
+            st = reg.sessions.get(key)
+            if st is not None and id(st) not in new:
+                return st
+            return was.get((reg.agent_id, key))
+
+        ahead = {k for k in unsettled.get(reg.agent_id, ()) if shown(k) is not reg.sessions.get(k)}
+        if reg.wants_full(policy):
+            whole = {k: st for k, st in reg.sessions.items() if id(st) not in new}
+            for k in ahead:
+                before = shown(k)
+                if before is not None:
+                    whole.setdefault(k, before)
+            w = RegistryWrite(full=[(k, st.entry) for k, st in whole.items()])
+        else:
+            changes: list[tuple[str, dict[str, Any] | None]] = []
+            for k in reg.changed_keys:
+                now = shown(k)
+                changes.append((k, None if now is None else now.entry))
+            w = RegistryWrite(changes=changes)
+        out.append((reg, w))
+        reg.dirty = False
+        reg.changed_keys = ahead
+    return out
 
 
 def is_active_transcript_name(name: str) -> bool:
@@ -102,16 +235,28 @@ def session_file_name(entry: dict[str, Any], session_id: str) -> str:
 
 
 def read_registry(path: Path) -> tuple[dict[str, Any] | None, str | None]:
-    """sessions.json parsed, or None and what is wrong with it ("is missing", ...)."""
+    """sessions.json parsed, with its change log applied (store/registry_log.py), or None and
+    what is wrong with it ("is missing", ...)."""
+    doc, problem, _data, _changes = read_registry_and_log(path)
+    return doc, problem
+
+
+def read_registry_and_log(
+    path: Path,
+) -> tuple[dict[str, Any] | None, str | None, bytes, int]:
+    """`read_registry`, the file's bytes, and how many logged changes were applied on top."""
     try:
-        doc = orjson.loads(path.read_bytes())
+        data = path.read_bytes()
+        doc = orjson.loads(data)
     except FileNotFoundError:
-        return None, "is missing"
+        return None, "is missing", b"", 0
     except (OSError, orjson.JSONDecodeError) as e:
-        return None, f"is unreadable ({e})"
+        return None, f"is unreadable ({e})", b"", 0
     if not isinstance(doc, dict):
-        return None, "is not a JSON object"
-    return doc, None
+        return None, "is not a JSON object", b"", 0
+    changes = read_changes(path, data)
+    apply_changes(doc, changes)
+    return doc, None, data, len(changes)
 
 
 def fill_registry(reg: AgentRegistry, doc: dict[str, Any]) -> None:
@@ -133,9 +278,12 @@ def load_agent(state_dir: Path, agent_id: str, folder: Path) -> tuple[AgentRegis
     """
     reg = AgentRegistry(agent_id, folder)
     path = folder / SESSIONS_JSON
-    doc, problem = read_registry(path)
+    doc, problem, data, changes = read_registry_and_log(path)
     if doc is not None:
         fill_registry(reg, doc)
+        # Logged changes are folded into sessions.json at start-up: the log begins again.
+        reg.dirty = changes > 0
+        reg.saved_size, reg.saved_id = len(data), identity(data)
         return reg, None
     reason = f"sessions.json {problem}"
     if path.exists():

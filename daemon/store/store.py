@@ -35,9 +35,12 @@ from daemon.store.fsutil import (
 from daemon.store.journal import Journal, frame
 from daemon.store.registry import (
     AgentRegistry,
+    RegistryWrite,
     SessionState,
     load_agent,
+    plan_writes,
 )
+from daemon.store.registry_log import WritePolicy
 
 log = structlog.get_logger("daemon.store")
 
@@ -118,6 +121,7 @@ class Store:
         # are in (`_fd`): session id -> (temporary path, path).
         self._unnamed: dict[str, tuple[Path, Path]] = {}
         self.written_since_switch: set[str] = set()  # rel paths to fsync at the next checkpoint
+        self.index_touched: set[str] = set()  # rel paths written since the search index took them
         self.new_dirs: set[str] = set()
         self.broken: str | None = None  # set when a sync failed: no more writes
         # `broken` only until there is space again (a start-up on a full disk: daemon/storage.py)
@@ -138,6 +142,7 @@ class Store:
         # Sessions whose token fields the registry may have behind their transcript (replayed
         # after a crash, or a rebuilt registry): recounted from the tail at start-up.
         self._recount: set[str] = set()
+        self.registry_policy = WritePolicy()
 
     # ------------------------------------------------------------------------------------------
     # Start-up
@@ -203,9 +208,7 @@ class Store:
         # Everything replayed is made durable before the journal is emptied (invariant 2).
         self._sync_paths({st.rel_path for st in self.by_id.values() if st.new} | self._replayed)
         for reg in self.agents.values():
-            if reg.dirty:
-                reg.save(reg.serialize())
-                reg.dirty = False
+            reg.save_if_changed()
         self.dedup.save(self.dedup.snapshots())
         for st in self.by_id.values():
             st.new = False
@@ -280,7 +283,7 @@ class Store:
         if reg.sessions.get(st.session_key) is st:
             del reg.sessions[st.session_key]
         self.by_id.pop(st.session_id, None)
-        reg.dirty = True
+        reg.changed(st.session_key)
         batch.closing.append(Closing(st, reason, successor, None))
         self.archives.setdefault(st.agent_id, []).append(
             pending := Archived(
@@ -426,13 +429,13 @@ class Store:
         entry.update(fields)
         for k in drop:
             entry.pop(k, None)
-        self.agent(st.agent_id).dirty = True
+        self.agent(st.agent_id).changed(st.session_key)
 
     def register(self, st: SessionState) -> None:
         reg = self.agent(st.agent_id)
         reg.sessions[st.session_key] = st
         self.by_id[st.session_id] = st
-        reg.dirty = True
+        reg.changed(st.session_key)
 
     def add_line(self, batch: Batch, st: SessionState, data: bytes, entry_id: str | None) -> int:
         """Queue one line for `st` and advance its writer position; return the line's offset."""
@@ -547,8 +550,14 @@ class Store:
         """After a successful write: remember what the next checkpoint must sync (event loop)."""
         for st, _before, _lines in batch.touched.values():
             self.written_since_switch.add(st.rel_path)
+            self.index_touched.add(st.rel_path)
         for st in batch.created:
             self.new_dirs.add(str(Path(st.rel_path).parent))
+
+    def take_index_touched(self) -> set[str]:
+        """The transcripts written since the last call (the search index reads just those)."""
+        paths, self.index_touched = self.index_touched, set()
+        return paths
 
     def fail(self, batch: Batch) -> None:
         """After a failed (or abandoned) write: nothing of the batch was acknowledged. Touched
@@ -572,7 +581,7 @@ class Store:
             old = c.state
             reg = self.agents[old.agent_id]
             reg.sessions.setdefault(old.session_key, old)
-            reg.dirty = True
+            reg.changed(old.session_key)
             self.by_id[old.session_id] = old
             pending = self.archived_by_id.get(old.session_id)
             if pending is not None and pending.record is None:
@@ -595,7 +604,7 @@ class Store:
         self,
         paths: set[str],
         dirs: set[str],
-        registries: list[tuple[AgentRegistry, bytes]],
+        registries: list[tuple[AgentRegistry, RegistryWrite]],
         dedup: list[tuple[str, Snapshot]],
     ) -> None:
         """Sync transcripts and folders, then write registries (worker thread, concurrent with
@@ -605,8 +614,8 @@ class Store:
         for d in sorted(dirs, key=len):
             fsync_dir(self.state_dir / d)
         failpoint("checkpoint.after_sync")
-        for reg, data in registries:
-            reg.save(data)
+        for reg, w in registries:
+            reg.write(w)
         self.dedup.save(dedup)
 
     def _sync_paths(self, paths: set[str]) -> None:
@@ -635,32 +644,15 @@ class Store:
             fsync_dir(self.state_dir / d)
 
     def dirty_registries(
-        self, unwritten: Iterable[Batch] = ()
-    ) -> list[tuple[AgentRegistry, bytes]]:
-        """The changed registries, serialized as of the batches written so far (event loop).
-
-        Batches already prepared but not yet written (`unwritten`) have registered the sessions
-        they create and unregistered the ones they close; a sessions.json written now must show
-        neither, or a crash before those batches are durable would leave it naming a session
-        without a transcript, or dropping one whose closing entry never made it (orphaned).
-        Such registries stay dirty, to be written again once the batches are durable.
-        """
-        created = {id(st) for b in unwritten for st in b.created}
-        closed = [c.state for b in unwritten for c in b.closing]
-        out = []
-        for reg in self.agents.values():
-            if not reg.dirty:
-                continue
-            sessions = {k: st for k, st in reg.sessions.items() if id(st) not in created}
-            for st in closed:
-                if st.agent_id == reg.agent_id:
-                    sessions.setdefault(st.session_key, st)
-            ahead = len(sessions) != len(reg.sessions) or any(
-                reg.sessions.get(k) is not st for k, st in sessions.items()
-            )
-            out.append((reg, reg.serialize(sessions)))
-            reg.dirty = ahead
-        return out
+        self, unwritten: Iterable[Batch] = (), *, final: bool = False
+    ) -> list[tuple[AgentRegistry, RegistryWrite]]:
+        """What each changed registry writes at this checkpoint, as of the batches written so
+        far (event loop; `plan_writes` says how batches prepared but not yet written are left
+        out). Costs what changed, except when sessions.json is rewritten whole."""
+        batches = list(unwritten)
+        created = [st for b in batches for st in b.created]
+        closed = [c.state for b in batches for c in b.closing]
+        return plan_writes(self.agents.values(), created, closed, self.registry_policy, final=final)
 
     def close(self) -> None:
         for st in self.open_fds.values():
@@ -669,6 +661,8 @@ class Store:
                 st.fd = None
         self.open_fds.clear()
         self.journal.close()
+        for reg in self.agents.values():
+            reg.close()
 
     def check_writable(self) -> None:
         if self.broken is not None:

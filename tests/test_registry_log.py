@@ -1,0 +1,152 @@
+"""sessions.json's change log (daemon/store/registry_log.py): a checkpoint logs the entries that
+changed instead of rewriting every entry, and whoever loads the registry sees both."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import orjson
+
+from daemon.store.registry import (
+    SESSIONS_JSON,
+    AgentRegistry,
+    SessionState,
+    load_agent,
+    plan_writes,
+    read_registry,
+)
+from daemon.store.registry_log import WritePolicy, log_path
+
+ALWAYS_LOG = WritePolicy(always_below=0, log_share=float("inf"), max_age=1e9)
+
+
+def registry(tmp_path: Path, n: int) -> AgentRegistry:
+    folder = tmp_path / "agents" / "main" / "sessions"
+    folder.mkdir(parents=True)
+    reg = AgentRegistry("main", folder)
+    for i in range(n):
+        add(reg, f"agent:main:k{i}", f"s{i}")
+    return reg
+
+
+def add(reg: AgentRegistry, key: str, sid: str) -> SessionState:
+    rel = f"agents/main/sessions/{sid}.jsonl"
+    st = SessionState("main", key, sid, rel, {"sessionId": sid, "updatedAt": 1})
+    reg.sessions[key] = st
+    reg.changed(key)
+    return st
+
+
+def checkpoint(reg: AgentRegistry, policy: WritePolicy = ALWAYS_LOG, **kw: object) -> bool:
+    """Plan and write one checkpoint; returns whether sessions.json was rewritten."""
+    (plan,) = plan_writes([reg], [], [], policy, **kw)  # type: ignore[arg-type]
+    plan[0].write(plan[1])
+    return plan[1].full is not None
+
+
+def on_disk(reg: AgentRegistry) -> dict[str, object]:
+    return orjson.loads((reg.folder / SESSIONS_JSON).read_bytes())  # type: ignore[no-any-return]
+
+
+def test_changed_entries_are_logged_and_sessions_json_stays_as_written(tmp_path: Path) -> None:
+    reg = registry(tmp_path, 50)
+    assert checkpoint(reg), "the first checkpoint writes sessions.json whole"
+    written = (reg.folder / SESSIONS_JSON).read_bytes()
+    reg.sessions["agent:main:k3"].entry["updatedAt"] = 99
+    reg.changed("agent:main:k3")
+    gone = reg.sessions.pop("agent:main:k4")
+    reg.changed(gone.session_key)
+    add(reg, "agent:main:new", "snew")
+    assert not checkpoint(reg)
+    assert (reg.folder / SESSIONS_JSON).read_bytes() == written
+    loaded, problem = load_agent(tmp_path, "main", reg.folder)
+    assert problem is None
+    assert loaded.sessions["agent:main:k3"].entry["updatedAt"] == 99
+    assert "agent:main:k4" not in loaded.sessions
+    assert loaded.sessions["agent:main:new"].session_id == "snew"
+    assert len(loaded.sessions) == 50
+    assert loaded.dirty, "logged changes are folded into sessions.json at start-up"
+    doc, _ = read_registry(reg.folder / SESSIONS_JSON)
+    assert doc is not None and set(doc) == set(loaded.sessions)
+
+
+def test_a_later_rewrite_makes_the_old_log_stale(tmp_path: Path) -> None:
+    reg = registry(tmp_path, 10)
+    checkpoint(reg)
+    reg.sessions["agent:main:k1"].entry["updatedAt"] = 5
+    reg.changed("agent:main:k1")
+    checkpoint(reg)
+    # Someone (OpenClaw, a restore) writes sessions.json: the log is not on top of it.
+    (reg.folder / SESSIONS_JSON).write_bytes(orjson.dumps({"agent:main:x": {"sessionId": "x"}}))
+    loaded, _ = load_agent(tmp_path, "main", reg.folder)
+    assert set(loaded.sessions) == {"agent:main:x"}
+    assert not loaded.dirty
+
+
+def test_a_torn_last_frame_keeps_the_frames_before_it(tmp_path: Path) -> None:
+    reg = registry(tmp_path, 10)
+    checkpoint(reg)
+    reg.sessions["agent:main:k1"].entry["updatedAt"] = 5
+    reg.changed("agent:main:k1")
+    checkpoint(reg)
+    reg.sessions["agent:main:k2"].entry["updatedAt"] = 6
+    reg.changed("agent:main:k2")
+    checkpoint(reg)
+    log = log_path(reg.folder / SESSIONS_JSON)
+    log.write_bytes(log.read_bytes()[:-7])
+    loaded, _ = load_agent(tmp_path, "main", reg.folder)
+    assert loaded.sessions["agent:main:k1"].entry["updatedAt"] == 5
+    assert loaded.sessions["agent:main:k2"].entry["updatedAt"] == 1
+
+
+def test_the_log_is_folded_in_once_it_holds_a_share_of_the_file(tmp_path: Path) -> None:
+    reg = registry(tmp_path, 40)
+    policy = WritePolicy(always_below=0, log_share=0.25, max_age=1e9)
+    assert checkpoint(reg, policy)
+    rewrites = 0
+    for i in range(40):
+        reg.sessions[f"agent:main:k{i}"].entry["updatedAt"] = 100 + i
+        reg.changed(f"agent:main:k{i}")
+        rewrites += checkpoint(reg, policy)
+    assert 1 <= rewrites < 20
+    loaded, _ = load_agent(tmp_path, "main", reg.folder)
+    assert all(loaded.sessions[f"agent:main:k{i}"].entry["updatedAt"] == 100 + i for i in range(40))
+
+
+def test_at_rest_or_at_the_final_checkpoint_sessions_json_catches_up(tmp_path: Path) -> None:
+    reg = registry(tmp_path, 10)
+    checkpoint(reg)
+    reg.sessions["agent:main:k1"].entry["updatedAt"] = 5
+    reg.changed("agent:main:k1")
+    assert not checkpoint(reg)
+    assert plan_writes([reg], [], [], ALWAYS_LOG) == [], "nothing changed, nothing is due yet"
+    assert checkpoint(reg, final=True)
+    assert on_disk(reg)["agent:main:k1"] == {"sessionId": "s1", "updatedAt": 5}
+    reg.sessions["agent:main:k3"].entry["updatedAt"] = 7
+    reg.changed("agent:main:k3")
+    assert checkpoint(reg, final=True), "changed, with nothing logged yet: rewritten at a stop"
+    assert on_disk(reg)["agent:main:k3"] == {"sessionId": "s3", "updatedAt": 7}
+    reg.sessions["agent:main:k2"].entry["updatedAt"] = 6
+    reg.changed("agent:main:k2")
+    assert not checkpoint(reg)
+    old = WritePolicy(always_below=0, log_share=float("inf"), max_age=0.0)
+    assert checkpoint(reg, old), "a log older than max_age is folded in even at rest"
+    assert on_disk(reg)["agent:main:k2"] == {"sessionId": "s2", "updatedAt": 6}
+
+
+def test_sessions_of_unwritten_batches_are_left_out_until_they_are_durable(
+    tmp_path: Path,
+) -> None:
+    reg = registry(tmp_path, 5)
+    checkpoint(reg)
+    closed = reg.sessions.pop("agent:main:k1")
+    reg.changed("agent:main:k1")
+    created = add(reg, "agent:main:k1", "s1b")  # a reset, in a batch not yet written
+    (plan,) = plan_writes([reg], [created], [closed], ALWAYS_LOG)
+    assert plan[1].changes == [("agent:main:k1", closed.entry)]
+    plan[0].write(plan[1])
+    assert reg.changed_keys == {"agent:main:k1"}, "written again once the batch is durable"
+    (plan,) = plan_writes([reg], [], [], ALWAYS_LOG)
+    plan[0].write(plan[1])
+    loaded, _ = load_agent(tmp_path, "main", reg.folder)
+    assert loaded.sessions["agent:main:k1"].session_id == "s1b"
