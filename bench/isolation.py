@@ -303,6 +303,7 @@ def main() -> None:
     ap.add_argument("--keep", action="store_true", help="keep the state folder")
     ap.add_argument("--only-reset", action="store_true", help="baseline and reset phases only")
     ap.add_argument("--profile", help="write py-spy's folded stacks of the daemon here")
+    ap.add_argument("--log-level", default="warning", help="the daemon's; its log is daemon.log")
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="sessiond-isolation-", dir=os.environ.get("BENCH_DIR")))
     state = work / "state"
@@ -319,7 +320,7 @@ def main() -> None:
         cfg.write_text(
             orjson.dumps(
                 {
-                    "daemon": {"logLevel": "warning", "timezone": "UTC"},
+                    "daemon": {"logLevel": args.log_level, "timezone": "UTC"},
                     "session": {
                         "dmScope": "per-channel-peer",
                         "reset": {"mode": "idle", "idleMinutes": 1, "deferWhileActiveMinutes": 0},
@@ -331,7 +332,7 @@ def main() -> None:
         argv = [sys.executable, "-m", "daemon", "run", "--config", str(cfg)]
         argv += ["--state-dir", str(state)]
         with (work / "daemon.log").open("wb") as logf:
-            proc = subprocess.Popen(argv, stdout=logf)
+            proc = subprocess.Popen(argv, stdout=logf, stderr=subprocess.STDOUT)
         wait_ready(sock, proc)
         spies: list[subprocess.Popen[bytes]] = []
         if args.profile:
@@ -406,6 +407,10 @@ def main() -> None:
             f"{float(job['seconds']):.2f} s; memory notes of {len(events.flushed_at)} sessions "
             f"written {notes_done - started:.2f} s after the job started (target < 4 s)"
         )
+        if events.flushed_at:
+            at = sorted(t - started for t in events.flushed_at)
+            marks = ", ".join(f"{q:.0%} at {at[min(len(at) - 1, int(q * len(at)))]:.2f} s" for q in (0.0, 0.1, 0.25, 0.5, 0.75, 0.9))
+            print(f"memory notes (after the job started): {marks}, all at {at[-1]:.2f} s")
     finally:
         if proc is not None:
             proc.send_signal(signal.SIGTERM)
