@@ -409,7 +409,10 @@ def main() -> None:
         )
         if events.flushed_at:
             at = sorted(t - started for t in events.flushed_at)
-            marks = ", ".join(f"{q:.0%} at {at[min(len(at) - 1, int(q * len(at)))]:.2f} s" for q in (0.0, 0.1, 0.25, 0.5, 0.75, 0.9))
+            marks = ", ".join(
+                f"{q:.0%} at {at[min(len(at) - 1, int(q * len(at)))]:.2f} s"
+                for q in (0.0, 0.1, 0.25, 0.5, 0.75, 0.9)
+            )
             print(f"memory notes (after the job started): {marks}, all at {at[-1]:.2f} s")
     finally:
         if proc is not None:

@@ -9,13 +9,13 @@ import random
 from pathlib import Path
 from typing import Any
 
+import builtin_reference as reference
 import orjson
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from daemon.summarizers import COMPACTION_PROMPT, DEFAULT_FLUSH_PROMPT, SummaryRequest
 from daemon.summarizers import builtin as current
-import builtin_reference as reference
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 
@@ -40,7 +40,9 @@ def all_entries() -> list[dict[str, Any]]:
     return [e for p in transcripts() for e in entries_of(p)]
 
 
-def same(entries: list[dict[str, Any]], previous: str | None = None, focus: str | None = None) -> str:
+def same(
+    entries: list[dict[str, Any]], previous: str | None = None, focus: str | None = None
+) -> str:
     """Both implementations on the same request, both tasks; returns the current summary."""
     flush = SummaryRequest("memoryFlush", DEFAULT_FLUSH_PROMPT, tuple(entries))
     assert current.notes(flush) == reference.notes(flush)
@@ -121,9 +123,7 @@ WORDS = [
     "tomorrow",
 ]
 
-texts = st.lists(
-    st.one_of(st.sampled_from(WORDS), st.text(max_size=12)), max_size=30
-).map(" ".join)
+texts = st.lists(st.one_of(st.sampled_from(WORDS), st.text(max_size=12)), max_size=30).map(" ".join)
 
 
 @st.composite
