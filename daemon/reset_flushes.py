@@ -27,7 +27,9 @@ from daemon.workers import Pool, WorkerDied
 
 log = structlog.get_logger("daemon.compaction")
 
-RESET_FLUSH_GROUP = 500
+RESET_FLUSH_GROUP = 250
+RESET_FLUSH_WORKERS = 2  # groups in flight at once, each in a worker process of its own
+RESET_FLUSH_NICE = 10  # as every worker: ingest keeps its share of the CPU
 
 
 class ResetFlushes:
@@ -37,9 +39,9 @@ class ResetFlushes:
         self.store = store
         self.flusher = flusher
         self.wake = wake
-        self.pool = Pool("memory-flush", 1)
+        self.pool = Pool("memory-flush", RESET_FLUSH_WORKERS, RESET_FLUSH_NICE)
         self.queued: dict[str, ResetFlush] = {}  # by session id, oldest first
-        self._running = False
+        self._running = 0  # groups in flight
 
     def __bool__(self) -> bool:
         return bool(self.queued)
@@ -48,27 +50,32 @@ class ResetFlushes:
         self.queued[rf.session_id] = rf
 
     def start_due(self, tg: TaskGroup, now: float, busy: Callable[[str], bool]) -> float | None:
-        """Start the next group unless one runs; return the seconds until a retry is due.
-        A session whose threshold job is running (`busy`) waits for it: its flush first."""
-        if self._running:
-            return None
+        """Start groups while fewer than RESET_FLUSH_WORKERS run; return the seconds until a
+        retry is due. A session whose threshold job is running (`busy`) waits for it: its
+        flush first."""
         next_at: float | None = None
         group: list[ResetFlush] = []
         for rf in self.queued.values():
-            if busy(rf.session_id):
+            if self._running >= RESET_FLUSH_WORKERS:
+                return None  # a group's end wakes us
+            if rf.running or busy(rf.session_id):
                 continue  # the job's end wakes us
             if rf.retry_at > now:
                 next_at = rf.retry_at if next_at is None else min(next_at, rf.retry_at)
                 continue
             group.append(rf)
             if len(group) >= RESET_FLUSH_GROUP:
-                break
+                self._start(tg, group)
+                group = []
         if group:
-            self._running = True
-            for rf in group:
-                rf.running = True
-            tg.start_soon(self._run_group, group)
+            self._start(tg, group)
         return None if next_at is None else max(0.0, next_at - now)
+
+    def _start(self, tg: TaskGroup, group: list[ResetFlush]) -> None:
+        self._running += 1
+        for rf in group:
+            rf.running = True
+        tg.start_soon(self._run_group, group)
 
     async def _run_group(self, group: list[ResetFlush]) -> None:
         try:
@@ -104,7 +111,7 @@ class ResetFlushes:
         finally:
             for rf in group:
                 rf.running = False
-            self._running = False
+            self._running -= 1
             self.wake()
 
     def _done(self, rf: ResetFlush, res: ClosedDone) -> None:

@@ -73,8 +73,9 @@ class Pool:
     """Up to `size` worker processes for one kind of job. Owned by the component that runs the
     jobs; `aclose` (at its end) stops the idle workers and kills those that do not stop."""
 
-    def __init__(self, name: str, size: int) -> None:
+    def __init__(self, name: str, size: int, nice: int = WORKER_NICE) -> None:
         self.name = name
+        self.nice = nice
         self.limiter = anyio.CapacityLimiter(size)
         self._idle: list[Process] = []
         self._busy: set[Process] = set()
@@ -147,7 +148,7 @@ class Pool:
             if proc.returncode is None:
                 return proc
             await proc.aclose()
-        argv = [sys.executable, "-m", "daemon.workers", str(WORKER_NICE)]
+        argv = [sys.executable, "-m", "daemon.workers", str(self.nice)]
         proc = await anyio.open_process(
             argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=None
         )

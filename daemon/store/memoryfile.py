@@ -6,6 +6,7 @@ sessiond only ever appends a section to them, never rewrites one. Worker threads
 
 from __future__ import annotations
 
+import fcntl
 import os
 from datetime import datetime
 from pathlib import Path
@@ -30,7 +31,11 @@ def write_memory_sections(
     """Append the notes of several flushes (session key, notes) to `<folder>/YYYY-MM-DD.md` in
     one write and one fsync: the reset job flushes thousands of sessions, and a sync each would
     cost more than the notes. Returns the path and the bytes each section took. Raises OSError
-    (then none of them is written)."""
+    (then none of them is written).
+
+    Several processes append to the same file (the reset job's flush workers, the daemon's own
+    flushes): an exclusive lock on the file, from reading its tail to the sync, keeps each
+    append whole and the day's heading written once."""
     day = local.strftime("%Y-%m-%d")
     ensure_dir(folder)
     path = folder / f"{day}.md"
@@ -38,6 +43,7 @@ def write_memory_sections(
     bodies = [f"## {stamp} memory flush ({key})\n\n{notes.strip()}\n" for key, notes in sections]
     fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, FILE_MODE)
     try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
         size = os.fstat(fd).st_size
         if size == 0:
             head = f"# {day}\n\n"
@@ -47,10 +53,12 @@ def write_memory_sections(
         raws = [p.encode("utf-8") for p in parts]
         write_all(fd, b"".join(raws))
         os.fsync(fd)
+        if size == 0:
+            # Under the lock: an append by another process is not reported durable before
+            # the file it went into is.
+            fsync_dir(folder)
     finally:
         os.close(fd)
-    if size == 0:
-        fsync_dir(folder)
     return path, [len(r) for r in raws]
 
 
