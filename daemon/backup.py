@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 import structlog
-from anyio.abc import TaskStatus
+from anyio.abc import TaskGroup, TaskStatus
 
 from daemon import guard, logs, worker_log
 from daemon.core.bucket import parse_target
@@ -50,6 +50,7 @@ from daemon.store.backup import (
 if TYPE_CHECKING:
     from daemon.config import Config
     from daemon.store.store import Batch, Store
+    from daemon.work import Commit
 
 log = structlog.get_logger("daemon.backup")
 
@@ -222,6 +223,10 @@ class Mirror:
         self._remote_stop = anyio.Event()
 
     # --- the committer's side (event loop) ----------------------------------------------------
+
+    async def after_commit(self, commit: Commit, background: TaskGroup) -> None:
+        """Stage 5 (SPEC 4.5, an after-commit stage of the pipeline)."""
+        await self.committed(commit.batch)
 
     async def committed(self, batch: Batch) -> None:
         """Note what a durable batch added; with sync "ack", wait (bounded) until it is mirrored."""

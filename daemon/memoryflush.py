@@ -23,13 +23,13 @@ import structlog
 
 from daemon.config import CompactionConfig
 from daemon.core import tokens
-from daemon.pipeline import Pipeline
 from daemon.store.context import FLUSH_ENTRY, find_transcript, read_context
 from daemon.store.memoryfile import write_memory
 from daemon.store.registry import SessionState
 from daemon.store.store import Batch, now_ms
 from daemon.store.transcript import custom_line, next_entry_id
 from daemon.summarizers import DEFAULT_FLUSH_PROMPT, SummaryRequest, check_notes, make_summarizer
+from daemon.work import Entrance
 
 log = structlog.get_logger("daemon.memoryflush")
 
@@ -37,9 +37,9 @@ log = structlog.get_logger("daemon.memoryflush")
 class MemoryFlusher:
     """Runs single flushes for the compaction worker."""
 
-    def __init__(self, pipeline: Pipeline, workspace_of: Callable[[str], str]) -> None:
-        self.pipeline = pipeline
-        self.store = pipeline.store
+    def __init__(self, entrance: Entrance, workspace_of: Callable[[str], str]) -> None:
+        self.entrance = entrance
+        self.store = entrance.store
         self.workspace_of = workspace_of
         # The last entry id a flush of a session covered: a reset right after a flush whose
         # marker could no longer be appended must not write the same notes twice.
@@ -82,7 +82,7 @@ class MemoryFlusher:
                 self.store.update_entry(s, {"memoryFlushCompactionCount": data["compactionCount"]})
                 return {"entryId": eid}
 
-            await self.pipeline.append_prepared(st.session_id, prepare)
+            await self.entrance.append_prepared(st.session_id, prepare)
         self._publish(st.agent_id, st.session_key, st.session_id, reason, data)
 
     async def _notes(
@@ -106,7 +106,7 @@ class MemoryFlusher:
         if notes is None:
             return None
         now = now_ms()
-        local = datetime.fromtimestamp(now / 1000, tz=self.pipeline.policies.tz)
+        local = datetime.fromtimestamp(now / 1000, tz=self.entrance.policies.tz)
         folder = Path(self.workspace_of(agent_id)) / "memory"
         path, n = await anyio.to_thread.run_sync(write_memory, folder, local, session_key, notes)
         return str(path), n
@@ -125,7 +125,7 @@ class MemoryFlusher:
             "entries": data.get("entries", 0),
         }
         log.info("memory.flushed", **info)
-        self.pipeline.events.publish("memory.flushed", info)
+        self.entrance.events.publish("memory.flushed", info)
 
     async def flush_closed(
         self, agent_id: str, session_key: str, session_id: str, rel_path: str, cc: CompactionConfig

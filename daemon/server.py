@@ -189,7 +189,7 @@ class Connection:
                     unsentBytes=self.unsent,
                     seconds=stall,
                 )
-                self.server.closed_stalled += 1
+                self.server.clients.closed_stalled += 1
                 self.closed = True
                 self.read_scope.cancel()
                 return False
@@ -282,7 +282,7 @@ class Connection:
             return False
         seconds = self.server.limits.helloTimeoutSeconds
         log.info("connection.hello_timeout", connection=self.number, seconds=seconds)
-        self.server.closed_hello += 1
+        self.server.clients.closed_hello += 1
         err = Unauthenticated(f"no valid auth.hello within {seconds} s; connection closed")
         self.deliver(encode_error(None, err))
         return True
@@ -404,9 +404,7 @@ class Server:
         self.idle_timeout = idle_timeout
         self.frame_timeout = frame_timeout
         self.limits = limits if limits is not None else LimitsConfig()
-        self.closed_stalled = 0  # connections closed for not reading their answers
-        self.closed_hello = 0  # connections closed for sending no auth.hello in time
-        self.refused = 0  # connections refused for a full listener
+        self.clients = api.clients  # what `status` and /metrics report of the connections
         self.connections: set[Connection] = set()
         self.handshakes: set[anyio.CancelScope] = set()  # TLS handshakes under way
         self.accept_scope = anyio.CancelScope()
@@ -416,20 +414,6 @@ class Server:
         self.auth = Auth(api.store)
         self.main: socket.socket | None = None  # daemon.socket, bound; listening once served
         self.listeners: list[Bound] = []  # daemon.listeners
-        api.client_stats = self.client_stats
-
-    def client_stats(self) -> dict[str, int]:
-        """For `status`: what clients hold of the daemon now, and what was closed or refused."""
-        conns = self.connections
-        return {
-            "paused": sum(1 for c in conns if c.paused),
-            "unsentBytes": sum(c.unsent for c in conns),
-            "inFlight": sum(c.pending for c in conns),
-            "unauthenticated": sum(1 for c in conns if c.principal is None),
-            "closedStalled": self.closed_stalled,
-            "closedHello": self.closed_hello,
-            "refused": self.refused,
-        }
 
     def _listener_limit(self, b: Bound) -> Callable[[], int]:
         own = b.spec.max_connections
@@ -588,7 +572,7 @@ class Server:
                 )
                 with contextlib.suppress(anyio.BrokenResourceError, OSError):
                     await stream.send(encode_error(None, err))
-                self.refused += 1
+                self.clients.refused += 1
                 return
             if gate.refusing:
                 log.info("connection.refusals_ended", listener=gate.name, refused=gate.refusing)
@@ -599,7 +583,7 @@ class Server:
                 conn.hello_deadline = hello_deadline
             gate.open += 1
             self.connections.add(conn)
-            self.api.connections = len(self.connections)
+            self.clients.open.add(conn)
             try:
                 async with anyio.create_task_group() as tg:
                     tg.start_soon(conn.writer)
@@ -612,7 +596,7 @@ class Server:
                 gate.open -= 1
                 self.pipeline.events.unsubscribe(conn.number)
                 self.connections.discard(conn)
-                self.api.connections = len(self.connections)
+                self.clients.open.discard(conn)
 
     def stop(self) -> None:
         """Stop accepting; keep reading for a short grace so that requests still arriving are

@@ -11,6 +11,7 @@ from typing import Any
 
 import structlog
 
+from daemon.core.ingest import ingest_answer
 from daemon.store import archive, fileio, recovery, transcript
 from daemon.store.fsutil import FILE_MODE, ensure_dir
 from daemon.store.journal import Record
@@ -19,9 +20,7 @@ from daemon.store.store import (
     Store,
     _int_or_none,
     _str_or_none,
-    ingest_answer,
     now_ms,
-    session_answer,
     write_all_at_end,
 )
 from daemon.store.transcript import json_object, parse_iso_ms
@@ -173,7 +172,7 @@ def replay_registry(
         return
     key3 = (str(origin.get("channel")), str(origin.get("accountId")), origin["messageId"])
     if store.dedup.lookup(agent_id, key3) is None:
-        answer = ingest_answer(st, str(obj.get("id")), created)
+        answer = ingest_answer(st.session_key, st.session_id, str(obj.get("id")), created)
         store.dedup.remember(agent_id, key3, ts, answer)
 
 
@@ -265,6 +264,6 @@ def remember_unowned(store: Store) -> None:
             log.warning("dedup.session_unknown", path=rel, messageId=key3[2])
             continue
         if store.dedup.lookup(agent_id, key3) is None:
-            answer = session_answer(key, sid, entry_id, created)
+            answer = ingest_answer(key, sid, entry_id, created)
             store.dedup.remember(agent_id, key3, ts, answer)
     store._unowned_ids.clear()

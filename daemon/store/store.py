@@ -39,7 +39,7 @@ from daemon.store.registry import (
     SessionState,
     load_agent,
 )
-from daemon.store.transcript import next_entry_id
+from daemon.store.transcript import iso_ms, next_entry_id
 
 log = structlog.get_logger("daemon.store")
 
@@ -86,28 +86,18 @@ class Closing:
 
 @dataclass(slots=True)
 class Batch:
-    """A prepared batch: lines per transcript, journal records, and what to answer.
+    """A prepared batch: lines per transcript and their journal records.
 
     Writer positions (size, last entry id) advance when a line is added, so the next batch can
-    be prepared while this one is being synced; `Store.fail` undoes that if the write fails.
+    be prepared while this one is being synced; `Store.fail` undoes that if the write fails,
+    which is why the batch also names the sessions it creates and closes.
     """
 
-    epoch: int = 0
-    now: int = 0
     # per touched session: (state, size before the batch, lines)
     touched: dict[int, tuple[SessionState, int, list[bytes]]] = field(default_factory=dict)
     journal: list[bytes] = field(default_factory=list)
     created: list[SessionState] = field(default_factory=list)
     closing: list[Closing] = field(default_factory=list)
-    # (old session, new session or None, reason) for every reset in the batch
-    resets: list[tuple[SessionState, SessionState | None, str]] = field(default_factory=list)
-    answers: list[tuple[Any, dict[str, Any]]] = field(default_factory=list)
-    stops: list[dict[str, Any]] = field(default_factory=list)  # session.stop events to publish
-    # ingest answers completed after the write (/context detail reads the transcript): item id
-    details: dict[int, SessionState] = field(default_factory=dict)
-    # (ended session, the session of its key that begins in this batch) for sessions ended
-    # without a successor (scheduler, deleted): their index gets one more line once durable
-    linked: list[tuple[Archived, str]] = field(default_factory=list)
 
 
 class Store:
@@ -273,15 +263,14 @@ class Store:
         return rec
 
     def close_session(
-        self, batch: Batch, st: SessionState, reason: str, successor: str | None, ts: str
+        self, batch: Batch, st: SessionState, reason: str, successor: str | None, now: int
     ) -> None:
         """Append the closing entry, take the session out of the registry, and queue its
         archiving for when the batch is durable. Until then it is readable where it is."""
         eid = next_entry_id(st.last_entry_id)
         data = {"reason": reason, "successor": successor}
-        self.add_line(
-            batch, st, transcript.custom_line(eid, st.last_entry_id, ts, archive.CLOSED, data), eid
-        )
+        line = transcript.custom_line(eid, st.last_entry_id, iso_ms(now), archive.CLOSED, data)
+        self.add_line(batch, st, line, eid)
         reg = self.agents[st.agent_id]
         if reg.sessions.get(st.session_key) is st:
             del reg.sessions[st.session_key]
@@ -295,7 +284,7 @@ class Store:
                 st.session_key,
                 reason,
                 st.rel_path,
-                batch.now,
+                now,
                 successor,
             )
         )
@@ -668,27 +657,6 @@ class Store:
 def write_all_at_end(fd: int, data: bytes) -> None:
     os.lseek(fd, 0, os.SEEK_END)
     write_all(fd, data)
-
-
-def ingest_answer(st: SessionState, entry_id: str, created: bool) -> dict[str, Any]:
-    """The answer to a `message.ingest` stored in `st` (also what a duplicate gets back)."""
-    return session_answer(st.session_key, st.session_id, entry_id, created)
-
-
-def session_answer(
-    session_key: str, session_id: str, entry_id: str, created: bool
-) -> dict[str, Any]:
-    """The answer to a `message.ingest` stored in a session named by key and id."""
-    return {
-        "sessionKey": session_key,
-        "sessionId": session_id,
-        "entryId": entry_id,
-        "created": created,
-        "duplicate": False,
-        "reset": None,
-        "command": None,
-        "compaction": None,
-    }
 
 
 def _str_or_none(v: Any) -> str | None:
