@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -266,7 +267,7 @@ def summary(st: SessionState, now: int) -> dict[str, Any]:
     return out
 
 
-def session_kind(key: str, entry: dict[str, Any]) -> str:
+def session_kind(key: str, entry: Mapping[str, Any]) -> str:
     """OpenClaw's display kind of a session (src/sessions/classify-session-kind.ts): global,
     unknown, cron, spawn-child, group (groups and channels) or direct."""
     if key in ("global", "unknown"):

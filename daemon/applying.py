@@ -15,7 +15,6 @@ from daemon.core import tokens
 from daemon.core.commands import Command
 from daemon.core.ingest import (
     RESET_ENTRY,
-    ROUTE_FIELD,
     STOP_ENTRY,
     CommandPlan,
     IngestPlan,
@@ -120,19 +119,15 @@ class Applier:
         return entry_id
 
     def _update_registry(self, plan: IngestPlan, st: SessionState, agent_id: str) -> None:
-        store = self.store
+        entry = st.entry
         fields = plan.registry
         if plan.added_tokens is not None:
-            total = int(st.entry.get("totalTokens") or 0) + plan.added_tokens
-            fields = {**fields, "totalTokens": total}
-        store.update_entry(st, fields)
+            fields = {**fields, "totalTokens": entry.total_tokens + plan.added_tokens}
+        entry.update(fields)
         change = plan.route_change
         if change is not None:
-            chat = store.agent(agent_id).sessions.get(change.chat_key, st)
-            if change.target is None:
-                store.update_entry(chat, {}, drop=(ROUTE_FIELD,))
-            else:
-                store.update_entry(chat, {ROUTE_FIELD: change.target})
+            chat = self.store.agent(agent_id).sessions.get(change.chat_key, st)
+            chat.entry.route_to = change.target
 
     def _begin_session(
         self,
@@ -239,7 +234,8 @@ class Applier:
         line = message_line(entry_id, st.last_entry_id, commit.ts, message)
         store.add_line(commit.batch, st, line, entry_id)
         # SPEC 4.6: the provider's usage where known, else ceil(chars/4) on top.
-        total = tokens.after_message(int(st.entry.get("totalTokens") or 0), message)
-        store.update_entry(st, {"updatedAt": now, "totalTokens": total})
+        entry = st.entry
+        total = tokens.after_message(entry.total_tokens, message)
+        entry.update({"updatedAt": now, "totalTokens": total})
         commit.messaged[st.session_id] = st
         return {"sessionKey": st.session_key, "sessionId": st.session_id, "entryId": entry_id}

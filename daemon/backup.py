@@ -25,6 +25,7 @@ import os
 import re
 import signal
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -552,7 +553,7 @@ class Mirror:
         }
 
 
-def _channel(entry: dict[str, Any]) -> str | None:
+def _channel(entry: Mapping[str, Any]) -> str | None:
     for k in ("lastChannel", "channel"):
         v = entry.get(k)
         if isinstance(v, str):

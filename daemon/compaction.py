@@ -209,7 +209,7 @@ class Compactor:
                 window = windows[st.agent_id] = self.settings(st.agent_id)[1].context_window
             if st.entry.get("contextTokens") != window:
                 # As OpenClaw writes it: the window `totalTokens` is measured against.
-                self.store.update_entry(st, {"contextTokens": window})
+                st.entry.context_tokens = window
             if self._check(st):
                 commit.compaction[sid] = {"scheduled": True, "reason": "threshold"}
             if sid not in self.latest and int(st.entry.get("compactionCount") or 0) > 0:
@@ -665,7 +665,7 @@ class Compactor:
             self.store.add_line(batch, s, orjson.dumps(entry), eid)
             # Messages that arrived while the summarizer worked stay counted on top.
             grown = max(0, _int(s.entry.get("totalTokens")) - at_read)
-            self.store.update_entry(s, {"totalTokens": after + grown, "compactionCount": cycle})
+            s.entry.update({"totalTokens": after + grown, "compactionCount": cycle})
             return {"entryId": eid, "end": s.size, "tokensAfter": after + grown}
 
         with anyio.CancelScope(shield=True):

@@ -5,6 +5,7 @@ pipeline decides when to call it.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
@@ -34,7 +35,7 @@ if TYPE_CHECKING:
 log = structlog.get_logger("daemon.pipeline")
 
 
-def last_interaction(entry: dict[str, Any]) -> int:
+def last_interaction(entry: Mapping[str, Any]) -> int:
     for k in ("lastInteractionAt", "updatedAt", "sessionStartedAt"):
         v = entry.get(k)
         if isinstance(v, int):
@@ -42,7 +43,7 @@ def last_interaction(entry: dict[str, Any]) -> int:
     return 0
 
 
-def started_at(entry: dict[str, Any]) -> int:
+def started_at(entry: Mapping[str, Any]) -> int:
     v = entry.get("sessionStartedAt")
     return v if isinstance(v, int) else last_interaction(entry)
 

@@ -76,10 +76,10 @@ class MemoryFlusher:
 
             def prepare(batch: Batch, s: SessionState, now: int, ts: str) -> dict[str, Any]:
                 eid = next_entry_id(s.last_entry_id)
-                data["compactionCount"] = _int(s.entry.get("compactionCount"))
+                cycle = data["compactionCount"] = _int(s.entry.get("compactionCount"))
                 line = custom_line(eid, s.last_entry_id, ts, FLUSH_ENTRY, data)
                 self.store.add_line(batch, s, line, eid)
-                self.store.update_entry(s, {"memoryFlushCompactionCount": data["compactionCount"]})
+                s.entry.memory_flush_compaction_count = cycle
                 return {"entryId": eid}
 
             await self.entrance.append_prepared(st.session_id, prepare)

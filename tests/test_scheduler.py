@@ -58,8 +58,7 @@ def make(tmp_path: Path, tz: str, reset: dict[str, Any]) -> tuple[Store, Pipelin
 
 def backdate(store: Store, key: str, started: int, last: int) -> None:
     st = store.agents["main"].sessions[key]
-    st.entry["sessionStartedAt"] = started
-    st.entry["lastInteractionAt"] = last
+    st.entry.update({"sessionStartedAt": started, "lastInteractionAt": last})
 
 
 @pytest.mark.parametrize("tz", ["Europe/Berlin", "America/New_York", "Australia/Lord_Howe"])

@@ -129,7 +129,7 @@ def replay_registry(
                 "sessionStartedAt": ts,
                 "compactionCount": 0,
             }
-            st = SessionState(agent_id, key, sid, rel, entry, new=True)
+            st = SessionState(agent_id, key, sid, rel, reg.entry(entry), new=True)
             reg.sessions[key] = st
             store.by_id[sid] = st
             by_rel[rel] = st
@@ -162,10 +162,10 @@ def replay_registry(
         return
     created = rel in after_header
     after_header.discard(rel)
-    st.entry["updatedAt"] = max(int(st.entry.get("updatedAt") or 0), ts)
+    st.entry.updated_at = max(st.entry.updated_at, ts)
     msg = obj.get("message")
     if isinstance(msg, dict) and msg.get("role") == "user":
-        st.entry["lastInteractionAt"] = ts
+        st.entry.last_interaction_at = ts
     reg.dirty = True
     origin = obj.get("origin")
     if not isinstance(origin, dict) or not isinstance(origin.get("messageId"), str):

@@ -9,6 +9,7 @@ know (OpenClaw's skillsSnapshot, systemPromptReport, ...) are kept as they were 
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,7 @@ from typing import Any
 import orjson
 
 from daemon.store import fileio
+from daemon.store.entry import SessionEntry
 from daemon.store.fsutil import atomic_write
 from daemon.store.transcript import read_header
 
@@ -30,7 +32,7 @@ class SessionState:
     session_key: str
     session_id: str
     rel_path: str  # transcript path relative to the state folder
-    entry: dict[str, Any]  # the sessions.json entry, unknown fields included
+    entry: SessionEntry  # the sessions.json entry, unknown fields included
     size: int = -1  # next append offset; -1 until the tail has been read
     last_entry_id: str | None = None
     fd: int | None = None
@@ -53,12 +55,16 @@ class AgentRegistry:
     def serialize(self, sessions: dict[str, SessionState] | None = None) -> bytes:
         """sessions.json's bytes: these sessions (default: all of this agent's)."""
         chosen = self.sessions if sessions is None else sessions
-        doc = {key: st.entry for key, st in chosen.items()}
+        doc = {key: st.entry.document() for key, st in chosen.items()}
         return orjson.dumps(doc, option=orjson.OPT_INDENT_2)
 
     def changed(self) -> None:
         """Write sessions.json at the next checkpoint (again, after a failed one)."""
         self.dirty = True
+
+    def entry(self, data: dict[str, Any]) -> SessionEntry:
+        """An entry of this registry: its setters mark it changed."""
+        return SessionEntry(data, self.changed)
 
     def rename(self, old: str, new: str) -> SessionState:
         """Give a session a new key (the caller checked `new` is free)."""
@@ -85,7 +91,7 @@ def is_active_transcript_name(name: str) -> bool:
     return name.endswith(".jsonl") and not name.startswith(".") and ".trajectory." not in name
 
 
-def session_file_name(entry: dict[str, Any], session_id: str) -> str:
+def session_file_name(entry: Mapping[str, Any], session_id: str) -> str:
     """The transcript file name for a registry entry.
 
     OpenClaw writes an absolute `sessionFile` from the machine that wrote it; only its base name
@@ -121,7 +127,7 @@ def fill_registry(reg: AgentRegistry, doc: dict[str, Any]) -> None:
         sid = entry["sessionId"]
         name = session_file_name(entry, sid)
         rel = f"agents/{reg.agent_id}/sessions/{name}"
-        reg.sessions[key] = SessionState(reg.agent_id, key, sid, rel, dict(entry))
+        reg.sessions[key] = SessionState(reg.agent_id, key, sid, rel, reg.entry(dict(entry)))
 
 
 def load_agent(state_dir: Path, agent_id: str, folder: Path) -> tuple[AgentRegistry, str | None]:
@@ -181,4 +187,4 @@ def rebuild_from_transcripts(state_dir: Path, reg: AgentRegistry) -> None:
             }
         )
         rel = f"agents/{reg.agent_id}/sessions/{name}"
-        reg.sessions[key] = SessionState(reg.agent_id, key, sid, rel, entry_doc)
+        reg.sessions[key] = SessionState(reg.agent_id, key, sid, rel, reg.entry(entry_doc))

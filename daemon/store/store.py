@@ -13,7 +13,7 @@ import os
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -191,7 +191,6 @@ class Store:
             counted = None if rst is None else context.recount(self.state_dir / rst.rel_path)
             if rst is not None and counted is not None:
                 context.apply_recount(rst.entry, counted)
-                self.agents[rst.agent_id].dirty = True
         phases.mark("tails")
         archived = opening.recover_archives(self)
         opening.remember_unowned(self)
@@ -377,7 +376,6 @@ class Store:
         predecessor: str | None = None,
     ) -> tuple[SessionState, bytes]:
         """A new session's state and header line (not yet written)."""
-        self.agent(agent_id)  # creates the agent's folder on first use
         sid = str(uuid.uuid4())
         rel = f"agents/{agent_id}/sessions/{sid}.jsonl"
         entry: dict[str, Any] = {
@@ -390,21 +388,10 @@ class Store:
         entry.update(entry_fields)
         entry.setdefault("compactionCount", 0)
         entry.setdefault("totalTokens", 0)
-        st = SessionState(agent_id, session_key, sid, rel, entry, size=0, new=True)
+        entry_of = self.agent(agent_id).entry
+        st = SessionState(agent_id, session_key, sid, rel, entry_of(entry), size=0, new=True)
         cwd = self.workspaces.get(agent_id) or str(self.state_dir / "workspace")
         return st, transcript.header_line(sid, session_key, now, cwd, predecessor)
-
-    def update_entry(
-        self, st: SessionState, fields: Mapping[str, Any], *, drop: tuple[str, ...] = ()
-    ) -> None:
-        """Set (and drop) fields of a session's registry entry: the only way its entry changes
-        outside the store, so its sessions.json is always written at the next checkpoint.
-        Fields the daemon does not know (OpenClaw's) stay as they are."""
-        entry = st.entry
-        entry.update(fields)
-        for k in drop:
-            entry.pop(k, None)
-        self.agent(st.agent_id).dirty = True
 
     def register(self, st: SessionState) -> None:
         reg = self.agent(st.agent_id)
