@@ -211,7 +211,7 @@ def plan_ingest(
 
 
 def ingest_answer(
-    session_key: str,
+    session_key: str | None,  # None only for a restored session whose key is lost
     session_id: str,
     entry_id: str,
     created: bool,
