@@ -1,7 +1,8 @@
 """The stages every inbound message goes through, in the order SPEC section 4 lists them:
 
-    1. resolve key, access, shard    daemon/routing.py             `Pipeline.ingest`
-       (idempotency: a message id seen before gets its first answer again)
+    1. resolve key (and shard)       daemon/routing.py             `Pipeline.ingest`
+    2. access                        daemon/routing.py (core/access.py)
+       idempotency: a message id seen before gets its first answer again (store/dedup.py)
     3. evaluate reset                daemon/core/ingest.py (pure)  `Pipeline.prepare`
     4. append (group commit)         daemon/applying.py, then daemon/committer.py writes the batch
     5. mirror to backup              \\
@@ -29,7 +30,7 @@ from daemon.applying import Applier, Commands
 from daemon.archiving import Archiver
 from daemon.committer import Committer, Counters
 from daemon.config import Config
-from daemon.core.ingest import ROUTE_FIELD, as_duplicate, ingest_answer
+from daemon.core.ingest import as_duplicate, ingest_answer
 from daemon.core.protocol import AppendParams, IngestParams
 from daemon.errors import NotFound, RequestError, SenderNotAllowed, WrongShard
 from daemon.events import EventBus
@@ -216,8 +217,8 @@ class Pipeline:
         st = None if reg is None else reg.sessions.get(key)
         if st is None or reg is None:
             return ()
-        target = st.entry.get(ROUTE_FIELD)
-        routed = reg.sessions.get(target) if isinstance(target, str) else None
+        target = st.entry.route_to
+        routed = None if target is None else reg.sessions.get(target)
         return (st,) if routed is None else (st, routed)
 
     def prepare(self, items: list[Work], batch: Batch) -> Commit | None:
