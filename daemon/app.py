@@ -23,6 +23,7 @@ from anyio.abc import TaskStatus
 
 from daemon import __version__, logs, openclaw_config
 from daemon.api import Api
+from daemon.auth import Auth
 from daemon.backup import Mirror
 from daemon.compaction import Compactor
 from daemon.config import Config, resolve_socket_path
@@ -39,7 +40,7 @@ from daemon.reload import Reloader
 from daemon.retention import Retention
 from daemon.scheduler import Scheduler
 from daemon.search import SearchService
-from daemon.server import Server
+from daemon.server import Server, bind_sockets
 from daemon.spool import Spool, spool_dir
 from daemon.storage import StorageWatch
 from daemon.store.store import Store
@@ -163,23 +164,27 @@ async def run(opts: RunOptions) -> int:
                 claim_idle_ms=rc.claimIdleMs,
             )
         api = Api(store, pipeline, socket_path, mirror=mirror, search=search, broker=broker)
-        server = Server(
+        auth = Auth(store)
+        auth.set_config(cfg)  # tokens (raises ConfigError for an unreadable tokenFile)
+        spool = None
+        if cfg.daemon.spool.enabled:
+            folder = spool_dir(cfg.daemon.spool.dir, state_dir)
+            spool = Spool(folder, pipeline, max_bytes=cfg.daemon.maxLineBytes)
+        reloader.subscribe(pipeline.set_config)
+        reloader.prepare(auth.prepare)
+        listeners = listeners_of(cfg)  # ConfigError (a TLS file): exit 1
+        reloader.prepare(tls_reloader(listeners))  # renewed certificates, on reload
+        sockets = await bind_sockets(socket_path, int(cfg.daemon.socketMode), listeners)
+        server = Server(  # ListenFailed above: exit 1
             Services(pipeline, api, search, compactor, reloader),  # what answers the methods
-            socket_path,
-            int(cfg.daemon.socketMode),
+            sockets,
+            auth,
             max_line=cfg.daemon.maxLineBytes,
             max_connections=cfg.daemon.maxConnections,
             idle_timeout=cfg.daemon.idleTimeoutSeconds,
             frame_timeout=cfg.daemon.frameTimeoutSeconds,
             limits=cfg.daemon.limits,
         )
-        server.auth.set_config(cfg)  # tokens (raises ConfigError for an unreadable tokenFile)
-        spool = None
-        if cfg.daemon.spool.enabled:
-            folder = spool_dir(cfg.daemon.spool.dir, state_dir)
-            spool = Spool(folder, pipeline, max_bytes=cfg.daemon.maxLineBytes)
-        reloader.subscribe(pipeline.set_config)
-        reloader.prepare(server.auth.prepare)
         reloader.subscribe(live_settings(cfg, server, store, spool, state_dir))
         services = anyio.CancelScope()  # the watchdog ping, the config watch, /metrics
         metrics = metrics_listener(cfg.daemon.metrics, pipeline, api, server, mirror, search)
@@ -200,9 +205,6 @@ async def run(opts: RunOptions) -> int:
             reloader.stop()
             services.cancel()
 
-        listeners = listeners_of(cfg)  # ConfigError (a TLS file): exit 1
-        reloader.prepare(tls_reloader(listeners))  # renewed certificates, on reload
-        await server.bind(listeners)  # ListenFailed: exit 1
         if metrics is not None:
             await metrics.bind()  # ListenFailed: exit 1
         stop_signals = (signal.SIGTERM, signal.SIGINT)

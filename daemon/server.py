@@ -379,14 +379,38 @@ class Gate:
     tls: Tls | None = None  # connections are TLS: handshake first (daemon/listeners.py)
 
 
+@dataclass(frozen=True, slots=True)
+class Sockets:
+    """What the server serves, bound before it is built: daemon.socket and daemon.listeners."""
+
+    path: Path
+    main: socket.socket  # daemon.socket, bound; listening once served
+    listeners: list[Bound]
+
+
+async def bind_sockets(path: Path, mode: int, listeners: Sequence[Listener] = ()) -> Sockets:
+    """Open daemon.socket (`mode`) and `listeners` (daemon.listeners) before serving. Raises
+    ListenFailed naming the path or address (and closes what it opened)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    main = claim_unix(path, mode)
+    try:
+        bound = await bind_listeners(list(listeners))
+    except BaseException:
+        main.close()
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)  # our socket file, not user data
+        raise
+    return Sockets(path, main, bound)
+
+
 class Server:
     """Listens on the Unix socket and serves connections until `stop` is called."""
 
     def __init__(
         self,
         services: Services,
-        socket_path: Path,
-        socket_mode: int,
+        sockets: Sockets,
+        auth: Auth,
         *,
         max_line: int,
         max_connections: int,
@@ -397,8 +421,8 @@ class Server:
         self.services = services
         self.pipeline = services.pipeline
         self.api = api = services.api
-        self.socket_path = socket_path
-        self.socket_mode = socket_mode
+        self.sockets = sockets
+        self.socket_path = sockets.path
         self.max_line = max_line
         self.max_connections = max_connections
         self.idle_timeout = idle_timeout
@@ -409,11 +433,8 @@ class Server:
         self.handshakes: set[anyio.CancelScope] = set()  # TLS handshakes under way
         self.accept_scope = anyio.CancelScope()
         self._counter = 0
-        # Roles (daemon/auth.py), checked before every dispatch; app.py gives it the tokens and
-        # calls `bind` before serving.
-        self.auth = Auth(api.store)
-        self.main: socket.socket | None = None  # daemon.socket, bound; listening once served
-        self.listeners: list[Bound] = []  # daemon.listeners
+        self.auth = auth  # roles (daemon/auth.py), checked before every dispatch
+        self.listeners = sockets.listeners  # daemon.listeners
 
     def _listener_limit(self, b: Bound) -> Callable[[], int]:
         own = b.spec.max_connections
@@ -454,28 +475,9 @@ class Server:
             log.exception("request.failed")
             reply(RequestError("internal error; the daemon logged the details"))
 
-    async def bind(self, listeners: Sequence[Listener] = ()) -> None:
-        """Open daemon.socket (mode from config) and `listeners` (daemon.listeners) before
-        serving. Raises ListenFailed naming the path or address (and closes what it opened)."""
-        path = self.socket_path
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self.main = claim_unix(path, self.socket_mode)
-        try:
-            self.listeners = await bind_listeners(list(listeners))
-        except BaseException:
-            self.main.close()
-            self.main = None
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(path)  # our socket file, not user data
-            raise
-
     async def serve(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
-        """Serve what `bind` opened (binding daemon.socket now if it was not) until stopped,
-        then wait for connections."""
-        if self.main is None:
-            await self.bind()
-        assert self.main is not None
-        listener = await listen_on(self.main)
+        """Serve the bound sockets until stopped, then wait for connections."""
+        listener = await listen_on(self.sockets.main)
         path = self.socket_path
         admin = Gate(f"unix:{path}", ADMIN, lambda: self.max_connections)
         gates = [
