@@ -143,7 +143,6 @@ def compactions(workdir: Path, tag: str, count: int) -> Result:
     at level info, which the hot scenario turns on): how many, and the largest tokensAfter as a
     share of the compaction threshold."""
     from daemon.config import CompactionConfig
-    from daemon.core.tokens import thresholds
 
     done, failed = [], 0
     for i in range(count):
@@ -153,7 +152,7 @@ def compactions(workdir: Path, tag: str, count: int) -> Result:
             failed += b'"compaction.failed"' in line
     if not done and not failed:
         return {}
-    at = thresholds(CompactionConfig()).compact_at
+    at = CompactionConfig().thresholds().compact_at
     return {
         "compactions": float(len(done)),
         "compactions_failed": float(failed),

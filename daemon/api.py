@@ -17,6 +17,7 @@ import orjson
 
 from daemon import __version__
 from daemon.clients import Clients
+from daemon.core.ids import now_ms
 from daemon.core.keys import agent_of_key
 from daemon.core.lineage import Ended, walk_back
 from daemon.core.protocol import (
@@ -31,7 +32,7 @@ from daemon.errors import NotFound
 from daemon.pipeline import Pipeline
 from daemon.store.archive import locate_transcript
 from daemon.store.registry import SessionState
-from daemon.store.store import Archived, Store, now_ms
+from daemon.store.store import Archived, Store
 from daemon.store.transcript import read_entries_backwards
 
 if TYPE_CHECKING:

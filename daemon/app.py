@@ -26,7 +26,8 @@ from daemon.api import Api
 from daemon.auth import Auth
 from daemon.backup import Mirror
 from daemon.compaction import Compactor
-from daemon.config import Config, resolve_socket_path
+from daemon.config import Config
+from daemon.config_load import agent_ids, resolve_socket_path, workspace_of
 from daemon.events import EventBus
 from daemon.keymigrate import rename_case_folded_keys, save_dirty
 from daemon.lifecycle import SessionEvents
@@ -56,17 +57,6 @@ class RunOptions:
     config_path: Path | None
     state_dir: Path
     overrides: frozenset[str] = frozenset()  # config keys the command line set (win on reload)
-
-
-def workspace_of(cfg: Config, state_dir: Path, agent_id: str) -> str:
-    """OpenClaw's default workspaces: workspace/ for the default agent, workspace-<id>/ else."""
-    for a in cfg.agents.list:
-        if a.id == agent_id and a.workspace:
-            return str(Path(a.workspace).expanduser())
-    if agent_id == cfg.default_agent_id():
-        base = cfg.agents.defaults.workspace
-        return str(Path(base).expanduser()) if base else str(state_dir / "workspace")
-    return str(state_dir / f"workspace-{agent_id}")
 
 
 # The collector's defaults (a young collection every 700 allocations) promote most requests in
@@ -243,11 +233,6 @@ async def run(opts: RunOptions) -> int:
         notifier.close()
         lock.release()
     return 0
-
-
-def agent_ids(cfg: Config) -> list[str]:
-    """The configured agents, the default one first (also when the list is empty)."""
-    return [cfg.default_agent_id(), *(a.id for a in cfg.agents.list)]
 
 
 def set_workspaces(store: Store, cfg: Config, state_dir: Path) -> None:

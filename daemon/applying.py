@@ -13,6 +13,7 @@ from typing import Any, Protocol
 
 from daemon.core import tokens
 from daemon.core.commands import Command
+from daemon.core.ids import next_entry_id
 from daemon.core.ingest import (
     RESET_ENTRY,
     STOP_ENTRY,
@@ -26,7 +27,7 @@ from daemon.errors import NotFound
 from daemon.lifecycle import sessions_reply, status_reply
 from daemon.store.registry import SessionState
 from daemon.store.store import Store
-from daemon.store.transcript import custom_line, header_line, message_line, next_entry_id
+from daemon.store.transcript import custom_line, header_line, message_line
 from daemon.work import (
     Answer,
     AppendWork,

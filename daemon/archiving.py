@@ -9,6 +9,7 @@ import anyio
 import structlog
 from anyio.abc import TaskGroup
 
+from daemon.errors import os_reason
 from daemon.store.store import Archived, Closing, Store
 
 log = structlog.get_logger("daemon.pipeline")
@@ -74,7 +75,7 @@ class Archiver:
                         "archive.successor_failed",
                         sessionId=a.session_id,
                         successor=successor,
-                        error=e.strerror or str(e),
+                        error=os_reason(e),
                     )
                     continue
                 if rec is None:
@@ -97,7 +98,7 @@ class Archiver:
                 log.error(
                     "archive.failed",
                     sessionId=c.state.session_id,
-                    error=e.strerror or str(e),
+                    error=os_reason(e),
                 )
                 continue
             finally:

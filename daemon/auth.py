@@ -121,6 +121,7 @@ class Auth:
     def __init__(self, store: Store, config: Config | None = None) -> None:
         self.store = store
         self.config = config or Config()
+        self.routing = self.config.routing()
         self.tokens: dict[bytes, Principal] = {}
         self.agent_caps = ReadCaps(262_144, 8192)
         self.lookups = Lookups(self._agent_of_session, self._routed_agent)
@@ -140,11 +141,13 @@ class Auth:
         tokens = resolve_tokens(cfg.auth.tokens)
         reads = cfg.auth.agentReads
         caps = ReadCaps(reads.maxBytes, reads.maxBlockChars)
+        routing = cfg.routing()
 
         def apply() -> None:
             self.tokens = tokens
             self.agent_caps = caps
             self.config = cfg
+            self.routing = routing
 
         return apply
 
@@ -229,4 +232,4 @@ class Auth:
             thread_id=ip.thread_id,
             agent_id=ip.agent_id,
         )
-        return resolve_route(inbound, self.config).agent_id
+        return resolve_route(inbound, self.routing).agent_id

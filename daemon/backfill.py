@@ -13,12 +13,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from daemon.backup import backup_root, excluded
+from daemon.backup import backup_root
+from daemon.core.exclusions import excluded
+from daemon.errors import os_reason
 from daemon.store import archive
 from daemon.store.backup import Job, catch_up, state_record, write_states
 from daemon.verify import (
-    _first_line,
     _header_key,
+    first_line,
     known_keys,
     session_id_of,
     state_diffs,
@@ -45,7 +47,7 @@ def mirror_jobs(state_dir: Path, patterns: tuple[str, ...]) -> list[Job]:
     # registry and the archive index know it, and a restore needs it in the mirror's records.
     keys = known_keys(state_dir)
     for f in transcript_files(state_dir):
-        first = _first_line(f.path)
+        first = first_line(f.path)
         sid = session_id_of(f.path, first)
         key = _header_key(first) or keys.get(sid)
         if sid in seen or excluded(key, patterns):
@@ -90,7 +92,7 @@ def try_record_states(cfg: Config, state_dir: Path) -> str | None:
     try:
         record_states(cfg, state_dir)
     except OSError as e:
-        return f"the mirror's state records could not be written: {e.strerror or e}"
+        return f"the mirror's state records could not be written: {os_reason(e)}"
     return None
 
 

@@ -20,9 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import fnmatch
 import os
-import re
 import signal
 import time
 from collections.abc import Mapping
@@ -36,6 +34,9 @@ from anyio.abc import TaskGroup, TaskStatus
 
 from daemon import guard, logs, worker_log
 from daemon.core.bucket import parse_target
+from daemon.core.exclusions import excluded
+from daemon.core.ids import now_ms
+from daemon.errors import os_reason
 from daemon.remote import RemoteMirror
 from daemon.store.archive import MISSING_TRANSCRIPT
 from daemon.store.backup import (
@@ -70,44 +71,6 @@ def backup_root(config: Config, state_dir: Path) -> Path:
         return state_dir / "backup"
     path = Path(p).expanduser()
     return path if path.is_absolute() else state_dir / path
-
-
-def excluded(session_key: str | None, patterns: tuple[str, ...]) -> bool:
-    """Whether `exclude_patterns` (globs over session keys) leave this session out. A pattern
-    matches the whole key or the key without its `agent:<id>:` prefix, so "heartbeat*" and
-    "system:*" mean what an operator writing them means."""
-    if session_key is None or not patterns:
-        return False
-    parts = session_key.split(":", 2)
-    rest = parts[2] if len(parts) == 3 and parts[0] == "agent" else None
-    return any(
-        fnmatch.fnmatchcase(session_key, p) or (rest is not None and fnmatch.fnmatchcase(rest, p))
-        for p in patterns
-    )
-
-
-_AGENT_PART = re.compile(r"agent:([^:]*)(?::|$)")
-_ID = re.compile(r"[a-z0-9_][a-z0-9_-]{0,63}")
-
-
-def exclude_problems(patterns: tuple[str, ...]) -> list[str]:
-    """Config warnings for `exclude_patterns` that can match no session key: keys are never
-    empty and never hold spaces or control characters, and their agent part is a lowercase id."""
-    out = []
-    for i, p in enumerate(patterns):
-        where = f"sessions.backup.exclude_patterns[{i}] {p!r}"
-        m = _AGENT_PART.match(p)
-        agent = m.group(1) if m else None
-        if not p.strip():
-            out.append(f"{where} is empty: it matches no session key")
-        elif any(ch.isspace() or not ch.isprintable() for ch in p):
-            out.append(f"{where} holds a space or control character, which no session key has")
-        elif agent is not None and not any(c in agent for c in "*?[") and not _ID.fullmatch(agent):
-            out.append(
-                f"{where} names agent {agent!r}, which no key can hold (agent ids are lowercase "
-                "a-z, 0-9, _ and -)"
-            )
-    return out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -463,7 +426,7 @@ class Mirror:
             self.error = None
         c = self.counters
         c.rounds += 1
-        c.last_sync_ms = time.time_ns() // 1_000_000
+        c.last_sync_ms = now_ms()
         for o in outcomes:
             c.records += o.records
             if o.kept is not None:
@@ -509,7 +472,7 @@ class Mirror:
         self._signal_round()
 
     def _fail(self, e: Exception) -> None:
-        reason = (e.strerror if isinstance(e, OSError) else None) or str(e)
+        reason = os_reason(e)
         self.counters.failures += 1
         if self.error != reason:
             log.error("backup.degraded", path=str(self.root), error=reason)

@@ -14,86 +14,32 @@ import argparse
 import getpass
 import os
 import sys
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from daemon import __version__, cli_events, cli_output, guard, maintenance
-from daemon.client import Client, ConnectError, RpcError
-from daemon.config import (
-    Config,
-    find_config,
-    load_config,
-    resolve_socket_path,
-    resolve_state_dir,
+from daemon import __version__, cli_events, cli_offline, cli_output, guard, maintenance
+from daemon.cli_common import (
+    EXIT_FAIL,
+    EXIT_OK,
+    EXIT_USAGE,
+    UsageError,
+    call,
+    common,
+    config_of,
+    connect,
+    daemon_address,
+    global_flags,
+    print_json,
+    tls_files,
+    token_of,
 )
+from daemon.client import ConnectError, RpcError
+from daemon.config_load import resolve_state_dir
 from daemon.errors import UNAUTHENTICATED, ConfigError, ListenFailed, StateLocked
 
 if TYPE_CHECKING:
-    from daemon.backfill import Filled
-
-EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
-
-
-class UsageError(Exception):
-    """The command line is wrong in a way argparse cannot see (exit 2)."""
-
-
-def _global_flags(p: argparse.ArgumentParser, *, json_flag: bool, top: bool) -> None:
-    """The flags every command takes, before or after its name. On a command's own parser they
-    default to SUPPRESS, so that a value given before the command is not reset by it."""
-
-    def default(v: Any) -> Any:
-        return v if top else argparse.SUPPRESS
-
-    p.add_argument(
-        "--config",
-        metavar="PATH",
-        default=default(None),
-        help="config file (JSON5); default: see `run --help`",
-    )
-    p.add_argument(
-        "--state-dir",
-        metavar="DIR",
-        default=default(None),
-        help="state folder (overrides daemon.stateDir)",
-    )
-    p.add_argument(
-        "--socket",
-        metavar="ADDRESS",
-        default=default(None),
-        help="the daemon's socket path, tcp://HOST:PORT for a TCP listener, or tls://HOST:PORT "
-        "for a TLS listener (default daemon.socket, else <stateDir>/sessiond.sock)",
-    )
-    for flag, what in (
-        (
-            "--tls-ca",
-            "PEM file of the CA that signed the daemon's certificate (default: the system's CAs)",
-        ),
-        ("--tls-cert", "PEM file of this client's certificate, for TLS listeners with clientCa"),
-        ("--tls-key", "PEM file of the --tls-cert's private key (when not in that file)"),
-    ):
-        p.add_argument(flag, metavar="FILE", default=default(None), help=f"tls:// only: {what}")
-    p.add_argument(
-        "--token-file",
-        metavar="FILE",
-        default=default(None),
-        help="file holding the token to present to the daemon (auth.hello); default "
-        "$SESSIOND_TOKEN; needed on TCP and on listeners without a default role",
-    )
-    if json_flag:
-        p.add_argument(
-            "--json",
-            action="store_true",
-            default=default(False),
-            help="print machine-readable JSON (the daemon's answer as it came)",
-        )
-
-
-def _common(p: argparse.ArgumentParser, *, json_flag: bool = False) -> None:
-    _global_flags(p, json_flag=json_flag, top=False)
-    p.set_defaults(json_ok=json_flag)
+    pass
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -103,7 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
         "OpenClaw's format, served over a Unix socket (JSON-RPC 2.0, one object per line).",
     )
     parser.add_argument("--version", action="version", version=f"sessiond {__version__}")
-    _global_flags(parser, json_flag=True, top=True)
+    global_flags(parser, json_flag=True, top=True)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     p = sub.add_parser(
@@ -114,7 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
         "/etc/sessiond/config.json5, else built-in defaults. State goes to --state-dir, else "
         "daemon.stateDir, else $STATE_DIRECTORY, else ~/.local/state/sessiond.",
     )
-    _common(p)
+    common(p)
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
     p.add_argument("--log-format", choices=["auto", "json", "console"])
 
@@ -124,7 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Send one inbound message through the daemon's pipeline and print the "
         "acknowledgement (sent only once the message is durably stored).",
     )
-    _common(p, json_flag=True)
+    common(p, json_flag=True)
     p.add_argument("text", help="message text")
     p.add_argument("--channel", default="cli", help="channel name (default: cli)")
     p.add_argument(
@@ -141,7 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("sessions", help="list, show and read sessions")
     ssub = p.add_subparsers(dest="sessions_command", metavar="SUBCOMMAND", required=True)
     q = ssub.add_parser("list", help="list sessions, most recently updated first")
-    _common(q, json_flag=True)
+    common(q, json_flag=True)
     q.add_argument("--agent", dest="agent_id", help="only this agent's sessions")
     q.add_argument(
         "--active",
@@ -152,11 +98,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     q.add_argument("--limit", type=int, default=1000)
     q = ssub.add_parser("show", help="show one session's registry entry")
-    _common(q, json_flag=True)
+    common(q, json_flag=True)
     q.add_argument("key", nargs="?", help="session key, e.g. agent:main:main")
     q.add_argument("--id", dest="session_id", help="session id instead of a key")
     q = ssub.add_parser("history", help="read a session's transcript, newest first")
-    _common(q, json_flag=True)
+    common(q, json_flag=True)
     q.add_argument("key", nargs="?", help="session key")
     q.add_argument("--id", dest="session_id", help="session id instead of a key")
     q.add_argument("--limit", type=int, default=20)
@@ -169,7 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Archived sessions, newest first, with why they ended and their lineage. "
         "Read one with `sessions history --id SESSION_ID`.",
     )
-    _common(q, json_flag=True)
+    common(q, json_flag=True)
     q.add_argument("--agent", dest="agent_id", help="only this agent's archives")
     q.add_argument("--key", dest="session_key", help="only this session key's archives")
     q.add_argument("--after", help="archived at or after (epoch ms or ISO-8601)")
@@ -182,7 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Archive the session's transcript (never deleted) and begin a new session "
         "for the key, as the /reset chat command would.",
     )
-    _common(p, json_flag=True)
+    common(p, json_flag=True)
     p.add_argument("key", help="session key, e.g. agent:main:main")
     p.add_argument("--reason", default="reset", choices=["reset", "new", "daily", "idle"])
 
@@ -192,56 +138,29 @@ def build_parser() -> argparse.ArgumentParser:
         description="Save the cycle's memory notes, then append a summary of the older entries "
         "(the transcript keeps every entry), as the /compact chat command would; waits for it.",
     )
-    _common(p, json_flag=True)
+    common(p, json_flag=True)
     p.add_argument("key", help="session key, e.g. agent:main:main")
     p.add_argument("--instructions", help="what the summary should focus on")
 
     p = sub.add_parser("status", help="show the daemon's status")
-    _common(p, json_flag=True)
+    common(p, json_flag=True)
 
-    cli_events.add_parser(sub, _common)
+    cli_events.add_parser(sub, common)
 
     p = sub.add_parser(
         "call",
         help="call any protocol method",
         description="Call a JSON-RPC method and print its result as JSON.",
     )
-    _common(p, json_flag=True)
+    common(p, json_flag=True)
     p.add_argument("method", help="e.g. sessions.list")
     p.add_argument("--params", default="{}", help="params as a JSON object")
 
-    p = sub.add_parser("config", help="configuration tools")
-    csub = p.add_subparsers(dest="config_command", metavar="SUBCOMMAND", required=True)
-    q = csub.add_parser(
-        "check",
-        help="validate a config file",
-        description="Validate the config file that `run` would use (or --config PATH). Exit 0 "
-        "when valid, 1 with one line per problem (file, line:column or key path) when not.",
-    )
-    _common(q, json_flag=True)
-
-    p = sub.add_parser(
-        "import-openclaw",
-        help="import an OpenClaw state folder (JSONL or SQLite era)",
-        description="Copy the sessions, archives and memory files of an OpenClaw state folder "
-        "(e.g. ~/.openclaw) into the state folder, verified by sha256 or entry count. The "
-        "source is only read. Re-running skips what is already there. Refuses while a daemon "
-        "holds the state folder. Exit 0 when everything was imported, 1 when anything could "
-        "not be (the rest is imported and the report says why), 2 for bad usage.",
-    )
-    _common(p, json_flag=True)
-    p.add_argument("src", metavar="SRC", help="the OpenClaw state folder to import from")
-    p.add_argument(
-        "--agent",
-        metavar="ID",
-        help="import only this source agent (its id and session keys are kept as they are)",
-    )
-    p.add_argument(
-        "--dry-run", action="store_true", help="read and verify everything, write nothing"
-    )
-    _search_parsers(sub)
+    cli_offline.add_parsers(sub)  # config check, import-openclaw
+    _search_parser(sub)
+    cli_offline.add_reindex_parser(sub)
     _mcp_parser(sub)
-    maintenance.add_parsers(sub, _common)  # doctor, backup verify|restore, retention
+    maintenance.add_parsers(sub, common)  # doctor, backup verify|restore, retention
     return parser
 
 
@@ -281,68 +200,6 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_FAIL
 
 
-def _config(args: argparse.Namespace) -> tuple[Config, Path | None]:
-    from daemon.openclaw_config import detect
-
-    path = find_config(args.config)
-    if path is None:  # no sessiond config: an OpenClaw state folder's own openclaw.json
-        path = detect(resolve_state_dir(args.state_dir, Config()))
-    return load_config(path), path
-
-
-def _address(args: argparse.Namespace) -> str | Path:
-    """Where the daemon listens: `--socket` as given (a `tcp://` or `tls://` address is not a
-    path), else the socket the config names. The config is read only when it is needed."""
-    if args.socket:
-        if args.socket.startswith(("tcp://", "tls://")):
-            return str(args.socket)
-        return Path(args.socket).expanduser()
-    cfg, _ = _config(args)
-    return resolve_socket_path(cfg, resolve_state_dir(args.state_dir, cfg))
-
-
-def _token(args: argparse.Namespace) -> str | None:
-    """The token to present: the contents of `--token-file` (surrounding whitespace ignored),
-    else $SESSIOND_TOKEN, else none. Never printed, also not in errors."""
-    if args.token_file:
-        path = Path(args.token_file).expanduser()
-        try:
-            token = path.read_text().strip()
-        except (OSError, UnicodeDecodeError) as e:
-            why = e.strerror if isinstance(e, OSError) and e.strerror else "not readable as text"
-            raise UsageError(f"--token-file {path}: {why}") from None
-        if not token:
-            raise UsageError(f"--token-file {path}: the file is empty")
-        return token
-    return os.environ.get("SESSIOND_TOKEN") or None
-
-
-def _tls_files(args: argparse.Namespace) -> tuple[Path | None, Path | None, Path | None]:
-    """`--tls-ca/--tls-cert/--tls-key` as Client's ca, cert, key; they need a tls:// address."""
-    ca, cert, key = (
-        Path(v).expanduser() if v else None for v in (args.tls_ca, args.tls_cert, args.tls_key)
-    )
-    if (ca or cert or key) and not str(args.socket or "").startswith("tls://"):
-        raise UsageError("--tls-ca, --tls-cert and --tls-key go with --socket tls://HOST:PORT")
-    if key and not cert:
-        raise UsageError("--tls-key needs --tls-cert (the certificate the key belongs to)")
-    return ca, cert, key
-
-
-def _connect(args: argparse.Namespace) -> Client:
-    ca, cert, key = _tls_files(args)
-    return Client(_address(args), token=_token(args), ca=ca, cert=cert, key=key)
-
-
-def _call(args: argparse.Namespace, method: str, params: dict[str, Any]) -> Any:
-    with _connect(args) as c:
-        return c.call(method, params)
-
-
-def _print_json(obj: Any) -> None:
-    sys.stdout.write(orjson.dumps(obj, option=orjson.OPT_INDENT_2).decode() + "\n")
-
-
 def dispatch(args: argparse.Namespace) -> int:
     cmd = args.command
     if cmd == "run":
@@ -352,9 +209,9 @@ def dispatch(args: argparse.Namespace) -> int:
     if cmd == "sessions":
         return cmd_sessions(args)
     if cmd == "reset":
-        res = _call(args, "sessions.reset", {"sessionKey": args.key, "reason": args.reason})
+        res = call(args, "sessions.reset", {"sessionKey": args.key, "reason": args.reason})
         if args.json:
-            _print_json(res)
+            print_json(res)
         else:
             print(
                 f"archived {res['previousSessionId']}; {res['sessionKey']} is now "
@@ -365,9 +222,9 @@ def dispatch(args: argparse.Namespace) -> int:
         params = {"sessionKey": args.key}
         if args.instructions:
             params["instructions"] = args.instructions
-        res = _call(args, "sessions.compact", params)
+        res = call(args, "sessions.compact", params)
         if args.json:
-            _print_json(res)
+            print_json(res)
         elif res.get("compacted"):
             print(
                 f"compacted {res['sessionKey']}: {res['summarizedEntries']} entries summarised, "
@@ -380,14 +237,14 @@ def dispatch(args: argparse.Namespace) -> int:
             return EXIT_FAIL if "retryInSeconds" in res else EXIT_OK
         return EXIT_OK
     if cmd == "status":
-        st = _call(args, "status", {})
+        st = call(args, "status", {})
         if args.json:
-            _print_json(st)
+            print_json(st)
         else:
             print("\n".join(cli_output.status_lines(st)))
         return EXIT_OK
     if cmd == "events":
-        return cli_events.follow(args, lambda: _connect(args))
+        return cli_events.follow(args, lambda: connect(args))
     if cmd == "mcp":
         return cmd_mcp(args)
     if cmd == "call":
@@ -397,16 +254,16 @@ def dispatch(args: argparse.Namespace) -> int:
             raise UsageError(f"--params is not valid JSON: {e}") from None
         if not isinstance(params, dict):
             raise UsageError("--params must be a JSON object")
-        _print_json(_call(args, args.method, params))
+        print_json(call(args, args.method, params))
         return EXIT_OK
     if cmd == "config":
-        return cmd_config_check(args)
+        return cli_offline.cmd_config_check(args)
     if cmd == "import-openclaw":
-        return cmd_import_openclaw(args)
+        return cli_offline.cmd_import_openclaw(args)
     if cmd == "search":
         return cmd_search(args)
     if cmd == "reindex":
-        return cmd_reindex(args)
+        return cli_offline.cmd_reindex(args)
     if cmd in maintenance.COMMANDS:
         return maintenance.dispatch(args)
     raise UsageError(f"unknown command {cmd}")
@@ -423,7 +280,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise UsageError("--tls-* are for commands that talk to a running daemon")
     if args.token_file:
         raise UsageError("--token-file is for commands that talk to a running daemon")
-    cfg, path = _config(args)
+    cfg, path = config_of(args)
     logs.configure(args.log_level or cfg.daemon.logLevel, args.log_format or cfg.daemon.logFormat)
     state_dir = resolve_state_dir(args.state_dir, cfg)
     if args.socket:
@@ -467,9 +324,9 @@ def cmd_send(args: argparse.Namespace) -> int:
         v = getattr(args, name)
         if v is not None:
             params[key] = v
-    res = _call(args, "message.ingest", params)
+    res = call(args, "message.ingest", params)
     if args.json:
-        _print_json(res)
+        print_json(res)
     else:
         dup = " (duplicate)" if res.get("duplicate") else ""
         new = " (new session)" if res.get("created") else ""
@@ -498,12 +355,12 @@ def cmd_sessions(args: argparse.Namespace) -> int:
             params["agentId"] = args.agent_id
         if args.active_minutes:
             params["activeMinutes"] = args.active_minutes
-        res = _call(args, "sessions.list", params)
+        res = call(args, "sessions.list", params)
         if args.json:
             from daemon.api import openclaw_list
 
-            state_dir = resolve_state_dir(args.state_dir, _config(args)[0])
-            _print_json(
+            state_dir = resolve_state_dir(args.state_dir, config_of(args)[0])
+            print_json(
                 openclaw_list(res["sessions"], state_dir, args.agent_id, args.active_minutes)
             )
         elif res["sessions"]:
@@ -520,17 +377,17 @@ def cmd_sessions(args: argparse.Namespace) -> int:
             v = getattr(args, name)
             if v is not None:
                 params[name] = int(v) if v.isdigit() else v
-        res = _call(args, "sessions.archived", params)
+        res = call(args, "sessions.archived", params)
         if args.json:
-            _print_json(res)
+            print_json(res)
         elif res["sessions"]:
             cli_output.print_table(cli_output.archived_table(res["sessions"]))
         else:
             print("no archived sessions", file=sys.stderr)
         return EXIT_OK
     if sc == "show":
-        res = _call(args, "sessions.get", _ref(args))
-        _print_json(res) if args.json else cli_output.print_entry(res)
+        res = call(args, "sessions.get", _ref(args))
+        print_json(res) if args.json else cli_output.print_entry(res)
         return EXIT_OK
     params = _ref(args)
     params["limit"] = args.limit
@@ -540,9 +397,9 @@ def cmd_sessions(args: argparse.Namespace) -> int:
         params["previous"] = args.previous
     if args.no_tools:
         params["includeTools"] = False
-    res = _call(args, "sessions.history", params)
+    res = call(args, "sessions.history", params)
     if args.json:
-        _print_json(res)
+        print_json(res)
         return EXIT_OK
     print(f"# {res['sessionKey']} [{res['sessionId']}], newest first")
     for e in res["entries"]:
@@ -552,82 +409,7 @@ def cmd_sessions(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def cmd_config_check(args: argparse.Namespace) -> int:
-    from daemon.openclaw_config import check_report
-
-    cfg, path = _config(args)
-    report = check_report(path, cfg)
-    if args.json:
-        _print_json({"ok": True, **report})
-        return EXIT_OK
-    print(f"ok: {report['config']}")
-    oc = report.get("openclaw")
-    if oc is not None:
-        print(f"read from OpenClaw's {oc['file']}: {', '.join(oc['taken']) or 'nothing'}")
-        print(f"ignored ({len(oc['ignored'])} gateway keys): {', '.join(oc['ignored']) or '-'}")
-        for note in oc["notes"]:
-            print(f"note: {note}")
-    for w in report["warnings"]:
-        print(f"warning: {w}")
-    if oc is not None:
-        print("effective config:")
-        _print_json(report["effective"])
-    return EXIT_OK
-
-
-def cmd_import_openclaw(args: argparse.Namespace) -> int:
-    from daemon.app import workspace_of
-    from daemon.importers import SourceError, import_openclaw
-
-    cfg, _ = _config(args)
-    state_dir = resolve_state_dir(args.state_dir, cfg)
-    try:
-        report = import_openclaw(
-            Path(args.src).expanduser(),
-            state_dir,
-            lambda agent: Path(workspace_of(cfg, state_dir, agent)),
-            agent=args.agent,
-            dry_run=args.dry_run,
-        )
-    except SourceError as e:
-        raise UsageError(str(e)) from None
-    filled, fill_error = _fill_mirror(cfg, state_dir) if not args.dry_run else (None, None)
-    if args.json:
-        doc = report.to_json()
-        if filled is not None or fill_error is not None:
-            doc["mirror"] = (
-                {"error": fill_error}
-                if fill_error
-                else {"sessions": filled.sessions, "records": filled.records}
-                if filled
-                else None
-            )
-        _print_json(doc)
-    else:
-        print(report.render())
-        if fill_error:
-            print(f"backup mirror not filled: {fill_error} (`sessiond doctor --repair` fills it)")
-        elif filled is not None:
-            print(f"backup mirror: {filled.records} record(s) for {filled.sessions} session(s)")
-    return EXIT_OK if report.ok and fill_error is None else EXIT_FAIL
-
-
-def _fill_mirror(cfg: Config, state_dir: Path) -> tuple[Filled | None, str | None]:
-    """After an import: the mirror holds what the imported transcripts hold, as the daemon
-    would have mirrored it (`doctor` then finds no session behind)."""
-    from daemon.backfill import fill_mirror
-
-    try:
-        return fill_mirror(cfg, state_dir), None
-    except OSError as e:
-        return None, str(e.strerror or e)
-
-
-# ---------------------------------------------------------------------------------------------
-# search and reindex
-
-
-def _search_parsers(sub: Any) -> None:
+def _search_parser(sub: Any) -> None:
     p = sub.add_parser(
         "search",
         help="search transcripts (active and archived) and memory files",
@@ -637,7 +419,7 @@ def _search_parsers(sub: Any) -> None:
         'With --fts, QUERY is FTS5 syntax: words (all must occur), "quoted phrases", OR, NOT, '
         "NEAR(a b), prefix*. Hits are ranked by bm25; the match is marked «like this».",
     )
-    _common(p, json_flag=True)
+    common(p, json_flag=True)
     p.add_argument("query", metavar="QUERY")
     p.add_argument("--agent", dest="agent_id", help="only this agent")
     p.add_argument("--session-key", help="only sessions with this key (current and archived)")
@@ -651,16 +433,6 @@ def _search_parsers(sub: Any) -> None:
         "--no-recency", action="store_true", help="rank by relevance alone, not newer first"
     )
 
-    p = sub.add_parser(
-        "reindex",
-        help="rebuild the search index from the files",
-        description="Build <stateDir>/index/ from scratch out of the transcripts, archives and "
-        "memory files, into a new file that replaces the old one when complete. Works on the "
-        "folder itself: refuses while a daemon holds it (stop the daemon, or delete the index "
-        "folder and restart the daemon, which rebuilds it too). Progress on a terminal.",
-    )
-    _common(p, json_flag=True)
-
 
 def _mcp_parser(sub: Any) -> None:
     p = sub.add_parser(
@@ -672,7 +444,7 @@ def _mcp_parser(sub: Any) -> None:
         "else $SESSIOND_TOKEN), so the agent sees exactly its own sessions, archives and memory. "
         "Start it from the runtime's MCP config; see the README, 'Give your agents their history'.",
     )
-    _common(p)
+    common(p)
     p.add_argument(
         "--http",
         metavar="127.0.0.1:PORT",
@@ -683,8 +455,8 @@ def _mcp_parser(sub: Any) -> None:
 def cmd_mcp(args: argparse.Namespace) -> int:
     from daemon import agenttools
 
-    token = _token(args)
-    if any(_tls_files(args)):
+    token = token_of(args)
+    if any(tls_files(args)):
         raise UsageError("sessiond mcp takes no --tls-* files (it trusts the system's CAs)")
     if token is None:
         raise UsageError(
@@ -699,7 +471,7 @@ def cmd_mcp(args: argparse.Namespace) -> int:
                 f"--http must be a loopback address as 127.0.0.1:PORT, got {args.http}"
             )
         http = (host.strip("[]"), int(port))
-    address = str(_address(args))
+    address = str(daemon_address(args))
     agenttools.serve(
         address, token, http=http, warn=lambda m: print(f"sessiond mcp: {m}", file=sys.stderr)
     )
@@ -726,9 +498,9 @@ def cmd_search(args: argparse.Namespace) -> int:
         params["syntax"] = "fts5"
     if args.no_recency:
         params["recency"] = False
-    res = _call(args, "memory.search", params)
+    res = call(args, "memory.search", params)
     if args.json:
-        _print_json(res)
+        print_json(res)
         return EXIT_OK
     for h in res["hits"]:
         when = cli_output.local_time(h.get("timestamp"))
@@ -742,53 +514,4 @@ def cmd_search(args: argparse.Namespace) -> int:
         print(f"         {h.get('snippet', '')}")
     if not res["hits"]:
         print("no hits", file=sys.stderr)
-    return EXIT_OK
-
-
-def cmd_reindex(args: argparse.Namespace) -> int:
-    import time
-
-    from daemon.app import agent_ids, workspace_of
-    from daemon.lock import StateLock
-    from daemon.search import rebuild
-
-    cfg, _ = _config(args)
-    state_dir = resolve_state_dir(args.state_dir, cfg)
-    if not state_dir.is_dir():
-        raise UsageError(f"no state folder at {state_dir}")
-    lock = StateLock(state_dir)
-    lock.acquire()
-    started = time.monotonic()
-    shown = [0.0]
-
-    def progress(done: int, total: int, entries: int) -> None:
-        now = time.monotonic()
-        if now - shown[0] < 0.2 and done < total:
-            return
-        shown[0] = now
-        rate = entries / max(now - started, 1e-6)
-        sys.stderr.write(
-            f"\rindexing: {done:,}/{total:,} files, {entries:,} entries ({rate:,.0f}/s)   "
-        )
-        sys.stderr.flush()
-
-    tty = sys.stderr.isatty() and not args.json
-    try:
-        stats = rebuild(
-            state_dir,
-            lambda agent: Path(workspace_of(cfg, state_dir, agent)),
-            agent_ids(cfg),
-            progress if tty else None,
-        )
-    finally:
-        lock.release()
-        if tty:
-            sys.stderr.write("\n")
-    if args.json:
-        _print_json(stats.to_json())
-    else:
-        print(
-            f"indexed {stats.docs:,} entries from {stats.files:,} files in "
-            f"{stats.seconds:.1f} s ({stats.docs / max(stats.seconds, 1e-6):,.0f} entries/s)"
-        )
     return EXIT_OK

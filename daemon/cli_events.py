@@ -45,7 +45,7 @@ def add_parser(sub: Any, common: Callable[..., None]) -> None:
 def follow(args: argparse.Namespace, connect: Callable[[], Client]) -> int:
     """Subscribe and print until Ctrl-C (exit 0) or until the daemon goes away (ConnectError,
     exit 1). A --filter that matches none of the daemon's events is bad usage."""
-    from daemon.cli import EXIT_OK, UsageError
+    from daemon.cli_common import EXIT_OK, UsageError
 
     if not args.follow:
         raise UsageError(

@@ -13,6 +13,8 @@ from collections.abc import Iterable, Mapping
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
+from daemon.core import ids
+
 if TYPE_CHECKING:
     from rich.console import Console
     from rich.table import Table
@@ -42,7 +44,7 @@ def when(ms: Any, now_ms: float | None = None) -> str:
     (3 min ago)"; "-" for a missing time."""
     if isinstance(ms, bool) or not isinstance(ms, int | float):
         return NO_TIME
-    now = time.time() * 1000 if now_ms is None else now_ms
+    now = ids.now_ms() if now_ms is None else now_ms
     local = datetime.fromtimestamp(ms / 1000).astimezone()
     return f"{local:%Y-%m-%d %H:%M:%S} ({ago((now - ms) / 1000)})"
 

@@ -28,6 +28,8 @@ from typing import Any
 
 import orjson
 
+from daemon.errors import os_reason
+
 
 class RpcError(Exception):
     """The daemon answered with a JSON-RPC error."""
@@ -98,7 +100,7 @@ class Client:
             ) from None
         except OSError as e:
             raise ConnectError(
-                f"cannot connect to sessiond at {self.path}: {e.strerror or e}"
+                f"cannot connect to sessiond at {self.path}: {os_reason(e)}"
             ) from None
         self._ids = itertools.count(1)
         self._buf = b""
@@ -227,7 +229,7 @@ def _handshake(ctx: ssl.SSLContext, sock: socket.socket, host: str, address: str
 def _why(e: OSError) -> str:
     if isinstance(e, ssl.SSLError):
         return str(e.reason or e)
-    return str(e.strerror or e)
+    return os_reason(e)
 
 
 def _tls_ended(e: ssl.SSLError) -> str:

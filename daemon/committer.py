@@ -28,12 +28,13 @@ from anyio.abc import TaskGroup, TaskStatus
 from anyio.streams.memory import MemoryObjectReceiveStream
 
 from daemon.core.histogram import BATCH_BOUNDS, LATENCY_BOUNDS, Histogram
-from daemon.errors import RequestError, StorageUnavailable
+from daemon.core.ids import now_ms
+from daemon.errors import RequestError, os_reason, storage_unavailable
 from daemon.failpoints import failpoint
 from daemon.logs import Throttle
 from daemon.store.fileio import SyncFailed
 from daemon.store.registry import SessionState
-from daemon.store.store import Batch, Store, now_ms
+from daemon.store.store import Batch, Store
 
 log = structlog.get_logger("daemon.committer")
 
@@ -229,7 +230,7 @@ class Checkpoints:
         journal is not switched until the checkpoint is complete (invariant 2)."""
         store = self.store
         if isinstance(e, SyncFailed):
-            store.broken = f"{step} sync failed: {e.strerror or e}"
+            store.broken = f"{step} sync failed: {os_reason(e)}"
             log.error("store.checkpoint_failed", error=store.broken)
             return
         for reg, _data in registries:
@@ -238,8 +239,8 @@ class Checkpoints:
             store.dedup.changed(agent)
         if unfinished is not None:
             self._unfinished = unfinished
-        store.write_error = f"{e.strerror or e} ({step})"
-        log.warning("store.checkpoint_deferred", step=step, error=e.strerror or str(e))
+        store.write_error = f"{os_reason(e)} ({step})"
+        log.warning("store.checkpoint_deferred", step=step, error=os_reason(e))
 
 
 class Handler(Protocol[W, P]):
@@ -331,7 +332,7 @@ class Committer(Generic[W, P]):
             try:
                 await anyio.to_thread.run_sync(self.store.journal.start_fresh)
             except OSError as e:  # a full disk, say: the next start replays the journal instead
-                log.warning("store.journal_kept", error=e.strerror or str(e))
+                log.warning("store.journal_kept", error=os_reason(e))
         log.info("store.flushed", **self.counters.counts())
 
     async def _prepare(self, items: list[W]) -> _Prepared[P] | None:
@@ -339,7 +340,7 @@ class Committer(Generic[W, P]):
         store = self.store
         handler = self.handler
         if store.broken is not None:
-            handler.reject(items, StorageUnavailable(f"storage unavailable: {store.broken}"))
+            handler.reject(items, storage_unavailable(store.broken, hint=None))
             return None
         while True:
             unloaded = [st for item in items for st in handler.sessions_of(item) if not st.loaded]
@@ -349,7 +350,7 @@ class Committer(Generic[W, P]):
             try:
                 await anyio.to_thread.run_sync(store.ensure_loaded, unloaded)
             except OSError as e:  # EMFILE, EIO: these requests fail, the committer goes on
-                handler.reject(items, unavailable(f"reading a transcript: {e.strerror or e}"))
+                handler.reject(items, storage_unavailable(e, "reading a transcript"))
                 return None
         batch = Batch()
         prepared = handler.prepare(items, batch)
@@ -378,7 +379,7 @@ class Committer(Generic[W, P]):
             # Prepared on top of a batch that failed: its offsets are wrong; nothing written.
             store.fail(batch)
             reason = store.broken or "an earlier write failed"
-            handler.reject(handler.requests(item.prepared), unavailable(reason))
+            handler.reject(handler.requests(item.prepared), storage_unavailable(reason))
             return
         started = time.monotonic()
         try:
@@ -388,7 +389,7 @@ class Committer(Generic[W, P]):
             store.fail(batch)
             for later in self._unwritten:
                 store.fail(later.batch)  # void already (old epoch); its sessions re-read tails
-            reason = e.strerror or str(e)
+            reason = os_reason(e)
             store.write_error = f"{reason} (writing a batch)"  # `status` says so
             self._failed_batches += 1
             requests = handler.requests(item.prepared)
@@ -402,7 +403,7 @@ class Committer(Generic[W, P]):
                     broken=store.broken is not None,
                     failuresNotLogged=left_out,
                 )
-            handler.reject(requests, unavailable(reason))
+            handler.reject(requests, storage_unavailable(reason))
             return
         synced = time.monotonic()
         if self._failed_batches:
@@ -416,7 +417,3 @@ class Committer(Generic[W, P]):
         counters.batches += 1
         await handler.committed(item.prepared, tg)
         failpoint("append.after_ack")
-
-
-def unavailable(reason: str) -> StorageUnavailable:
-    return StorageUnavailable(f"storage unavailable: {reason}; nothing was stored, retry")

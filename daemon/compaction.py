@@ -44,13 +44,13 @@ from anyio.abc import TaskGroup, TaskStatus
 from daemon.config import CompactionConfig
 from daemon.core import tokens
 from daemon.core.commands import Command
+from daemon.core.ids import next_entry_id
 from daemon.core.protocol import CompactParams, SessionRef
-from daemon.errors import NotFound, RequestError, StorageUnavailable, SummarizerFailed
+from daemon.errors import NotFound, RequestError, StorageUnavailable, SummarizerFailed, os_reason
 from daemon.memoryflush import MemoryFlusher
 from daemon.store.context import ContextView, detail_reply, read_context
 from daemon.store.registry import SessionState
 from daemon.store.store import Batch
-from daemon.store.transcript import next_entry_id
 from daemon.summarizers import (
     COMPACTION_PROMPT,
     SummaryRequest,
@@ -177,8 +177,8 @@ class Compactor:
         self._follow_config()
         hit = self._settings.get(agent_id)
         if hit is None:
-            cc = tokens.compaction_for(self.entrance.config, agent_id)
-            hit = self._settings[agent_id] = (cc, tokens.thresholds(cc))
+            cc = self.entrance.config.compaction_for(agent_id)
+            hit = self._settings[agent_id] = (cc, cc.thresholds())
         return hit
 
     # ------------------------------------------------------------------------------------------
@@ -813,7 +813,7 @@ def _answer(waiters: list[Waiter], outcome: Outcome) -> None:
 
 def _why(e: Exception) -> str:
     if isinstance(e, OSError):
-        return f"{e.strerror or e} ({getattr(e, 'filename', None) or 'file'})"
+        return f"{os_reason(e)} ({getattr(e, 'filename', None) or 'file'})"
     if isinstance(e, RequestError):
         return e.message
     return str(e) or type(e).__name__

@@ -16,115 +16,34 @@ kept), and permissions are tightened. Nothing is ever deleted.
 
 from __future__ import annotations
 
-import contextlib
 import fcntl
 import os
 import sqlite3
 import stat
-import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
-from typing import Any
 
 import orjson
 
 from daemon import backfill
-from daemon.backup import backup_root, excluded
-from daemon.config import Config, load_config
+from daemon.backup import backup_root
+from daemon.config import Config
+from daemon.config_load import load_config
+from daemon.core.exclusions import excluded
+from daemon.core.ids import now_ms
+from daemon.doctor_findings import SHOW, DoctorReport, Finding
 from daemon.doctor_holes import check_holes
+from daemon.doctor_registry import check_agent
 from daemon.errors import ConfigError
 from daemon.lock import LOCK_NAME
 from daemon.spool import spool_dir
 from daemon.store import archive, transcript
 from daemon.store import backup as mirror_files
-from daemon.store.archive import ArchiveRecord
 from daemon.store.backup import Job, Source, key_of_line
-from daemon.store.fsutil import FILE_MODE, atomic_write, fsync_dir, write_all
-from daemon.store.registry import (
-    SESSIONS_JSON,
-    AgentRegistry,
-    fill_registry,
-    is_active_transcript_name,
-    load_agent,
-    read_registry,
-    rebuild_from_transcripts,
-    session_file_name,
-)
-from daemon.verify import session_id_of
-
-LEVELS = ("ok", "info", "warning", "error")
-SHOW = 5  # paths named in one finding's message
-
-
-@dataclass(slots=True)
-class Finding:
-    """One thing doctor found: how bad, what it is, and what --repair does about it."""
-
-    check: str
-    level: str  # ok | info | warning | error
-    message: str
-    action: str | None = None
-    fix: Callable[[], object] | None = field(default=None, repr=False)
-    outcome: str | None = None  # after --repair: "repaired" or "failed: why"
-
-    @property
-    def problem(self) -> bool:
-        """Counts against the exit code while unrepaired."""
-        return self.level in ("warning", "error") and self.outcome != "repaired"
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "check": self.check,
-            "level": self.level,
-            "message": self.message,
-            "action": self.action,
-            "outcome": self.outcome,
-        }
-
-    def render(self, repairing: bool) -> str:
-        line = f"{self.level:8} {self.check:15} {self.message}"
-        if self.action and self.outcome:
-            line += f"\n{'':24} {self.outcome}: {self.action}"
-        elif self.action:
-            line += f"\n{'':24} {'repair' if repairing else 'would'}: {self.action}"
-        return line
-
-
-@dataclass(slots=True)
-class DoctorReport:
-    state_dir: Path
-    findings: list[Finding]
-    repaired: bool
-
-    @property
-    def ok(self) -> bool:
-        return not any(f.problem for f in self.findings)
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "stateDir": str(self.state_dir),
-            "ok": self.ok,
-            "repair": self.repaired,
-            "findings": [f.to_json() for f in self.findings],
-        }
-
-    def render(self) -> str:
-        out = [f"sessiond doctor: {self.state_dir}"]
-        out += [f.render(self.repaired) for f in self.findings]
-        problems = [f for f in self.findings if f.problem]
-        if not problems:
-            out.append("no problems" + (" left" if self.repaired else ""))
-        elif self.repaired:
-            out.append(f"{len(problems)} problem(s) could not be repaired")
-        else:
-            fixable = sum(1 for f in problems if f.fix is not None)
-            out.append(
-                f"{len(problems)} problem(s); `sessiond doctor --repair` repairs {fixable} "
-                "(only by moving, adopting and appending; nothing is deleted)"
-            )
-        return "\n".join(out)
+from daemon.store.fsutil import FILE_MODE
+from daemon.store.transcript import json_object
+from daemon.verify import first_line, session_id_of
 
 
 def lock_holder(state_dir: Path) -> str | None:
@@ -143,10 +62,6 @@ def lock_holder(state_dir: Path) -> str | None:
         return None
     finally:
         os.close(fd)
-
-
-def now_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 class Doctor:
@@ -183,7 +98,7 @@ class Doctor:
             return self.findings
         self.check_torn_tails()
         for agent_dir in self._agent_folders():
-            self.check_agent(agent_dir.name, agent_dir / "sessions")
+            check_agent(self, agent_dir.name, agent_dir / "sessions")
         self.check_fts5()
         self.check_mirror()
         check_holes(self)
@@ -244,7 +159,7 @@ class Doctor:
             if size == 0 or last == b"\n":
                 continue
             found += 1
-            rel = self._rel(path)
+            rel = self.rel(path)
             if self.running and not archived:
                 self.add("torn-tail", "info", f"{rel} ends in a partial line (may be in flight)")
                 continue
@@ -279,250 +194,13 @@ class Doctor:
                     zeroed.append(p)
                     size += len(data)
         if zeroed:
-            names = ", ".join(self._rel(p) for p in sorted(zeroed)[:SHOW])
+            names = ", ".join(self.rel(p) for p in sorted(zeroed)[:SHOW])
             self.add(
                 "torn-tail",
                 "info",
                 f"{len(zeroed)} torn fragment(s) hold only zero bytes ({size} bytes in all; "
                 f"nothing to recover; may be removed by hand): {names}",
             )
-
-    def check_agent(self, agent_id: str, folder: Path) -> None:
-        if not folder.is_dir():
-            return
-        reg, problem = self._registry(agent_id, folder)
-        self._check_entries(agent_id, folder, reg)
-        self._check_unregistered(agent_id, folder, reg, rebuilt=problem is not None)
-        self._check_index(agent_id, folder)
-
-    def _registry(self, agent_id: str, folder: Path) -> tuple[AgentRegistry, str | None]:
-        """The registry as the daemon will see it (rebuilt in memory when it cannot be read)."""
-        path = folder / SESSIONS_JSON
-        doc, problem = read_registry(path)
-        reg = AgentRegistry(agent_id, folder)
-        if doc is not None:
-            fill_registry(reg, doc)
-            return reg, None
-        rebuild_from_transcripts(self.state_dir, reg)
-        if path.exists() or reg.sessions:
-
-            def fix(agent_id: str = agent_id, folder: Path = folder) -> None:
-                new, _ = load_agent(self.state_dir, agent_id, folder)  # keeps a corrupt copy
-                new.save(new.serialize())
-
-            self.add(
-                "registry",
-                "error" if path.exists() else "warning",
-                f"agents/{agent_id}/sessions/sessions.json {problem}",
-                f"rebuild it from the transcript headers ({len(reg.sessions)} session(s))"
-                + (
-                    f", keeping the old one as {SESSIONS_JSON}.corrupt-<ms>"
-                    if path.exists()
-                    else ""
-                ),
-                fix,
-            )
-        return reg, problem
-
-    def _check_entries(self, agent_id: str, folder: Path, reg: AgentRegistry) -> None:
-        root = backup_root(self.cfg, self.state_dir)
-        archived = {r.sessionId for r in archive.read_index(folder)}
-        stale: list[str] = []
-        missing = 0
-        for key, st in reg.sessions.items():
-            name = session_file_name(st.entry, st.session_id)
-            path = folder / name
-            if path.exists():
-                continue
-            missing += 1
-            if st.session_id in archived or (folder / archive.ARCHIVE_DIR / name).exists():
-                stale.append(key)
-                continue
-            has_mirror = mirror_files.last_record(root, st.session_id) is not None
-            if has_mirror:
-                action = "rebuild the transcript from the backup mirror"
-            else:
-                action = (
-                    "begin the transcript again with its header (the daemon does the same at "
-                    "the session's next message; its earlier entries are not in the backup)"
-                )
-            self.add(
-                "registry",
-                "error",
-                f"{key} names {self._rel(path)}, which does not exist",
-                action,
-                partial(self._recreate, path, st.session_id, key, agent_id, has_mirror),
-            )
-        if stale:
-
-            def drop(folder: Path = folder, keys: tuple[str, ...] = tuple(stale)) -> None:
-                path = folder / SESSIONS_JSON
-                doc = orjson.loads(path.read_bytes())
-                for k in keys:
-                    doc.pop(k, None)
-                atomic_write(path, orjson.dumps(doc, option=orjson.OPT_INDENT_2))
-
-            self.add(
-                "registry",
-                "warning",
-                f"agents/{agent_id}: {len(stale)} registry entr(ies) name sessions that are "
-                f"archived: {', '.join(stale[:SHOW])}",
-                "take them out of sessions.json (their keys begin new sessions with the next "
-                "message; the archives stay readable)",
-                drop,
-            )
-        if not missing:
-            self.add(
-                "registry",
-                "ok",
-                f"agents/{agent_id}: {len(reg.sessions)} session(s), every transcript present",
-            )
-
-    def _move(
-        self, path: Path, agent_id: str, reason: str, sid: str, key: str | None, succ: str | None
-    ) -> ArchiveRecord:
-        """Adopt a transcript into archive/ (a rename, synced) with its index line."""
-        return archive.archive_transcript(
-            path,
-            agent_id,
-            reason,
-            session_id=sid,
-            session_key=key,
-            predecessor=None,
-            successor=succ,
-            now=now_ms(),
-        )
-
-    def _recreate(self, path: Path, sid: str, key: str, agent_id: str, from_mirror: bool) -> None:
-        from daemon.restore import rebuild
-
-        root = backup_root(self.cfg, self.state_dir)
-        cwd = str(self.state_dir / "workspace")
-        s = rebuild(root, sid, cwd) if from_mirror else None
-        lines = s.lines if s is not None else [transcript.header_line(sid, key, now_ms(), cwd)]
-        _write_new(path, lines)
-        backfill.mirror_session(self.cfg, root, Job(sid, agent_id, key, None, (path,), None, None))
-
-    def _check_unregistered(
-        self, agent_id: str, folder: Path, reg: AgentRegistry, *, rebuilt: bool
-    ) -> None:
-        named = {session_file_name(st.entry, st.session_id) for st in reg.sessions.values()}
-        orphans = 0
-        openclaw = []
-        for e in sorted(os.scandir(folder), key=lambda e: e.name):
-            if not e.is_file() or e.name.startswith("."):
-                continue
-            path = Path(e.path)
-            if archive.OPENCLAW_SUFFIX.match(e.name):
-                openclaw.append(e.name)
-                continue
-            if not is_active_transcript_name(e.name) or e.name in named:
-                continue
-            header = transcript.read_header(path) or {}
-            sid = str(header.get("id") or e.name.split(".jsonl")[0])
-            key = header.get("sessionKey") if isinstance(header.get("sessionKey"), str) else None
-            closed = archive.closing_entry(path)
-            if closed is not None:
-                reason = str(closed.get("reason") or "reset")
-                succ = closed.get("successor") if isinstance(closed.get("successor"), str) else None
-                self.add(
-                    "half-done-move",
-                    "warning",
-                    f"{self._rel(path)} was closed ({reason}) but not yet moved into archive/",
-                    f"move it into archive/ with its index line (reason {reason})",
-                    partial(self._move, path, agent_id, reason, sid, key, succ),
-                )
-                continue
-            orphans += 1
-            self.add(
-                "orphan",
-                "warning",
-                f"{self._rel(path)} is not named by sessions.json"
-                + (f" (its key {key} belongs to another session)" if key in reg.sessions else ""),
-                "adopt it into archive/ with reason orphan (readable with sessions history --id)",
-                partial(self._move, path, agent_id, "orphan", sid, key, None),
-            )
-        if openclaw:
-            self.add(
-                "half-done-move",
-                "info",
-                f"agents/{agent_id}: {len(openclaw)} OpenClaw archive(s) not yet adopted: "
-                f"{', '.join(openclaw[:SHOW])}",
-                "adopt them into archive/ (the daemon does the same at start-up)",
-                partial(archive.adopt_openclaw_archives, folder, agent_id, {}, now_ms()),
-            )
-        if not orphans:
-            self.add("orphan", "ok", f"agents/{agent_id}: no orphan transcripts")
-
-    def _check_index(self, agent_id: str, folder: Path) -> None:
-        arch = folder / archive.ARCHIVE_DIR
-        if not arch.is_dir():
-            return
-        for p in archive.missing_index_entries(folder):
-            self.add(
-                "half-done-move",
-                "warning",
-                f"{self._rel(p)} is in archive/ without an index line (a crash after the move)",
-                "append its index line",
-                partial(archive.index_orphan, p, agent_id, now_ms()),
-            )
-        latest: dict[str, ArchiveRecord] = {}
-        for rec in archive.read_index(folder):
-            latest[rec.sessionId] = rec
-        root = backup_root(self.cfg, self.state_dir)
-        for rec in latest.values():
-            if rec.reason == archive.MISSING_TRANSCRIPT:
-                continue  # imported from a registry row whose transcript was already gone
-            path = arch / rec.file
-            plain = arch / rec.file.removesuffix(".gz")
-            if path.is_file():
-                if path != plain and plain.is_file():
-                    self.add(
-                        "half-done-move",
-                        "info",
-                        f"{self._rel(plain)} is still beside its verified {path.name} (a "
-                        "retention sweep was interrupted)",
-                        None,
-                    )
-                continue
-            if plain.is_file():
-                self.add(
-                    "half-done-move",
-                    "warning",
-                    f"the index names {rec.file}, which a crash kept from being written; "
-                    f"{plain.name} is there and is what readers use",
-                    f"append an index line naming {plain.name} (the next sweep compresses it)",
-                    partial(archive.append_index, folder, [replace(rec, file=plain.name)]),
-                )
-                continue
-            if mirror_files.last_record(root, rec.sessionId) is not None:
-                self.add(
-                    "registry",
-                    "error",
-                    f"archived session {rec.sessionId}: {rec.file} is missing",
-                    "rebuild it from the backup mirror as archive/"
-                    f"{plain.name} and append its index line",
-                    partial(self._rearchive, rec, plain, folder),
-                )
-            else:
-                self.add(
-                    "registry",
-                    "error",
-                    f"archived session {rec.sessionId}: {rec.file} is missing and not in the "
-                    "backup mirror",
-                )
-
-    def _rearchive(self, rec: ArchiveRecord, path: Path, folder: Path) -> None:
-        from daemon.restore import rebuild
-
-        s = rebuild(backup_root(self.cfg, self.state_dir), rec.sessionId, "")
-        if s is None:
-            raise FileNotFoundError(2, "the mirror has no records for it", rec.sessionId)
-        _write_new(path, s.lines)
-        stats = archive.transcript_stats(path)
-        archive.append_index(
-            folder, [replace(rec, file=path.name, bytes=stats.bytes, sha256=stats.sha256)]
-        )
 
     def check_fts5(self) -> None:
         try:
@@ -549,12 +227,12 @@ class Doctor:
         behind: list[Job] = []
         seen: set[str] = set()
         for agent_id, path, _archived in self._files():
-            first = _first_line(path)
+            first = first_line(path)
             sid = session_id_of(path, first)
             if sid in seen:
                 continue
             seen.add(sid)
-            header = _json(first)
+            header = json_object(first or b"") or {}
             key = header.get("sessionKey") if isinstance(header.get("sessionKey"), str) else None
             if excluded(key, bc.exclude_patterns):
                 continue
@@ -628,7 +306,7 @@ class Doctor:
                     os.chmod(where, mode, follow_symlinks=False)
 
         names = ", ".join(
-            f"{self._rel(p)} ({oct(stat.S_IMODE(p.lstat().st_mode))})" for p, _ in loose[:SHOW]
+            f"{self.rel(p)} ({oct(stat.S_IMODE(p.lstat().st_mode))})" for p, _ in loose[:SHOW]
         )
         self.add(
             "permissions",
@@ -655,7 +333,7 @@ class Doctor:
         if error := backfill.try_record_states(self.cfg, self.state_dir):
             self.add("mirror", "warning", error)
 
-    def _rel(self, p: Path) -> str:
+    def rel(self, p: Path) -> str:
         try:
             return str(p.relative_to(self.state_dir))
         except ValueError:
@@ -682,22 +360,6 @@ def _live_mirrors(root: Path) -> list[str]:
     )
 
 
-def _first_line(path: Path) -> bytes | None:
-    from daemon.verify import _first_line as first
-
-    return first(path)
-
-
-def _json(line: bytes | None) -> dict[str, Any]:
-    if not line:
-        return {}
-    try:
-        obj = orjson.loads(line)
-    except orjson.JSONDecodeError:
-        return {}
-    return obj if isinstance(obj, dict) else {}
-
-
 def _last_key(path: Path) -> str | None:
     """The identity of a transcript's last complete line (what the mirror must end with)."""
     try:
@@ -714,18 +376,6 @@ def _last_key(path: Path) -> str | None:
     finally:
         src.close()
     return None
-
-
-def _write_new(path: Path, lines: list[bytes]) -> None:
-    """A transcript that must not exist yet (O_EXCL), synced with its folder."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, FILE_MODE)
-    try:
-        write_all(fd, b"".join(line + b"\n" for line in lines))
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    with contextlib.suppress(OSError):
-        fsync_dir(path.parent)
 
 
 def run_doctor(state_dir: Path, config_path: Path | None, *, repair: bool) -> DoctorReport:

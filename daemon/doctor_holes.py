@@ -18,13 +18,15 @@ from typing import TYPE_CHECKING
 
 import orjson
 
-from daemon.backup import backup_root, excluded
+from daemon.backup import backup_root
+from daemon.core.exclusions import excluded
 from daemon.core.holes import damaged_lines, is_all_zeros, summarize
 from daemon.store import backup as mirror_files
 from daemon.store import mirror_holes
 from daemon.store.backup import Job, Source
 from daemon.store.mirror_holes import mirror_damage, plan_refill
-from daemon.verify import session_id_of
+from daemon.store.transcript import json_object
+from daemon.verify import first_line, session_id_of
 
 if TYPE_CHECKING:
     from daemon.doctor import Doctor
@@ -35,8 +37,6 @@ ZERO_CHECK_MAX = 64 << 20  # a side file larger than this is not read to see whe
 
 def check_holes(doc: Doctor) -> None:
     """Add the `holes`, `mirror-gap` and `torn-zeros` findings to `doc`."""
-    from daemon.doctor import _first_line, _json
-
     bc = doc.cfg.sessions.backup
     root = backup_root(doc.cfg, doc.state_dir)
     transcript_holes: list[tuple[str, bool]] = []
@@ -45,10 +45,10 @@ def check_holes(doc: Doctor) -> None:
         if not path.name.endswith(".gz"):
             found = _transcript_damage(path)
             if found is not None:
-                transcript_holes.append((f"{doc._rel(path)}: {found[0]}", found[1]))
-        first = _first_line(path)
+                transcript_holes.append((f"{doc.rel(path)}: {found[0]}", found[1]))
+        first = first_line(path)
         sid = session_id_of(path, first)
-        key = _json(first).get("sessionKey")
+        key = (json_object(first or b"") or {}).get("sessionKey")
         key = key if isinstance(key, str) else None
         if sid not in jobs and not excluded(key, bc.exclude_patterns):
             jobs[sid] = Job(sid, agent_id, key, None, (path,), None, None)
@@ -78,7 +78,7 @@ def _check_mirror_holes(doc: Doctor, root: Path, jobs: dict[str, Job]) -> None:
         missing = _gap(root, job) if job is not None else []
         if not damage and not missing:
             continue
-        rel = doc._rel(live)
+        rel = doc.rel(live)
         if damage:
             holes += 1
             msg = f"mirror {rel}: {summarize(damage)}"
@@ -159,7 +159,7 @@ def _check_zero_torn(doc: Doctor, root: Path) -> None:
     if not zeros:
         doc.add("torn-zeros", "ok", "no torn side file is only zeros")
         return
-    shown = ", ".join(doc._rel(p) for p in zeros[:SHOW]) + (", ..." if len(zeros) > SHOW else "")
+    shown = ", ".join(doc.rel(p) for p in zeros[:SHOW]) + (", ..." if len(zeros) > SHOW else "")
     doc.add(
         "torn-zeros",
         "info",

@@ -109,6 +109,20 @@ class StorageUnavailable(RequestError):
     code = STORAGE_UNAVAILABLE
 
 
+NOTHING_STORED = "nothing was stored, retry"
+
+
+def storage_unavailable(
+    cause: OSError | str, doing: str | None = None, hint: str | None = NOTHING_STORED
+) -> StorageUnavailable:
+    """The one translation of a failed disk (an OSError, or the store's own word for why it
+    stopped) into the answer a request gets: "storage unavailable: [doing: ]why[; hint]"."""
+    why = os_reason(cause) if isinstance(cause, OSError) else cause
+    if doing:
+        why = f"{doing}: {why}"
+    return StorageUnavailable(f"storage unavailable: {why}" + (f"; {hint}" if hint else ""))
+
+
 class SenderNotAllowed(RequestError):
     """The access policy does not allow this sender (or group) on this channel."""
 
@@ -136,3 +150,10 @@ class WrongShard(RequestError):
     """The message is for an agent another shard (another daemon) owns; `data` names it."""
 
     code = WRONG_SHARD
+
+
+def os_reason(e: BaseException) -> str:
+    """Why a system call failed, for people: the OSError's strerror ("No space left on device"),
+    else the exception's own text."""
+    strerror = e.strerror if isinstance(e, OSError) else None
+    return strerror or str(e)

@@ -53,6 +53,7 @@ class Policies:
 
     def __init__(self, cfg: SessionConfig, tz: ZoneInfo) -> None:
         self.cfg = cfg
+        self.rules = cfg.reset_rules()
         self.tz = tz
         self._policies: dict[tuple[str, str | None], Policy] = {}
         self._boundaries: dict[int, tuple[int, int]] = {}  # atHour -> (boundary, next boundary)
@@ -63,7 +64,7 @@ class Policies:
         ck = (kind, channel if isinstance(channel, str) else None)
         p = self._policies.get(ck)
         if p is None:
-            p = self._policies[ck] = effective_policy(self.cfg, kind, ck[1])
+            p = self._policies[ck] = effective_policy(self.rules, kind, ck[1])
         return p
 
     def boundary(self, at_hour: int, now: int) -> int:

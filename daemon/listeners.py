@@ -30,14 +30,16 @@ from pathlib import Path
 
 import anyio
 import structlog
-from anyio.abc import ByteStream, SocketAttribute, SocketListener
+from anyio.abc import ByteStream, SocketAttribute, SocketListener, SocketStream
+from anyio.streams.stapled import MultiListener
 from anyio.streams.tls import TLSStream
 
-from daemon.config import Config, TlsConfig, parse_tcp_address
+from daemon.config import Config, TlsConfig
+from daemon.config_fields import parse_tcp_address
 from daemon.core.keys import normalize_agent_id
 from daemon.core.protocol import encode_error
 from daemon.core.roles import Principal
-from daemon.errors import ConfigError, InvalidRequest, ListenFailed
+from daemon.errors import ConfigError, InvalidRequest, ListenFailed, os_reason
 
 log = structlog.get_logger("daemon.listeners")
 
@@ -98,7 +100,7 @@ def _check_pem(path: Path, where: str, marker: bytes, what: str) -> None:
     try:
         data = path.read_bytes()
     except OSError as e:
-        raise ConfigError(f"{where}: cannot read {path}: {e.strerror or e}") from None
+        raise ConfigError(f"{where}: cannot read {path}: {os_reason(e)}") from None
     if b"-----BEGIN " not in data or marker not in data:
         raise ConfigError(f"{where}: {path} holds no PEM {what}")
 
@@ -321,14 +323,21 @@ async def bind_listeners(specs: list[Listener]) -> list[Bound]:
 async def _bind(spec: Listener) -> Bound:
     if spec.path is not None:
         return Bound(spec, [await bind_unix(spec.path, spec.mode)], str(spec.path))
-    try:
-        multi = await anyio.create_tcp_listener(local_host=spec.host, local_port=spec.port)
-    except OSError as e:
-        raise ListenFailed(f"cannot listen on {spec.host}:{spec.port}: {e.strerror or e}") from None
+    multi = await bind_tcp(spec.host, spec.port)
     socks = list(multi.listeners)
     port = socks[0].extra(SocketAttribute.local_port) if socks else spec.port
     host = f"[{spec.host}]" if ":" in spec.host else spec.host
     return Bound(spec, [s for s in socks if isinstance(s, SocketListener)], f"{host}:{port}")
+
+
+async def bind_tcp(host: str, port: int, what: str = "") -> MultiListener[SocketStream]:
+    """Listen on `host`:`port` (every address the name has). Raises ListenFailed naming the
+    address (and `what` listens there, e.g. "daemon.metrics") when it is taken or refused."""
+    try:
+        return await anyio.create_tcp_listener(local_host=host, local_port=port)
+    except OSError as e:
+        where = f"{host}:{port}" + (f" ({what})" if what else "")
+        raise ListenFailed(f"cannot listen on {where}: {os_reason(e)}") from None
 
 
 async def bind_unix(path: Path, mode: int) -> SocketListener:
@@ -348,16 +357,15 @@ def claim_unix(path: Path, mode: int) -> socket.socket:
         sock.bind(str(path))
     except OSError as e:
         sock.close()
-        raise ListenFailed(f"cannot listen on {path}: {e.strerror or e}") from None
+        raise ListenFailed(f"cannot listen on {path}: {os_reason(e)}") from None
     finally:
         os.umask(old_umask)
     try:
         os.chmod(path, mode)
     except OSError as e:
         sock.close()
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(path)  # the file we just made
-        raise ListenFailed(f"cannot set mode {mode:04o} on {path}: {e.strerror or e}") from None
+        remove_socket_file(path)  # the file we just made
+        raise ListenFailed(f"cannot set mode {mode:04o} on {path}: {os_reason(e)}") from None
     return sock
 
 
@@ -398,6 +406,10 @@ async def close_bound(b: Bound) -> None:
         with contextlib.suppress(OSError, anyio.BrokenResourceError):
             await s.aclose()
     if b.spec.path is not None:
-        # Our socket file, not user data: take it away so that clients fail fast.
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(b.spec.path)
+        remove_socket_file(b.spec.path)
+
+
+def remove_socket_file(path: Path) -> None:
+    """Take away a socket file we bound (ours, not user data), so that clients fail fast."""
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)

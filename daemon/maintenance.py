@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from daemon.core.bucket import is_remote
+from daemon.core.ids import now_ms
 from daemon.errors import ConfigError
 
 COMMANDS = ("doctor", "backup", "retention")
@@ -116,16 +117,17 @@ def dispatch(args: argparse.Namespace) -> int:
 
 
 def _setup(args: argparse.Namespace) -> tuple[Any, Path | None, Path]:
-    from daemon.cli import _config
-    from daemon.config import resolve_state_dir
+    from daemon.cli_common import config_of
+    from daemon.config_load import resolve_state_dir
 
-    cfg, path = _config(args)
+    cfg, path = config_of(args)
     return cfg, path, resolve_state_dir(args.state_dir, cfg)
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:
-    from daemon.cli import EXIT_FAIL, EXIT_OK, _print_json
-    from daemon.config import Config, find_config, load_config, resolve_state_dir
+    from daemon.cli_common import EXIT_FAIL, EXIT_OK, print_json
+    from daemon.config import Config
+    from daemon.config_load import find_config, load_config, resolve_state_dir
     from daemon.doctor import run_doctor
     from daemon.lock import StateLock
     from daemon.openclaw_config import detect
@@ -148,15 +150,16 @@ def cmd_doctor(args: argparse.Namespace) -> int:
         if lock is not None:
             lock.release()
     if args.json:
-        _print_json(report.to_json())
+        print_json(report.to_json())
     else:
         print(report.render())
     return EXIT_OK if report.ok else EXIT_FAIL
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    from daemon.backup import backup_root, excluded
-    from daemon.cli import EXIT_FAIL, EXIT_OK, UsageError, _print_json
+    from daemon.backup import backup_root
+    from daemon.cli_common import EXIT_FAIL, EXIT_OK, UsageError, print_json
+    from daemon.core.exclusions import excluded
     from daemon.doctor import lock_holder
     from daemon.verify import verify
 
@@ -189,15 +192,15 @@ def cmd_verify(args: argparse.Namespace) -> int:
             progress=Progress("verifying sessions"),
         )
     if args.json:
-        _print_json(report.to_json())
+        print_json(report.to_json())
     else:
         print(report.render())
     return EXIT_OK if report.ok else EXIT_FAIL
 
 
 def cmd_restore(args: argparse.Namespace) -> int:
-    from daemon.app import workspace_of
-    from daemon.cli import EXIT_FAIL, EXIT_OK, UsageError, _print_json
+    from daemon.cli_common import EXIT_FAIL, EXIT_OK, UsageError, print_json
+    from daemon.config_load import workspace_of
     from daemon.lock import StateLock
     from daemon.restore import RestoreError, restore
     from daemon.store.fsutil import ensure_dir
@@ -233,7 +236,7 @@ def cmd_restore(args: argparse.Namespace) -> int:
             workspace=lambda agent: workspace_of(cfg, state_dir, agent),
             dedup_max=cfg.daemon.dedupMaxPerAgent,
             dedup_window_ms=cfg.daemon.dedupWindowHours * 3_600_000,
-            now_ms=time.time_ns() // 1_000_000,
+            now_ms=now_ms(),
             progress=Progress("restoring sessions"),
         )
     except RestoreError as e:
@@ -242,7 +245,7 @@ def cmd_restore(args: argparse.Namespace) -> int:
     finally:
         lock.release()
     if args.json:
-        _print_json(report.to_json())
+        print_json(report.to_json())
     else:
         print(report.render())
     return EXIT_OK
@@ -250,7 +253,7 @@ def cmd_restore(args: argparse.Namespace) -> int:
 
 def _download(url: str, dest: Path, *, marker: bool) -> Path:
     """The bucket's mirror, checked and written into `dest` in the folder layout."""
-    from daemon.cli import UsageError
+    from daemon.cli_common import UsageError
     from daemon.core.bucket import parse_target
     from daemon.remote import RemoteError, download
 
@@ -275,7 +278,7 @@ def _download(url: str, dest: Path, *, marker: bool) -> Path:
 
 def cmd_retention(args: argparse.Namespace) -> int:
     from daemon.backup import backup_root
-    from daemon.cli import EXIT_FAIL, EXIT_OK, _print_json
+    from daemon.cli_common import EXIT_FAIL, EXIT_OK, print_json
     from daemon.lock import StateLock
     from daemon.retention import execute, plan
 
@@ -294,12 +297,12 @@ def cmd_retention(args: argparse.Namespace) -> int:
             root,
             compress_after_days=cfg.retention.compressAfterDays,
             retention_days=cfg.sessions.backup.retention_days,
-            now_ms=time.time_ns() // 1_000_000,
+            now_ms=now_ms(),
             active=active,
         )
         if args.dry_run:
             if args.json:
-                _print_json({"dryRun": True, **p.to_json()})
+                print_json({"dryRun": True, **p.to_json()})
             else:
                 for a in p.archives:
                     verb = "finish compressing" if a.finish else "compress"
@@ -316,7 +319,7 @@ def cmd_retention(args: argparse.Namespace) -> int:
         if lock is not None:
             lock.release()
     if args.json:
-        _print_json(result.to_json())
+        print_json(result.to_json())
     else:
         for f in result.failed:
             print(f"failed: {f}")

@@ -23,11 +23,12 @@ import structlog
 
 from daemon.config import CompactionConfig
 from daemon.core import tokens
+from daemon.core.ids import next_entry_id, now_ms
 from daemon.store.context import FLUSH_ENTRY, find_transcript, read_context
 from daemon.store.memoryfile import write_memory
 from daemon.store.registry import SessionState
-from daemon.store.store import Batch, now_ms
-from daemon.store.transcript import custom_line, next_entry_id
+from daemon.store.store import Batch
+from daemon.store.transcript import custom_line
 from daemon.summarizers import DEFAULT_FLUSH_PROMPT, SummaryRequest, check_notes, make_summarizer
 from daemon.work import Entrance
 

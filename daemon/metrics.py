@@ -35,9 +35,9 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 from daemon import __version__, errors
-from daemon.config import parse_tcp_address
+from daemon.config_fields import parse_tcp_address
 from daemon.core.histogram import Histogram
-from daemon.errors import ListenFailed
+from daemon.listeners import bind_tcp
 
 if TYPE_CHECKING:
     from anyio.abc import Listener
@@ -337,14 +337,7 @@ class MetricsListener:
         self._open = 0
 
     async def bind(self) -> None:
-        try:
-            self._listener = await anyio.create_tcp_listener(
-                local_host=self.host, local_port=self.port
-            )
-        except OSError as e:
-            raise ListenFailed(
-                f"cannot listen on {self.host}:{self.port} (daemon.metrics): {e.strerror or e}"
-            ) from None
+        self._listener = await bind_tcp(self.host, self.port, "daemon.metrics")
 
     async def serve(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         if self._listener is None:

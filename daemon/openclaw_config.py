@@ -31,6 +31,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from daemon.config_files import read_config_text, read_json5
+from daemon.core.exclusions import exclude_problems
+
 if TYPE_CHECKING:
     from daemon.config import Config
 
@@ -267,7 +270,6 @@ def merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
 
 def load(path: Path) -> Translation:
     """Read and translate an openclaw.json; raises ConfigError naming the file."""
-    from daemon.config import read_config_text, read_json5
 
     raw = read_json5(read_config_text(path), str(path), duplicates_ok=True)
     return translate(raw)
@@ -293,7 +295,6 @@ def source_of(path: Path | None) -> tuple[Path, Translation] | None:
         return None
     if is_openclaw_file(path):
         return path, load(path)
-    from daemon.config import read_config_text, read_json5
 
     named = openclaw_path(read_json5(read_config_text(path), str(path)), str(path))
     return None if named is None else (named, load(named))
@@ -302,8 +303,6 @@ def source_of(path: Path | None) -> tuple[Path, Translation] | None:
 def check_report(path: Path | None, cfg: Config) -> dict[str, Any]:
     """What `sessiond config check` prints: the file, what came from OpenClaw's file, warnings
     and the effective config."""
-    from daemon.backup import exclude_problems
-
     found = source_of(path)
     return {
         "config": str(path) if path else "built-in defaults (no config file found)",
@@ -318,7 +317,6 @@ def log_source(path: Path | None, cfg: Config) -> None:
     from OpenClaw's file, its notes, and one `config.warning` per problem. Never raises."""
     import structlog
 
-    from daemon.backup import exclude_problems
     from daemon.errors import ConfigError
 
     log = structlog.get_logger("daemon.config")

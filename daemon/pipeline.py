@@ -30,6 +30,7 @@ from daemon.applying import Applier, Commands
 from daemon.archiving import Archiver
 from daemon.committer import Committer, Counters
 from daemon.config import Config
+from daemon.core.ids import now_ms
 from daemon.core.ingest import as_duplicate, ingest_answer
 from daemon.core.protocol import AppendParams, IngestParams
 from daemon.errors import NotFound, RequestError, SenderNotAllowed, WrongShard
@@ -38,7 +39,7 @@ from daemon.lifecycle import Policies
 from daemon.routing import Router
 from daemon.store.dedup import DedupKey
 from daemon.store.registry import SessionState
-from daemon.store.store import Batch, Store, now_ms
+from daemon.store.store import Batch, Store
 from daemon.store.transcript import iso_ms
 from daemon.work import (
     Answer,

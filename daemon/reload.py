@@ -30,7 +30,8 @@ from pydantic import BaseModel
 from watchfiles import awatch
 
 from daemon import openclaw_config
-from daemon.config import Config, load_config
+from daemon.config import Config
+from daemon.config_load import load_config
 from daemon.errors import ConfigError
 from daemon.systemd import Notifier
 

@@ -29,6 +29,7 @@ import anyio
 import structlog
 
 from daemon.core.bucket import Segment, Target, chain, parse_rel, segment_rel
+from daemon.core.ids import now_ms
 from daemon.guard import BACKUP_MARKER
 from daemon.store.fsutil import atomic_write, ensure_dir
 
@@ -428,7 +429,7 @@ class RemoteMirror:
         self.lag = res.lag
         if res.uploaded:
             self.uploaded += res.uploaded
-            self.last_upload_ms = time.time_ns() // 1_000_000
+            self.last_upload_ms = now_ms()
         return True
 
     def status(self) -> dict[str, Any]:

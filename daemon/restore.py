@@ -32,7 +32,12 @@ from daemon.store import archive
 from daemon.store import backup as mirror_files
 from daemon.store.archive import ArchiveRecord
 from daemon.store.dedup import DedupIndex, DedupKey
-from daemon.store.fsutil import FILE_MODE, atomic_write, ensure_dir, fsync_dir, write_all
+from daemon.store.fsutil import (
+    atomic_write,
+    ensure_dir,
+    fsync_dir,
+    write_new_file,
+)
 from daemon.store.registry import SESSIONS_JSON
 from daemon.store.transcript import header_line, parse_iso_ms
 
@@ -146,12 +151,7 @@ def rebuild(root: Path, session_id: str, cwd: str) -> Rebuilt | None:
 def write_new(path: Path, lines: list[bytes]) -> None:
     """Write a transcript that must not exist yet (O_EXCL), synced. Raises OSError."""
     ensure_dir(path.parent)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, FILE_MODE)
-    try:
-        write_all(fd, b"".join(line + b"\n" for line in lines))
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    write_new_file(path, b"".join(line + b"\n" for line in lines))
 
 
 def registry_entry(s: Rebuilt, path: Path) -> dict[str, Any]:

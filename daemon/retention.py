@@ -42,6 +42,8 @@ import anyio
 import structlog
 
 from daemon import backup
+from daemon.core.ids import now_ms
+from daemon.errors import os_reason
 from daemon.failpoints import failpoint
 from daemon.guard import BACKUP_MARKER
 from daemon.store import archive
@@ -382,7 +384,7 @@ def execute(
         for folder in emptied_mirror_folders(backup_root):
             remove_emptied_folder(folder)
     except OSError as e:
-        out.failed.append(f"empty mirror folders: {e.strerror or e}")
+        out.failed.append(f"empty mirror folders: {os_reason(e)}")
     return out
 
 
@@ -415,15 +417,15 @@ class Retention:
                     root,
                     compress_after_days=cfg.retention.compressAfterDays,
                     retention_days=cfg.sessions.backup.retention_days,
-                    now_ms=time.time_ns() // 1_000_000,
+                    now_ms=now_ms(),
                     active=active,
                     busy=busy,
                 )
             )
         except OSError as e:
             # The folder could not be listed: logged, and the next run tries again.
-            log.error("retention.failed", target="plan", error=e.strerror or str(e))
-            out.failed.append(f"plan: {e.strerror or e}")
+            log.error("retention.failed", target="plan", error=os_reason(e))
+            out.failed.append(f"plan: {os_reason(e)}")
             p = Plan()
         for path in p.stale_temps:
             await anyio.to_thread.run_sync(remove_stale_temp, path)

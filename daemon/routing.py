@@ -22,6 +22,8 @@ ROUTE_CACHE_SIZE = 65_536
 class Router:
     def __init__(self, config: Config) -> None:
         self.config = config
+        self.routing = config.routing()
+        self.access = config.access.rules()
         self.shards = config.shard_map()
         self._routes: dict[tuple[str | None, ...], tuple[Route, str | None]] = {}
 
@@ -39,10 +41,10 @@ class Router:
                 thread_id=p.thread_id,
                 agent_id=p.agent_id,
             )
-            route = resolve_route(inbound, self.config)
+            route = resolve_route(inbound, self.routing)
             if len(self._routes) >= ROUTE_CACHE_SIZE:
                 self._routes.clear()
-            hit = self._routes[ck] = (route, check_access(inbound, self.config.access))
+            hit = self._routes[ck] = (route, check_access(inbound, self.access))
         return hit
 
     def check_shard(self, agent_id: str) -> None:

@@ -29,12 +29,12 @@ from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
 from daemon.adoption import adopt, record
+from daemon.core.ids import now_ms
 from daemon.core.policy import all_at_hours, daily_boundary
-from daemon.errors import RequestError
+from daemon.errors import RequestError, os_reason
 from daemon.pipeline import Pipeline
 from daemon.retention import Retention
 from daemon.store.fsutil import atomic_write
-from daemon.store.store import now_ms
 
 log = structlog.get_logger("daemon.scheduler")
 
@@ -74,7 +74,7 @@ class Scheduler:
         """Daily jobs whose latest boundary passed while the daemon was down."""
         tz = self.pipeline.policies.tz
         out = []
-        for hour in sorted(all_at_hours(self.pipeline.config.session)):
+        for hour in sorted(all_at_hours(self.pipeline.config.session.reset_rules())):
             name = daily_job(hour)
             last = self.last_runs.get(name)
             if last is not None and last < daily_boundary(now, hour, tz) <= now:
@@ -95,7 +95,7 @@ class Scheduler:
                 send.send_nowait(name)
 
         sched = AsyncIOScheduler(timezone=tz)
-        for hour in sorted(all_at_hours(self.pipeline.config.session)):
+        for hour in sorted(all_at_hours(self.pipeline.config.session.reset_rules())):
             sched.add_job(
                 fire,
                 CronTrigger(hour=hour, minute=0, timezone=tz),
@@ -134,7 +134,7 @@ class Scheduler:
         try:
             await anyio.to_thread.run_sync(self._save)
         except OSError as e:
-            log.error("job.state_not_saved", job=name, error=e.strerror or str(e))
+            log.error("job.state_not_saved", job=name, error=os_reason(e))
         self.pipeline.events.publish("job.run", info)
         return info
 
@@ -191,7 +191,7 @@ class Scheduler:
         try:
             await anyio.to_thread.run_sync(self._save)
         except OSError as e:
-            log.error("job.state_not_saved", job=name, error=e.strerror or str(e))
+            log.error("job.state_not_saved", job=name, error=os_reason(e))
         info = {
             "job": name,
             "checked": checked,

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import os
 import resource
 import socket
 from collections.abc import Awaitable, Callable, Sequence
@@ -53,6 +52,7 @@ from daemon.listeners import (
     close_bound,
     drain,
     listen_on,
+    remove_socket_file,
     secure,
 )
 from daemon.methods import METHODS, Call, Services
@@ -397,8 +397,7 @@ async def bind_sockets(path: Path, mode: int, listeners: Sequence[Listener] = ()
         bound = await bind_listeners(list(listeners))
     except BaseException:
         main.close()
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(path)  # our socket file, not user data
+        remove_socket_file(path)
         raise
     return Sockets(path, main, bound)
 
@@ -502,9 +501,7 @@ class Server:
                             for sock in b.sockets:
                                 accepting.start_soon(self._accept, sock, conns, gate)
                         await self._accept(listener, conns, admin)
-            # The socket file is ours (not user data): take it away so clients fail fast.
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(path)
+            remove_socket_file(path)
             for b in self.listeners:
                 await close_bound(b)
             log.info("server.stopped_accepting", connections=len(self.connections))

@@ -48,10 +48,16 @@ from daemon.errors import (
     TOO_LARGE,
     InvalidParams,
     RequestError,
+    os_reason,
 )
 from daemon.failpoints import failpoint
 from daemon.pipeline import Pipeline
-from daemon.store.fsutil import FILE_MODE, atomic_write, ensure_dir, fsync_dir, write_all
+from daemon.store.fsutil import (
+    atomic_write,
+    ensure_dir,
+    fsync_dir,
+    write_new_file,
+)
 
 log = structlog.get_logger("daemon.spool")
 
@@ -213,16 +219,6 @@ def claim_and_read(root: Path, names: list[str], max_bytes: int, from_new: bool)
     return [read_item(cur, name, max_bytes) for name in claimed]
 
 
-def write_new_file(path: Path, data: bytes) -> None:
-    """Create `path` (it must not exist: nothing is ever overwritten) and sync it."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, FILE_MODE)
-    try:
-        write_all(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def settle(root: Path, items: list[Item]) -> None:
     """Move finished files out of cur/, each with its companion file written first.
 
@@ -324,7 +320,7 @@ class Spool:
         try:
             await anyio.to_thread.run_sync(make_dirs, self.root)
         except OSError as e:
-            log.error("spool.unavailable", dir=str(self.root), error=e.strerror or str(e))
+            log.error("spool.unavailable", dir=str(self.root), error=os_reason(e))
             task_status.started()
             return
         task_status.started()
@@ -365,7 +361,7 @@ class Spool:
                 await self._chunks(names, from_new=True)
         except OSError as e:
             # The disk said no (ENOSPC, EIO, EMFILE): files stay where they are; try again later.
-            log.error("spool.failed", dir=str(self.root), error=e.strerror or str(e))
+            log.error("spool.failed", dir=str(self.root), error=os_reason(e))
             self._schedule_retry()
             with anyio.move_on_after(self._retry_delay):
                 await self._stop.wait()

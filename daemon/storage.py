@@ -30,6 +30,7 @@ import anyio
 import structlog
 from anyio.abc import TaskStatus
 
+from daemon.errors import os_reason
 from daemon.store.fsutil import FILE_MODE
 from daemon.store.store import Store
 
@@ -92,9 +93,9 @@ class StorageWatch:
 
     def _hold(self, e: OSError, step: str) -> None:
         store = self.store
-        store.broken = f"{e.strerror or e} ({step}); writes resume once there is space"
+        store.broken = f"{os_reason(e)} ({step}); writes resume once there is space"
         store.recoverable = True
-        log.error("store.unavailable", error=e.strerror or str(e), errno=e.errno, step=step)
+        log.error("store.unavailable", error=os_reason(e), errno=e.errno, step=step)
 
     def trouble(self) -> bool:
         s = self.store
@@ -114,7 +115,7 @@ class StorageWatch:
             except OSError as e:
                 pause = min(pause * 2, PAUSE_MAX)
                 if self.store.recoverable and not is_space_error(e):
-                    log.warning("store.retry_failed", error=e.strerror or str(e), errno=e.errno)
+                    log.warning("store.retry_failed", error=os_reason(e), errno=e.errno)
                 continue
             pause = PAUSE_MIN
             if fresh is not None:

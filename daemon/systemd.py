@@ -24,6 +24,8 @@ import anyio
 import structlog
 from anyio.abc import TaskStatus
 
+from daemon.errors import os_reason
+
 log = structlog.get_logger("daemon.systemd")
 
 # Variables systemd sets for the main process only; a child (a `command` summarizer, say) that
@@ -107,7 +109,7 @@ class Notifier:
         except OSError as e:
             if not self._warned:
                 self._warned = True
-                log.warning("systemd.notify_failed", error=e.strerror or str(e), fields=fields)
+                log.warning("systemd.notify_failed", error=os_reason(e), fields=fields)
             return False
         self.sent += 1
         return True

@@ -228,7 +228,7 @@ def verify(
     by_sid: dict[str, list[TranscriptFile]] = {}
     keys = known_keys(state_dir)
     for f in transcript_files(state_dir):
-        first = _first_line(f.path)
+        first = first_line(f.path)
         sid = session_id_of(f.path, first)
         by_sid.setdefault(sid, []).append(f)
         if sid not in keys:
@@ -310,7 +310,8 @@ def state_diffs(
     return out
 
 
-def _first_line(path: Path) -> bytes | None:
+def first_line(path: Path) -> bytes | None:
+    """A transcript's first line (its header), also of a .gz archive; None when unreadable."""
     try:
         if path.name.endswith(".gz"):
             import gzip

@@ -21,7 +21,8 @@ import anyio
 from anyio.abc import TaskGroup
 
 from daemon.committer import Counters, WorkQueue
-from daemon.config import Config, resolve_timezone
+from daemon.config import Config
+from daemon.config_load import resolve_timezone
 from daemon.core.ingest import CommandPlan
 from daemon.core.keys import Route, agent_of_key
 from daemon.core.protocol import AppendParams, IngestParams

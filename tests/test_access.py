@@ -9,12 +9,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from daemon.config import AccessConfig
-from daemon.core.access import check_access
+from daemon.core.access import AccessRules, check_access
 from daemon.core.keys import Inbound
 
 
-def access(**raw: Any) -> AccessConfig:
-    return AccessConfig.model_validate(raw)
+def access(**raw: Any) -> AccessRules:
+    return AccessConfig.model_validate(raw).rules()
 
 
 def dm(peer: str | None, channel: str = "telegram") -> Inbound:

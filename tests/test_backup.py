@@ -22,8 +22,9 @@ from inprocess import make_pipeline
 
 from daemon import failpoints, logs, worker_log
 from daemon.api import read_history
-from daemon.backup import Mirror, backup_root, excluded
+from daemon.backup import Mirror, backup_root
 from daemon.config import Config
+from daemon.core.exclusions import excluded
 from daemon.core.protocol import parse_append, parse_ingest
 from daemon.pipeline import Pipeline
 from daemon.restore import RestoreError, restore

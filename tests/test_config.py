@@ -9,11 +9,10 @@ from typing import Annotated, Any, Literal, Union, get_args
 import pytest
 from pydantic import BaseModel, Field, ValidationError
 
-from daemon.config import (
-    Config,
-    DaemonConfig,
+from daemon.config import Config, DaemonConfig
+from daemon.config_errors import format_validation_error
+from daemon.config_load import (
     find_config,
-    format_validation_error,
     load_config,
     parse_config,
     resolve_socket_path,
@@ -449,7 +448,8 @@ def test_config_models_are_immutable() -> None:
 
 
 def test_a_config_file_over_a_mebibyte_is_an_error_not_a_long_reload(tmp_path: Path) -> None:
-    from daemon.config import MAX_CONFIG_BYTES, load_config
+    from daemon.config_files import MAX_CONFIG_BYTES
+    from daemon.config_load import load_config
 
     path = tmp_path / "config.json5"
     path.write_text('{"daemon": {"logLevel": "info"}, "x": "' + "a" * MAX_CONFIG_BYTES + '"}')
@@ -459,7 +459,7 @@ def test_a_config_file_over_a_mebibyte_is_an_error_not_a_long_reload(tmp_path: P
 
 
 def test_plain_json_and_json5_read_alike_and_a_repeated_key_is_still_an_error() -> None:
-    from daemon.config import read_json5
+    from daemon.config_files import read_json5
 
     plain = '{"session": {"dmScope": "per-peer"}, "daemon": {"maxConnections": 10}}'
     five = "{session: {dmScope: 'per-peer'}, daemon: {maxConnections: 10,},} // note"

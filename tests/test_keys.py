@@ -137,7 +137,7 @@ FIXTURE_MAIN_KEYS: list[tuple[str, Inbound, str]] = [
     ("inbound", "key"), [c[1:] for c in FIXTURE_KEYS], ids=[c[0] for c in FIXTURE_KEYS]
 )
 def test_fixture_keys_are_reproduced_from_the_fixture_config(inbound: Inbound, key: str) -> None:
-    route = resolve_route(inbound, config())
+    route = resolve_route(inbound, config().routing())
     assert route.session_key == key
     assert route.agent_id == agent_of_key(key)
 
@@ -146,7 +146,7 @@ def test_fixture_keys_are_reproduced_from_the_fixture_config(inbound: Inbound, k
     ("inbound", "key"), [c[1:] for c in FIXTURE_MAIN_KEYS], ids=[c[0] for c in FIXTURE_MAIN_KEYS]
 )
 def test_fixture_main_keys_come_from_dm_scope_main(inbound: Inbound, key: str) -> None:
-    assert resolve_route(inbound, config(session={"dmScope": "main"})).session_key == key
+    assert resolve_route(inbound, config(session={"dmScope": "main"}).routing()).session_key == key
 
 
 @pytest.mark.skipif(not FIXTURE.is_dir(), reason="OpenClaw fixture folder not present")
@@ -164,7 +164,7 @@ def test_fixture_routing_config_and_keys_match_the_real_state_folder() -> None:
 
 def test_route_carries_normalised_channel_account_and_registry_chat_type() -> None:
     route = resolve_route(
-        Inbound(" Slack ", "thread", peer="U1", group_id="C1", thread_id="T1"), config()
+        Inbound(" Slack ", "thread", peer="U1", group_id="C1", thread_id="T1"), config().routing()
     )
     assert route == Route(
         agent_id="work",
@@ -191,7 +191,7 @@ def test_route_carries_normalised_channel_account_and_registry_chat_type() -> No
 def test_registry_chat_type_is_direct_group_or_channel_and_threads_inherit_it(
     inbound: Inbound, chat_type: str
 ) -> None:
-    assert resolve_route(inbound, config()).chat_type == chat_type
+    assert resolve_route(inbound, config().routing()).chat_type == chat_type
 
 
 # ---------------------------------------------------------------------------------------------
@@ -209,11 +209,11 @@ DM_SCOPES = [
 def test_dm_scope_decides_the_direct_key(dm_scope: str, key: str) -> None:
     cfg = plain(session={"dmScope": dm_scope})
     inbound = Inbound("telegram", "direct", peer="7550356539", account_id="tasks")
-    assert resolve_route(inbound, cfg).session_key == key
+    assert resolve_route(inbound, cfg.routing()).session_key == key
 
 
 def test_default_dm_scope_is_main() -> None:
-    route = resolve_route(Inbound("whatsapp", "direct", peer="+15551234567"), Config())
+    route = resolve_route(Inbound("whatsapp", "direct", peer="+15551234567"), Config().routing())
     assert route.session_key == "agent:main:main"
     assert route.agent_id == "main"
     assert route.account_id == "default"
@@ -221,18 +221,24 @@ def test_default_dm_scope_is_main() -> None:
 
 def test_per_account_channel_peer_uses_default_account_when_absent() -> None:
     cfg = plain(session={"dmScope": "per-account-channel-peer"})
-    route = resolve_route(Inbound("telegram", "direct", peer="7550356539"), cfg)
+    route = resolve_route(Inbound("telegram", "direct", peer="7550356539"), cfg.routing())
     assert route.session_key == "agent:main:telegram:default:direct:7550356539"
 
 
 def test_main_key_is_configurable_and_lowercased() -> None:
     cfg = plain(session={"mainKey": " Home "})
-    assert resolve_route(Inbound("x", "direct", peer="1"), cfg).session_key == "agent:main:home"
+    assert (
+        resolve_route(Inbound("x", "direct", peer="1"), cfg.routing()).session_key
+        == "agent:main:home"
+    )
 
 
 def test_main_key_of_only_colons_falls_back_to_main() -> None:
     cfg = plain(session={"mainKey": "::"})
-    assert resolve_route(Inbound("x", "direct", peer="1"), cfg).session_key == "agent:main:main"
+    assert (
+        resolve_route(Inbound("x", "direct", peer="1"), cfg.routing()).session_key
+        == "agent:main:main"
+    )
 
 
 LINKS = {"Alice": ["telegram:111111111", "discord:222222222222222222", "+15550001111"]}
@@ -280,12 +286,12 @@ def test_identity_links_map_a_peer_to_its_canonical_name(
     dm_scope: str, channel: str, peer: str, key: str
 ) -> None:
     cfg = plain(session={"dmScope": dm_scope, "identityLinks": LINKS})
-    assert resolve_route(Inbound(channel, "direct", peer=peer), cfg).session_key == key
+    assert resolve_route(Inbound(channel, "direct", peer=peer), cfg.routing()).session_key == key
 
 
 def test_identity_links_do_not_touch_group_keys() -> None:
     cfg = plain(session={"dmScope": "per-peer", "identityLinks": {"alice": ["g1"]}})
-    route = resolve_route(Inbound("telegram", "group", peer="g1", group_id="g1"), cfg)
+    route = resolve_route(Inbound("telegram", "group", peer="g1", group_id="g1"), cfg.routing())
     assert route.session_key == "agent:main:telegram:group:g1"
 
 
@@ -323,7 +329,7 @@ THREADS = [
 
 @pytest.mark.parametrize(("inbound", "key"), [c[1:] for c in THREADS], ids=[c[0] for c in THREADS])
 def test_thread_keys_extend_their_parent_key(inbound: Inbound, key: str) -> None:
-    assert resolve_route(inbound, config()).session_key == key
+    assert resolve_route(inbound, config().routing()).session_key == key
 
 
 # ---------------------------------------------------------------------------------------------
@@ -497,15 +503,15 @@ def test_agent_routing_follows_openclaw_binding_tiers(
     binding_list: list[dict[str, Any]], inbound: Inbound, agent: str
 ) -> None:
     cfg = plain(agents=AGENTS, bindings=binding_list)
-    assert resolve_agent(inbound, cfg) == agent
-    route = resolve_route(inbound, cfg)
+    assert resolve_agent(inbound, cfg.routing()) == agent
+    route = resolve_route(inbound, cfg.routing())
     assert route.agent_id == agent
     assert route.session_key.startswith(f"agent:{agent}:")
 
 
 def test_unbound_agent_ids_are_used_as_is_when_agents_list_is_empty() -> None:
     cfg = plain(bindings=bindings(("Helper", {"channel": "slack"})))
-    assert resolve_agent(Inbound("slack", "channel", group_id="c1"), cfg) == "helper"
+    assert resolve_agent(Inbound("slack", "channel", group_id="c1"), cfg.routing()) == "helper"
 
 
 @pytest.mark.parametrize(
@@ -518,7 +524,7 @@ def test_unbound_agent_ids_are_used_as_is_when_agents_list_is_empty() -> None:
 )
 def test_default_agent_comes_from_agents_list(agents: dict[str, Any], default: str) -> None:
     cfg = plain(agents=agents)
-    assert resolve_agent(Inbound("whatsapp", "direct", peer="+1"), cfg) == default
+    assert resolve_agent(Inbound("whatsapp", "direct", peer="+1"), cfg.routing()) == default
 
 
 # ---------------------------------------------------------------------------------------------
@@ -546,14 +552,14 @@ def test_malformed_messages_raise_invalid_params_naming_the_field(
 ) -> None:
     for resolve in (resolve_route, resolve_agent):
         with pytest.raises(InvalidParams) as info:
-            resolve(inbound, config())
+            resolve(inbound, config().routing())
         assert info.value.field == field
         assert info.value.data == {"field": field}
 
 
 def test_invalid_params_message_does_not_echo_hostile_input_unbounded() -> None:
     with pytest.raises(InvalidParams) as info:
-        resolve_route(Inbound("x", "\x00" * 10_000, peer="1"), Config())
+        resolve_route(Inbound("x", "\x00" * 10_000, peer="1"), Config().routing())
     assert len(info.value.message) < 120
     assert "\x00" not in info.value.message
 
@@ -618,20 +624,22 @@ def test_account_ids_are_normalised_as_openclaw_does(raw: str | None, normalised
 def test_ordinary_platform_ids_pass_through_lowercased() -> None:
     cfg = plain(session={"dmScope": "per-channel-peer"})
     for peer in ["+819012345678", "U024BE7LH", "@alice:matrix.org", "1234@s.whatsapp.net"]:
-        key = resolve_route(Inbound("x", "direct", peer=peer), cfg).session_key
+        key = resolve_route(Inbound("x", "direct", peer=peer), cfg.routing()).session_key
         assert key == f"agent:main:x:direct:{peer.lower()}"
 
 
 def test_overlong_ids_become_a_stable_prefix_and_digest() -> None:
     cfg = plain(session={"dmScope": "per-peer"})
     long_a = "A" * 200
-    key = resolve_route(Inbound("x", "direct", peer=long_a), cfg).session_key
+    key = resolve_route(Inbound("x", "direct", peer=long_a), cfg.routing()).session_key
     peer_part = key.removeprefix("agent:main:direct:")
     assert re.fullmatch(r"a{111}~[0-9a-f]{16}", peer_part)
     # Same id in another case: same session, as OpenClaw lowercases ids.
-    assert resolve_route(Inbound("x", "direct", peer=long_a.lower()), cfg).session_key == key
+    assert (
+        resolve_route(Inbound("x", "direct", peer=long_a.lower()), cfg.routing()).session_key == key
+    )
     # A different long id with the same prefix: a different session.
-    other = resolve_route(Inbound("x", "direct", peer="a" * 199 + "b"), cfg).session_key
+    other = resolve_route(Inbound("x", "direct", peer="a" * 199 + "b"), cfg.routing()).session_key
     assert other != key
 
 
@@ -639,7 +647,7 @@ def test_ids_with_control_or_invisible_characters_are_cleaned_and_kept_distinct(
     cfg = plain(session={"dmScope": "per-peer"})
 
     def key(peer: str) -> str:
-        return resolve_route(Inbound("x", "direct", peer=peer), cfg).session_key
+        return resolve_route(Inbound("x", "direct", peer=peer), cfg.routing()).session_key
 
     cleaned = key("bob\x00\n\u202e evil")
     assert re.fullmatch(r"agent:main:direct:bob-evil~[0-9a-f]{16}", cleaned)
@@ -825,7 +833,7 @@ def test_any_message_resolves_to_a_safe_bounded_deterministic_key_or_invalid_par
 ) -> None:
     cfg = Config.model_validate(raw_cfg)
     try:
-        route = resolve_route(inbound, cfg)
+        route = resolve_route(inbound, cfg.routing())
     except InvalidParams as e:
         assert e.field in {"peer", "groupId", "threadId", "chatType", "channel"}
         return
@@ -834,9 +842,9 @@ def test_any_message_resolves_to_a_safe_bounded_deterministic_key_or_invalid_par
     assert route.chat_type in {"direct", "group", "channel"}
     assert AGENT_ID_RE.fullmatch(route.account_id)
     assert route.channel and len(route.channel) <= 128
-    assert resolve_agent(inbound, cfg) == route.agent_id
+    assert resolve_agent(inbound, cfg.routing()) == route.agent_id
     # Deterministic: the same message under an equal, freshly parsed config lands in the same place.
-    assert resolve_route(inbound, Config.model_validate(raw_cfg)) == route
+    assert resolve_route(inbound, Config.model_validate(raw_cfg).routing()) == route
 
 
 @FAST
@@ -857,7 +865,7 @@ def test_hostile_ids_in_well_formed_messages_still_give_safe_keys(
             Inbound(channel, "channel", peer=peer, group_id=group),
         ):
             try:
-                route = resolve_route(inbound, cfg)
+                route = resolve_route(inbound, cfg.routing())
             except InvalidParams:
                 # Only when an id is blank once trimmed.
                 assert not (channel.strip() and peer.strip() and group.strip() and thread.strip())

@@ -27,7 +27,7 @@ EVENT = "$EvMixedCaseAbCdEfGhIjKlMnOpQrStUvWxYz0"
 
 
 def key(inbound: Inbound) -> str:
-    return resolve_route(inbound, CFG).session_key
+    return resolve_route(inbound, CFG.routing()).session_key
 
 
 CASES: list[tuple[str, Inbound, str]] = [

@@ -12,7 +12,8 @@ import anyio
 import pytest
 from tlsca import CA, Pair
 
-from daemon.config import parse_config, parse_tcp_address
+from daemon.config_fields import parse_tcp_address
+from daemon.config_load import parse_config
 from daemon.errors import ConfigError, ListenFailed
 from daemon.listeners import TlsFiles, bind_unix, listeners_of, tls_context
 

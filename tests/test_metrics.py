@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 from prometheus_client import CollectorRegistry
 
-from daemon.config import parse_config
+from daemon.config_load import parse_config
 from daemon.errors import ConfigError
 from daemon.metrics import ERROR_NAMES, encode, parse_request_line, route
 from daemon.reload import plan_reload

@@ -9,8 +9,9 @@ from typing import Any
 
 import pytest
 
-from daemon.backup import exclude_problems, excluded
-from daemon.config import Config, load_config
+from daemon.config import Config
+from daemon.config_load import load_config
+from daemon.core.exclusions import exclude_problems, excluded
 from daemon.core.keys import Inbound, resolve_route
 from daemon.errors import ConfigError
 from daemon.openclaw_config import check_report, detect, is_openclaw_file, translate
@@ -33,7 +34,9 @@ def write(folder: Path, data: dict[str, Any] | str, name: str = "openclaw.json")
 
 
 def dm(cfg: Config, channel: str, peer: str, account: str | None = None) -> str:
-    return resolve_route(Inbound(channel, "direct", peer, account_id=account), cfg).session_key
+    return resolve_route(
+        Inbound(channel, "direct", peer, account_id=account), cfg.routing()
+    ).session_key
 
 
 def test_the_real_2026_6_file_routes_as_openclaw_did() -> None:

@@ -181,7 +181,7 @@ def test_staleness(
 
 def test_daily_with_idle_minutes_behaves_as_both() -> None:
     cfg = SessionConfig.model_validate({"reset": {"mode": "daily", "idleMinutes": 90}})
-    assert effective_policy(cfg, "direct", None).mode == "both"
+    assert effective_policy(cfg.reset_rules(), "direct", None).mode == "both"
 
 
 def test_overrides_by_type_then_by_channel() -> None:
@@ -192,18 +192,22 @@ def test_overrides_by_type_then_by_channel() -> None:
             "resetByChannel": {"discord": {"mode": "none"}},
         }
     )
-    assert effective_policy(cfg, "direct", "telegram").at_hour == 6  # dm is an alias of direct
-    assert effective_policy(cfg, "group", "telegram").mode == "idle"
-    assert effective_policy(cfg, "group", "discord").mode == "none"
-    assert effective_policy(cfg, "direct", "discord").mode == "none"
-    assert effective_policy(cfg, "thread", "slack").mode == "daily"
-    assert all_at_hours(cfg) == {4, 6}
+    assert (
+        effective_policy(cfg.reset_rules(), "direct", "telegram").at_hour == 6
+    )  # dm is an alias of direct
+    assert effective_policy(cfg.reset_rules(), "group", "telegram").mode == "idle"
+    assert effective_policy(cfg.reset_rules(), "group", "discord").mode == "none"
+    assert effective_policy(cfg.reset_rules(), "direct", "discord").mode == "none"
+    assert effective_policy(cfg.reset_rules(), "thread", "slack").mode == "daily"
+    assert all_at_hours(cfg.reset_rules()) == {4, 6}
     cfg2 = cfg.model_copy(
         update={
             "resetByType": cfg.resetByType.model_copy(update={"direct": ResetOverride(atHour=7)})
         }
     )
-    assert effective_policy(cfg2, "direct", None).at_hour == 7  # direct wins over its alias
+    assert (
+        effective_policy(cfg2.reset_rules(), "direct", None).at_hour == 7
+    )  # direct wins over its alias
 
 
 def test_session_kinds() -> None:
@@ -214,7 +218,7 @@ def test_session_kinds() -> None:
 
 
 def test_defaults_are_daily_at_four_with_thirty_minutes_deferral() -> None:
-    p = effective_policy(SessionConfig(), "direct", None)
+    p = effective_policy(SessionConfig().reset_rules(), "direct", None)
     assert (p.mode, p.at_hour, p.idle_minutes, p.defer_minutes) == ("daily", 4, None, 30)
 
 

@@ -21,7 +21,8 @@ from e2e.harness import Daemon, ingest_params, message_ids
 from ops_harness import Launch, daemons, log_lines, replace_file, wait_for, wait_log
 
 from daemon.client import Client, RpcError
-from daemon.config import Config, parse_config
+from daemon.config import Config
+from daemon.config_load import parse_config
 from daemon.reload import MISSING, RESTART_REQUIRED, get_path, plan_reload
 
 

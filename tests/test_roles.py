@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from daemon.config import parse_config
+from daemon.config_load import parse_config
 from daemon.core.keys import agent_of_key, normalize_agent_id
 from daemon.core.roles import (
     ADMIN,

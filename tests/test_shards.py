@@ -8,8 +8,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from daemon.config import ConfigError, parse_config
+from daemon.config_load import parse_config
 from daemon.core.shards import ShardMap
+from daemon.errors import ConfigError
 
 
 def test_the_hash_is_crc32_of_the_agent_id_as_every_language_computes_it() -> None:

@@ -13,8 +13,9 @@ from pathlib import Path
 import orjson
 import pytest
 
+from daemon.core.ids import next_entry_id
 from daemon.store.store import Batch, Store
-from daemon.store.transcript import message_line, next_entry_id
+from daemon.store.transcript import message_line
 
 
 def open_store(state: Path) -> Store:

@@ -8,7 +8,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from daemon.config import Config, parse_config
+from daemon.config import Config
+from daemon.config_load import parse_config
 from daemon.core import tokens
 from daemon.core.tokens import Due, Thresholds
 from daemon.errors import ConfigError
@@ -110,7 +111,7 @@ def th(**kw: Any) -> Thresholds:
 
 
 def test_default_thresholds_are_the_spec_s() -> None:
-    t = tokens.thresholds(Config().agents.defaults.compaction)
+    t = Config().agents.defaults.compaction.thresholds()
     assert t == th()
     assert t.compact_at == 180_000
     assert t.flush_at == 176_000
@@ -208,7 +209,7 @@ def test_an_agent_overrides_only_the_keys_it_names() -> None:
                    {id: "other", compaction: {summarizer: {kind: "builtin"}}}],
         }}"""
     )
-    work = tokens.compaction_for(cfg, "work")
+    work = cfg.compaction_for("work")
     assert (work.contextWindow, work.reserveTokensFloor, work.keepRecentTokens) == (
         100_000,
         5000,
@@ -218,9 +219,9 @@ def test_an_agent_overrides_only_the_keys_it_names() -> None:
     assert work.summarizer.kind == "command" and work.summarizer.command == ("x",)
     assert work.summarizer.timeoutSeconds == 3
     # A summarizer that names its kind replaces the inherited one.
-    other = tokens.compaction_for(cfg, "other")
+    other = cfg.compaction_for("other")
     assert other.summarizer.kind == "builtin" and other.summarizer.timeoutSeconds == 120
-    assert tokens.compaction_for(cfg, "main") == cfg.agents.defaults.compaction
+    assert cfg.compaction_for("main") == cfg.agents.defaults.compaction
 
 
 @pytest.mark.parametrize(

@@ -9,8 +9,9 @@ import orjson
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from daemon.core.ids import next_entry_id
 from daemon.store import transcript
-from daemon.store.transcript import iter_lines_backwards, next_entry_id, read_tail, repair_torn_tail
+from daemon.store.transcript import iter_lines_backwards, read_tail, repair_torn_tail
 
 
 @settings(max_examples=300, deadline=None)

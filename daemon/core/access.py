@@ -11,16 +11,33 @@ The built-in default is open for everyone.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 
 from daemon.core.keys import Inbound
 
-if TYPE_CHECKING:
-    from daemon.config import AccessConfig, ChannelAccess
+__all__ = ["AccessRules", "check_access"]
 
-__all__ = ["check_access"]
+# A section's keys by their config names (dm, allowFrom, groups, allowGroups, groupAllowFrom):
+# policies are strings, lists are tuples of strings.
+Section = Mapping[str, str | tuple[str, ...]]
+OPEN: Section = {
+    "dm": "open",
+    "allowFrom": (),
+    "groups": "open",
+    "allowGroups": (),
+    "groupAllowFrom": (),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class AccessRules:
+    """The `access` section (built by `AccessConfig.rules()` in daemon/config.py): every key of
+    the default, and of each channel's section only the keys written there."""
+
+    default: Section = field(default_factory=lambda: OPEN)
+    channels: Mapping[str, Section] = field(default_factory=dict)
+
 
 _DIRECT_TYPES = frozenset({"direct", "dm"})
 _GROUP_TYPES = frozenset({"group", "channel", "thread"})
@@ -34,20 +51,20 @@ class _Setting:
     path: str
 
 
-def _channel_section(channel: str, access: AccessConfig) -> tuple[str, ChannelAccess] | None:
+def _channel_section(channel: str, access: AccessRules) -> tuple[str, Section] | None:
     for name, section in access.channels.items():
         if name.strip().lower() == channel:
             return name, section
     return None
 
 
-def _setting(field: str, channel: str, access: AccessConfig) -> _Setting:
+def _setting(key: str, channel: str, access: AccessRules) -> _Setting:
     found = _channel_section(channel, access)
     if found is not None:
         name, section = found
-        if field in section.model_fields_set:
-            return _Setting(getattr(section, field), f"access.channels.{name}.{field}")
-    return _Setting(getattr(access.default, field), f"access.default.{field}")
+        if key in section:
+            return _Setting(section[key], f"access.channels.{name}.{key}")
+    return _Setting(access.default[key], f"access.default.{key}")
 
 
 def _listed(value: str | None, entries: Sequence[str], channel: str) -> bool:
@@ -75,7 +92,7 @@ def _entries(setting: _Setting) -> Sequence[str]:
     return value if isinstance(value, tuple) else ()
 
 
-def check_access(inbound: Inbound, access: AccessConfig) -> str | None:
+def check_access(inbound: Inbound, access: AccessRules) -> str | None:
     """None when the sender (and group) may reach a session, else a short reason for the log.
 
     Direct messages follow `dm` (open | allowlist | disabled) with `allowFrom`; group, channel

@@ -39,17 +39,16 @@ import hashlib
 import re
 import unicodedata
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from dataclasses import dataclass, field
 
 from daemon.errors import InvalidParams
 
-if TYPE_CHECKING:
-    from daemon.config import Binding, Config, PeerMatch
-
 __all__ = [
+    "BindingRule",
     "Inbound",
+    "PeerRule",
     "Route",
+    "RoutingSettings",
     "agent_of_key",
     "normalize_account_id",
     "normalize_agent_id",
@@ -84,6 +83,38 @@ class Route:
     chat_type: str  # the registry's chatType: "direct" | "group" | "channel"
     account_id: str  # normalised, "default" when absent
     channel: str  # normalised channel name (lowercase)
+
+
+@dataclass(frozen=True, slots=True)
+class PeerRule:
+    """`bindings[].match.peer` as written: a conversation a binding names."""
+
+    kind: str  # "direct" | "dm" | "group" | "channel" | "thread"
+    id: str
+
+
+@dataclass(frozen=True, slots=True)
+class BindingRule:
+    """One `bindings` entry as written (normalised when matched, as OpenClaw does)."""
+
+    agent_id: str
+    channel: str
+    account_id: str | None = None
+    peer: PeerRule | None = None
+    guild_id: str | None = None
+    team_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RoutingSettings:
+    """What routing reads of the config (built by `Config.routing()` in daemon/config.py)."""
+
+    known_agents: frozenset[str] = frozenset()  # agents.list ids, normalised; empty: any agent
+    default_agent: str = DEFAULT_AGENT_ID  # normalised
+    bindings: tuple[BindingRule, ...] = ()
+    dm_scope: str = "main"  # main | per-peer | per-channel-peer | per-account-channel-peer
+    main_key: str = DEFAULT_MAIN_KEY
+    identity_links: Mapping[str, Sequence[str]] = field(default_factory=dict)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -307,7 +338,7 @@ def _peer_kind(raw: str) -> str:
     return "direct" if raw == "dm" else raw
 
 
-def _peer_matches(match: PeerMatch, candidates: Sequence[_Peer]) -> bool:
+def _peer_matches(match: PeerRule, candidates: Sequence[_Peer]) -> bool:
     want_id = match.id.strip().lower()
     if not want_id:
         return False  # OpenClaw treats a peer constraint without id as never matching
@@ -320,57 +351,57 @@ def _peer_matches(match: PeerMatch, candidates: Sequence[_Peer]) -> bool:
     return False
 
 
-def _account_pattern(binding: Binding) -> str:
-    return (binding.match.accountId or "").strip()
+def _account_pattern(binding: BindingRule) -> str:
+    return (binding.account_id or "").strip()
 
 
-def _binding_in_scope(binding: Binding, scope: _Scope) -> bool:
-    m = binding.match
+def _binding_in_scope(binding: BindingRule, scope: _Scope) -> bool:
+    m = binding
     if _component(m.channel) != scope.channel:
         return False
-    if (m.guildId or "").strip() or (m.teamId or "").strip():
+    if (m.guild_id or "").strip() or (m.team_id or "").strip():
         return False
     pattern = _account_pattern(binding)
     return pattern == "*" or normalize_account_id(pattern) == scope.account_id
 
 
-def _bound_agent(scope: _Scope, bindings: Sequence[Binding]) -> str | None:
+def _bound_agent(scope: _Scope, bindings: Sequence[BindingRule]) -> str | None:
     candidates = [b for b in bindings if _binding_in_scope(b, scope)]
     if not candidates:
         return None
     own, parent = _peer_candidates(scope)
-    tiers: tuple[Callable[[Binding], bool], ...] = (
-        lambda b: b.match.peer is not None and _peer_matches(b.match.peer, own),
-        lambda b: b.match.peer is not None and _peer_matches(b.match.peer, parent),
-        lambda b: b.match.peer is None and _account_pattern(b) != "*",
-        lambda b: b.match.peer is None and _account_pattern(b) == "*",
+    tiers: tuple[Callable[[BindingRule], bool], ...] = (
+        lambda b: b.peer is not None and _peer_matches(b.peer, own),
+        lambda b: b.peer is not None and _peer_matches(b.peer, parent),
+        lambda b: b.peer is None and _account_pattern(b) != "*",
+        lambda b: b.peer is None and _account_pattern(b) == "*",
     )
     for tier in tiers:
         for binding in candidates:
             if tier(binding):
-                return binding.agentId
+                return binding.agent_id
     return None
 
 
-def _existing_agent(agent_id: str, cfg: Config) -> str:
+def _existing_agent(agent_id: str, cfg: RoutingSettings) -> str:
     """A bound agent that `agents.list` does not know falls back to the default (as OpenClaw)."""
     normalised = normalize_agent_id(agent_id)
-    known = {normalize_agent_id(a.id) for a in cfg.agents.list}
+    known = cfg.known_agents
     if not known or normalised in known:
         return normalised
-    return cfg.default_agent_id()
+    return cfg.default_agent
 
 
-def _agent_for(scope: _Scope, inbound: Inbound, cfg: Config) -> str:
+def _agent_for(scope: _Scope, inbound: Inbound, cfg: RoutingSettings) -> str:
     if _trimmed(inbound.agent_id):
         return normalize_agent_id(inbound.agent_id)
     bound = _bound_agent(scope, cfg.bindings)
     if bound is not None:
         return _existing_agent(bound, cfg)
-    return cfg.default_agent_id()
+    return cfg.default_agent
 
 
-def resolve_agent(inbound: Inbound, cfg: Config) -> str:
+def resolve_agent(inbound: Inbound, cfg: RoutingSettings) -> str:
     """The agent a message belongs to; raises InvalidParams when the message is malformed."""
     return _agent_for(_scope_of(inbound), inbound, cfg)
 
@@ -389,13 +420,12 @@ def _linked_peer(links: Mapping[str, Sequence[str]], channel: str, peer: str) ->
     return None
 
 
-def _session_key(agent_id: str, scope: _Scope, cfg: Config) -> str:
-    session = cfg.session
+def _session_key(agent_id: str, scope: _Scope, cfg: RoutingSettings) -> str:
     if scope.kind == "direct":
-        dm_scope = session.dmScope
+        dm_scope = cfg.dm_scope
         peer = scope.peer
         if dm_scope != "main":
-            peer = _linked_peer(session.identityLinks, scope.channel, peer) or peer
+            peer = _linked_peer(cfg.identity_links, scope.channel, peer) or peer
         peer_id = _component(peer)
         if dm_scope == "per-account-channel-peer":
             base = f"agent:{agent_id}:{scope.channel}:{scope.account_id}:direct:{peer_id}"
@@ -404,7 +434,7 @@ def _session_key(agent_id: str, scope: _Scope, cfg: Config) -> str:
         elif dm_scope == "per-peer":
             base = f"agent:{agent_id}:direct:{peer_id}"
         else:
-            base = f"agent:{agent_id}:{_main_key(session.mainKey)}"
+            base = f"agent:{agent_id}:{_main_key(cfg.main_key)}"
     else:
         kept = keeps_case(scope.channel, scope.kind)
         group = _component(scope.group_id, kept)
@@ -418,7 +448,7 @@ def _session_key(agent_id: str, scope: _Scope, cfg: Config) -> str:
     return f"{base}:thread:{thread}"
 
 
-def resolve_route(inbound: Inbound, cfg: Config) -> Route:
+def resolve_route(inbound: Inbound, cfg: RoutingSettings) -> Route:
     """Agent and session key for an inbound message; raises InvalidParams naming the bad field."""
     scope = _scope_of(inbound)
     agent_id = _agent_for(scope, inbound, cfg)
@@ -460,8 +490,8 @@ def _exact_ids(entry: Mapping[str, object]) -> list[str]:
     if isinstance(gid, str) and gid.strip():
         out.append(gid.strip())
     targets: list[object] = [entry.get("lastTo")]
-    for field in ("deliveryContext", "origin"):
-        obj = entry.get(field)
+    for name in ("deliveryContext", "origin"):
+        obj = entry.get(name)
         if isinstance(obj, Mapping):
             targets.append(obj.get("to"))
     for t in targets:

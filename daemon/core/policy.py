@@ -1,4 +1,4 @@
-"""Reset policy: when a session has gone stale, and why. Pure: config, times and a zone in.
+"""Reset policy: when a session has gone stale, and why. Pure: reset rules, times and a zone in.
 
 Rules (SPEC 4.3, OpenClaw's documented behaviour):
 - The effective policy for a session is `session.reset`, overridden key by key by
@@ -21,12 +21,11 @@ from resolving the local time with fold=0, which is what `_local_instant` does.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Literal
 from zoneinfo import ZoneInfo
-
-from daemon.config import ResetOverride, SessionConfig
 
 Mode = Literal["daily", "idle", "both", "none"]
 Reason = Literal["daily", "idle"]
@@ -62,18 +61,36 @@ class Staleness:
 NOT_STALE = Staleness(False)
 
 
-def _apply(base: Policy, o: ResetOverride | None) -> Policy:
+@dataclass(frozen=True, slots=True)
+class Override:
+    """One `resetByType` or `resetByChannel` entry: the keys it sets (None: inherited)."""
+
+    mode: Mode | None = None
+    at_hour: int | None = None
+    idle_minutes: int | None = None
+    defer_minutes: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ResetRules:
+    """`session.reset` and its overrides (built by `SessionConfig.reset_rules()` in config.py).
+
+    `by_type` is keyed by direct | dm | group | thread, `by_channel` by channel name.
+    """
+
+    base: Policy = Policy("daily", 4, None, 30)
+    by_type: Mapping[str, Override] = field(default_factory=dict)
+    by_channel: Mapping[str, Override] = field(default_factory=dict)
+
+
+def _apply(base: Policy, o: Override | None) -> Policy:
     if o is None:
         return base
     return Policy(
         mode=o.mode if o.mode is not None else base.mode,
-        at_hour=o.atHour if o.atHour is not None else base.at_hour,
-        idle_minutes=o.idleMinutes if o.idleMinutes is not None else base.idle_minutes,
-        defer_minutes=(
-            o.deferWhileActiveMinutes
-            if o.deferWhileActiveMinutes is not None
-            else base.defer_minutes
-        ),
+        at_hour=o.at_hour if o.at_hour is not None else base.at_hour,
+        idle_minutes=o.idle_minutes if o.idle_minutes is not None else base.idle_minutes,
+        defer_minutes=o.defer_minutes if o.defer_minutes is not None else base.defer_minutes,
     )
 
 
@@ -86,20 +103,17 @@ def session_kind(chat_type: str | None, session_key: str) -> str:
     return "group"
 
 
-def effective_policy(cfg: SessionConfig, kind: str, channel: str | None) -> Policy:
+def effective_policy(rules: ResetRules, kind: str, channel: str | None) -> Policy:
     """session.reset, then resetByType, then resetByChannel (the most specific wins)."""
-    r = cfg.reset
-    policy = Policy(r.mode, r.atHour, r.idleMinutes, r.deferWhileActiveMinutes)
-    by_type = cfg.resetByType
+    policy = rules.base
+    by_type = rules.by_type
     if kind == "direct":
-        policy = _apply(policy, by_type.dm)
-        policy = _apply(policy, by_type.direct)
-    elif kind == "group":
-        policy = _apply(policy, by_type.group)
-    elif kind == "thread":
-        policy = _apply(policy, by_type.thread)
+        policy = _apply(policy, by_type.get("dm"))
+        policy = _apply(policy, by_type.get("direct"))
+    elif kind in ("group", "thread"):
+        policy = _apply(policy, by_type.get(kind))
     if channel is not None:
-        policy = _apply(policy, cfg.resetByChannel.get(channel))
+        policy = _apply(policy, rules.by_channel.get(channel))
     if policy.mode == "daily" and policy.idle_minutes is not None:
         policy = Policy("both", policy.at_hour, policy.idle_minutes, policy.defer_minutes)
     return policy
@@ -187,14 +201,10 @@ def next_reset(
     return min(candidates) if candidates else None
 
 
-def all_at_hours(cfg: SessionConfig) -> set[int]:
+def all_at_hours(rules: ResetRules) -> set[int]:
     """Every atHour some session may use: the daily job fires at each."""
-    hours = {cfg.reset.atHour}
-    by_type = cfg.resetByType
-    for o in (by_type.direct, by_type.dm, by_type.group, by_type.thread):
-        if o is not None and o.atHour is not None:
-            hours.add(o.atHour)
-    for o in cfg.resetByChannel.values():
-        if o.atHour is not None:
-            hours.add(o.atHour)
+    hours = {rules.base.at_hour}
+    for o in (*rules.by_type.values(), *rules.by_channel.values()):
+        if o.at_hour is not None:
+            hours.add(o.at_hour)
     return hours

@@ -18,14 +18,9 @@ that cycle's compaction.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, TypeGuard, TypeVar
-
-from pydantic import BaseModel
-
-if TYPE_CHECKING:
-    from daemon.config import AgentsConfig, CompactionConfig, Config
+from typing import Any, TypeGuard
 
 IMAGE_CHARS = 4800
 MESSAGE_ROLES = ("user", "assistant", "toolResult")
@@ -200,67 +195,11 @@ class Thresholds:
         return max(1, (self.compact_at - self.keep_recent) // MIN_NEW_SHARE)
 
 
-def thresholds(cc: CompactionConfig) -> Thresholds:
-    mf = cc.memoryFlush
-    return Thresholds(
-        context_window=cc.contextWindow,
-        reserve_floor=cc.reserveTokensFloor,
-        keep_recent=cc.keepRecentTokens,
-        soft=mf.softThresholdTokens,
-        flush_enabled=mf.enabled,
-        flush_on_reset=mf.enabled and mf.onReset,
-    )
-
-
-M = TypeVar("M", bound=BaseModel)
-
-
-def merge(base: M, override: M) -> M:
-    """`base` with the keys `override` was given (pydantic's fields_set) replaced, recursively;
-    a summarizer that names its own `kind` replaces the inherited one whole."""
-    update: dict[str, Any] = {}
-    for name in override.model_fields_set:
-        value = getattr(override, name)
-        inherited = getattr(base, name)
-        if (
-            isinstance(value, BaseModel)
-            and type(value) is type(inherited)
-            and "kind" not in value.model_fields_set
-        ):
-            value = merge(inherited, value)
-        update[name] = value
-    return base.model_copy(update=update)
-
-
-def compaction_for(cfg: Config, agent_id: str) -> CompactionConfig:
-    """`agents.defaults.compaction` with the keys of the agent's own `compaction` entry."""
-    return _compaction_for(cfg.agents, agent_id)
-
-
-def _compaction_for(agents: AgentsConfig, agent_id: str) -> CompactionConfig:
-    from daemon.core.keys import normalize_agent_id
-
-    base = agents.defaults.compaction
-    for a in agents.list:
-        if a.compaction is not None and normalize_agent_id(a.id) == agent_id:
-            return merge(base, a.compaction)
-    return base
-
-
-def threshold_problem(agents: AgentsConfig) -> str | None:
+def threshold_problem(checks: Iterable[tuple[str, Thresholds]]) -> str | None:
     """Why the effective numbers of some agent make no sense (None when all do): the thresholds
-    must leave room for a kept tail and a flush before the compaction."""
-    from daemon.core.keys import normalize_agent_id
-
-    checks: list[tuple[str, CompactionConfig]] = [
-        ("agents.defaults.compaction", agents.defaults.compaction)
-    ]
-    for i, a in enumerate(agents.list):
-        if a.compaction is not None:
-            name = f"agents.list[{i}].compaction"
-            checks.append((name, _compaction_for(agents, normalize_agent_id(a.id))))
-    for where, cc in checks:
-        t = thresholds(cc)
+    must leave room for a kept tail and a flush before the compaction. `checks` names each
+    agent's numbers by the config section they come from."""
+    for where, t in checks:
         if t.reserve_floor >= t.context_window:
             return (
                 f"{where}: reserveTokensFloor ({t.reserve_floor}) must be less than "

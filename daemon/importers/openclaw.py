@@ -33,6 +33,7 @@ import orjson
 
 from daemon.core.keys import normalize_agent_id
 from daemon.core.lineage import Ended, rebuild
+from daemon.errors import os_reason
 from daemon.importers.events import (
     ArchiveName,
     Ending,
@@ -405,7 +406,7 @@ class OpenClawSource:
             header = header or {}
             content = describe(file_chunks(path), byte_copy=True, produce=lambda: file_chunks(path))
         except OSError as e:
-            self.problem(path, f"could not read: {e.strerror or e}")
+            self.problem(path, f"could not read: {os_reason(e)}")
             return
         base = base or path.name
         hid = header.get("id")
@@ -484,7 +485,7 @@ class OpenClawSource:
                     self.remember(p)
                     data = p.read_bytes()
                 except OSError as e:
-                    self.problem(p, f"could not read: {e.strerror or e}")
+                    self.problem(p, f"could not read: {os_reason(e)}")
                     continue
                 self.plan.memory.append(
                     PlannedMemory(

@@ -26,6 +26,7 @@ from typing import Any, BinaryIO, cast
 
 import orjson
 
+from daemon.core.ids import now_ms
 from daemon.importers.events import describe, file_chunks
 from daemon.importers.plan import (
     Outcome,
@@ -46,7 +47,6 @@ from daemon.store.archive import (
 )
 from daemon.store.fsutil import FILE_MODE, atomic_write, ensure_dir, fsync_dir, write_all
 from daemon.store.registry import SESSIONS_JSON, session_file_name
-from daemon.store.store import now_ms
 
 
 class VerifyError(Exception):

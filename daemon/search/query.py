@@ -27,6 +27,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from daemon.core.ids import now_ms
 from daemon.core.keys import normalize_agent_id
 from daemon.core.protocol import SearchParams
 from daemon.errors import InvalidParams, RequestError
@@ -165,7 +166,7 @@ class Readers:
             where.append("d.ts < ?")
             args.append(q.before)
         boost = RECENCY_BOOST if q.recency else 0.0
-        now = int(time.time() * 1000)
+        now = now_ms()
         rows = conn.execute(
             "SELECT d.id, bm25(fts) * (1.0 + ? / (1.0 + max(0, ? - d.ts) / ?)) AS r, "
             "f.source, f.agent_id, f.session_id, "

@@ -25,7 +25,7 @@ JSON object per line:
 `db` lets the daemon retire its read connections when the file was replaced (deleted, or found
 unusable and built anew). The agents and their workspaces come with each request because they
 are the daemon's reloadable config; an agent that only exists on disk gets OpenClaw's default
-workspace, `<stateDir>/workspace-<id>` (as daemon/app.py `workspace_of` gives it).
+workspace, `<stateDir>/workspace-<id>` (as daemon/config_load.py `workspace_of` gives it).
 
 Logs go, in the daemon's format, to `--log-fd` (the daemon's stdout), else to stderr; fd 1 is
 pointed there too, so nothing stray can corrupt the pipe. SIGINT, SIGTERM and SIGHUP sent to the

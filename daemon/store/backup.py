@@ -18,7 +18,6 @@ import base64
 import contextlib
 import hashlib
 import os
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +26,7 @@ from typing import Any
 import orjson
 import structlog
 
+from daemon.core.ids import now_ms
 from daemon.failpoints import failpoint
 from daemon.guard import BACKUP_MARKER as BACKUP_MARKER
 from daemon.store import transcript
@@ -560,7 +560,7 @@ def _write_all(fd: int, data: bytes) -> None:
 
 def _repair_tail(path: Path) -> None:
     with contextlib.suppress(FileNotFoundError):
-        transcript.repair_torn_tail(path, time.time_ns() // 1_000_000)
+        transcript.repair_torn_tail(path, now_ms())
 
 
 # ---------------------------------------------------------------------------------------------

@@ -69,6 +69,18 @@ def atomic_write(path: Path, data: bytes, mode: int = FILE_MODE, *, step: str = 
     failpoint(f"{step}.folder_synced")
 
 
+def write_new_file(path: Path, data: bytes, mode: int = FILE_MODE) -> None:
+    """Create `path` holding `data` and fsync it; it must not exist (O_EXCL: nothing is ever
+    overwritten). Raises FileExistsError when it does, OSError (SyncFailed for the sync) on a
+    disk error. The caller syncs the folder when the new name must survive a crash too."""
+    fd = fileio.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
+    try:
+        write_all(fd, data)
+        fileio.fsync(fd)
+    finally:
+        fileio.close(fd)
+
+
 def write_all(fd: int, data: bytes) -> None:
     """os.write until every byte is written (regular files may write short on ENOSPC edges)."""
     view = memoryview(data)

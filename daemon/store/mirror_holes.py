@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import contextlib
 import os
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import orjson
 
 from daemon.core.holes import Damage, damaged_lines, has_zeros
+from daemon.core.ids import now_ms
 from daemon.failpoints import failpoint
 from daemon.store import transcript
 from daemon.store.backup import (
@@ -156,7 +156,7 @@ def apply_refill(root: Path, session_id: str, plan: RefillPlan) -> Path:
     """
     live = live_path(root, session_id)
     tmp = live.with_name(f".{live.name}.tmp-{os.getpid()}")
-    kept = live.with_name(f"{live.name}.{DAMAGED}-{time.time_ns() // 1_000_000}")
+    kept = live.with_name(f"{live.name}.{DAMAGED}-{now_ms()}")
     while kept.exists():
         kept = kept.with_name(kept.name + "x")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, FILE_MODE)

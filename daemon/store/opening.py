@@ -11,6 +11,7 @@ from typing import Any
 
 import structlog
 
+from daemon.core.ids import now_ms
 from daemon.core.ingest import ingest_answer
 from daemon.store import archive, fileio, recovery, transcript
 from daemon.store.fsutil import FILE_MODE, ensure_dir
@@ -20,7 +21,6 @@ from daemon.store.store import (
     Store,
     _int_or_none,
     _str_or_none,
-    now_ms,
     write_all_at_end,
 )
 from daemon.store.transcript import json_object, parse_iso_ms

@@ -16,6 +16,7 @@ from typing import Any
 
 import orjson
 
+from daemon.core.ids import now_ms
 from daemon.store import fileio
 from daemon.store.entry import SessionEntry
 from daemon.store.fsutil import atomic_write
@@ -144,9 +145,7 @@ def load_agent(state_dir: Path, agent_id: str, folder: Path) -> tuple[AgentRegis
         return reg, None
     reason = f"sessions.json {problem}"
     if path.exists():
-        import time
-
-        aside = path.with_name(f"{SESSIONS_JSON}.corrupt-{int(time.time() * 1000)}")
+        aside = path.with_name(f"{SESSIONS_JSON}.corrupt-{now_ms()}")
         fileio.replace(path, aside)
     rebuild_from_transcripts(state_dir, reg)
     reg.dirty = True

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import time
-import uuid
 from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
@@ -20,7 +18,8 @@ from typing import Any
 
 import structlog
 
-from daemon.errors import StorageUnavailable
+from daemon.core.ids import new_session_id, next_entry_id, now_ms
+from daemon.errors import os_reason, storage_unavailable
 from daemon.failpoints import failpoint
 from daemon.store import archive, context, fileio, recovery, transcript
 from daemon.store.archive import ArchiveRecord
@@ -39,16 +38,12 @@ from daemon.store.registry import (
     SessionState,
     load_agent,
 )
-from daemon.store.transcript import iso_ms, next_entry_id
+from daemon.store.transcript import iso_ms
 
 log = structlog.get_logger("daemon.store")
 
 MAX_OPEN_TRANSCRIPTS = 4096
 SYNCFS_ABOVE = 16  # transcripts per checkpoint beyond which one syncfs beats many fsyncs
-
-
-def now_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 @dataclass(slots=True)
@@ -338,9 +333,7 @@ class Store:
                     except FileExistsError:
                         pass
                     except OSError as e:  # ENOSPC: this request fails (1004), not the committer
-                        raise StorageUnavailable(
-                            f"storage unavailable: cannot create {d}: {e.strerror or e}; retry"
-                        ) from e
+                        raise storage_unavailable(e, f"cannot create {d}", hint="retry") from e
                 self.new_dirs.update(
                     ("agents", f"agents/{agent_id}", f"agents/{agent_id}/sessions")
                 )
@@ -376,7 +369,7 @@ class Store:
         predecessor: str | None = None,
     ) -> tuple[SessionState, bytes]:
         """A new session's state and header line (not yet written)."""
-        sid = str(uuid.uuid4())
+        sid = new_session_id()
         rel = f"agents/{agent_id}/sessions/{sid}.jsonl"
         entry: dict[str, Any] = {
             "sessionId": sid,
@@ -438,7 +431,7 @@ class Store:
         try:
             self.journal.sync()
         except OSError as e:
-            self.broken = f"journal sync failed: {e.strerror or e}"
+            self.broken = f"journal sync failed: {os_reason(e)}"
             self._undo_journal(journal_size)
             raise
         failpoint("append.after_journal_sync")
@@ -475,8 +468,8 @@ class Store:
             self._unnamed.clear()
         except OSError as undo:
             self.broken = (
-                f"transcript write failed: {e.strerror or e}, and taking the batch back failed: "
-                f"{undo.strerror or undo}; a restart replays it"
+                f"transcript write failed: {os_reason(e)}, and taking the batch back failed: "
+                f"{os_reason(undo)}; a restart replays it"
             )
 
     def _undo_journal(self, journal_size: int) -> None:
@@ -638,7 +631,7 @@ class Store:
     def check_writable(self) -> None:
         if self.broken is not None:
             hint = "nothing was stored, retry later" if self.recoverable else "restart the daemon"
-            raise StorageUnavailable(f"storage unavailable: {self.broken}; {hint}")
+            raise storage_unavailable(self.broken, hint=hint)
 
 
 def write_all_at_end(fd: int, data: bytes) -> None:

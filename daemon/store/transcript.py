@@ -115,21 +115,6 @@ def json_object(line: bytes) -> dict[str, Any] | None:
     return obj if isinstance(obj, dict) else None
 
 
-def next_entry_id(last_id: str | None) -> str:
-    """The id after `last_id`: sequential 8-hex ids never collide within a session.
-
-    Random 8-hex ids (as OpenClaw draws them) collide by the birthday bound once a session holds
-    tens of thousands of entries; counting up from the last id cannot, and needs no id index.
-    A session's first id, or one after an id of another form (UUIDs in newer OpenClaw), is random.
-    """
-    if last_id is not None and len(last_id) == 8:
-        try:
-            return f"{(int(last_id, 16) + 1) & 0xFFFFFFFF:08x}"
-        except ValueError:
-            pass
-    return os.urandom(4).hex()
-
-
 # ---------------------------------------------------------------------------------------------
 # Reading from the end
 

@@ -22,7 +22,7 @@ import orjson
 from anyio.abc import ByteReceiveStream, Process
 
 from daemon.config import SummarizerConfig
-from daemon.errors import SummarizerFailed
+from daemon.errors import SummarizerFailed, os_reason
 from daemon.summarizers import SummaryRequest
 
 MAX_OUTPUT = 4 * 1024 * 1024  # bytes of stdout accepted; a summary is far smaller
@@ -47,7 +47,7 @@ class CommandSummarizer:
                 start_new_session=True,
             )
         except OSError as e:
-            raise SummarizerFailed(f"cannot run {self.argv[0]!r}: {e.strerror or e}") from None
+            raise SummarizerFailed(f"cannot run {self.argv[0]!r}: {os_reason(e)}") from None
         out, err = BytesIO(), BytesIO()
         overflow: list[str] = []
         finished = False

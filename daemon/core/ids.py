@@ -1,0 +1,37 @@
+"""Identifiers and the wall clock in milliseconds: the one place each is made.
+
+No dependencies beyond the standard library, so every layer can use them. Session ids are
+random UUIDs (as OpenClaw makes them); entry ids count up within a session (see
+`next_entry_id`); times are epoch milliseconds, the unit of transcripts and sessions.json.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+
+
+def now_ms() -> int:
+    """The wall clock as epoch milliseconds."""
+    return time.time_ns() // 1_000_000
+
+
+def new_session_id() -> str:
+    """A fresh session id: a random UUID, as OpenClaw names its transcripts."""
+    return str(uuid.uuid4())
+
+
+def next_entry_id(last_id: str | None) -> str:
+    """The id after `last_id`: sequential 8-hex ids never collide within a session.
+
+    Random 8-hex ids (as OpenClaw draws them) collide by the birthday bound once a session holds
+    tens of thousands of entries; counting up from the last id cannot, and needs no id index.
+    A session's first id, or one after an id of another form (UUIDs in newer OpenClaw), is random.
+    """
+    if last_id is not None and len(last_id) == 8:
+        try:
+            return f"{(int(last_id, 16) + 1) & 0xFFFFFFFF:08x}"
+        except ValueError:
+            pass
+    return os.urandom(4).hex()
