@@ -97,7 +97,7 @@ class Doctor:
             self.add("state", "error", f"{self.state_dir} does not exist")
             return self.findings
         self.check_torn_tails()
-        for agent_dir in self._agent_folders():
+        for agent_dir in self.agent_folders():
             check_agent(self, agent_dir.name, agent_dir / "sessions")
         self.check_fts5()
         self.check_mirror()
@@ -131,20 +131,22 @@ class Doctor:
                 "unfinished; --repair is refused)",
             )
 
-    def _agent_folders(self) -> list[Path]:
+    def agent_folders(self) -> list[Path]:
         agents = self.state_dir / "agents"
         if not agents.is_dir():
             return []
         return sorted(Path(e.path) for e in os.scandir(agents) if e.is_dir())
 
-    def _files(self) -> list[tuple[str, Path, bool]]:
+    def transcripts(self) -> list[tuple[str, Path, bool]]:
         """(agent, path, archived) of every plain transcript."""
         from daemon.verify import transcript_files
 
         return [(f.agent_id, f.path, f.archived) for f in transcript_files(self.state_dir)]
 
     def check_torn_tails(self) -> None:
-        paths = [(p, archived) for _a, p, archived in self._files() if not p.name.endswith(".gz")]
+        paths = [
+            (p, archived) for _a, p, archived in self.transcripts() if not p.name.endswith(".gz")
+        ]
         root = backup_root(self.cfg, self.state_dir)
         paths += [(mirror_files.live_path(root, s), True) for s in _live_mirrors(root)]
         found = 0
@@ -226,7 +228,7 @@ class Doctor:
         root = backup_root(self.cfg, self.state_dir)
         behind: list[Job] = []
         seen: set[str] = set()
-        for agent_id, path, _archived in self._files():
+        for agent_id, path, _archived in self.transcripts():
             first = first_line(path)
             sid = session_id_of(path, first)
             if sid in seen:

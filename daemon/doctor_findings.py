@@ -7,7 +7,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from daemon.config import Config
 
 LEVELS = ("ok", "info", "warning", "error")
 SHOW = 5  # paths named in one finding's message
@@ -80,3 +83,27 @@ class DoctorReport:
                 "(only by moving, adopting and appending; nothing is deleted)"
             )
         return "\n".join(out)
+
+
+class Checkup(Protocol):
+    """What the checks kept in their own modules (doctor_holes, doctor_registry) need of the
+    Doctor (daemon/doctor.py). A Protocol, so that they do not import the module that imports
+    them."""
+
+    state_dir: Path
+    cfg: Config
+
+    def add(
+        self,
+        check: str,
+        level: str,
+        message: str,
+        action: str | None = None,
+        fix: Callable[[], object] | None = None,
+    ) -> None: ...
+
+    def rel(self, p: Path) -> str: ...
+
+    def agent_folders(self) -> list[Path]: ...
+
+    def transcripts(self) -> list[tuple[str, Path, bool]]: ...

@@ -14,13 +14,13 @@ from __future__ import annotations
 import os
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import orjson
 
 from daemon.backup import backup_root
 from daemon.core.exclusions import excluded
 from daemon.core.holes import damaged_lines, is_all_zeros, summarize
+from daemon.doctor_findings import Checkup
 from daemon.store import backup as mirror_files
 from daemon.store import mirror_holes
 from daemon.store.backup import Job, Source
@@ -28,20 +28,17 @@ from daemon.store.mirror_holes import mirror_damage, plan_refill
 from daemon.store.transcript import json_object
 from daemon.verify import first_line, session_id_of
 
-if TYPE_CHECKING:
-    from daemon.doctor import Doctor
-
 SHOW = 5
 ZERO_CHECK_MAX = 64 << 20  # a side file larger than this is not read to see whether it is zeros
 
 
-def check_holes(doc: Doctor) -> None:
+def check_holes(doc: Checkup) -> None:
     """Add the `holes`, `mirror-gap` and `torn-zeros` findings to `doc`."""
     bc = doc.cfg.sessions.backup
     root = backup_root(doc.cfg, doc.state_dir)
     transcript_holes: list[tuple[str, bool]] = []
     jobs: dict[str, Job] = {}
-    for agent_id, path, _archived in doc._files():
+    for agent_id, path, _archived in doc.transcripts():
         if not path.name.endswith(".gz"):
             found = _transcript_damage(path)
             if found is not None:
@@ -69,7 +66,7 @@ def check_holes(doc: Doctor) -> None:
     _check_zero_torn(doc, root)
 
 
-def _check_mirror_holes(doc: Doctor, root: Path, jobs: dict[str, Job]) -> None:
+def _check_mirror_holes(doc: Checkup, root: Path, jobs: dict[str, Job]) -> None:
     holes = gaps = 0
     for sid in mirror_files.mirrored_sessions(root):
         live = mirror_files.live_path(root, sid)
@@ -134,8 +131,8 @@ def _is_json_object(line: bytes) -> bool:
         return False
 
 
-def _check_zero_torn(doc: Doctor, root: Path) -> None:
-    folders = [a / "sessions" for a in doc._agent_folders()]
+def _check_zero_torn(doc: Checkup, root: Path) -> None:
+    folders = [a / "sessions" for a in doc.agent_folders()]
     if root.is_dir():
         folders += [Path(e.path) for e in os.scandir(root) if e.is_dir()]
     zeros: list[Path] = []

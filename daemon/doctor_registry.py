@@ -14,14 +14,13 @@ import os
 from dataclasses import replace
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import orjson
 
 from daemon import backfill
 from daemon.backup import backup_root
 from daemon.core.ids import now_ms
-from daemon.doctor_findings import SHOW
+from daemon.doctor_findings import SHOW, Checkup
 from daemon.store import archive, transcript
 from daemon.store import backup as mirror_files
 from daemon.store.archive import ArchiveRecord
@@ -38,11 +37,8 @@ from daemon.store.registry import (
     session_file_name,
 )
 
-if TYPE_CHECKING:
-    from daemon.doctor import Doctor
 
-
-def check_agent(doc: Doctor, agent_id: str, folder: Path) -> None:
+def check_agent(doc: Checkup, agent_id: str, folder: Path) -> None:
     if not folder.is_dir():
         return
     reg, problem = _registry(doc, agent_id, folder)
@@ -51,7 +47,7 @@ def check_agent(doc: Doctor, agent_id: str, folder: Path) -> None:
     _check_index(doc, agent_id, folder)
 
 
-def _registry(doc: Doctor, agent_id: str, folder: Path) -> tuple[AgentRegistry, str | None]:
+def _registry(doc: Checkup, agent_id: str, folder: Path) -> tuple[AgentRegistry, str | None]:
     """The registry as the daemon will see it (rebuilt in memory when it cannot be read)."""
     path = folder / SESSIONS_JSON
     data, problem = read_registry(path)
@@ -77,7 +73,7 @@ def _registry(doc: Doctor, agent_id: str, folder: Path) -> tuple[AgentRegistry, 
     return reg, problem
 
 
-def _check_entries(doc: Doctor, agent_id: str, folder: Path, reg: AgentRegistry) -> None:
+def _check_entries(doc: Checkup, agent_id: str, folder: Path, reg: AgentRegistry) -> None:
     root = backup_root(doc.cfg, doc.state_dir)
     archived = {r.sessionId for r in archive.read_index(folder)}
     stale: list[str] = []
@@ -133,7 +129,13 @@ def _check_entries(doc: Doctor, agent_id: str, folder: Path, reg: AgentRegistry)
 
 
 def _move(
-    doc: Doctor, path: Path, agent_id: str, reason: str, sid: str, key: str | None, succ: str | None
+    doc: Checkup,
+    path: Path,
+    agent_id: str,
+    reason: str,
+    sid: str,
+    key: str | None,
+    succ: str | None,
 ) -> ArchiveRecord:
     """Adopt a transcript into archive/ (a rename, synced) with its index line."""
     return archive.archive_transcript(
@@ -149,7 +151,7 @@ def _move(
 
 
 def _recreate(
-    doc: Doctor, path: Path, sid: str, key: str, agent_id: str, from_mirror: bool
+    doc: Checkup, path: Path, sid: str, key: str, agent_id: str, from_mirror: bool
 ) -> None:
     from daemon.restore import rebuild
 
@@ -162,7 +164,7 @@ def _recreate(
 
 
 def _check_unregistered(
-    doc: Doctor, agent_id: str, folder: Path, reg: AgentRegistry, *, rebuilt: bool
+    doc: Checkup, agent_id: str, folder: Path, reg: AgentRegistry, *, rebuilt: bool
 ) -> None:
     named = {session_file_name(st.entry, st.session_id) for st in reg.sessions.values()}
     orphans = 0
@@ -213,7 +215,7 @@ def _check_unregistered(
         doc.add("orphan", "ok", f"agents/{agent_id}: no orphan transcripts")
 
 
-def _check_index(doc: Doctor, agent_id: str, folder: Path) -> None:
+def _check_index(doc: Checkup, agent_id: str, folder: Path) -> None:
     arch = folder / archive.ARCHIVE_DIR
     if not arch.is_dir():
         return
@@ -272,7 +274,7 @@ def _check_index(doc: Doctor, agent_id: str, folder: Path) -> None:
             )
 
 
-def _rearchive(doc: Doctor, rec: ArchiveRecord, path: Path, folder: Path) -> None:
+def _rearchive(doc: Checkup, rec: ArchiveRecord, path: Path, folder: Path) -> None:
     from daemon.restore import rebuild
 
     s = rebuild(backup_root(doc.cfg, doc.state_dir), rec.sessionId, "")

@@ -31,9 +31,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, Literal, Protocol, TypeVar
 
-from daemon.auth import parse_hello
+from daemon.auth import Conn, parse_hello
 from daemon.core import protocol
 from daemon.core.roles import ADMIN_ONLY, ROLES, ReadCaps, Role, Rule
 from daemon.errors import RequestError
@@ -46,11 +46,18 @@ if TYPE_CHECKING:
     from daemon.pipeline import Pipeline
     from daemon.reload import Reloader
     from daemon.search import SearchService
-    from daemon.server import Connection
 
 Kind = Literal["sync", "async", "commit"]
 P = TypeVar("P")
 Reply = Callable[[dict[str, Any] | RequestError], None]
+
+
+class Peer(Conn, Protocol):
+    """What handlers need of a connection (daemon.server.Connection): its number and role (the
+    auth check's `Conn`) and where event notifications go. A Protocol, so that this table does not
+    import the server that imports it."""
+
+    def notify(self, line: bytes) -> bool: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,7 +78,7 @@ class Call:
 
     services: Services
     auth: Auth
-    conn: Connection
+    conn: Peer
     reply: Reply
 
 

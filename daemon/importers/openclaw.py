@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -47,7 +47,7 @@ from daemon.importers.events import (
     session_id_of_name,
     zstd_decompress,
 )
-from daemon.importers.openclaw_db import AGENT_DB, AgentDatabase, read_database
+from daemon.importers.openclaw_db import AGENT_DB, AgentDatabase, AgentScan, read_database
 from daemon.importers.plan import (
     Plan,
     PlannedMemory,
@@ -100,17 +100,6 @@ def lineage_index(registry: dict[str, Any]) -> dict[str, Lineage]:
                     cp["sessionId"], Lineage(ck if isinstance(ck, str) else fk, None, None)
                 )
     return out
-
-
-@dataclass(slots=True)
-class AgentScan:
-    """One source agent being read, and the session ids its database already gave."""
-
-    agent_id: str
-    folder: Path  # agents/<id>
-    # session ids planned from the agent database (or a published .zst of it): a JSONL file of
-    # the same session is an older copy of the same data
-    claimed: set[str] = field(default_factory=set)
 
 
 class OpenClawSource:

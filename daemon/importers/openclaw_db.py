@@ -15,10 +15,10 @@ import shutil
 import sqlite3
 import tempfile
 from collections.abc import Iterator
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 from urllib.parse import quote
 
 import orjson
@@ -37,12 +37,37 @@ from daemon.importers.events import (
     plan_session,
     zstd_decompress,
 )
-from daemon.importers.plan import PlannedTranscript
-
-if TYPE_CHECKING:
-    from daemon.importers.openclaw import AgentScan, OpenClawSource
+from daemon.importers.plan import Plan, PlannedTranscript, Progress
 
 AGENT_DB = "openclaw-agent.sqlite"
+
+
+@dataclass(slots=True)
+class AgentScan:
+    """One source agent being read, and the session ids its database already gave."""
+
+    agent_id: str
+    folder: Path  # agents/<id>
+    # session ids planned from the agent database (or a published .zst of it): a JSONL file of
+    # the same session is an older copy of the same data
+    claimed: set[str] = field(default_factory=set)
+
+
+class OpenClawSource(Protocol):
+    """What reading a database needs of the folder's reader (openclaw.OpenClawSource). A
+    Protocol, so that this module does not import the one that imports it."""
+
+    plan: Plan
+    progress: Progress
+    dbs: list[AgentDatabase]
+
+    def rel(self, path: Path) -> str: ...
+
+    def problem(self, path: Path | str, reason: str) -> None: ...
+
+    def skip(self, path: Path | str, reason: str) -> None: ...
+
+    def remember(self, path: Path) -> None: ...
 
 
 def registry_entry_from_node(
