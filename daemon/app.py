@@ -30,7 +30,6 @@ from daemon.config import Config
 from daemon.config_load import agent_ids, resolve_socket_path, workspace_of
 from daemon.events import EventBus
 from daemon.keymigrate import rename_case_folded_keys, save_dirty
-from daemon.lifecycle import SessionEvents
 from daemon.listeners import listeners_of, tls_reloader
 from daemon.lock import StateLock
 from daemon.methods import Services
@@ -42,6 +41,7 @@ from daemon.retention import Retention
 from daemon.scheduler import Scheduler
 from daemon.search import SearchService
 from daemon.server import Server, bind_sockets
+from daemon.session_events import SessionEvents
 from daemon.spool import Spool, spool_dir
 from daemon.storage import StorageWatch
 from daemon.store.store import Store

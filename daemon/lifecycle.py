@@ -7,13 +7,9 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from zoneinfo import ZoneInfo
 
-import structlog
-from anyio.abc import TaskGroup
-
-from daemon.committer import Counters
 from daemon.config import SessionConfig
 from daemon.core.policy import (
     Policy,
@@ -25,14 +21,8 @@ from daemon.core.policy import (
     next_reset,
     session_kind,
 )
-from daemon.events import EventBus
 from daemon.store.registry import SessionState
 from daemon.store.store import Store
-
-if TYPE_CHECKING:
-    from daemon.work import Commit
-
-log = structlog.get_logger("daemon.pipeline")
 
 
 def last_interaction(entry: Mapping[str, Any]) -> int:
@@ -139,39 +129,3 @@ def sessions_reply(store: Store, agent_id: str, tz: ZoneInfo, limit: int = 10) -
                 f"{_when(a.archived_at, tz)})"
             )
     return "\n".join(lines)
-
-
-class SessionEvents:
-    """After-commit stage: `session.created`, `session.reset` and `session.stop`, logged and
-    published once the batch that did them is durable; every reset is counted, whoever asked
-    (a trigger in chat, a policy, the API, the jobs)."""
-
-    def __init__(self, events: EventBus, counters: Counters) -> None:
-        self.events = events
-        self.counters = counters
-
-    async def after_commit(self, commit: Commit, background: TaskGroup) -> None:
-        for st in commit.batch.created:
-            info: dict[str, Any] = {
-                "agentId": st.agent_id,
-                "sessionKey": st.session_key,
-                "sessionId": st.session_id,
-            }
-            log.info("session.created", **info)
-            self.events.publish("session.created", info)
-        counters = self.counters
-        for old, new, reason in commit.resets:
-            info = {
-                "agentId": old.agent_id,
-                "sessionKey": old.session_key,
-                "previousSessionId": old.session_id,
-                "sessionId": None if new is None else new.session_id,
-                "reason": reason,
-            }
-            log.info("session.reset", **info)
-            self.events.publish("session.reset", info)
-            counters.resets += 1
-            counters.resets_by_reason[reason] = counters.resets_by_reason.get(reason, 0) + 1
-        for info in commit.stops:
-            log.info("session.stop", **info)
-            self.events.publish("session.stop", info)

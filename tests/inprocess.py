@@ -6,8 +6,8 @@ from __future__ import annotations
 from daemon.backup import Mirror
 from daemon.config import Config
 from daemon.events import EventBus
-from daemon.lifecycle import SessionEvents
 from daemon.pipeline import Pipeline
+from daemon.session_events import SessionEvents
 from daemon.store.store import Store
 from daemon.work import Entrance, Stage
 
