@@ -36,10 +36,10 @@ def test_changing_one_field_keeps_every_unknown_openclaw_field_identical(
 ) -> None:
     before = on_disk(folder)
     reg, rebuilt = load_agent(folder.parents[2], "main", folder)
-    assert rebuilt is None and not reg.dirty
+    assert rebuilt is None and not reg.pending
     st = reg.sessions[KEY]
     st.entry.total_tokens = st.entry.total_tokens + 123
-    assert reg.dirty  # the setter marked the registry for the next checkpoint
+    assert reg.changed_keys == {KEY}  # the setter marked its entry for the next checkpoint
     reg.save_if_changed()
     after = on_disk(folder)
     assert after[KEY]["totalTokens"] == before[KEY]["totalTokens"] + 123
@@ -53,7 +53,7 @@ def test_changing_one_field_keeps_every_unknown_openclaw_field_identical(
     }
 
 
-def test_every_setter_marks_the_registry_and_writes_its_openclaw_field(folder: Path) -> None:
+def test_every_setter_marks_its_entry_changed_and_writes_its_openclaw_field(folder: Path) -> None:
     reg, _ = load_agent(folder.parents[2], "main", folder)
     e = reg.sessions[KEY].entry
     cases: list[tuple[str, str, Any]] = [
@@ -66,13 +66,13 @@ def test_every_setter_marks_the_registry_and_writes_its_openclaw_field(folder: P
         ("route_to", ROUTE_FIELD, "agent:main:main"),
     ]
     for prop, field, value in cases:
-        reg.dirty = False
+        reg.changed_keys.clear()
         setattr(e, prop, value)
-        assert reg.dirty, prop
+        assert reg.changed_keys == {KEY}, prop
         assert e[field] == value and getattr(e, prop) == value
-    reg.dirty = False
+    reg.changed_keys.clear()
     e.route_to = None  # back to the chat's own session: the field goes
-    assert reg.dirty and ROUTE_FIELD not in e
+    assert reg.changed_keys == {KEY} and ROUTE_FIELD not in e
 
 
 def test_an_entry_cannot_be_written_as_a_dict(folder: Path) -> None:
