@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -16,6 +16,7 @@ import anyio
 import orjson
 
 from daemon import __version__
+from daemon.clients import Clients
 from daemon.core.ids import now_ms
 from daemon.core.keys import agent_of_key
 from daemon.core.lineage import Ended, walk_back
@@ -35,6 +36,7 @@ from daemon.store.store import Archived, Store
 from daemon.store.transcript import read_entries_backwards
 
 if TYPE_CHECKING:
+    from daemon.backup import Mirror
     from daemon.broker import RedisIngest
     from daemon.search import SearchService
 
@@ -60,17 +62,17 @@ class Api:
         pipeline: Pipeline,
         socket_path: Path,
         *,
+        mirror: Mirror | None = None,
         search: SearchService | None = None,
         broker: RedisIngest | None = None,
     ) -> None:
         self.store = store
+        self.mirror = mirror
         self.pipeline = pipeline
         self.socket_path = socket_path
         self.started_ms = now_ms()
         self.started_mono = time.monotonic()
-        self.connections = 0
-        # What clients hold of the daemon (daemon/server.py sets it).
-        self.client_stats: Callable[[], dict[str, int]] = dict
+        self.clients = Clients()  # the server fills it in
         self.search = search  # `status` reports the index worker
         self.broker = broker  # `status` reports the consumer
 
@@ -197,8 +199,8 @@ class Api:
             "storage": storage_state(store),
             "agents": {a: len(r.sessions) for a, r in sorted(store.agents.items())},
             "sessions": len(store.by_id),
-            "connections": self.connections,
-            "clients": self.client_stats(),
+            "connections": len(self.clients.open),
+            "clients": self.clients.stats(),
             "ingested": c.ingested,
             "appended": c.appended,
             "duplicates": c.duplicates,
@@ -209,7 +211,7 @@ class Api:
             "checkpoints": c.checkpoints,
             "lastCheckpointAt": c.last_checkpoint_ms or None,
             "journalBytes": store.journal.size,
-            "backup": m.status() if (m := self.pipeline.mirror) else {"state": "disabled"},
+            "backup": m.status() if (m := self.mirror) else {"state": "disabled"},
             "search": s.status() if (s := self.search) else {"state": "disabled"},
             "broker": b.status() if (b := self.broker) else {"state": "disabled"},
         }
@@ -266,7 +268,7 @@ def summary(st: SessionState, now: int) -> dict[str, Any]:
     return out
 
 
-def session_kind(key: str, entry: dict[str, Any]) -> str:
+def session_kind(key: str, entry: Mapping[str, Any]) -> str:
     """OpenClaw's display kind of a session (src/sessions/classify-session-kind.ts): global,
     unknown, cron, spawn-child, group (groups and channels) or direct."""
     if key in ("global", "unknown"):

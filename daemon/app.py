@@ -13,6 +13,7 @@ import os
 import signal
 import time
 from collections.abc import Callable
+from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,25 +23,30 @@ from anyio.abc import TaskStatus
 
 from daemon import __version__, logs, openclaw_config
 from daemon.api import Api
+from daemon.auth import Auth
 from daemon.backup import Mirror
 from daemon.compaction import Compactor
 from daemon.config import Config
 from daemon.config_load import agent_ids, resolve_socket_path, workspace_of
+from daemon.events import EventBus
 from daemon.keymigrate import rename_case_folded_keys, save_dirty
 from daemon.listeners import listeners_of, tls_reloader
 from daemon.lock import StateLock
 from daemon.methods import Services
 from daemon.metrics import metrics_listener
+from daemon.nesting import Nest
 from daemon.pipeline import Pipeline
 from daemon.reload import Reloader
 from daemon.retention import Retention
 from daemon.scheduler import Scheduler
 from daemon.search import SearchService
-from daemon.server import Server
+from daemon.server import Server, bind_sockets
+from daemon.session_events import SessionEvents
 from daemon.spool import Spool, spool_dir
 from daemon.storage import StorageWatch
 from daemon.store.store import Store
 from daemon.systemd import Notifier
+from daemon.work import Entrance
 
 log = structlog.get_logger("daemon")
 
@@ -106,16 +112,19 @@ async def run(opts: RunOptions) -> int:
             await anyio.to_thread.run_sync(save_dirty, store)
         settle_heap()
         socket_path = resolve_socket_path(cfg, state_dir)
+        # Built in dependency order; nothing is assigned to another after construction.
+        # The entrance (the committer's door, the live config) comes before everything that
+        # writes through it: the pipeline and the compaction service both append by it.
+        entrance = Entrance(store, cfg, EventBus())
         mirror = Mirror(store, cfg, state_dir)  # stage 5: the backup mirror
-
-        def stages_6_and_7(p: Pipeline) -> Compactor:  # compaction check and memory flush
-            return Compactor(p, lambda agent: workspace_of(p.config, state_dir, agent))
-
-        pipeline = Pipeline(store, cfg, mirror=mirror, compaction=stages_6_and_7)
-        compactor = pipeline.compaction
-        assert isinstance(compactor, Compactor)
-        scheduler = Scheduler(pipeline, state_dir)
-        scheduler.retention = Retention(pipeline, mirror)
+        # Stages 6-7: the compaction check, which schedules memory flushes.
+        compactor = Compactor(entrance, lambda a: workspace_of(entrance.config, state_dir, a))
+        pipeline = Pipeline(
+            entrance,
+            stages=[mirror, SessionEvents(entrance.events, entrance.counters), compactor],
+            commands=compactor,  # /compact and /context
+        )
+        scheduler = Scheduler(pipeline, state_dir, Retention(pipeline, mirror))
         jobs = anyio.CancelScope()
 
         async def run_jobs(*, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
@@ -145,24 +154,28 @@ async def run(opts: RunOptions) -> int:
                 block_ms=rc.blockMs,
                 claim_idle_ms=rc.claimIdleMs,
             )
-        api = Api(store, pipeline, socket_path, search=search, broker=broker)
-        server = Server(
+        api = Api(store, pipeline, socket_path, mirror=mirror, search=search, broker=broker)
+        auth = Auth(store)
+        auth.set_config(cfg)  # tokens (raises ConfigError for an unreadable tokenFile)
+        spool = None
+        if cfg.daemon.spool.enabled:
+            folder = spool_dir(cfg.daemon.spool.dir, state_dir)
+            spool = Spool(folder, pipeline, max_bytes=cfg.daemon.maxLineBytes)
+        reloader.subscribe(pipeline.set_config)
+        reloader.prepare(auth.prepare)
+        listeners = listeners_of(cfg)  # ConfigError (a TLS file): exit 1
+        reloader.prepare(tls_reloader(listeners))  # renewed certificates, on reload
+        sockets = await bind_sockets(socket_path, int(cfg.daemon.socketMode), listeners)
+        server = Server(  # ListenFailed above: exit 1
             Services(pipeline, api, search, compactor, reloader),  # what answers the methods
-            socket_path,
-            int(cfg.daemon.socketMode),
+            sockets,
+            auth,
             max_line=cfg.daemon.maxLineBytes,
             max_connections=cfg.daemon.maxConnections,
             idle_timeout=cfg.daemon.idleTimeoutSeconds,
             frame_timeout=cfg.daemon.frameTimeoutSeconds,
             limits=cfg.daemon.limits,
         )
-        server.auth.set_config(cfg)  # tokens (raises ConfigError for an unreadable tokenFile)
-        spool = None
-        if cfg.daemon.spool.enabled:
-            folder = spool_dir(cfg.daemon.spool.dir, state_dir)
-            spool = Spool(folder, pipeline, max_bytes=cfg.daemon.maxLineBytes)
-        reloader.subscribe(pipeline.set_config)
-        reloader.prepare(server.auth.prepare)
         reloader.subscribe(live_settings(cfg, server, store, spool, state_dir))
         services = anyio.CancelScope()  # the watchdog ping, the config watch, /metrics
         metrics = metrics_listener(cfg.daemon.metrics, pipeline, api, server, mirror, search)
@@ -179,27 +192,33 @@ async def run(opts: RunOptions) -> int:
                         await stg.start(metrics.serve)
                     task_status.started()
 
-        listeners = listeners_of(cfg)  # ConfigError (a TLS file): exit 1
-        reloader.prepare(tls_reloader(listeners))  # renewed certificates, on reload
-        await server.bind(listeners)  # ListenFailed: exit 1
+        def stop_services() -> None:
+            reloader.stop()
+            services.cancel()
+
         if metrics is not None:
             await metrics.bind()  # ListenFailed: exit 1
         stop_signals = (signal.SIGTERM, signal.SIGINT)
-        async with anyio.create_task_group() as tg:
+        # Each service is nested inside the ones it relies on (daemon/nesting.py): a stop tells
+        # them all at once, the innermost first, and waits for them from the inside out.
+        async with AsyncExitStack() as stack:
+            stack.callback(store.close)  # outermost: closed once nothing runs on it
+            nest = Nest(stack)
             # Caught from before the socket exists: a stop the moment it accepts is a clean one.
             with anyio.open_signal_receiver(*stop_signals, signal.SIGHUP) as signals:
-                await tg.start(mirror.run)  # before the committer: it reads durable sizes
-                await tg.start(pipeline.run)
-                await tg.start(server.serve)
-                await tg.start(run_jobs)
-                await tg.start(search.run)
-                await tg.start(compactor.run)
-                if spool is not None:
-                    await tg.start(spool.run)
+                await nest.start(mirror.run, mirror.close)  # before the committer: durable sizes
+                await nest.start(pipeline.run, pipeline.close)  # the committer
+                # What the server's methods use, then everything that sends work in.
+                await nest.start(server.serve, server.stop)
+                await nest.start(compactor.run, compactor.stop)
+                await nest.start(search.run, search.stop)
+                await nest.start(run_jobs, jobs.cancel)
                 if broker is not None:
-                    await tg.start(broker.run)
+                    await nest.start(broker.run, broker.stop)
+                if spool is not None:
+                    await nest.start(spool.run, spool.stop)
                 log.info("daemon.started", socket=str(socket_path), pid=os.getpid())
-                await tg.start(run_services)
+                await nest.start(run_services, stop_services)
                 notifier.ready(f"serving on {socket_path}")
                 async for signum in signals:
                     if signum == signal.SIGHUP:
@@ -208,19 +227,8 @@ async def run(opts: RunOptions) -> int:
                     log.info("daemon.stopping", signal=signal.Signals(signum).name)
                     break
             notifier.stopping("stopping: answering what was accepted")
-            reloader.stop()
-            services.cancel()
-            if spool is not None:
-                spool.stop()
-            if broker is not None:
-                broker.stop()
-            jobs.cancel()
-            search.stop()
-            compactor.stop()
-            server.stop()
-            pipeline.close()
-            mirror.close()
-        store.close()
+            # Services, spool, broker, jobs, search, compaction, server, committer, mirror.
+            nest.stop()
         log.info("daemon.stopped", **pipeline.counts())
     finally:
         notifier.close()

@@ -21,13 +21,14 @@ from __future__ import annotations
 import errno
 import os
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import anyio
 import structlog
-from anyio.abc import TaskStatus
+from anyio.abc import TaskGroup, TaskStatus
 
 from daemon.core.bucket import parse_target
 from daemon.core.exclusions import excluded
@@ -49,6 +50,7 @@ from daemon.workers import Pool, WorkerDied
 if TYPE_CHECKING:
     from daemon.config import Config
     from daemon.store.store import Batch, Store
+    from daemon.work import Commit
 
 log = structlog.get_logger("daemon.backup")
 
@@ -149,6 +151,10 @@ class Mirror:
         self._remote_stop = anyio.Event()
 
     # --- the committer's side (event loop) ----------------------------------------------------
+
+    async def after_commit(self, commit: Commit, background: TaskGroup) -> None:
+        """Stage 5 (SPEC 4.5, an after-commit stage of the pipeline)."""
+        await self.committed(commit.batch)
 
     async def committed(self, batch: Batch) -> None:
         """Note what a durable batch added; with sync "ack", wait (bounded) until it is mirrored."""
@@ -471,7 +477,7 @@ class Mirror:
         }
 
 
-def _channel(entry: dict[str, Any]) -> str | None:
+def _channel(entry: Mapping[str, Any]) -> str | None:
     for k in ("lastChannel", "channel"):
         v = entry.get(k)
         if isinstance(v, str):

@@ -1,6 +1,17 @@
-"""The committer's bookkeeping that knows nothing of sessions' meaning: its counters and the
-periodic checkpoint (journal switch, then fsync of what the old journal covered, registries and
-id snapshots). The pipeline's writer calls `Checkpoints.start` between two batches.
+"""Group commit, knowing nothing of what the requests mean (that is the pipeline's `Handler`).
+
+    queue (bounded) -> take what waits -> read the tails the requests need -> handler.prepare
+    -> writer: one batch at a time, written and fdatasynced in a worker thread
+    -> handler.committed (after-commit stages, answers) -> checkpoint between batches
+
+Invariants:
+  1. Batches are written in the order they were prepared; a batch is prepared while the one
+     before it is synced, so the event loop's work and the disk's overlap.
+  2. A failed write voids every batch prepared on top of it (the epoch advances): their
+     positions were computed after lines that are not on disk. Their requests are answered
+     with StorageUnavailable, and their sessions re-read their tails before the next write.
+  3. Checkpoints (journal switch, then fsync of what the old journal covered, registries and
+     id snapshots) fall between two batches: their markers travel in the writer's stream.
 """
 
 from __future__ import annotations
@@ -9,16 +20,20 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 import anyio
 import structlog
-from anyio.abc import TaskGroup
+from anyio.abc import TaskGroup, TaskStatus
+from anyio.streams.memory import MemoryObjectReceiveStream
 
 from daemon.core.histogram import BATCH_BOUNDS, LATENCY_BOUNDS, Histogram
 from daemon.core.ids import now_ms
-from daemon.errors import os_reason
+from daemon.errors import RequestError, os_reason, storage_unavailable
+from daemon.failpoints import failpoint
+from daemon.logs import Throttle
 from daemon.store.fileio import SyncFailed
+from daemon.store.registry import SessionState
 from daemon.store.store import Batch, Store
 
 log = structlog.get_logger("daemon.committer")
@@ -26,40 +41,52 @@ log = structlog.get_logger("daemon.committer")
 QUEUE_SIZE = 16_384  # requests waiting for the committer; beyond it adapters are pushed back
 MAX_BATCH = 8_192
 
+WRITE_FAILURE_LOG_SECONDS = 10.0
+
 T = TypeVar("T")
+W = TypeVar("W")  # a request
+P = TypeVar("P")  # a prepared batch as its handler sees it
 
 
 class WorkQueue(Generic[T]):
     """A bounded queue without a checkpoint per item: adapters wait only when it is full."""
 
-    def __init__(self, abandoned: Callable[[T], None]) -> None:
+    def __init__(self) -> None:
         self._items: deque[T] = deque()
         self._has_work = anyio.Event()
         self._room = anyio.Event()
         self._room.set()
-        self._abandoned = abandoned  # called for an item given up while it waited for room
         self.closed = False
 
     def __len__(self) -> int:
         return len(self._items)
 
-    def put(self, work: T, check_open: Callable[[], None]) -> Awaitable[None] | None:
+    def put(
+        self,
+        work: T,
+        check_open: Callable[[], None],
+        abandoned: Callable[[T], None] | None = None,
+    ) -> Awaitable[None] | None:
         """Queue `work`; when full, return an awaitable that queues it once there is room
-        (`check_open` raises when the committer closed meanwhile)."""
+        (`check_open` raises when the committer closed meanwhile; `abandoned(work)` is called
+        when that wait is given up)."""
         if len(self._items) < QUEUE_SIZE:
             self._items.append(work)
             self._has_work.set()
             return None
         self._room = anyio.Event() if self._room.is_set() else self._room
-        return self._put_later(work, check_open)
+        return self._put_later(work, check_open, abandoned)
 
-    async def _put_later(self, work: T, check_open: Callable[[], None]) -> None:
+    async def _put_later(
+        self, work: T, check_open: Callable[[], None], abandoned: Callable[[T], None] | None
+    ) -> None:
         try:
             while len(self._items) >= QUEUE_SIZE:
                 await self._room.wait()
                 check_open()
         except BaseException:
-            self._abandoned(work)
+            if abandoned is not None:
+                abandoned(work)
             raise
         self._items.append(work)
         self._has_work.set()
@@ -110,6 +137,15 @@ class Counters:
 
     def rejected_with(self, code: int) -> None:
         self.rejected_by_code[code] = self.rejected_by_code.get(code, 0) + 1
+
+    def counts(self) -> dict[str, int]:
+        return {
+            "ingested": self.ingested,
+            "appended": self.appended,
+            "duplicates": self.duplicates,
+            "resets": self.resets,
+            "batches": self.batches,
+        }
 
 
 class Checkpoints:
@@ -205,3 +241,181 @@ class Checkpoints:
             self._unfinished = unfinished
         store.write_error = f"{os_reason(e)} ({step})"
         log.warning("store.checkpoint_deferred", step=step, error=os_reason(e))
+
+
+class Handler(Protocol[W, P]):
+    """What the requests mean (daemon/pipeline.py): the committer calls it on the event loop."""
+
+    def sessions_of(self, item: W) -> Iterable[SessionState]:
+        """The existing sessions a request may write to (their tails are read first)."""
+        ...
+
+    def prepare(self, items: list[W], batch: Batch) -> P | None:
+        """Add the requests' lines to `batch`; None when none of them writes anything."""
+        ...
+
+    def requests(self, prepared: P) -> list[W]:
+        """The requests a prepared batch answers."""
+        ...
+
+    async def committed(self, prepared: P, background: TaskGroup) -> None:
+        """The batch is durable: run what follows and answer its requests."""
+        ...
+
+    def reject(self, items: Iterable[W], err: RequestError) -> None:
+        """Answer every request with `err` (nothing of them was stored)."""
+        ...
+
+
+@dataclass(slots=True)
+class _Prepared(Generic[P]):
+    epoch: int  # the committer's epoch when it was prepared (invariant 2)
+    batch: Batch
+    prepared: P
+
+
+class Committer(Generic[W, P]):
+    """The single task that writes: owns the queue's consumer, the writer and the checkpoints."""
+
+    def __init__(
+        self,
+        store: Store,
+        queue: WorkQueue[W],
+        handler: Handler[W, P],
+        counters: Counters,
+        *,
+        checkpoint_interval: float,
+    ) -> None:
+        self.store = store
+        self.queue = queue
+        self.handler = handler
+        self.counters = counters
+        self._checkpoint_interval = checkpoint_interval  # seconds
+        self.checkpoints = Checkpoints(store, counters)
+        self._epoch = 0  # advanced by a failed write: batches prepared before it are void
+        # Batches prepared and not yet taken by the writer, oldest first. When a write fails,
+        # their sessions are unloaded at once, not when the writer reaches them: a batch
+        # prepared meanwhile under the new epoch must not build on their lines.
+        self._unwritten: deque[_Prepared[P]] = deque()
+        # A full disk fails every batch: one line per kind of failure per 10 s says so.
+        self._failure_lines = Throttle(WRITE_FAILURE_LOG_SECONDS)
+        self._failed_batches = 0  # since the last batch written
+
+    async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Prepare batches and hand them to the writer, one batch ahead, until the queue is
+        closed and empty; then checkpoint once more and return."""
+        interval = self._checkpoint_interval
+        next_checkpoint = time.monotonic() + interval
+        send, recv = anyio.create_memory_object_stream[_Prepared[P] | CheckpointMark](1)
+        queue = self.queue
+        task_status.started()
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(self._writer, recv, tg)
+            async with send:
+                while True:
+                    if not queue:
+                        if queue.closed:
+                            break
+                        await queue.wait(next_checkpoint - time.monotonic())
+                    items = queue.take()
+                    if items:
+                        prepared = await self._prepare(items)
+                        if prepared is not None:
+                            self._unwritten.append(prepared)
+                            await send.send(prepared)
+                    if time.monotonic() >= next_checkpoint:
+                        next_checkpoint = time.monotonic() + interval
+                        await send.send(CheckpointMark(final=False))
+                await send.send(CheckpointMark(final=True))
+        if self.store.broken is None and self.checkpoints.complete:
+            # Everything is in the transcripts and synced: a clean stop leaves nothing to replay.
+            try:
+                await anyio.to_thread.run_sync(self.store.journal.start_fresh)
+            except OSError as e:  # a full disk, say: the next start replays the journal instead
+                log.warning("store.journal_kept", error=os_reason(e))
+        log.info("store.flushed", **self.counters.counts())
+
+    async def _prepare(self, items: list[W]) -> _Prepared[P] | None:
+        """Build one batch from queued requests (event loop, after any tail reads it needs)."""
+        store = self.store
+        handler = self.handler
+        if store.broken is not None:
+            handler.reject(items, storage_unavailable(store.broken, hint=None))
+            return None
+        while True:
+            unloaded = [st for item in items for st in handler.sessions_of(item) if not st.loaded]
+            if not unloaded:
+                break
+            # A failed write may unload sessions meanwhile: check again after the read.
+            try:
+                await anyio.to_thread.run_sync(store.ensure_loaded, unloaded)
+            except OSError as e:  # EMFILE, EIO: these requests fail, the committer goes on
+                handler.reject(items, storage_unavailable(e, "reading a transcript"))
+                return None
+        batch = Batch()
+        prepared = handler.prepare(items, batch)
+        return None if prepared is None else _Prepared(self._epoch, batch, prepared)
+
+    async def _writer(
+        self, recv: MemoryObjectReceiveStream[_Prepared[P] | CheckpointMark], tg: TaskGroup
+    ) -> None:
+        async with recv:
+            async for item in recv:
+                if isinstance(item, CheckpointMark):
+                    if item.final:
+                        await self.checkpoints.settled()
+                    if not self.checkpoints.running:
+                        await self.checkpoints.start(
+                            tg, (p.batch for p in self._unwritten), final=item.final
+                        )
+                else:
+                    await self._write(item, tg)
+
+    async def _write(self, item: _Prepared[P], tg: TaskGroup) -> None:
+        store = self.store
+        handler = self.handler
+        batch = item.batch
+        if self._unwritten and self._unwritten[0] is item:
+            self._unwritten.popleft()
+        if item.epoch != self._epoch or store.broken is not None:
+            # Prepared on top of a batch that failed: its offsets are wrong; nothing written.
+            store.fail(batch)
+            reason = store.broken or "an earlier write failed"
+            handler.reject(handler.requests(item.prepared), storage_unavailable(reason))
+            return
+        started = time.monotonic()
+        try:
+            await anyio.to_thread.run_sync(store.write_batch, batch)
+        except OSError as e:
+            self._epoch += 1
+            store.fail(batch)
+            for later in self._unwritten:
+                store.fail(later.batch)  # void already (old epoch); its sessions re-read tails
+            reason = os_reason(e)
+            store.write_error = f"{reason} (writing a batch)"  # `status` says so
+            self._failed_batches += 1
+            requests = handler.requests(item.prepared)
+            left_out = self._failure_lines.allow((e.errno, store.broken is not None))
+            if left_out is not None:
+                log.error(
+                    "store.write_failed",
+                    error=reason,
+                    errno=e.errno,
+                    messages=len(requests),
+                    broken=store.broken is not None,
+                    failuresNotLogged=left_out,
+                )
+            handler.reject(requests, storage_unavailable(reason))
+            return
+        synced = time.monotonic()
+        if self._failed_batches:
+            log.warning("store.write_resumed", failedBatches=self._failed_batches)
+            self._failed_batches = 0
+        store.write_error = None
+        store.apply(batch)
+        counters = self.counters
+        counters.commit_latency.observe(synced - started)
+        counters.batch_sizes.observe(len(handler.requests(item.prepared)))
+        counters.batches += 1
+        await handler.committed(item.prepared, tg)
+        failpoint("append.after_ack")

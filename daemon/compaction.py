@@ -3,7 +3,7 @@
 Where compaction used to lose history, it only appends here:
 
 - The committer counts tokens as it appends (daemon/core/tokens.py). Once a batch is durable it
-  calls `after_write`, which checks the thresholds of the sessions the batch touched and marks
+  calls `after_commit`, which checks the thresholds of the sessions the batch touched and marks
   those that crossed one; nothing else happens on the ingest path.
 - A worker task (in the daemon's task group) runs the marked sessions' jobs, at most
   `daemon.compactionWorkers` at once and one at a time per session. A job is: the memory flush of
@@ -83,11 +83,11 @@ from daemon.core.ids import next_entry_id
 from daemon.core.protocol import CompactParams, SessionRef
 from daemon.errors import NotFound, StorageUnavailable, SummarizerFailed
 from daemon.memoryflush import MemoryFlusher
-from daemon.pipeline import AppendWork, IngestWork, Pipeline
 from daemon.reset_flushes import ResetFlushes
 from daemon.store.context import ContextView
 from daemon.store.registry import SessionState
 from daemon.store.store import Batch
+from daemon.work import Commit, Entrance
 from daemon.workers import Pool, WorkerDied
 
 log = structlog.get_logger("daemon.compaction")
@@ -98,12 +98,12 @@ SETTLE_SECONDS = 2.0
 class Compactor:
     """Owns the background worker; the pipeline calls its hooks, the server its two methods."""
 
-    def __init__(self, pipeline: Pipeline, workspace_of: Callable[[str], str]) -> None:
-        self.pipeline = pipeline
-        self.store = pipeline.store
+    def __init__(self, entrance: Entrance, workspace_of: Callable[[str], str]) -> None:
+        self.entrance = entrance
+        self.store = entrance.store
         self.workspace_of = workspace_of
         self.pending: dict[str, Pending] = {}  # by session id
-        self.flusher = MemoryFlusher(pipeline, workspace_of)
+        self.flusher = MemoryFlusher(entrance, workspace_of)
         self.reset_flushes = ResetFlushes(self.store, self.flusher, self._woken)
         self.latest = LatestCache()
         # Transcript size right after our latest compaction of a session: the growth guard.
@@ -115,7 +115,7 @@ class Compactor:
         self._stopping = False
         # Every summarizer, and every read of more than a transcript's tail window, runs in
         # these worker processes: the event loop's GIL stays with acknowledgements.
-        self.pool = Pool("compaction", pipeline.config.daemon.compactionWorkers)
+        self.pool = Pool("compaction", entrance.config.daemon.compactionWorkers)
         self._config: object = None
         self._settings: dict[str, tuple[CompactionConfig, tokens.Thresholds]] = {}
 
@@ -124,7 +124,7 @@ class Compactor:
 
     def _follow_config(self) -> None:
         """Pick up a reloaded config (the pipeline holds the current one)."""
-        cfg = self.pipeline.config
+        cfg = self.entrance.config
         if cfg is not self._config:
             self._config = cfg
             self._settings.clear()
@@ -135,55 +135,41 @@ class Compactor:
         self._follow_config()
         hit = self._settings.get(agent_id)
         if hit is None:
-            cc = self.pipeline.config.compaction_for(agent_id)
+            cc = self.entrance.config.compaction_for(agent_id)
             hit = self._settings[agent_id] = (cc, cc.thresholds())
         return hit
 
     # ------------------------------------------------------------------------------------------
     # Hooks (event loop, called by the committer; never block)
 
-    def after_write(self, batch: Batch) -> None:
-        """A batch is durable: note resets, check the thresholds of the sessions it touched, and
-        fill in the `compaction` field of their ingest answers. Never raises: it runs inside the
-        committer, which must go on acknowledging messages whatever happens here."""
+    async def after_commit(self, commit: Commit, background: TaskGroup) -> None:
+        """Stage 6 (which schedules stage 7): a batch is durable; note resets, check the
+        thresholds of the sessions that received a message, and say in `commit.compaction`
+        which ones it newly scheduled (their ingest answers report it). Never raises: it runs
+        inside the committer, which must go on acknowledging messages whatever happens here."""
         try:
-            self._after_write(batch)
+            self._after_commit(commit)
         except Exception as e:
             log.exception("compaction.hook_failed", error=repr(e))
 
-    def _after_write(self, batch: Batch) -> None:
-        for old, _new, _reason in batch.resets:
+    def _after_commit(self, commit: Commit) -> None:
+        for old, _new, _reason in commit.resets:
             self._session_ended(old)
-        # Runs for every batch: one pass over the answers, settings looked up once per agent.
-        touched: dict[str, SessionState] = {}
-        last_ingest: dict[str, dict[str, Any]] = {}
+        # Runs for every batch: settings looked up once per agent.
         by_id = self.store.by_id
-        for item, ans in batch.answers:
-            kind = type(item)
-            if kind is not IngestWork and kind is not AppendWork:
-                continue
-            sid = ans.get("sessionId")
-            st = by_id.get(sid) if isinstance(sid, str) else None
-            if st is None:
-                continue
-            touched[st.session_id] = st
-            if kind is IngestWork:
-                last_ingest[st.session_id] = ans
-                command = ans.get("command")
-                if command is not None and command.get("name") == "compact":
-                    # /compact asked for it while the batch was prepared (command_reply).
-                    ans["compaction"] = {"scheduled": True, "reason": "command"}
         windows: dict[str, int] = {}
-        for sid, st in touched.items():
+        for sid in commit.messaged:
+            st = by_id.get(sid)
+            if st is None:  # closed later in the same batch
+                continue
             window = windows.get(st.agent_id)
             if window is None:
                 window = windows[st.agent_id] = self.settings(st.agent_id)[1].context_window
             if st.entry.get("contextTokens") != window:
                 # As OpenClaw writes it: the window `totalTokens` is measured against.
-                self.store.update_entry(st, {"contextTokens": window})
-            last = last_ingest.get(sid)
-            if self._check(st) and last is not None and last.get("compaction") is None:
-                last["compaction"] = {"scheduled": True, "reason": "threshold"}
+                st.entry.context_tokens = window
+            if self._check(st):
+                commit.compaction[sid] = {"scheduled": True, "reason": "threshold"}
             if sid not in self.latest and int(st.entry.get("compactionCount") or 0) > 0:
                 self._to_load.add(sid)
         if self.pending or self.reset_flushes or self._to_load:
@@ -315,7 +301,7 @@ class Compactor:
         return context_answer(st, th, view)
 
     def _find(self, key: str) -> SessionState:
-        st = self.pipeline.find_by_key(key)
+        st = self.entrance.find_by_key(key)
         if st is None:
             raise NotFound(f"no session with key {key!r}")
         return st
@@ -587,11 +573,11 @@ class Compactor:
             # Messages that arrived while the summarizer worked stay counted on top: they are
             # in the session's count, not in what the compaction left (`tokensAfter`).
             grown = max(0, int_of(s.entry.get("totalTokens")) - at_read)
-            self.store.update_entry(s, {"totalTokens": after + grown, "compactionCount": cycle})
+            s.entry.update({"totalTokens": after + grown, "compactionCount": cycle})
             return {"entryId": eid, "line": len(line) + 1, "totalTokens": after + grown}
 
         with anyio.CancelScope(shield=True):
-            appended = await self.pipeline.append_prepared(st.session_id, prepare)
+            appended = await self.entrance.append_prepared(st.session_id, prepare)
         # The growth guard counts from what the summary covered: messages that arrived while
         # the summarizer ran are new material (only the compaction's own line is not).
         if end >= 0:
@@ -613,7 +599,7 @@ class Compactor:
             "reason": reason,
         }
         log.info("compaction.done", **info)
-        self.pipeline.events.publish("compaction.done", info)
+        self.entrance.events.publish("compaction.done", info)
         return {"compacted": True, **info, "summary": summary}
 
     # --- the flush before a reset -----------------------------------------------------------

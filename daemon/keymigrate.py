@@ -39,7 +39,7 @@ def rename_case_folded_keys(store: Store) -> dict[str, str]:
         for st in reg.sessions.values():
             target = st.entry.get(ROUTE_FIELD)
             if isinstance(target, str) and target in renamed:
-                store.update_entry(st, {ROUTE_FIELD: renamed[target]})
+                st.entry.route_to = renamed[target]
     if renamed:
         log.info("keys.case_restored", count=len(renamed), keys=renamed)
     return renamed

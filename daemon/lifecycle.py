@@ -5,6 +5,7 @@ pipeline decides when to call it.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -24,7 +25,7 @@ from daemon.store.registry import SessionState
 from daemon.store.store import Store
 
 
-def last_interaction(entry: dict[str, Any]) -> int:
+def last_interaction(entry: Mapping[str, Any]) -> int:
     for k in ("lastInteractionAt", "updatedAt", "sessionStartedAt"):
         v = entry.get(k)
         if isinstance(v, int):
@@ -32,7 +33,7 @@ def last_interaction(entry: dict[str, Any]) -> int:
     return 0
 
 
-def started_at(entry: dict[str, Any]) -> int:
+def started_at(entry: Mapping[str, Any]) -> int:
     v = entry.get("sessionStartedAt")
     return v if isinstance(v, int) else last_interaction(entry)
 

@@ -339,18 +339,14 @@ def _active_sessions(state_dir: Path) -> set[str]:
     """Session ids the registries name (their mirrors may still grow)."""
     import os
 
-    import orjson
-
-    from daemon.store.registry import SESSIONS_JSON
+    from daemon.store.registry import SESSIONS_JSON, read_registry
 
     out: set[str] = set()
     agents = state_dir / "agents"
     for agent in os.scandir(agents) if agents.is_dir() else []:
-        try:
-            doc = orjson.loads((Path(agent.path) / "sessions" / SESSIONS_JSON).read_bytes())
-        except (OSError, orjson.JSONDecodeError):
-            continue
-        for entry in doc.values() if isinstance(doc, dict) else []:
+        # With its change log applied (daemon/store/registry_log.py): the file alone may lag.
+        doc = read_registry(Path(agent.path) / "sessions" / SESSIONS_JSON)[0]
+        for entry in doc.values() if doc is not None else []:
             if isinstance(entry, dict) and isinstance(entry.get("sessionId"), str):
                 out.add(entry["sessionId"])
     return out

@@ -23,12 +23,12 @@ import anyio
 import structlog
 
 from daemon.core.ids import next_entry_id, now_ms
-from daemon.pipeline import Pipeline
 from daemon.store.context import FLUSH_ENTRY
 from daemon.store.memoryfile import write_memory
 from daemon.store.registry import SessionState
 from daemon.store.store import Batch
 from daemon.store.transcript import custom_line
+from daemon.work import Entrance
 
 log = structlog.get_logger("daemon.memoryflush")
 
@@ -36,9 +36,9 @@ log = structlog.get_logger("daemon.memoryflush")
 class MemoryFlusher:
     """Runs single flushes for the compaction worker."""
 
-    def __init__(self, pipeline: Pipeline, workspace_of: Callable[[str], str]) -> None:
-        self.pipeline = pipeline
-        self.store = pipeline.store
+    def __init__(self, entrance: Entrance, workspace_of: Callable[[str], str]) -> None:
+        self.entrance = entrance
+        self.store = entrance.store
         self.workspace_of = workspace_of
         # The last entry id a flush of a session covered: a reset right after a flush whose
         # marker could no longer be appended must not write the same notes twice.
@@ -75,13 +75,13 @@ class MemoryFlusher:
 
             def prepare(batch: Batch, s: SessionState, now: int, ts: str) -> dict[str, Any]:
                 eid = next_entry_id(s.last_entry_id)
-                data["compactionCount"] = _int(s.entry.get("compactionCount"))
+                cycle = data["compactionCount"] = _int(s.entry.get("compactionCount"))
                 line = custom_line(eid, s.last_entry_id, ts, FLUSH_ENTRY, data)
                 self.store.add_line(batch, s, line, eid)
-                self.store.update_entry(s, {"memoryFlushCompactionCount": data["compactionCount"]})
+                s.entry.memory_flush_compaction_count = cycle
                 return {"entryId": eid}
 
-            await self.pipeline.append_prepared(st.session_id, prepare)
+            await self.entrance.append_prepared(st.session_id, prepare)
         self.publish(st.agent_id, st.session_key, st.session_id, reason, data)
 
     async def _write(
@@ -109,14 +109,14 @@ class MemoryFlusher:
             "entries": data.get("entries", 0),
         }
         log.info("memory.flushed", **info)
-        self.pipeline.events.publish("memory.flushed", info)
+        self.entrance.events.publish("memory.flushed", info)
 
     def memory_folder(self, agent_id: str) -> Path:
         return Path(self.workspace_of(agent_id)) / "memory"
 
     def local_now(self) -> datetime:
         """Now in the daemon's time zone: the memory file's day and the section's time."""
-        return datetime.fromtimestamp(now_ms() / 1000, tz=self.pipeline.policies.tz)
+        return datetime.fromtimestamp(now_ms() / 1000, tz=self.entrance.policies.tz)
 
 
 def _int(v: Any) -> int:

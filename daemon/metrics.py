@@ -180,7 +180,7 @@ class DaemonCollector(Collector):
             archived.add_metric((agent,), n)
         yield archived
         yield GaugeMetricFamily(
-            "sessiond_connections", "Open client connections.", value=self.api.connections
+            "sessiond_connections", "Open client connections.", value=len(self.api.clients.open)
         )
 
     def _storage(self) -> Iterator[Metric]:

@@ -27,6 +27,7 @@ from typing import Any
 
 import orjson
 
+from daemon.core.ingest import ingest_answer
 from daemon.store import archive
 from daemon.store import backup as mirror_files
 from daemon.store.archive import ArchiveRecord
@@ -331,16 +332,7 @@ def _message_ids(s: Rebuilt, since: int) -> list[tuple[int, str, DedupKey, dict[
         at = parse_iso_ms(o.get("timestamp"))
         if isinstance(origin, dict) and isinstance(origin.get("messageId"), str) and at >= since:
             key = (str(origin.get("channel")), str(origin.get("accountId")), origin["messageId"])
-            answer = {
-                "sessionKey": s.session_key,
-                "sessionId": s.session_id,
-                "entryId": str(o.get("id")),
-                "created": created,
-                "duplicate": False,
-                "reset": None,
-                "command": None,
-                "compaction": None,
-            }
+            answer = ingest_answer(s.session_key, s.session_id, str(o.get("id")), created)
             out.append((at, s.agent_id, key, answer))
         created = False
     return out

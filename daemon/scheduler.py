@@ -52,11 +52,13 @@ def daily_job(hour: int) -> str:
 class Scheduler:
     """Owns the apscheduler instance and the task that runs its jobs."""
 
-    def __init__(self, pipeline: Pipeline, state_dir: Path) -> None:
+    def __init__(
+        self, pipeline: Pipeline, state_dir: Path, retention: Retention | None = None
+    ) -> None:
         self.pipeline = pipeline
         self.path = state_dir / "scheduler.json"
         self.last_runs: dict[str, int] = {}
-        self.retention: Retention | None = None  # set by app.py
+        self.retention = retention  # the hourly retention sweep (None: not scheduled)
         self.adopted_at = 0  # no scheduled reset for a cause before this (daemon/adoption.py)
 
     def _load(self) -> None:

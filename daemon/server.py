@@ -190,7 +190,7 @@ class Connection:
                     unsentBytes=self.unsent,
                     seconds=stall,
                 )
-                self.server.closed_stalled += 1
+                self.server.clients.closed_stalled += 1
                 self.closed = True
                 self.read_scope.cancel()
                 return False
@@ -283,7 +283,7 @@ class Connection:
             return False
         seconds = self.server.limits.helloTimeoutSeconds
         log.info("connection.hello_timeout", connection=self.number, seconds=seconds)
-        self.server.closed_hello += 1
+        self.server.clients.closed_hello += 1
         err = Unauthenticated(f"no valid auth.hello within {seconds} s; connection closed")
         self.deliver(encode_error(None, err))
         return True
@@ -380,14 +380,37 @@ class Gate:
     tls: Tls | None = None  # connections are TLS: handshake first (daemon/listeners.py)
 
 
+@dataclass(frozen=True, slots=True)
+class Sockets:
+    """What the server serves, bound before it is built: daemon.socket and daemon.listeners."""
+
+    path: Path
+    main: socket.socket  # daemon.socket, bound; listening once served
+    listeners: list[Bound]
+
+
+async def bind_sockets(path: Path, mode: int, listeners: Sequence[Listener] = ()) -> Sockets:
+    """Open daemon.socket (`mode`) and `listeners` (daemon.listeners) before serving. Raises
+    ListenFailed naming the path or address (and closes what it opened)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    main = claim_unix(path, mode)
+    try:
+        bound = await bind_listeners(list(listeners))
+    except BaseException:
+        main.close()
+        remove_socket_file(path)
+        raise
+    return Sockets(path, main, bound)
+
+
 class Server:
     """Listens on the Unix socket and serves connections until `stop` is called."""
 
     def __init__(
         self,
         services: Services,
-        socket_path: Path,
-        socket_mode: int,
+        sockets: Sockets,
+        auth: Auth,
         *,
         max_line: int,
         max_connections: int,
@@ -398,39 +421,20 @@ class Server:
         self.services = services
         self.pipeline = services.pipeline
         self.api = api = services.api
-        self.socket_path = socket_path
-        self.socket_mode = socket_mode
+        self.sockets = sockets
+        self.socket_path = sockets.path
         self.max_line = max_line
         self.max_connections = max_connections
         self.idle_timeout = idle_timeout
         self.frame_timeout = frame_timeout
         self.limits = limits if limits is not None else LimitsConfig()
-        self.closed_stalled = 0  # connections closed for not reading their answers
-        self.closed_hello = 0  # connections closed for sending no auth.hello in time
-        self.refused = 0  # connections refused for a full listener
+        self.clients = api.clients  # what `status` and /metrics report of the connections
         self.connections: set[Connection] = set()
         self.handshakes: set[anyio.CancelScope] = set()  # TLS handshakes under way
         self.accept_scope = anyio.CancelScope()
         self._counter = 0
-        # Roles (daemon/auth.py), checked before every dispatch; app.py gives it the tokens and
-        # calls `bind` before serving.
-        self.auth = Auth(api.store)
-        self.main: socket.socket | None = None  # daemon.socket, bound; listening once served
-        self.listeners: list[Bound] = []  # daemon.listeners
-        api.client_stats = self.client_stats
-
-    def client_stats(self) -> dict[str, int]:
-        """For `status`: what clients hold of the daemon now, and what was closed or refused."""
-        conns = self.connections
-        return {
-            "paused": sum(1 for c in conns if c.paused),
-            "unsentBytes": sum(c.unsent for c in conns),
-            "inFlight": sum(c.pending for c in conns),
-            "unauthenticated": sum(1 for c in conns if c.principal is None),
-            "closedStalled": self.closed_stalled,
-            "closedHello": self.closed_hello,
-            "refused": self.refused,
-        }
+        self.auth = auth  # roles (daemon/auth.py), checked before every dispatch
+        self.listeners = sockets.listeners  # daemon.listeners
 
     def _listener_limit(self, b: Bound) -> Callable[[], int]:
         own = b.spec.max_connections
@@ -471,27 +475,9 @@ class Server:
             log.exception("request.failed")
             reply(RequestError("internal error; the daemon logged the details"))
 
-    async def bind(self, listeners: Sequence[Listener] = ()) -> None:
-        """Open daemon.socket (mode from config) and `listeners` (daemon.listeners) before
-        serving. Raises ListenFailed naming the path or address (and closes what it opened)."""
-        path = self.socket_path
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self.main = claim_unix(path, self.socket_mode)
-        try:
-            self.listeners = await bind_listeners(list(listeners))
-        except BaseException:
-            self.main.close()
-            self.main = None
-            remove_socket_file(path)
-            raise
-
     async def serve(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
-        """Serve what `bind` opened (binding daemon.socket now if it was not) until stopped,
-        then wait for connections."""
-        if self.main is None:
-            await self.bind()
-        assert self.main is not None
-        listener = await listen_on(self.main)
+        """Serve the bound sockets until stopped, then wait for connections."""
+        listener = await listen_on(self.sockets.main)
         path = self.socket_path
         admin = Gate(f"unix:{path}", ADMIN, lambda: self.max_connections)
         gates = [
@@ -587,7 +573,7 @@ class Server:
                 )
                 with contextlib.suppress(anyio.BrokenResourceError, OSError):
                     await stream.send(encode_error(None, err))
-                self.refused += 1
+                self.clients.refused += 1
                 return
             if gate.refusing:
                 log.info("connection.refusals_ended", listener=gate.name, refused=gate.refusing)
@@ -598,7 +584,7 @@ class Server:
                 conn.hello_deadline = hello_deadline
             gate.open += 1
             self.connections.add(conn)
-            self.api.connections = len(self.connections)
+            self.clients.open.add(conn)
             try:
                 async with anyio.create_task_group() as tg:
                     tg.start_soon(conn.writer)
@@ -611,7 +597,7 @@ class Server:
                 gate.open -= 1
                 self.pipeline.events.unsubscribe(conn.number)
                 self.connections.discard(conn)
-                self.api.connections = len(self.connections)
+                self.clients.open.discard(conn)
 
     def stop(self) -> None:
         """Stop accepting; keep reading for a short grace so that requests still arriving are

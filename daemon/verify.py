@@ -23,7 +23,7 @@ import orjson
 from daemon.store import archive
 from daemon.store import backup as mirror_files
 from daemon.store.backup import Source, entry_of, key_of_line, key_of_record
-from daemon.store.registry import SESSIONS_JSON, is_active_transcript_name
+from daemon.store.registry import SESSIONS_JSON, is_active_transcript_name, read_registry
 
 SHOW_IDS = 10  # ids listed per kind of difference in the text report
 LAG_RETRIES = 3
@@ -88,11 +88,8 @@ def known_keys(state_dir: Path) -> dict[str, str]:
         for rec in archive.read_index(folder):
             if rec.sessionKey:
                 out[rec.sessionId] = rec.sessionKey
-        try:
-            doc = orjson.loads((folder / SESSIONS_JSON).read_bytes())
-        except (OSError, orjson.JSONDecodeError):
-            continue
-        for key, entry in doc.items() if isinstance(doc, dict) else []:
+        doc = read_registry(folder / SESSIONS_JSON)[0]  # with its change log applied
+        for key, entry in doc.items() if doc is not None else []:
             if isinstance(entry, dict) and isinstance(entry.get("sessionId"), str):
                 out[entry["sessionId"]] = key
     return out
@@ -274,11 +271,8 @@ def state_diffs(
         folder = Path(agent.path) / "sessions"
         for found in archive.read_index(folder):
             archived[found.sessionId] = found
-        try:
-            doc = orjson.loads((folder / SESSIONS_JSON).read_bytes())
-        except (OSError, orjson.JSONDecodeError):
-            continue
-        for entry in doc.values() if isinstance(doc, dict) else []:
+        doc = read_registry(folder / SESSIONS_JSON)[0]  # with its change log applied
+        for entry in doc.values() if doc is not None else []:
             if isinstance(entry, dict) and isinstance(entry.get("sessionId"), str):
                 active.add(entry["sessionId"])
     out = []

@@ -1,20 +1,40 @@
-"""The requests the committer takes (daemon/pipeline.py): each is answered once through `reply`."""
+"""The requests the committer takes, the door they come in by, and what a durable batch did.
+
+Made first, before the pipeline and everything that writes through it (compaction, memory
+flush), so that none of them needs another assigned after construction:
+
+    Entrance   the door: a bounded queue of requests, the current config and reset policies,
+               the counters and the event bus; each request is answered once through `reply`
+    Work       one request (an inbound message, an agent's message, a reset, prepared entries)
+    Commit     one durable batch as the pipeline sees it: the store's `Batch` (lines and
+               positions) plus what the requests did (answers, resets, stops, sessions that
+               received a message), handed to every after-commit `Stage` in order
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from daemon.core.commands import Command
-from daemon.core.keys import Route
+import anyio
+from anyio.abc import TaskGroup
+
+from daemon.committer import Counters, WorkQueue
+from daemon.config import Config
+from daemon.config_load import resolve_timezone
+from daemon.core.ingest import CommandPlan
+from daemon.core.keys import Route, agent_of_key
 from daemon.core.protocol import AppendParams, IngestParams
-from daemon.errors import RequestError
+from daemon.errors import RequestError, StorageUnavailable
+from daemon.events import EventBus
+from daemon.lifecycle import Policies
 from daemon.store.dedup import DedupKey
 from daemon.store.registry import SessionState
-from daemon.store.store import Batch
+from daemon.store.store import Archived, Batch, Store
 
-Reply = Callable[[dict[str, Any] | RequestError], None]
+Answer = dict[str, Any]
+Reply = Callable[[Answer | RequestError], None]
 
 
 @dataclass(slots=True)
@@ -53,21 +73,128 @@ class EntryWork:
     its lines with `Store.add_line` and returns the answer."""
 
     session_id: str
-    prepare: Callable[[Batch, SessionState, int, str], dict[str, Any]]
+    prepare: Callable[[Batch, SessionState, int, str], Answer]
     reply: Reply
 
 
 Work = IngestWork | AppendWork | ResetWork | EntryWork
 
 
-class CompactionHooks(Protocol):
-    """What the background compaction (daemon/compaction.py) needs from the committer."""
+@dataclass(slots=True)
+class IngestOutcome:
+    """What a stored inbound message's answer is made of; the pipeline turns it into the answer
+    (`core.ingest.ingest_answer`) once the after-commit stages have run."""
 
-    def after_write(self, batch: Batch) -> None:
-        """A batch is durable (before its answers go out)."""
+    session: SessionState
+    entry_id: str
+    created: bool
+    reset: dict[str, Any] | None
+    command: CommandPlan | None  # with its reply rendered, except /context detail's
+    compaction: dict[str, Any] | None  # known when prepared (/compact)
 
-    def command_reply(self, cmd: Command, st: SessionState) -> str:
-        """The reply to /compact or /context."""
 
-    async def context_detail(self, st: SessionState) -> str:
-        """The reply to /context detail: each entry's share of the tokens. Never raises."""
+@dataclass(slots=True)
+class Commit:
+    """One batch and what its requests did, from preparation to the last answer."""
+
+    batch: Batch
+    now: int  # the batch's clock: every entry and registry change in it carries this time
+    ts: str  # `now` as the transcripts write it
+    answers: list[tuple[Work, Answer | IngestOutcome]] = field(default_factory=list)
+    # (old session, new session or None, reason) for every reset in the batch
+    resets: list[tuple[SessionState, SessionState | None, str]] = field(default_factory=list)
+    stops: list[dict[str, Any]] = field(default_factory=list)  # session.stop events to publish
+    # Sessions that received a message (inbound or an agent's), by session id, in order.
+    messaged: dict[str, SessionState] = field(default_factory=dict)
+    # (ended session, the session of its key that begins in this batch) for sessions ended
+    # without a successor (scheduler, deleted): their index gets one more line once durable
+    linked: list[tuple[Archived, str]] = field(default_factory=list)
+    # Set by the compaction check (stage 6): session id -> the `compaction` field of the last
+    # inbound message's answer in that session (a compaction it newly scheduled).
+    compaction: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    @property
+    def requests(self) -> list[Work]:
+        return [w for w, _ in self.answers]
+
+
+class Stage(Protocol):
+    """One after-commit stage (SPEC 4.5-7): runs in order once a batch is durable, before its
+    answers go out. `background` is the committer's task group, for work that may outlast the
+    batch; it is waited for before the committer's final checkpoint. Never raises."""
+
+    async def after_commit(self, commit: Commit, background: TaskGroup) -> None: ...
+
+
+class Entrance:
+    """The door every write comes in by (the pipeline's entrances, compaction, memory flush).
+
+    Holds the committer's bounded queue and what a reload changes (config, reset policies).
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        config: Config,
+        events: EventBus | None = None,
+    ) -> None:
+        self.store = store
+        self.events = events if events is not None else EventBus()
+        self.counters = Counters()
+        self.queue: WorkQueue[Work] = WorkQueue()
+        self.config = config
+        self.policies = Policies(config.session, resolve_timezone(config))
+
+    def set_config(self, config: Config) -> None:
+        """A reloaded config: the next request is judged by it."""
+        self.config = config
+        self.policies = Policies(config.session, resolve_timezone(config))
+
+    def check_open(self) -> None:
+        """Raises StorageUnavailable when nothing can be stored now."""
+        if self.queue.closed:
+            raise StorageUnavailable("the daemon is shutting down; nothing was stored, retry")
+        self.store.check_writable()
+
+    def put(
+        self, work: Work, abandoned: Callable[[Work], None] | None = None
+    ) -> Awaitable[None] | None:
+        """Queue `work`: None when queued, or an awaitable to wait on while the queue is full
+        (`abandoned(work)` runs if that wait is given up)."""
+        return self.queue.put(work, self.check_open, abandoned)
+
+    async def outcome(self, put: Callable[[Reply], Awaitable[None] | None]) -> Answer:
+        """Queue a request with `put(reply)` and wait for its outcome; raises its RequestError."""
+        done = anyio.Event()
+        box: list[Answer | RequestError] = []
+
+        def reply(outcome: Answer | RequestError) -> None:
+            box.append(outcome)
+            done.set()
+
+        waiter = put(reply)
+        if waiter is not None:
+            await waiter
+        await done.wait()
+        if isinstance(box[0], RequestError):
+            raise box[0]
+        return box[0]
+
+    async def append_prepared(
+        self, session_id: str, prepare: Callable[[Batch, SessionState, int, str], Answer]
+    ) -> Answer:
+        """Append entries built by `prepare` to an active session and wait until they are
+        durable. Raises NotFound (the session was reset or archived) or StorageUnavailable."""
+        self.check_open()
+        return await self.outcome(lambda reply: self.put(EntryWork(session_id, prepare, reply)))
+
+    def find_by_key(self, session_key: str) -> SessionState | None:
+        agent_id = agent_of_key(session_key)
+        if agent_id is None:
+            return None
+        reg = self.store.agents.get(agent_id)
+        return None if reg is None else reg.sessions.get(session_key)
+
+    def close(self) -> None:
+        """No more requests: the committer finishes what is queued, checkpoints and returns."""
+        self.queue.close()

@@ -18,6 +18,7 @@ import pytest
 import structlog
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from inprocess import make_pipeline
 
 from daemon import failpoints, logs, worker_log
 from daemon.api import read_history
@@ -219,7 +220,7 @@ async def running(
     store = Store(state, dedup_max=1000, dedup_window_ms=86_400_000)
     await anyio.to_thread.run_sync(store.open)
     mirror = Mirror(store, cfg, state)
-    pipeline = Pipeline(store, cfg, mirror=mirror)
+    pipeline = make_pipeline(store, cfg, mirror=mirror)
     async with anyio.create_task_group() as tg:
         await tg.start(mirror.run)
         await tg.start(pipeline.run)

@@ -10,6 +10,7 @@ from typing import Any
 import orjson
 
 from daemon.store.context import apply_recount, read_context, recount
+from daemon.store.entry import SessionEntry
 
 FIXTURE = Path(__file__).resolve().parent / "fixtures" / "openclaw-2026.6"
 COMPACTED = FIXTURE / "agents/main/sessions/70de30ac-307c-4f24-8026-fe134613daac.jsonl"
@@ -88,11 +89,13 @@ def test_recount_follows_the_latest_compaction_and_flush(tmp_path: Path) -> None
     # The usage of entry 2 is from before the compaction: stale, so estimates count.
     assert r.total_tokens == 10 + 1 + 2
     assert (r.compaction_count, r.flush_count) == (3, 2)
-    entry: dict[str, Any] = {"compactionCount": 1, "totalTokens": 99}
+    changes: list[int] = []
+    entry = SessionEntry({"compactionCount": 1, "totalTokens": 99}, lambda key: changes.append(1))
     apply_recount(entry, r)
     assert entry == {"compactionCount": 3, "totalTokens": 13, "memoryFlushCompactionCount": 2}
+    assert changes  # the registry is written at the next checkpoint
     # Counters never move back.
-    entry = {"compactionCount": 5, "memoryFlushCompactionCount": 5}
+    entry = SessionEntry({"compactionCount": 5, "memoryFlushCompactionCount": 5}, lambda key: None)
     apply_recount(entry, r)
     assert entry["compactionCount"] == 5 and entry["memoryFlushCompactionCount"] == 5
 

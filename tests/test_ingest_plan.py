@@ -50,8 +50,11 @@ def session(
     return Session(key, sid, entry)
 
 
-def policies(mode: str = "daily", idle: int | None = None) -> Policies:
-    cfg = SessionConfig(reset=ResetPolicyConfig(mode=mode, atHour=4, idleMinutes=idle))
+def policies(
+    mode: str = "daily", idle: int | None = None, defer: int = 30, **overrides: Any
+) -> Policies:
+    reset = ResetPolicyConfig(mode=mode, atHour=4, idleMinutes=idle, deferWhileActiveMinutes=defer)
+    cfg = SessionConfig.model_validate({"reset": reset.model_dump(), **overrides})
     return Policies(cfg, ZoneInfo("UTC"))
 
 
@@ -78,13 +81,15 @@ def plan(
     sessions: list[Session], text: Any, now: int, pol: Policies | None = None, **kw: Any
 ) -> IngestPlan:
     compaction = kw.pop("compaction", True)
+    triggers = kw.pop("triggers", ("/new", "/reset"))
+    route = kw.pop("route", ROUTE)
     return plan_ingest(
         {s.session_key: s for s in sessions},
-        ROUTE,
+        route,
         msg(text, **kw),
         pol or policies(),
         now,
-        reset_triggers=("/new", "/reset"),
+        reset_triggers=triggers,
         compaction=compaction,
     )
 
@@ -204,6 +209,61 @@ def test_new_on_a_key_without_a_session_just_begins_one() -> None:
     assert p.new is not None and p.reset is None
 
 
+def test_daily_with_idle_minutes_behaves_as_both() -> None:
+    # OpenClaw's rule: mode daily with idleMinutes set resets on whichever comes first.
+    s = session(started=ms(2, 5), last=ms(2, 6))
+    p = plan([s], "back", ms(2, 8), policies("daily", idle=60))
+    assert p.reset is not None and p.reset.reason == "idle"
+
+
+def test_the_daily_boundary_is_the_latest_at_hour_before_now() -> None:
+    s = session(started=ms(2, 3), last=ms(2, 3, 10))  # began before today's 04:00
+    assert plan([s], "hi", ms(2, 3, 50)).reset is None  # 03:50: the boundary is yesterday's
+    p = plan([s], "hi", ms(2, 4, 1))
+    assert p.reset is not None and p.reset.reason == "daily"
+
+
+def test_a_daily_reset_waits_while_the_conversation_is_active() -> None:
+    # Began before the boundary, but talked to 10 minutes ago: deferred for 30 quiet minutes.
+    s = session(started=ms(1, 20), last=ms(2, 9))
+    assert plan([s], "still here", ms(2, 9, 10)).reset is None
+    p = plan([s], "later", ms(2, 9, 31))
+    assert p.reset is not None and p.reset.reason == "daily"
+
+
+def test_reset_by_type_and_by_channel_override_the_policy() -> None:
+    s = session(started=ms(2, 5), last=ms(2, 6))
+    by_type = policies("none", resetByType={"direct": {"mode": "idle", "idleMinutes": 60}})
+    p = plan([s], "back", ms(2, 8), by_type)
+    assert p.reset is not None and p.reset.reason == "idle"
+    by_channel = policies(resetByChannel={"telegram": {"mode": "none"}})
+    stale = session(started=ms(1, 20), last=ms(1, 22))
+    assert plan([stale], "morning", ms(2, 9), by_channel).reset is None
+
+
+def test_a_configured_trigger_resets_with_reason_reset() -> None:
+    s = session(started=ms(2, 5), last=ms(2, 11))
+    p = plan([s], "/restart", ms(2, 12), triggers=("/new", "/restart"))
+    assert p.reset is not None and p.reset.reason == "reset"
+    assert p.reset.data["trigger"] == "/restart"
+    assert plan([s], "/reset", ms(2, 12), triggers=("/new", "/restart")).reset is None
+
+
+def test_a_trigger_at_a_stale_session_records_the_trigger_not_the_staleness() -> None:
+    s = session(started=ms(1, 20), last=ms(1, 22))
+    p = plan([s], "/reset", ms(2, 9))
+    assert p.reset is not None and p.reset.reason == "reset"
+
+
+def test_a_reset_begins_the_new_session_under_the_same_key() -> None:
+    s = session(started=ms(1, 20), last=ms(1, 22), origin={"provider": "telegram"})
+    p = plan([s], "hi", ms(2, 9))
+    assert p.reset is not None and p.new is not None
+    assert (p.reset.previous, p.new.session_key, p.target) == (KEY, KEY, None)
+    assert p.new.fields["origin"] == {"provider": "telegram"}  # where to deliver: carried
+    assert p.registry["lastInteractionAt"] == ms(2, 9)
+
+
 # ---------------------------------------------------------------------------------------------
 # 4.4: chat commands (stored like any message; the answer carries the reply)
 
@@ -294,3 +354,71 @@ def test_the_plan_is_pure() -> None:
     a = plan([s], "/new", ms(2, 12))
     b = plan([s], "/new", ms(2, 12))
     assert a == b and s.entry == before
+
+
+@pytest.mark.parametrize("text", ["/status", "/STATUS", "/status@my_bot", "  /status"])
+def test_commands_are_recognised_at_the_start_in_any_case_and_with_a_bot_suffix(
+    text: str,
+) -> None:
+    s = session(started=ms(2, 5), last=ms(2, 11))
+    p = plan([s], text, ms(2, 12))
+    assert p.command is not None and p.command.name == "status"
+    assert p.origin["command"]["name"] == "status"
+
+
+@pytest.mark.parametrize("text", ["hello /status", "/unknown", "/statusreport", "/ new"])
+def test_anything_else_is_an_ordinary_message(text: str) -> None:
+    s = session(started=ms(2, 5), last=ms(2, 11))
+    p = plan([s], text, ms(2, 12))
+    assert p.command is None and "command" not in p.origin
+    assert p.kind == "message" and p.reset is None
+
+
+def test_a_command_is_read_from_the_first_text_block() -> None:
+    s = session(started=ms(2, 5), last=ms(2, 11))
+    blocks = [{"type": "image", "url": "x"}, {"type": "text", "text": "/new"}]
+    p = plan([s], blocks, ms(2, 12))
+    assert p.reset is not None and p.reset.reason == "new"
+    assert p.message is not None and p.message["content"] == blocks
+
+
+def test_every_command_is_stored_as_a_message_in_the_session_except_stop() -> None:
+    s = session(started=ms(2, 5), last=ms(2, 11))
+    other = session(OTHER, "s-other", started=ms(2, 5), last=ms(2, 11))
+    for text in (
+        "/status",
+        "/sessions",
+        "/compact",
+        "/context",
+        "/context detail",
+        f"/session {OTHER}",
+    ):
+        p = plan([s, other], text, ms(2, 12))
+        assert p.kind == "message" and p.message is not None, text
+        assert p.target == KEY and p.reset is None, text
+        assert p.registry["lastInteractionAt"] == ms(2, 12), text
+    stop = plan([s], "/stop", ms(2, 12))
+    assert stop.kind == "stop" and stop.added_tokens is None
+
+
+def test_context_detail_keeps_its_argument() -> None:
+    s = session(started=ms(2, 5), last=ms(2, 11))
+    p = plan([s], "/context detail", ms(2, 12))
+    assert p.command is not None and (p.command.ask, p.command.arg) == ("context_detail", "detail")
+    q = plan([s], "/context list", ms(2, 12))
+    assert q.command is not None and (q.command.ask, q.command.arg) == ("compaction", "list")
+
+
+def test_a_command_as_the_first_message_of_a_key_begins_its_session() -> None:
+    p = plan([], "/status", ms(2, 12))
+    assert p.new is not None and p.new.session_key == KEY and p.reset is None
+    assert p.command is not None and p.command.ask == "status"
+
+
+def test_session_to_its_own_key_clears_the_route() -> None:
+    routed = session(started=ms(2, 5), last=ms(2, 11), **{ROUTE_FIELD: OTHER})
+    other = session(OTHER, "s-other", started=ms(2, 5), last=ms(2, 11))
+    p = plan([routed, other], f"/session {KEY}", ms(2, 12))
+    assert p.route_change is not None
+    assert (p.route_change.chat_key, p.route_change.target) == (KEY, None)
+    assert p.target == KEY  # /session is stored where the chat itself lives

@@ -38,13 +38,13 @@ import anyio.lowlevel
 import orjson
 import pytest
 from e2e.harness import check_chain
+from inprocess import make_pipeline
 from reliability import tally
 from sim_disk import FaultyDisk, SimDisk
 
 from daemon.config import Config
 from daemon.core.protocol import parse_append, parse_ingest
 from daemon.errors import RequestError
-from daemon.pipeline import Pipeline
 from daemon.store import fileio
 from daemon.store.archive import read_index
 from daemon.store.registry_log import WritePolicy
@@ -103,7 +103,7 @@ async def workload(
     # fall in both (and in the change log's first write after a rewrite).
     store.registry_policy = LOG_MOSTLY
     await anyio.to_thread.run_sync(store.open)
-    pipeline = Pipeline(store, cfg)
+    pipeline = make_pipeline(store, cfg)
     sent = 0
     keys: list[str] = []
     outcomes: Counter[str] = Counter()

@@ -31,7 +31,7 @@ def registry(tmp_path: Path, n: int) -> AgentRegistry:
 
 def add(reg: AgentRegistry, key: str, sid: str) -> SessionState:
     rel = f"agents/main/sessions/{sid}.jsonl"
-    st = SessionState("main", key, sid, rel, {"sessionId": sid, "updatedAt": 1})
+    st = SessionState("main", key, sid, rel, reg.entry({"sessionId": sid, "updatedAt": 1}, key))
     reg.sessions[key] = st
     reg.changed(key)
     return st
@@ -52,8 +52,7 @@ def test_changed_entries_are_logged_and_sessions_json_stays_as_written(tmp_path:
     reg = registry(tmp_path, 50)
     assert checkpoint(reg), "the first checkpoint writes sessions.json whole"
     written = (reg.folder / SESSIONS_JSON).read_bytes()
-    reg.sessions["agent:main:k3"].entry["updatedAt"] = 99
-    reg.changed("agent:main:k3")
+    reg.sessions["agent:main:k3"].entry.updated_at = 99  # the setter marks k3 changed
     gone = reg.sessions.pop("agent:main:k4")
     reg.changed(gone.session_key)
     add(reg, "agent:main:new", "snew")
@@ -73,8 +72,7 @@ def test_changed_entries_are_logged_and_sessions_json_stays_as_written(tmp_path:
 def test_a_later_rewrite_makes_the_old_log_stale(tmp_path: Path) -> None:
     reg = registry(tmp_path, 10)
     checkpoint(reg)
-    reg.sessions["agent:main:k1"].entry["updatedAt"] = 5
-    reg.changed("agent:main:k1")
+    reg.sessions["agent:main:k1"].entry.updated_at = 5
     checkpoint(reg)
     # Someone (OpenClaw, a restore) writes sessions.json: the log is not on top of it.
     (reg.folder / SESSIONS_JSON).write_bytes(orjson.dumps({"agent:main:x": {"sessionId": "x"}}))
@@ -86,11 +84,9 @@ def test_a_later_rewrite_makes_the_old_log_stale(tmp_path: Path) -> None:
 def test_a_torn_last_frame_keeps_the_frames_before_it(tmp_path: Path) -> None:
     reg = registry(tmp_path, 10)
     checkpoint(reg)
-    reg.sessions["agent:main:k1"].entry["updatedAt"] = 5
-    reg.changed("agent:main:k1")
+    reg.sessions["agent:main:k1"].entry.updated_at = 5
     checkpoint(reg)
-    reg.sessions["agent:main:k2"].entry["updatedAt"] = 6
-    reg.changed("agent:main:k2")
+    reg.sessions["agent:main:k2"].entry.updated_at = 6
     checkpoint(reg)
     log = log_path(reg.folder / SESSIONS_JSON)
     log.write_bytes(log.read_bytes()[:-7])
@@ -105,8 +101,7 @@ def test_the_log_is_folded_in_once_it_holds_a_share_of_the_file(tmp_path: Path) 
     assert checkpoint(reg, policy)
     rewrites = 0
     for i in range(40):
-        reg.sessions[f"agent:main:k{i}"].entry["updatedAt"] = 100 + i
-        reg.changed(f"agent:main:k{i}")
+        reg.sessions[f"agent:main:k{i}"].entry.updated_at = 100 + i
         rewrites += checkpoint(reg, policy)
     assert 1 <= rewrites < 20
     loaded, _ = load_agent(tmp_path, "main", reg.folder)
@@ -116,18 +111,15 @@ def test_the_log_is_folded_in_once_it_holds_a_share_of_the_file(tmp_path: Path) 
 def test_at_rest_or_at_the_final_checkpoint_sessions_json_catches_up(tmp_path: Path) -> None:
     reg = registry(tmp_path, 10)
     checkpoint(reg)
-    reg.sessions["agent:main:k1"].entry["updatedAt"] = 5
-    reg.changed("agent:main:k1")
+    reg.sessions["agent:main:k1"].entry.updated_at = 5
     assert not checkpoint(reg)
     assert plan_writes([reg], [], [], ALWAYS_LOG) == [], "nothing changed, nothing is due yet"
     assert checkpoint(reg, final=True)
     assert on_disk(reg)["agent:main:k1"] == {"sessionId": "s1", "updatedAt": 5}
-    reg.sessions["agent:main:k3"].entry["updatedAt"] = 7
-    reg.changed("agent:main:k3")
+    reg.sessions["agent:main:k3"].entry.updated_at = 7
     assert checkpoint(reg, final=True), "changed, with nothing logged yet: rewritten at a stop"
     assert on_disk(reg)["agent:main:k3"] == {"sessionId": "s3", "updatedAt": 7}
-    reg.sessions["agent:main:k2"].entry["updatedAt"] = 6
-    reg.changed("agent:main:k2")
+    reg.sessions["agent:main:k2"].entry.updated_at = 6
     assert not checkpoint(reg)
     old = WritePolicy(always_below=0, log_share=float("inf"), max_age=0.0)
     assert checkpoint(reg, old), "a log older than max_age is folded in even at rest"
@@ -150,3 +142,20 @@ def test_sessions_of_unwritten_batches_are_left_out_until_they_are_durable(
     plan[0].write(plan[1])
     loaded, _ = load_agent(tmp_path, "main", reg.folder)
     assert loaded.sessions["agent:main:k1"].session_id == "s1b"
+
+
+def test_offline_readers_see_the_logged_changes(tmp_path: Path) -> None:
+    """`backup verify`, the mirror sweep and the search index read the registry without the
+    daemon: a session only the change log knows about yet is still a live session to them."""
+    from daemon.maintenance import _active_sessions
+    from daemon.search.sources import session_keys
+    from daemon.verify import known_keys
+
+    reg = registry(tmp_path, 10)
+    checkpoint(reg)
+    add(reg, "agent:main:logged", "slogged")
+    assert not checkpoint(reg), "logged, sessions.json left as it was"
+    assert "agent:main:logged" not in on_disk(reg)
+    assert "slogged" in _active_sessions(tmp_path)
+    assert known_keys(tmp_path)["slogged"] == "agent:main:logged"
+    assert session_keys(reg.folder)["slogged"] == "agent:main:logged"

@@ -16,6 +16,7 @@ from typing import Any
 import anyio
 import orjson
 import pytest
+from inprocess import make_pipeline
 
 from daemon import retention
 from daemon.api import Api, read_history
@@ -53,7 +54,7 @@ async def running(
     store = Store(state, dedup_max=1000, dedup_window_ms=DAY)
     await anyio.to_thread.run_sync(store.open)
     mirror = Mirror(store, cfg, state)
-    pipeline = Pipeline(store, cfg, mirror=mirror)
+    pipeline = make_pipeline(store, cfg, mirror=mirror)
     async with anyio.create_task_group() as tg:
         await tg.start(mirror.run)
         await tg.start(pipeline.run)
@@ -176,8 +177,7 @@ async def test_the_scheduled_job_compresses_and_the_daemon_reads_the_gz_at_once(
     ids = await make_archives(state, 2, cfg)
     async with running(state, cfg) as (store, pipeline, mirror):
         await mirrored(mirror)
-        sched = Scheduler(pipeline, state)
-        sched.retention = Retention(pipeline, mirror)
+        sched = Scheduler(pipeline, state, Retention(pipeline, mirror))
         info = await sched.run_job(RETENTION)
         assert info["archivesCompressed"] == 2 and info["backupsCompressed"] == 2
         assert info["failed"] == []

@@ -10,6 +10,7 @@ from zoneinfo import ZoneInfo
 import anyio
 import orjson
 import pytest
+from inprocess import make_pipeline
 
 from daemon.config import Config
 from daemon.core.protocol import parse_ingest
@@ -52,13 +53,12 @@ def make(tmp_path: Path, tz: str, reset: dict[str, Any]) -> tuple[Store, Pipelin
     )
     store = Store(tmp_path / "state", dedup_max=1000, dedup_window_ms=86_400_000)
     store.open()
-    return store, Pipeline(store, cfg)
+    return store, make_pipeline(store, cfg)
 
 
 def backdate(store: Store, key: str, started: int, last: int) -> None:
     st = store.agents["main"].sessions[key]
-    st.entry["sessionStartedAt"] = started
-    st.entry["lastInteractionAt"] = last
+    st.entry.update({"sessionStartedAt": started, "lastInteractionAt": last})
 
 
 @pytest.mark.parametrize("tz", ["Europe/Berlin", "America/New_York", "Australia/Lord_Howe"])

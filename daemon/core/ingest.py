@@ -210,6 +210,35 @@ def plan_ingest(
     )
 
 
+def ingest_answer(
+    session_key: str | None,  # None only for a restored session whose key is lost
+    session_id: str,
+    entry_id: str,
+    created: bool,
+    *,
+    reset: dict[str, Any] | None = None,
+    command: dict[str, Any] | None = None,
+    compaction: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The answer to a `message.ingest` (SPEC 3), the one place it is built: by the pipeline
+    once the message is durable, and by the store for a message id it finds again on disk."""
+    return {
+        "sessionKey": session_key,
+        "sessionId": session_id,
+        "entryId": entry_id,
+        "created": created,
+        "duplicate": False,
+        "reset": reset,
+        "command": command,
+        "compaction": compaction,
+    }
+
+
+def as_duplicate(answer: Mapping[str, Any]) -> dict[str, Any]:
+    """The first answer, given again to a repeated message id."""
+    return {**answer, "duplicate": True}
+
+
 def _command(
     cmd: Command | None,
     sessions: Mapping[str, SessionView],

@@ -15,10 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import orjson
-
 from daemon.core.keys import normalize_agent_id
 from daemon.store.archive import ARCHIVE_DIR, INDEX, OPENCLAW_SUFFIX, read_index
+from daemon.store.registry import SESSIONS_JSON, read_registry
 from daemon.store.transcript import json_object, parse_iso_ms
 
 MAX_TEXT_CHARS = 32_768  # of one entry; a pasted file should not dominate the index
@@ -268,11 +267,8 @@ def session_keys(sessions_folder: Path) -> dict[str, str]:
     """sessionId -> sessionKey from the registry and the archive index (for transcripts whose
     header does not say: OpenClaw writes no sessionKey there)."""
     out: dict[str, str] = {}
-    try:
-        doc = orjson.loads((sessions_folder / "sessions.json").read_bytes())
-    except (OSError, orjson.JSONDecodeError):
-        doc = None
-    if isinstance(doc, dict):
+    doc = read_registry(sessions_folder / SESSIONS_JSON)[0]  # with its change log applied
+    if doc is not None:
         for key, entry in doc.items():
             if isinstance(entry, dict) and isinstance(entry.get("sessionId"), str):
                 out.setdefault(entry["sessionId"], key)

@@ -14,10 +14,13 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from daemon.core import tokens
 from daemon.store.transcript import iter_lines_backwards, json_object
+
+if TYPE_CHECKING:
+    from daemon.store.entry import SessionEntry
 
 COMPACTION = "compaction"
 FLUSH_ENTRY = "sessiond.memoryFlush"  # custom entry: the memory flush of a cycle ran
@@ -209,14 +212,14 @@ def _count(v: Any) -> int | None:
     return v if isinstance(v, int) and not isinstance(v, bool) else None
 
 
-def apply_recount(entry: dict[str, Any], r: Recount) -> None:
+def apply_recount(entry: SessionEntry, r: Recount) -> None:
     """Put recounted numbers into a registry entry; counters only ever move forward."""
-    entry["totalTokens"] = r.total_tokens
+    entry.total_tokens = r.total_tokens
     if r.compaction_count is not None:
-        entry["compactionCount"] = max(_int(entry.get("compactionCount")), r.compaction_count)
+        entry.compaction_count = max(_int(entry.get("compactionCount")), r.compaction_count)
     if r.flush_count is not None:
         prior = entry.get("memoryFlushCompactionCount")
-        entry["memoryFlushCompactionCount"] = max(
+        entry.memory_flush_compaction_count = max(
             _int(prior) if prior is not None else -1, r.flush_count
         )
 

@@ -12,6 +12,7 @@ from typing import Any
 import structlog
 
 from daemon.core.ids import now_ms
+from daemon.core.ingest import ingest_answer
 from daemon.store import archive, fileio, recovery, transcript
 from daemon.store.fsutil import FILE_MODE, ensure_dir
 from daemon.store.journal import Record
@@ -20,8 +21,6 @@ from daemon.store.store import (
     Store,
     _int_or_none,
     _str_or_none,
-    ingest_answer,
-    session_answer,
     write_all_at_end,
 )
 from daemon.store.transcript import json_object, parse_iso_ms
@@ -130,7 +129,7 @@ def replay_registry(
                 "sessionStartedAt": ts,
                 "compactionCount": 0,
             }
-            st = SessionState(agent_id, key, sid, rel, entry, new=True)
+            st = SessionState(agent_id, key, sid, rel, reg.entry(entry, key), new=True)
             reg.sessions[key] = st
             store.by_id[sid] = st
             by_rel[rel] = st
@@ -163,17 +162,17 @@ def replay_registry(
         return
     created = rel in after_header
     after_header.discard(rel)
-    st.entry["updatedAt"] = max(int(st.entry.get("updatedAt") or 0), ts)
+    st.entry.updated_at = max(st.entry.updated_at, ts)
     msg = obj.get("message")
     if isinstance(msg, dict) and msg.get("role") == "user":
-        st.entry["lastInteractionAt"] = ts
+        st.entry.last_interaction_at = ts
     reg.dirty = True
     origin = obj.get("origin")
     if not isinstance(origin, dict) or not isinstance(origin.get("messageId"), str):
         return
     key3 = (str(origin.get("channel")), str(origin.get("accountId")), origin["messageId"])
     if store.dedup.lookup(agent_id, key3) is None:
-        answer = ingest_answer(st, str(obj.get("id")), created)
+        answer = ingest_answer(st.session_key, st.session_id, str(obj.get("id")), created)
         store.dedup.remember(agent_id, key3, ts, answer)
 
 
@@ -265,6 +264,6 @@ def remember_unowned(store: Store) -> None:
             log.warning("dedup.session_unknown", path=rel, messageId=key3[2])
             continue
         if store.dedup.lookup(agent_id, key3) is None:
-            answer = session_answer(key, sid, entry_id, created)
+            answer = ingest_answer(key, sid, entry_id, created)
             store.dedup.remember(agent_id, key3, ts, answer)
     store._unowned_ids.clear()

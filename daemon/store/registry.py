@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,6 +21,7 @@ import orjson
 
 from daemon.core.ids import now_ms
 from daemon.store import fileio
+from daemon.store.entry import SessionEntry
 from daemon.store.fsutil import atomic_write
 from daemon.store.registry_log import (
     ChangeLog,
@@ -43,7 +44,7 @@ class SessionState:
     session_key: str
     session_id: str
     rel_path: str  # transcript path relative to the state folder
-    entry: dict[str, Any]  # the sessions.json entry, unknown fields included
+    entry: SessionEntry  # the sessions.json entry, unknown fields included
     size: int = -1  # next append offset; -1 until the tail has been read
     last_entry_id: str | None = None
     fd: int | None = None
@@ -87,7 +88,7 @@ class AgentRegistry:
     def serialize(self, sessions: dict[str, SessionState] | None = None) -> bytes:
         """sessions.json's bytes: these sessions (default: all of this agent's)."""
         chosen = self.sessions if sessions is None else sessions
-        return serialize([(key, st.entry) for key, st in chosen.items()])
+        return serialize([(key, st.entry.document()) for key, st in chosen.items()])
 
     def changed(self, key: str | None = None) -> None:
         """Write this entry (None: all of sessions.json) at the next checkpoint."""
@@ -100,10 +101,15 @@ class AgentRegistry:
     def pending(self) -> bool:
         return self.dirty or bool(self.changed_keys)
 
+    def entry(self, data: dict[str, Any], key: str) -> SessionEntry:
+        """The entry of this registry's session `key`: its setters mark that key changed."""
+        return SessionEntry(data, self.changed, key)
+
     def rename(self, old: str, new: str) -> SessionState:
         """Give a session a new key (the caller checked `new` is free)."""
         st = self.sessions.pop(old)
         st.session_key = new
+        st.entry.key = new
         self.sessions[new] = st
         self.changed_keys.update((old, new))
         return st
@@ -200,12 +206,12 @@ def plan_writes(
                 before = shown(k)
                 if before is not None:
                     whole.setdefault(k, before)
-            w = RegistryWrite(full=[(k, st.entry) for k, st in whole.items()])
+            w = RegistryWrite(full=[(k, st.entry.document()) for k, st in whole.items()])
         else:
             changes: list[tuple[str, dict[str, Any] | None]] = []
             for k in reg.changed_keys:
                 now = shown(k)
-                changes.append((k, None if now is None else now.entry))
+                changes.append((k, None if now is None else now.entry.document()))
             w = RegistryWrite(changes=changes)
         out.append((reg, w))
         reg.dirty = False
@@ -219,7 +225,7 @@ def is_active_transcript_name(name: str) -> bool:
     return name.endswith(".jsonl") and not name.startswith(".") and ".trajectory." not in name
 
 
-def session_file_name(entry: dict[str, Any], session_id: str) -> str:
+def session_file_name(entry: Mapping[str, Any], session_id: str) -> str:
     """The transcript file name for a registry entry.
 
     OpenClaw writes an absolute `sessionFile` from the machine that wrote it; only its base name
@@ -267,7 +273,7 @@ def fill_registry(reg: AgentRegistry, doc: dict[str, Any]) -> None:
         sid = entry["sessionId"]
         name = session_file_name(entry, sid)
         rel = f"agents/{reg.agent_id}/sessions/{name}"
-        reg.sessions[key] = SessionState(reg.agent_id, key, sid, rel, dict(entry))
+        reg.sessions[key] = SessionState(reg.agent_id, key, sid, rel, reg.entry(dict(entry), key))
 
 
 def load_agent(state_dir: Path, agent_id: str, folder: Path) -> tuple[AgentRegistry, str | None]:
@@ -328,4 +334,4 @@ def rebuild_from_transcripts(state_dir: Path, reg: AgentRegistry) -> None:
             }
         )
         rel = f"agents/{reg.agent_id}/sessions/{name}"
-        reg.sessions[key] = SessionState(reg.agent_id, key, sid, rel, entry_doc)
+        reg.sessions[key] = SessionState(reg.agent_id, key, sid, rel, reg.entry(entry_doc, key))

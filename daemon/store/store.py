@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 from collections import OrderedDict
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -41,6 +41,7 @@ from daemon.store.registry import (
     plan_writes,
 )
 from daemon.store.registry_log import WritePolicy
+from daemon.store.transcript import iso_ms
 
 log = structlog.get_logger("daemon.store")
 
@@ -83,28 +84,18 @@ class Closing:
 
 @dataclass(slots=True)
 class Batch:
-    """A prepared batch: lines per transcript, journal records, and what to answer.
+    """A prepared batch: lines per transcript and their journal records.
 
     Writer positions (size, last entry id) advance when a line is added, so the next batch can
-    be prepared while this one is being synced; `Store.fail` undoes that if the write fails.
+    be prepared while this one is being synced; `Store.fail` undoes that if the write fails,
+    which is why the batch also names the sessions it creates and closes.
     """
 
-    epoch: int = 0
-    now: int = 0
     # per touched session: (state, size before the batch, lines)
     touched: dict[int, tuple[SessionState, int, list[bytes]]] = field(default_factory=dict)
     journal: list[bytes] = field(default_factory=list)
     created: list[SessionState] = field(default_factory=list)
     closing: list[Closing] = field(default_factory=list)
-    # (old session, new session or None, reason) for every reset in the batch
-    resets: list[tuple[SessionState, SessionState | None, str]] = field(default_factory=list)
-    answers: list[tuple[Any, dict[str, Any]]] = field(default_factory=list)
-    stops: list[dict[str, Any]] = field(default_factory=list)  # session.stop events to publish
-    # ingest answers completed after the write (/context detail reads the transcript): item id
-    details: dict[int, SessionState] = field(default_factory=dict)
-    # (ended session, the session of its key that begins in this batch) for sessions ended
-    # without a successor (scheduler, deleted): their index gets one more line once durable
-    linked: list[tuple[Archived, str]] = field(default_factory=list)
 
 
 class Store:
@@ -200,7 +191,6 @@ class Store:
             counted = None if rst is None else context.recount(self.state_dir / rst.rel_path)
             if rst is not None and counted is not None:
                 context.apply_recount(rst.entry, counted)
-                self.agents[rst.agent_id].dirty = True
         phases.mark("tails")
         archived = opening.recover_archives(self)
         opening.remember_unowned(self)
@@ -270,15 +260,14 @@ class Store:
         return rec
 
     def close_session(
-        self, batch: Batch, st: SessionState, reason: str, successor: str | None, ts: str
+        self, batch: Batch, st: SessionState, reason: str, successor: str | None, now: int
     ) -> None:
         """Append the closing entry, take the session out of the registry, and queue its
         archiving for when the batch is durable. Until then it is readable where it is."""
         eid = next_entry_id(st.last_entry_id)
         data = {"reason": reason, "successor": successor}
-        self.add_line(
-            batch, st, transcript.custom_line(eid, st.last_entry_id, ts, archive.CLOSED, data), eid
-        )
+        line = transcript.custom_line(eid, st.last_entry_id, iso_ms(now), archive.CLOSED, data)
+        self.add_line(batch, st, line, eid)
         reg = self.agents[st.agent_id]
         if reg.sessions.get(st.session_key) is st:
             del reg.sessions[st.session_key]
@@ -292,7 +281,7 @@ class Store:
                 st.session_key,
                 reason,
                 st.rel_path,
-                batch.now,
+                now,
                 successor,
             )
         )
@@ -402,7 +391,6 @@ class Store:
         predecessor: str | None = None,
     ) -> tuple[SessionState, bytes]:
         """A new session's state and header line (not yet written)."""
-        self.agent(agent_id)  # creates the agent's folder on first use
         sid = new_session_id()
         rel = f"agents/{agent_id}/sessions/{sid}.jsonl"
         entry: dict[str, Any] = {
@@ -415,21 +403,12 @@ class Store:
         entry.update(entry_fields)
         entry.setdefault("compactionCount", 0)
         entry.setdefault("totalTokens", 0)
-        st = SessionState(agent_id, session_key, sid, rel, entry, size=0, new=True)
+        entry_of = self.agent(agent_id).entry
+        st = SessionState(
+            agent_id, session_key, sid, rel, entry_of(entry, session_key), size=0, new=True
+        )
         cwd = self.workspaces.get(agent_id) or str(self.state_dir / "workspace")
         return st, transcript.header_line(sid, session_key, now, cwd, predecessor)
-
-    def update_entry(
-        self, st: SessionState, fields: Mapping[str, Any], *, drop: tuple[str, ...] = ()
-    ) -> None:
-        """Set (and drop) fields of a session's registry entry: the only way its entry changes
-        outside the store, so its sessions.json is always written at the next checkpoint.
-        Fields the daemon does not know (OpenClaw's) stay as they are."""
-        entry = st.entry
-        entry.update(fields)
-        for k in drop:
-            entry.pop(k, None)
-        self.agent(st.agent_id).changed(st.session_key)
 
     def register(self, st: SessionState) -> None:
         reg = self.agent(st.agent_id)
@@ -673,27 +652,6 @@ class Store:
 def write_all_at_end(fd: int, data: bytes) -> None:
     os.lseek(fd, 0, os.SEEK_END)
     write_all(fd, data)
-
-
-def ingest_answer(st: SessionState, entry_id: str, created: bool) -> dict[str, Any]:
-    """The answer to a `message.ingest` stored in `st` (also what a duplicate gets back)."""
-    return session_answer(st.session_key, st.session_id, entry_id, created)
-
-
-def session_answer(
-    session_key: str, session_id: str, entry_id: str, created: bool
-) -> dict[str, Any]:
-    """The answer to a `message.ingest` stored in a session named by key and id."""
-    return {
-        "sessionKey": session_key,
-        "sessionId": session_id,
-        "entryId": entry_id,
-        "created": created,
-        "duplicate": False,
-        "reset": None,
-        "command": None,
-        "compaction": None,
-    }
 
 
 def _str_or_none(v: Any) -> str | None:
