@@ -4,8 +4,9 @@ The daily reset closes thousands of sessions at once. Each one's flush reads its
 transcript and asks the summarizer for notes: Python work on data, so it runs in a worker process
 (daemon/compaction_job.py `flush_closed`), RESET_FLUSH_GROUP sessions per call, and the notes of
 a group share one append and one sync per memory file (locked meanwhile: store/memoryfile.py).
-Up to RESET_FLUSH_WORKERS groups at a time, in a pool of their own at the workers' lower priority: the
-flushes use what CPU ingest leaves, and neither ingest nor threshold compactions queue behind them.
+Up to RESET_FLUSH_WORKERS groups at a time, in a pool of their own at the workers' lower
+priority: the flushes use what CPU ingest leaves, and neither ingest nor threshold compactions
+queue behind them.
 A failed flush (summarizer, I/O, a worker that died) is retried on its own backoff, at most
 RESET_FLUSH_ATTEMPTS times; nothing is written for it meanwhile.
 """
