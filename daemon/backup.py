@@ -19,6 +19,7 @@ round is retried with a growing pause, and once the disk is back the mirror catc
 from __future__ import annotations
 
 import errno
+import itertools
 import os
 import time
 from collections.abc import Mapping
@@ -130,6 +131,12 @@ class Mirror:
         self.root = backup_root(config, state_dir)
         self.writer = MirrorWriter(self.root)
         self.tracks: dict[str, Track] = {}
+        # The tracks that are behind, so a round costs what it mirrors, not one look at every
+        # session there is: those with new batches in the order they fell behind (a dict keeps
+        # insertion order, and `behind_since` only grows), then the start-up catch-up.
+        # `_settle` keeps them true after every change to a track.
+        self._fresh: dict[str, Track] = {}
+        self._catchup: dict[str, Track] = {}
         self.error: str | None = None
         self.counters = MirrorCounters()
         self.lock = anyio.Lock()
@@ -183,6 +190,7 @@ class Mirror:
                 t.end = end
             if t.behind_since is None:
                 t.behind_since = now
+            self._settle(t)
             targets.append((t, end))
         for c in batch.closing:
             if not self._is_excluded(c.state.session_key):
@@ -283,7 +291,7 @@ class Mirror:
             self._stopped = True
             self._signal_round()
             await self.pool.aclose()
-        log.info("backup.stopped", behind=sum(1 for t in self.tracks.values() if not t.caught_up()))
+        log.info("backup.stopped", behind=len(self._fresh) + len(self._catchup))
 
     async def _prime(self) -> None:
         """Follow every session: active ones up to their size now, archived ones to their end."""
@@ -307,13 +315,15 @@ class Mirror:
         for (sid, agent, key, channel, _rel), size in zip(
             active, await anyio.to_thread.run_sync(sizes), strict=True
         ):
-            self.tracks[sid] = Track(agent, key, sid, channel, size)
+            t = self.tracks[sid] = Track(agent, key, sid, channel, size)
+            self._settle(t)
         for sid, a in store.archived_by_id.items():
             if sid in self.tracks or (a.session_key and self._is_excluded(a.session_key)):
                 continue
             if a.reason == MISSING_TRANSCRIPT:
                 continue  # no transcript to mirror
-            self.tracks[sid] = Track(a.agent_id, a.session_key, sid, None, None, closed=True)
+            t = self.tracks[sid] = Track(a.agent_id, a.session_key, sid, None, None, closed=True)
+            self._settle(t)
         self._unstated.update(
             sid
             for sid, a in store.archived_by_id.items()
@@ -355,12 +365,30 @@ class Mirror:
             out.append(store.state_dir / a.rel_path)
         return tuple(out)
 
+    def _settle(self, t: Track) -> None:
+        """File a track under the backlog it belongs to after a change (O(1))."""
+        sid = t.session_id
+        if t.caught_up():
+            self._fresh.pop(sid, None)
+            self._catchup.pop(sid, None)
+        elif t.behind_since is not None:
+            self._catchup.pop(sid, None)
+            self._fresh.setdefault(sid, t)
+        else:
+            self._fresh.pop(sid, None)
+            self._catchup.setdefault(sid, t)
+
+    def _drop(self, sid: str) -> None:
+        self.tracks.pop(sid, None)
+        self._fresh.pop(sid, None)
+        self._catchup.pop(sid, None)
+
     def _jobs(self) -> list[Job]:
-        behind = [t for t in self.tracks.values() if not t.caught_up()]
-        # Sessions with new batches first, the start-up catch-up after them.
-        behind.sort(key=lambda t: (t.behind_since is None, t.behind_since or 0.0))
+        """The next round's jobs: sessions with new batches first, oldest first, then the
+        start-up catch-up; costs the jobs it returns, whatever the number of sessions."""
+        behind = itertools.chain(self._fresh.values(), self._catchup.values())
         out = []
-        for t in behind[:MAX_JOBS_PER_ROUND]:
+        for t in itertools.islice(behind, MAX_JOBS_PER_ROUND):
             paths = self._paths(t.session_id)
             if paths:
                 out.append(
@@ -407,7 +435,8 @@ class Mirror:
                     t.done = t.end = t.end or 0
                     t.behind_since = None
                     if t.closed:
-                        del self.tracks[o.session_id]
+                        self._drop(o.session_id)
+                    self._settle(t)
                 continue
             t.done = o.done
             if t.end is None and o.done is not None and o.done >= o.end:
@@ -415,7 +444,8 @@ class Mirror:
             if t.caught_up():
                 t.behind_since = None
                 if t.closed:
-                    del self.tracks[o.session_id]
+                    self._drop(o.session_id)
+            self._settle(t)
         self._signal_round()
         return True
 
@@ -429,6 +459,7 @@ class Mirror:
             t = self.tracks.get(j.session_id)
             if t is not None:
                 t.done = None
+                self._settle(t)
         self._fail(e)
         self._signal_round()
 
@@ -451,7 +482,7 @@ class Mirror:
         if not self.enabled:
             return {"enabled": False, "state": "disabled"}
         now = time.monotonic()
-        behind = [t for t in self.tracks.values() if not t.caught_up()]
+        behind = [*self._fresh.values(), *self._catchup.values()]
         since = [t.behind_since for t in behind if t.behind_since is not None]
         lag_s = now - min(since) if since else 0.0
         lag_bytes = sum(t.end - (t.done or 0) for t in behind if t.end is not None)

@@ -350,6 +350,15 @@ class Source:
         self.path: Path | None = None
         self.fd = -1
         self.data: bytes | None = None
+        first = paths[0] if paths else None
+        if first is not None and not first.name.endswith(".gz"):
+            # Where it nearly always is: the other places are looked at only when it is not.
+            try:
+                self.fd = os.open(first, os.O_RDONLY | os.O_CLOEXEC)
+                self.path = first
+                return
+            except FileNotFoundError:
+                pass
         for p in paths:
             for c in transcript_candidates(p):
                 try:
@@ -571,16 +580,25 @@ class MirrorWriter:
         return 0, seen
 
     def _open(self, session_id: str, opened: dict[str, _Open], new_dirs: set[Path]) -> _Open:
+        """Open (or create) a session's mirror file for appending. A new session's folder is
+        simply created (no look first: most rounds mirror new sessions), and the file is created
+        exclusively, which says whether it is new without a look either."""
         folder = self.root / session_id
-        if not folder.is_dir():
-            folder.mkdir(mode=0o700, exist_ok=True)
+        try:
+            folder.mkdir(mode=0o700)
             new_dirs.add(self.root)
+        except FileExistsError:
+            pass
         path = folder / HISTORY
-        new_file = not path.exists()
-        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, FILE_MODE)
-        o = opened[session_id] = _Open(fd, os.fstat(fd).st_size, new_file)
-        if new_file:
-            new_dirs.add(folder)
+        flags = os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC
+        try:
+            fd = os.open(path, flags | os.O_CREAT | os.O_EXCL, FILE_MODE)
+        except FileExistsError:
+            fd = os.open(path, flags | os.O_CREAT, FILE_MODE)
+            o = opened[session_id] = _Open(fd, os.fstat(fd).st_size, False)
+            return o
+        o = opened[session_id] = _Open(fd, 0, True)
+        new_dirs.add(folder)
         return o
 
     def _sync(self, opened: dict[str, _Open], new_dirs: set[Path]) -> None:
@@ -633,10 +651,11 @@ def catch_up(root: Path, targets: list[Job]) -> CatchUp:
     w = MirrorWriter(root)
     out = CatchUp()
     todo = list(targets)
+    n = MAX_JOBS_PER_ROUND
     while todo:
-        results = w.run(todo[:MAX_JOBS_PER_ROUND])
+        results = w.run(todo[:n])
         nxt = []
-        for job, o in zip(todo[:MAX_JOBS_PER_ROUND], results, strict=True):
+        for job, o in zip(todo[:n], results, strict=True):
             out.records += o.records
             if o.missing:
                 out.missing.append(job.session_id)
@@ -644,7 +663,7 @@ def catch_up(root: Path, targets: list[Job]) -> CatchUp:
                 nxt.append(Job(**{**_job_fields(job), "start": o.done}))
             else:
                 out.sessions += 1
-        todo = nxt + todo[MAX_JOBS_PER_ROUND:]
+        todo = nxt + todo[n:]
     return out
 
 
