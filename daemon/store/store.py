@@ -103,6 +103,7 @@ class Store:
 
     def __init__(self, state_dir: Path, *, dedup_max: int, dedup_window_ms: int) -> None:
         self.state_dir = state_dir
+        self._root = str(state_dir)  # for paths built per write: str joins, not pathlib
         self.agents: dict[str, AgentRegistry] = {}
         self.by_id: dict[str, SessionState] = {}
         self.journal = Journal(state_dir / "journal")
@@ -110,7 +111,7 @@ class Store:
         self.open_fds: OrderedDict[str, SessionState] = OrderedDict()  # LRU of open transcripts
         # New transcripts of the batch being written, under a temporary name until its lines
         # are in (`_fd`): session id -> (temporary path, path).
-        self._unnamed: dict[str, tuple[Path, Path]] = {}
+        self._unnamed: dict[str, tuple[str, str]] = {}
         self.written_since_switch: set[str] = set()  # rel paths to fsync at the next checkpoint
         self.index_touched: set[str] = set()  # rel paths written since the search index took them
         self.new_dirs: set[str] = set()
@@ -134,6 +135,7 @@ class Store:
         # after a crash, or a rebuilt registry): recounted from the tail at start-up.
         self._recount: set[str] = set()
         self.registry_policy = WritePolicy()
+        self._pid = os.getpid()
 
     # ------------------------------------------------------------------------------------------
     # Start-up
@@ -460,9 +462,10 @@ class Store:
             raise
         failpoint("append.after_journal_sync")
         written: list[tuple[int, int]] = []
+        created = {id(st) for st in batch.created}
         try:
             for st, before, lines in batch.touched.values():
-                fd = self._fd(st)
+                fd = self._fd(st, new=before == 0 and id(st) in created)
                 written.append((fd, before))
                 write_all(fd, b"\n".join(lines) + b"\n")
             for sid, (tmp, path) in list(self._unnamed.items()):
@@ -503,18 +506,23 @@ class Store:
         except OSError as e:
             log.error("journal.undo_failed", error=str(e))
 
-    def _fd(self, st: SessionState) -> int:
+    def _fd(self, st: SessionState, *, new: bool = False) -> int:
+        """The session's open transcript; `new`: created by this batch, so no file exists yet
+        (its id is fresh) and it is created without trying to open it first."""
         if st.fd is not None:
             self.open_fds.move_to_end(st.session_id)
             return st.fd
-        path = self.state_dir / st.rel_path
+        path = f"{self._root}/{st.rel_path}"
         flags = os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC
         try:
+            if new:
+                raise FileNotFoundError
             st.fd = fileio.open(path, flags, FILE_MODE)
         except FileNotFoundError:
             # A new transcript is named once its first lines are in it (write_batch): a first
             # write that fails must not leave an empty transcript, which has no header.
-            tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+            head, _, name = path.rpartition("/")
+            tmp = f"{head}/.{name}.tmp-{self._pid}"
             st.fd = fileio.open(tmp, flags | os.O_CREAT | os.O_TRUNC, FILE_MODE)
             self._unnamed[st.session_id] = (tmp, path)
         self.open_fds[st.session_id] = st
@@ -531,7 +539,7 @@ class Store:
             self.written_since_switch.add(st.rel_path)
             self.index_touched.add(st.rel_path)
         for st in batch.created:
-            self.new_dirs.add(str(Path(st.rel_path).parent))
+            self.new_dirs.add(st.rel_path.rpartition("/")[0])
 
     def take_index_touched(self) -> set[str]:
         """The transcripts written since the last call (the search index reads just those)."""
@@ -600,7 +608,7 @@ class Store:
     def _sync_paths(self, paths: set[str]) -> None:
         """Make the given transcripts durable: one syncfs per file system when there are many
         (a fsync per file would cost one disk flush each), else one fdatasync per file."""
-        folders = {str(Path(r).parent) for r in paths}
+        folders = {r.rpartition("/")[0] for r in paths}
         if len(paths) > SYNCFS_ABOVE:
             devices: dict[int, Path] = {}
             for d in folders:
