@@ -3,9 +3,15 @@ answer back, flagged as a duplicate, also after a restart.
 
 Each agent keeps its recent ids in memory, bounded by count (`dedupMaxPerAgent`) and age
 (`dedupWindowHours`); an id is forgotten once it passes either bound. Persistence costs nothing
-per message: each checkpoint writes a snapshot `<stateDir>/dedup/<agentId>.json` of the ids known
-at its journal switch, and after a crash the journal's replayed entries (whose `origin` carries
-the message id) add the ids since. So snapshot + journal always cover every acknowledged id.
+per message and, per checkpoint, what changed: each checkpoint appends the ids remembered since
+the last one to `<stateDir>/dedup/<agentId>.json.delta` (a change log in the format of
+sessions.json's, store/registry_log.py: CRC frames on top of one version of the snapshot), and
+the snapshot `<agentId>.json` is rewritten whole (the ids known then, within their bounds) only
+when the log holds as many ids as it, so a busy agent's 10,000 ids are not written again every
+second. After a crash the journal's replayed entries (whose `origin` carries the message id) add
+the ids since the last checkpoint. So snapshot + log + journal always cover every acknowledged id.
+Loading applies the log on top of the snapshot, then the bounds (ids leave only by the bounds,
+so the log needs no record of an id forgotten).
 """
 
 from __future__ import annotations
@@ -19,17 +25,43 @@ from typing import Any
 import orjson
 
 from daemon.store.fsutil import atomic_write, ensure_dir
+from daemon.store.registry_log import ChangeLog, identity, read_changes
 
 DedupKey = tuple[str, str, str]  # (channel, accountId, messageId)
-Snapshot = list[tuple[DedupKey, tuple[int, dict[str, Any]]]]
+Remembered = tuple[DedupKey, tuple[int, dict[str, Any]]]
+MIN_LOGGED = 256  # below this many ids an agent's snapshot may be rewritten rather than logged
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """What one checkpoint writes for one agent: every id (`full`: the snapshot rewritten), or
+    the ids remembered since the last checkpoint (appended to its log)."""
+
+    full: bool
+    items: list[Remembered]
 
 
 @dataclass(slots=True)
 class AgentIds:
-    """The recent message ids of one agent."""
+    """The recent message ids of one agent (event loop)."""
 
     answers: OrderedDict[DedupKey, tuple[int, dict[str, Any]]] = field(default_factory=OrderedDict)
     dirty: bool = False
+    # Remembered since the last checkpoint took them; how many the log holds on top of the
+    # snapshot; whether the next checkpoint must rewrite the snapshot (none written by this
+    # daemon yet, or a write failed, which may have cut the log short).
+    fresh: list[Remembered] = field(default_factory=list)
+    logged: int = 0
+    snapshot: int = 0  # ids in the snapshot last written
+    full: bool = True
+
+
+@dataclass(slots=True)
+class _Files:
+    """An agent's snapshot as last written and its change log (the checkpoint thread's)."""
+
+    base: str | None = None  # identity of the snapshot on disk; None: none written yet
+    log: ChangeLog | None = None
 
 
 class DedupIndex:
@@ -40,6 +72,7 @@ class DedupIndex:
         self.max_per_agent = max_per_agent
         self.window_ms = window_ms
         self.agents: dict[str, AgentIds] = {}
+        self._files: dict[str, _Files] = {}
 
     def load(self, now_ms: int) -> int:
         """Read every agent's snapshot; return the number of ids known. A damaged snapshot is
@@ -51,10 +84,13 @@ class DedupIndex:
                 continue
             ids = self._agent(entry.name[: -len(".json")])
             try:
-                doc = orjson.loads(Path(entry.path).read_bytes())
+                data = Path(entry.path).read_bytes()
+                doc = orjson.loads(data)
             except (OSError, orjson.JSONDecodeError):
                 continue
-            for rec in doc if isinstance(doc, list) else []:
+            records = doc if isinstance(doc, list) else []
+            records += [rec for _key, rec in read_changes(Path(entry.path), data)]
+            for rec in records:
                 parsed = parse_record(rec)
                 if parsed is not None:
                     key, at, answer = parsed
@@ -79,7 +115,8 @@ class DedupIndex:
     def remember(self, agent: str, key: DedupKey, at_ms: int, answer: dict[str, Any]) -> None:
         """Record an answer; bounds are enforced by `trim_all`, once per batch."""
         ids = self._agent(agent)
-        ids.answers[key] = (at_ms, answer)
+        ids.answers[key] = hit = (at_ms, answer)
+        ids.fresh.append((key, hit))
         ids.dirty = True
 
     def trim_all(self, now_ms: int) -> None:
@@ -99,23 +136,58 @@ class DedupIndex:
             answers.popitem(last=False)
 
     def changed(self, agent_id: str) -> None:
-        """Write the agent's snapshot at the next checkpoint (again, after a failed one)."""
-        self.agents[agent_id].dirty = True
+        """Write the agent's whole snapshot at the next checkpoint (after a failed one)."""
+        ids = self.agents[agent_id]
+        ids.dirty = ids.full = True
 
     def snapshots(self) -> list[tuple[str, Snapshot]]:
-        """Copies of the changed agents' ids (event loop; cheap), to be written by `save`."""
+        """What the changed agents write at this checkpoint (event loop): the ids remembered
+        since the last one, or every id once the log would hold as many as the snapshot (a
+        copy, cheap), to be written by `save`. So each id is written about twice, however
+        many ids an agent keeps."""
         out = []
         for agent, ids in self.agents.items():
-            if ids.dirty:
-                out.append((agent, list(ids.answers.items())))
-                ids.dirty = False
+            if not ids.dirty:
+                continue
+            if ids.full or ids.logged + len(ids.fresh) >= max(ids.snapshot, MIN_LOGGED):
+                out.append((agent, Snapshot(True, list(ids.answers.items()))))
+                ids.logged = 0
+                ids.snapshot = len(ids.answers)
+                ids.full = False
+            else:
+                out.append((agent, Snapshot(False, ids.fresh)))
+                ids.logged += len(ids.fresh)
+            ids.fresh = []
+            ids.dirty = False
         return out
 
     def save(self, snapshots: list[tuple[str, Snapshot]]) -> None:
-        """Write snapshots atomically (worker thread). Raises OSError."""
-        for agent, items in snapshots:
-            doc = [{"k": list(k), "t": at, "r": answer} for k, (at, answer) in items]
-            atomic_write(self.folder / f"{agent}.json", orjson.dumps(doc))
+        """Write snapshots atomically, or append to their logs and sync them (worker thread,
+        one checkpoint at a time). Raises OSError; the caller then marks the agent `changed`."""
+        for agent, snap in snapshots:
+            files = self._files.setdefault(agent, _Files())
+            path = self.folder / f"{agent}.json"
+            if snap.full:
+                data = orjson.dumps([_record(k, v) for k, v in snap.items])
+                atomic_write(path, data)
+                files.base = identity(data)
+                if files.log is not None:
+                    files.log.rebase()
+                continue
+            if files.base is None:
+                raise FileNotFoundError(2, f"no snapshot of {agent}'s ids to log on top of")
+            if files.log is None:
+                files.log = ChangeLog(path)
+            files.log.append(files.base, [(k[2], _record(k, v)) for k, v in snap.items])
+
+    def close(self) -> None:
+        for files in self._files.values():
+            if files.log is not None:
+                files.log.close()
+
+
+def _record(key: DedupKey, value: tuple[int, dict[str, Any]]) -> dict[str, Any]:
+    return {"k": list(key), "t": value[0], "r": value[1]}
 
 
 def parse_record(rec: Any) -> tuple[DedupKey, int, dict[str, Any]] | None:

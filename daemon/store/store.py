@@ -648,6 +648,7 @@ class Store:
                 st.fd = None
         self.open_fds.clear()
         self.journal.close()
+        self.dedup.close()
         for reg in self.agents.values():
             reg.close()
 
