@@ -397,7 +397,7 @@ class Store:
         rel = f"agents/{agent_id}/sessions/{sid}.jsonl"
         entry: dict[str, Any] = {
             "sessionId": sid,
-            "sessionFile": str(self.state_dir / rel),
+            "sessionFile": f"{self._root}/{rel}",
             "updatedAt": now,
             "sessionStartedAt": now,
             "lastInteractionAt": now,

@@ -7,6 +7,7 @@ chained to the one before by `parentId`. Nothing here rewrites a complete line: 
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -27,8 +28,14 @@ TAIL_CHUNK = 64 * 1024
 
 def iso_ms(epoch_ms: int) -> str:
     """Epoch milliseconds as OpenClaw's ISO-8601 UTC form: 2026-11-17T18:15:00.209Z."""
-    dt = datetime.fromtimestamp(epoch_ms / 1000, tz=UTC)
-    return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{epoch_ms % 1000:03d}Z"
+    sec, ms = divmod(epoch_ms, 1000)
+    return f"{_iso_second(sec)}{ms:03d}Z"
+
+
+@functools.lru_cache(maxsize=16)
+def _iso_second(sec: int) -> str:
+    # Every line of a batch (and every batch of a second) has the same second: formatted once.
+    return datetime.fromtimestamp(sec, tz=UTC).strftime("%Y-%m-%dT%H:%M:%S.")
 
 
 def parse_iso_ms(v: Any) -> int:
