@@ -18,12 +18,15 @@ fresh store, as a restart would, and must show:
 - replay idempotent: replaying an image twice (the first start-up "crashing" after its replay)
   gives the same transcripts as replaying it once.
 
-At least CUTS images per run; the seed is printed for every failure.
+At least CUTS images per run; the seed is printed for every failure, and
+`SESSIOND_TEST_SEED=<seed>` runs that seed again (the workload's order of events also depends on
+thread timing, so a seed fixes the cuts' choices and the disk's, not every interleaving).
 """
 
 from __future__ import annotations
 
 import errno
+import os
 import random
 import shutil
 import time
@@ -73,6 +76,12 @@ class Image:
     counts: dict[str, int]
     at: str  # the system call the cut came before
     pristine: Path | None = None  # an untouched copy, for the double replay
+
+
+def chosen_seed() -> int:
+    """A fresh random seed, or the one `SESSIOND_TEST_SEED` names (to look at a failure again)."""
+    named = os.environ.get("SESSIOND_TEST_SEED")
+    return int(named) if named else random.randrange(1 << 30)
 
 
 def store_at(folder: Path) -> Store:
@@ -326,7 +335,7 @@ def check_cut_during_recovery(image: Image, acks: Acks, rng: random.Random) -> s
 # suite's 120 s timeout is raised for this test alone.
 @pytest.mark.timeout(900)
 def test_power_cuts_at_random_moments_lose_and_double_nothing(tmp_path: Path) -> None:
-    seed = random.randrange(1 << 30)
+    seed = chosen_seed()
     rng = random.Random(seed)
     state = tmp_path / "state"
     state.mkdir(mode=0o700)
@@ -405,7 +414,7 @@ def test_transient_disk_errors_never_ack_a_lost_entry_and_never_stop_the_store(
     """ENOSPC on every kind of write, EMFILE on open, switched on and off under load: no
     acknowledgement without its entry, no garbage left, and writes resume by themselves (the
     store is never marked broken: only a failed sync may do that)."""
-    seed = random.randrange(1 << 30)
+    seed = chosen_seed()
     rng = random.Random(seed)
     state = tmp_path / "state"
     state.mkdir(mode=0o700)
