@@ -149,7 +149,8 @@ class ChangeLog:
         `base`; returns the bytes written."""
         if self._base != base:
             self._begin(base)
-        body = frame([record("E", "-", "-", orjson.dumps([key, entry])) for key, entry in changes])
+        # `record("E", "-", "-", payload)` written out: one of these per changed entry.
+        body = frame([b"E\t-\t-\t%s\n" % orjson.dumps([key, entry]) for key, entry in changes])
         assert self.fd is not None
         try:
             fileio.pwrite(self.fd, body, self._end)
