@@ -409,7 +409,7 @@ class Store:
         st = SessionState(
             agent_id, session_key, sid, rel, entry_of(entry, session_key), size=0, new=True
         )
-        cwd = self.workspaces.get(agent_id) or str(self.state_dir / "workspace")
+        cwd = self.workspaces.get(agent_id) or f"{self._root}/workspace"
         return st, transcript.header_line(sid, session_key, now, cwd, predecessor)
 
     def register(self, st: SessionState) -> None:
