@@ -142,14 +142,17 @@ class DedupIndex:
 
     def snapshots(self) -> list[tuple[str, Snapshot]]:
         """What the changed agents write at this checkpoint (event loop): the ids remembered
-        since the last one, or every id once the log would hold as many as the snapshot (a
-        copy, cheap), to be written by `save`. So each id is written about twice, however
-        many ids an agent keeps."""
+        since the last one, or every id (a copy, cheap), to be written by `save`. So each id is
+        written at most about twice, however many ids an agent keeps."""
         out = []
         for agent, ids in self.agents.items():
             if not ids.dirty:
                 continue
-            if ids.full or ids.logged + len(ids.fresh) >= max(ids.snapshot, MIN_LOGGED):
+            fresh = len(ids.fresh)
+            # Rewritten once the log would hold as many ids as the snapshot (each id is written
+            # at most about twice), or when a checkpoint's new ids are half of all there are
+            # anyway (a busy agent: the rewrite then costs at most twice what logging would).
+            if ids.full or max(ids.logged + fresh, 2 * fresh) >= max(ids.snapshot, MIN_LOGGED):
                 out.append((agent, Snapshot(True, list(ids.answers.items()))))
                 ids.logged = 0
                 ids.snapshot = len(ids.answers)
