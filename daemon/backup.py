@@ -189,8 +189,9 @@ class Mirror:
             elif t.end is None or end > t.end:
                 t.end = end
             if t.behind_since is None:
+                # Newly behind (a track behind since earlier is in `_fresh` already).
                 t.behind_since = now
-            self._settle(t)
+                self._settle(t)
             targets.append((t, end))
         for c in batch.closing:
             if not self._is_excluded(c.state.session_key):
