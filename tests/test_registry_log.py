@@ -17,7 +17,9 @@ from daemon.store.registry import (
 )
 from daemon.store.registry_log import WritePolicy, log_path
 
-ALWAYS_LOG = WritePolicy(always_below=0, log_share=float("inf"), max_age=1e9)
+ALWAYS_LOG = WritePolicy(
+    always_below=0, log_share=float("inf"), busy_share=float("inf"), max_age=1e9
+)
 
 
 def registry(tmp_path: Path, n: int) -> AgentRegistry:
@@ -121,7 +123,7 @@ def test_at_rest_or_at_the_final_checkpoint_sessions_json_catches_up(tmp_path: P
     assert on_disk(reg)["agent:main:k3"] == {"sessionId": "s3", "updatedAt": 7}
     reg.sessions["agent:main:k2"].entry.updated_at = 6
     assert not checkpoint(reg)
-    old = WritePolicy(always_below=0, log_share=float("inf"), max_age=0.0)
+    old = WritePolicy(always_below=0, log_share=float("inf"), busy_share=float("inf"), max_age=0.0)
     assert checkpoint(reg, old), "a log older than max_age is folded in even at rest"
     assert on_disk(reg)["agent:main:k2"] == {"sessionId": "s2", "updatedAt": 6}
 

@@ -122,7 +122,7 @@ class AgentRegistry:
             return True
         # The changed entries' share of sessions.json, as a guess at what logging them costs.
         coming = self.saved_size * len(self.changed_keys) // max(1, len(self.sessions))
-        return policy.full(self.saved_size, logged + coming, age)
+        return policy.full(self.saved_size, logged + coming, age, coming)
 
     def write(self, w: RegistryWrite) -> None:
         """Carry out a checkpoint's write (worker thread). Raises OSError; after a failure the

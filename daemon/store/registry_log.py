@@ -52,7 +52,8 @@ class WritePolicy:
     Rewriting costs the file's size; appending costs what changed. Rewriting once the log (with
     what this checkpoint would add to it) has grown to `log_share` of the file's size keeps the
     rewrite's cost at most 1/`log_share` times the bytes that changed, whatever the number of
-    sessions; a checkpoint that changed nearly every entry rewrites rather than logs them all;
+    sessions; a checkpoint that changed `busy_share` of the entries rewrites rather than logs
+    them (logging a change costs more per entry than the rewrite does);
     small files are always rewritten (cheap, and sessions.json is then never behind); `max_age`
     (seconds) bounds how far behind it can be. A share of 1 (not less): while sessions are
     being created by the thousand, sessions.json grows with the log, and a smaller share
@@ -62,12 +63,15 @@ class WritePolicy:
 
     always_below: int = 256 << 10
     log_share: float = 1.0
+    busy_share: float = 0.5
     max_age: float = 30.0
 
-    def full(self, saved_size: int, log_size: int, age: float) -> bool:
+    def full(self, saved_size: int, log_size: int, age: float, coming: int = 0) -> bool:
+        """`log_size`: the log with this checkpoint's changes; `coming`: those changes alone."""
         return (
             saved_size < self.always_below
             or log_size >= saved_size * self.log_share
+            or coming >= saved_size * self.busy_share
             or age >= self.max_age
         )
 
