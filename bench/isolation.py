@@ -46,7 +46,7 @@ from daemon.client import Client
 
 TEXT = "a line of chat that is about as long as a real message, with some words in it. " * 2
 PROBE_CLIENTS = 4
-SPY = ["py-spy", "record", "-t", "-f", "raw", "-r", "200", "-d", "40"]
+SPY = ["py-spy", "record", "-t", "-r", "200"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -303,6 +303,17 @@ def main() -> None:
     ap.add_argument("--keep", action="store_true", help="keep the state folder")
     ap.add_argument("--only-reset", action="store_true", help="baseline and reset phases only")
     ap.add_argument("--profile", help="write py-spy's folded stacks of the daemon here")
+    ap.add_argument(
+        "--profile-format",
+        default="raw",
+        help="py-spy's --format: raw (folded stacks) or speedscope (with --idle: a timeline)",
+    )
+    ap.add_argument("--profile-idle", action="store_true", help="py-spy --idle: idle samples too")
+    ap.add_argument("--profile-gil", action="store_true", help="py-spy --gil: GIL holders only")
+    ap.add_argument(
+        "--profile-start", type=float, default=55.0, help="seconds after the daemon is ready"
+    )
+    ap.add_argument("--profile-seconds", type=int, default=40)
     ap.add_argument("--log-level", default="warning", help="the daemon's; its log is daemon.log")
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="sessiond-isolation-", dir=os.environ.get("BENCH_DIR")))
@@ -335,20 +346,28 @@ def main() -> None:
             proc = subprocess.Popen(argv, stdout=logf, stderr=subprocess.STDOUT)
         wait_ready(sock, proc)
         spies: list[subprocess.Popen[bytes]] = []
+        spied_at: list[float] = []
         if args.profile:
             # Sampled stacks of the daemon's threads, folded, around the reset job (the expiry
             # job runs a minute after the start).
             def spy() -> None:
                 assert proc is not None and args.profile
+                spied_at.append(time.monotonic())
                 spies.append(
                     subprocess.Popen(
-                        [*SPY, "-p", str(proc.pid), "-o", args.profile],
+                        [
+                            *SPY,
+                            *["-f", args.profile_format, "-d", str(args.profile_seconds)],
+                            *(["--idle"] if args.profile_idle else []),
+                            *(["--gil"] if args.profile_gil else []),
+                            *["-p", str(proc.pid), "-o", args.profile],
+                        ],
                         stdout=subprocess.DEVNULL,
                         stderr=subprocess.DEVNULL,
                     )
                 )
 
-            threading.Timer(55.0, spy).start()
+            threading.Timer(args.profile_start, spy).start()
         events = Events(sock)
         probes = Probes(sock, args.rate, args.probe_sessions)
         probes.start()
@@ -407,6 +426,8 @@ def main() -> None:
             f"{float(job['seconds']):.2f} s; memory notes of {len(events.flushed_at)} sessions "
             f"written {notes_done - started:.2f} s after the job started (target < 4 s)"
         )
+        if spied_at:
+            print(f"profile: started {started - spied_at[0]:.2f} s before the reset job")
         if events.flushed_at:
             at = sorted(t - started for t in events.flushed_at)
             marks = ", ".join(
