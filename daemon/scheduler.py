@@ -274,4 +274,3 @@ class Scheduler:
             log.debug("job.run", **info)
         self.pipeline.events.publish("job.run", info)
         return info
-
