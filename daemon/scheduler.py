@@ -43,7 +43,7 @@ EXPIRY = "expiry"
 RETENTION = "retention"  # hourly; the sweep itself (daemon/retention.py) is bounded per run
 
 
-RESET_GROUP = 50  # resets a job queues at once (see `Scheduler._reset_all`)
+RESET_GROUP = 100  # resets a job queues at once (see `Scheduler._reset_all`)
 RESET_GROUPS_IN_FLIGHT = 2  # groups queued and not yet answered
 STALE_CHUNK = 500  # sessions judged between two turns of the event loop
 
