@@ -43,7 +43,9 @@ EXPIRY = "expiry"
 RETENTION = "retention"  # hourly; the sweep itself (daemon/retention.py) is bounded per run
 
 
-RESET_GROUP = 100  # resets a job queues at once (see `Scheduler._reset_all`)
+RESET_GROUP = 100  # resets a job queues at once (see `Scheduler._reset_all`) ...
+RESET_GROUP_MAX = 1000  # ... up to this many while batches are slow anyway
+RESET_GROUP_SECONDS = 0.1  # a group answered within this keeps RESET_GROUP
 RESET_GROUPS_IN_FLIGHT = 2  # groups queued and not yet answered
 STALE_CHUNK = 500  # sessions judged between two turns of the event loop
 
@@ -69,6 +71,18 @@ class _Tally:
         elif not res.get("skipped"):
             r = str(res.get("reason") or reason)
             self.reasons[r] = self.reasons.get(r, 0) + 1
+
+
+def group_size(took: float) -> int:
+    """How many resets the job queues next, given the seconds its latest group took to be
+    answered: RESET_GROUP while groups are answered within RESET_GROUP_SECONDS; more, in
+    proportion, while they take longer, up to RESET_GROUP_MAX. Slow groups mean batches wait
+    for a loaded disk's sync or a busy CPU, which every message waits for as well: a bigger
+    group then adds little to a batch's time, and the job, which holds the disk and the CPU
+    too, ends sooner."""
+    if took <= RESET_GROUP_SECONDS:
+        return RESET_GROUP
+    return min(RESET_GROUP_MAX, round(RESET_GROUP * took / RESET_GROUP_SECONDS))
 
 
 class Scheduler:
@@ -183,23 +197,26 @@ class Scheduler:
         return checked, stale
 
     async def _reset_all(self, stale: list[tuple[str, str, str]], now: int, tally: _Tally) -> None:
-        """Queue the resets RESET_GROUP at a time, at most RESET_GROUPS_IN_FLIGHT groups queued
-        and not yet answered: the committer always finds the next group waiting, and none of
-        its batches holds more than a few groups, so a batch of the job takes milliseconds and
-        the messages of other sessions prepared with it are answered as soon as usual. (Groups
-        of a thousand made batches of a thousand resets, and every message that arrived
-        meanwhile waited a third of a second for one.) Each group's transcript tails are read
-        in a worker thread before it is queued, while the groups before it are committed."""
+        """Queue the resets in groups (`group_size`: RESET_GROUP on a machine that keeps up),
+        at most RESET_GROUPS_IN_FLIGHT groups queued and not yet answered: the committer always
+        finds the next group waiting, and none of its batches holds more than a few groups, so
+        a batch of the job takes milliseconds and the messages of other sessions prepared with
+        it are answered as soon as usual. (Groups of a thousand made batches of a thousand
+        resets, and every message that arrived meanwhile waited a third of a second for one.)
+        Each group's transcript tails are read in a worker thread before it is queued, while
+        the groups before it are committed."""
         in_flight = anyio.Semaphore(RESET_GROUPS_IN_FLIGHT)
         all_done = anyio.Event()
         outstanding = len(stale)
+        took = 0.0  # seconds the latest group took from its queueing to its last answer
 
-        def answered(key: str, reason: str, group: list[int]) -> Callable[[Any], None]:
+        def answered(key: str, reason: str, group: list[float]) -> Callable[[Any], None]:
             def reply(res: dict[str, Any] | RequestError) -> None:
-                nonlocal outstanding
+                nonlocal outstanding, took
                 tally.count(key, reason, res)
                 group[0] -= 1
                 if group[0] == 0:
+                    took = time.monotonic() - group[1]
                     in_flight.release()
                 outstanding -= 1
                 if outstanding == 0:
@@ -207,11 +224,13 @@ class Scheduler:
 
             return reply
 
-        for start in range(0, len(stale), RESET_GROUP):
-            group = stale[start : start + RESET_GROUP]
+        start = 0
+        while start < len(stale):
+            group = stale[start : start + group_size(took)]
+            start += len(group)
             await self._load_tails(group)
             await in_flight.acquire()
-            left = [len(group)]
+            left = [float(len(group)), time.monotonic()]
             for agent_id, key, reason in group:
                 reply = answered(key, reason, left)
                 try:
