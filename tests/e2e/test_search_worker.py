@@ -174,3 +174,19 @@ def test_a_worker_killed_mid_pass_loses_nothing(launch: Launch) -> None:
     hits = search(d, "heron")
     assert len(hits) == 22 and len({h["entryId"] for h in hits}) == 22
     assert d.stop() == 0
+
+
+def test_passes_index_the_lines_the_daemon_hands_over_without_reading_the_transcript(
+    launch: Launch,
+) -> None:
+    d = launch({"daemon": {"logLevel": "debug"}})
+    c = d.client()
+    c.call("message.ingest", ingest_params("7", "the first cormorant"))
+    assert len(search(d, "cormorant")) == 1  # the first pass lists and reads the files
+    for i in range(2, 6):
+        c.call("message.ingest", ingest_params("7", f"cormorant number {i}"))
+        assert len(search(d, "cormorant")) == i  # right after the answer, as always
+    passes = [p for p in log_lines(d, "search.synced") if p["docs"]]
+    # After the first, the passes took the new lines from the daemon: no transcript read again.
+    assert any(p["handed"] >= 1 and p["read"] == 0 for p in passes[1:]), passes
+    assert d.stop() == 0
