@@ -21,7 +21,6 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from itertools import chain
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -81,11 +80,12 @@ def backoff(failures: int) -> float:
 
 @dataclass(slots=True)
 class _Run:
-    """Lines appended to one transcript in a row since the last pass: from `start` to `end`."""
+    """Lines appended to one transcript in a row since the last pass: file offsets `start` to
+    `end`, held in these (start, end) pieces of the service's buffer."""
 
     start: int
     end: int
-    parts: list[list[bytes]] = field(default_factory=list)
+    pieces: list[tuple[int, int]] = field(default_factory=list)
 
 
 class SearchService:
@@ -125,9 +125,11 @@ class SearchService:
         self._indexed_batches = -1
         self._ready = anyio.Event()  # the index is open (or known to be unavailable)
         self._starts_seen = 0
-        # Appended lines per transcript since the last pass was asked for (`after_commit`).
-        self._appended: dict[str, _Run] = {}
-        self._appended_bytes = 0
+        # What the batches appended since the last pass was asked for (`after_commit`): their
+        # bytes in one buffer (copied: holding on to thousands of line objects until the pass
+        # scatters them over the heap, which then does not shrink), per transcript in runs.
+        self._handed = bytearray()
+        self._runs: dict[str, _Run] = {}
         self._overflow = False  # more than MAX_HANDED_BYTES waited: the next pass reads files
 
     @property
@@ -150,33 +152,30 @@ class SearchService:
         that does not continue the last one replaces it (the pass reads the gap from the file)."""
         if self._overflow:
             return
-        runs = self._appended
-        added = 0
+        buf, runs = self._handed, self._runs
         for st, before, lines in batch.touched.values():
-            size = sum(map(len, lines)) + len(lines)  # each line and its newline
-            added += size
+            at = len(buf)
+            buf += b"\n".join(lines)
+            buf += b"\n"
+            size = len(buf) - at
             run = runs.get(st.rel_path)
             if run is not None and run.end == before:
-                run.parts.append(lines)
+                run.pieces.append((at, at + size))
                 run.end += size
             else:
-                runs[st.rel_path] = _Run(before, before + size, [lines])
-        self._appended_bytes += added
-        if self._appended_bytes > MAX_HANDED_BYTES:
-            self._drop_appended(overflow=True)
+                runs[st.rel_path] = _Run(before, before + size, [(at, at + size)])
+        if len(buf) > MAX_HANDED_BYTES:
+            self._drop_handed(overflow=True)
 
-    def _drop_appended(self, *, overflow: bool = False) -> None:
-        self._appended = {}
-        self._appended_bytes = 0
+    def _drop_handed(self, *, overflow: bool = False) -> None:
+        self._handed = bytearray()
+        self._runs = {}
         self._overflow = overflow
 
-    def _take_appended(self) -> dict[str, tuple[int, bytes]]:
-        runs = self._appended
-        self._drop_appended()
-        return {
-            key: (run.start, b"\n".join(chain.from_iterable(run.parts)) + b"\n")
-            for key, run in runs.items()
-        }
+    def _take_handed(self) -> tuple[bytes, dict[str, tuple[int, tuple[tuple[int, int], ...]]]]:
+        buf, runs = self._handed, self._runs
+        self._drop_handed()
+        return bytes(buf), {k: (r.start, tuple(r.pieces)) for k, r in runs.items()}
 
     # --- the task --------------------------------------------------------------------------
 
@@ -235,18 +234,19 @@ class SearchService:
             listed = [normalize_agent_id(a) for a in self.agents()]
             workspaces = {a: str(self.workspace_of(a)) for a in listed}
             paths = None if self.touched is None else self.touched()
-            appended = self._take_appended()
+            handed, runs = self._take_handed()
             # Passes list every folder (and read every file they look at from the file) until
             # one has succeeded with this worker, and when too much was written for a list to
             # be cheaper.
             if not (known and paths is not None and len(paths) <= MAX_TOUCHED):
-                paths, appended = None, {}
+                paths, handed, runs = None, b"", {}
             req = PassRequest(
                 str(self.state_dir),
                 tuple(listed),
                 workspaces,
                 None if paths is None else tuple(sorted(paths)),
-                appended,
+                handed,
+                runs,
             )
             known = False
             done = await self._pass(req)

@@ -11,12 +11,12 @@ row and the caches of folder listings are paid once per worker, not once per pas
     index_pass(request)      one pass (SearchIndex.sync); a PassResult
 
 A request hands the worker what the daemon knows: the transcripts written since the previous
-pass (`touched`) and, for most of them, the bytes appended (`appended`: key -> (offset, bytes)),
-which the pass indexes without opening the transcript again. What the bytes do not cover (a
-gap after a failed or killed pass, a file that grew since, an unknown file) is read from the
-file from the offset the index recorded: that catch-up is what makes a killed worker lose
-nothing. `db` in each answer lets the daemon retire its read connections when the file was
-replaced (deleted, or found unusable and built anew).
+pass (`touched`) and, for most of them, the bytes appended (`handed`, and per transcript where
+they go: `runs`), which the pass indexes without opening the transcript again. What the bytes
+do not cover (a gap after a failed or killed pass, a file that grew since, an unknown file) is
+read from the file from the offset the index recorded: that catch-up is what makes a killed
+worker lose nothing. `db` in each answer lets the daemon retire its read connections when the
+file was replaced (deleted, or found unusable and built anew).
 
 A worker killed mid-pass (SIGKILL, a crash) leaves the transaction in progress uncommitted,
 which SQLite rolls back when the next worker opens the file; the service then starts a worker
@@ -55,8 +55,18 @@ class PassRequest:
     # Keys of the active transcripts written since the previous pass; None: not known (the
     # pass lists every folder).
     touched: tuple[str, ...] | None = None
-    # key -> (offset, bytes): complete lines appended at that offset, as the daemon wrote them.
-    appended: dict[str, tuple[int, bytes]] = field(default_factory=dict)
+    # The bytes the daemon appended (complete lines, as it wrote them), and per transcript key
+    # the offset they start at there and the (start, end) pieces of `handed` that follow it.
+    handed: bytes = b""
+    runs: dict[str, tuple[int, tuple[tuple[int, int], ...]]] = field(default_factory=dict)
+
+    def appended(self) -> dict[str, tuple[int, bytes]]:
+        """Key -> (offset, bytes) appended there (SearchIndex.sync's `appended`)."""
+        view = memoryview(self.handed)
+        return {
+            key: (start, b"".join(view[a:b] for a, b in pieces))
+            for key, (start, pieces) in self.runs.items()
+        }
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,7 +143,7 @@ def index_pass(req: PassRequest) -> PassResult:
     index, agents = _index(req.state_dir)
     agents.update(req)
     try:
-        stats = index.sync(workers.halt_event(), touched=req.touched, appended=req.appended)
+        stats = index.sync(workers.halt_event(), touched=req.touched, appended=req.appended())
     except Halted:
         return PassResult(index.identity, halted=True)
     except (sqlite3.Error, OSError) as e:
