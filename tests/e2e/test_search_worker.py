@@ -60,7 +60,8 @@ def test_the_index_worker_is_a_child_process_below_the_daemons_priority(launch: 
     pid = status["workerPid"]
     assert isinstance(pid, int) and pid != d.pid
     assert proc_field(pid, "PPid") == str(d.pid)
-    assert d.pid is not None and nice_of(pid) > nice_of(d.pid)
+    # 10 below the daemon, as far as there is room (a suite run under `nice -n 19` has none).
+    assert d.pid is not None and nice_of(pid) == min(nice_of(d.pid) + 10, 19)
     # It gets the daemon's environment: the tests' delete guard (and failpoints, if armed).
     environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
     assert any(e.startswith(b"SESSIOND_DELETE_GUARD=") for e in environ)
