@@ -19,7 +19,9 @@ import pytest
 from daemon import workers as workers_mod
 from daemon.core.protocol import parse_search
 from daemon.search import SearchIndex, SearchService, index_path
+from daemon.search import service as service_mod
 from daemon.search.worker import OpenFailed, PassRequest, index_pass, open_index
+from daemon.store.store import Batch
 from daemon.store.transcript import header_line, iso_ms, message_line
 from daemon.workers import Pool
 
@@ -344,3 +346,35 @@ async def test_a_service_whose_worker_is_killed_mid_pass_finds_every_message_aft
         assert len((await svc.rpc(parse_search({"query": "zeppelin"})))["hits"]) == 1
         svc.stop()
     assert docs_in_index(state) == (total + 1, total + 1)
+
+
+@dataclass
+class Written:
+    """What the service reads of a session a batch wrote to: its transcript's path."""
+
+    rel_path: str
+
+
+async def test_the_service_keeps_each_batchs_lines_per_transcript_for_the_next_pass(
+    state: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    svc = SearchService(state, Counters(), lambda a: state / "workspace")
+    a, b = Written("agents/main/sessions/a.jsonl"), Written("agents/main/sessions/b.jsonl")
+    svc.note(Batch(touched={1: (a, 100, [b"x1", b"x2"]), 2: (b, 0, [b"y1"])}))
+    svc.note(Batch(touched={1: (a, 106, [b"x3"])}))
+    svc.note(Batch(touched={2: (b, 50, [b"y9"])}))  # a gap
+    handed, runs = svc._take_handed()
+    appended = PassRequest(str(state), handed=handed, runs=runs).appended()
+    # a: one run of consecutive bytes; b: the run after the gap only (the pass reads the gap
+    # from the file).
+    assert appended == {a.rel_path: (100, b"x1\nx2\nx3\n"), b.rel_path: (50, b"y9\n")}
+    assert svc._take_handed() == (b"", {})
+    monkeypatch.setattr(service_mod, "MAX_HANDED_BYTES", 8)
+    svc.note(Batch(touched={1: (a, 109, [b"x4", b"x5", b"x6"])}))
+    svc.note(Batch(touched={1: (a, 118, [b"x7"])}))
+    assert svc._take_handed() == (b"", {})  # too much waited: that pass reads the files
+    svc.note(Batch(touched={1: (a, 121, [b"x8"])}))  # and the next pass gets what follows
+    handed, runs = svc._take_handed()
+    assert PassRequest(str(state), handed=handed, runs=runs).appended() == {
+        a.rel_path: (121, b"x8\n")
+    }
