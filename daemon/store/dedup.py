@@ -4,12 +4,12 @@ answer back, flagged as a duplicate, also after a restart.
 Each agent keeps its recent ids in memory, bounded by count (`dedupMaxPerAgent`) and age
 (`dedupWindowHours`); an id is forgotten once it passes either bound. Persistence costs what was
 added, not what is known: each checkpoint appends the ids remembered since the one before to
-`<stateDir>/dedup/<agentId>.log` (one JSON record a line, synced), and only once that log has
-grown to several times what is known is it folded into a new snapshot `<agentId>.json` (written
-whole, atomically; then the log is emptied). After a crash the journal's replayed entries (whose
-`origin` carries the message id) add the ids since the last checkpoint. So snapshot + log +
-journal always cover every acknowledged id; loading reads the snapshot, then the log (a torn
-last line is skipped), oldest first, and applies the bounds.
+`<stateDir>/dedup/<agentId>.log` (one line, a JSON array of them, synced), and only once that
+log has grown to several times what is known is it folded into a new snapshot `<agentId>.json`
+(written whole, atomically; then the log is emptied). After a crash the journal's replayed
+entries (whose `origin` carries the message id) add the ids since the last checkpoint. So
+snapshot + log + journal always cover every acknowledged id; loading reads the snapshot, then
+the log (a torn last line is skipped), oldest first, and applies the bounds.
 """
 
 from __future__ import annotations
@@ -84,12 +84,16 @@ class DedupIndex:
                 lines = (self.folder / f"{agent}{LOG}").read_bytes().splitlines()
             except OSError:
                 lines = []
+            logged = 0
             for line in lines:
                 try:
-                    records.append(orjson.loads(line))
+                    batch = orjson.loads(line)
                 except orjson.JSONDecodeError:
                     continue  # a torn last line (a crash during an append): never acknowledged
-            ids.logged = len(lines)
+                if isinstance(batch, list):
+                    records.extend(batch)
+                    logged += len(batch)
+            ids.logged = logged
             for rec in records:
                 parsed = parse_record(rec)
                 if parsed is not None:
@@ -162,22 +166,28 @@ class DedupIndex:
         """Append to the logs or write whole snapshots, each synced (worker thread). Raises
         OSError; the caller then marks the agents `changed` (a whole snapshot next time)."""
         for agent, snap in snapshots:
-            recs = [orjson.dumps({"k": list(k), "t": at, "r": r}) for k, (at, r) in snap.items]
+            # One orjson call for all of them (records as arrays: no dict built per id).
+            data = orjson.dumps(snap.items)
             log = self.folder / f"{agent}{LOG}"
             if snap.whole:
                 # A crash between the two leaves the old log beside the new snapshot: loading
                 # both gives the same ids.
-                atomic_write(self.folder / f"{agent}{SNAPSHOT}", b"[" + b",".join(recs) + b"]")
+                atomic_write(self.folder / f"{agent}{SNAPSHOT}", data)
                 if log.exists():
                     truncate_synced(log)
-            elif recs:
-                append_synced(log, b"\n".join(recs) + b"\n")
+            elif snap.items:
+                append_synced(log, data + b"\n")
 
 
 def parse_record(rec: Any) -> tuple[DedupKey, int, dict[str, Any]] | None:
-    if not isinstance(rec, dict):
+    """One id: `[[channel, accountId, messageId], [at, answer]]`, or as snapshots before the
+    log spelled it, `{"k": [...], "t": at, "r": answer}`."""
+    if isinstance(rec, list) and len(rec) == 2 and isinstance(rec[1], list) and len(rec[1]) == 2:
+        k, (t, r) = rec[0], rec[1]
+    elif isinstance(rec, dict):
+        k, t, r = rec.get("k"), rec.get("t"), rec.get("r")
+    else:
         return None
-    k, t, r = rec.get("k"), rec.get("t"), rec.get("r")
     if not (isinstance(k, list) and len(k) == 3 and all(isinstance(x, str) for x in k)):
         return None
     if not isinstance(t, int) or not isinstance(r, dict):
