@@ -28,7 +28,15 @@ from typing import Any
 
 import anyio
 import structlog
-from anyio.abc import ByteStream, SocketListener, SocketStream, TaskGroup, TaskStatus
+from anyio.abc import (
+    ByteStream,
+    SocketAttribute,
+    SocketListener,
+    SocketStream,
+    TaskGroup,
+    TaskStatus,
+    UNIXSocketStream,
+)
 
 from daemon.auth import Auth
 from daemon.config import LimitsConfig
@@ -97,6 +105,12 @@ class Connection:
         self.principal: Principal | None = ADMIN  # who is calling (daemon/auth.py)
         self.hello_deadline: float | None = None  # set for connections that need a token
         self._line_deadline: float | None = None  # a begun request line must end by then
+        # The Unix socket under the stream, which answers are sent on directly when it takes
+        # them at once (`_send_now`), as the stream itself would send them. None for TCP (whose
+        # stream may hold bytes in its transport's buffer) and TLS: only their stream writes.
+        self._raw: socket.socket | None = None
+        if isinstance(stream, UNIXSocketStream):
+            self._raw = stream.extra(SocketAttribute.raw_socket, None)
 
     def deliver(self, data: bytes) -> None:
         out = self.out
@@ -163,7 +177,8 @@ class Connection:
                 while self.out:
                     data = b"".join(self.out)
                     self.out.clear()
-                    if not await self._send(data):
+                    sent = self._send_now(data)
+                    if sent < len(data) and not await self._send(memoryview(data)[sent:]):
                         return
                     self.unsent -= len(data)
                     if self.paused:
@@ -175,7 +190,20 @@ class Connection:
         finally:
             self.writer_done.set()
 
-    async def _send(self, data: bytes) -> bool:
+    def _send_now(self, data: bytes) -> int:
+        """Send what the socket takes without waiting; how many bytes that was. Answers are
+        small and the socket's buffer mostly has room: then no timeout scope is entered and no
+        turn of the event loop is taken (TLS connections always go through `_send`). Raises
+        OSError when the client has gone."""
+        raw = self._raw
+        if raw is None:
+            return 0
+        try:
+            return raw.send(data)
+        except (BlockingIOError, InterruptedError):
+            return 0
+
+    async def _send(self, data: bytes | memoryview) -> bool:
         """Send `data`; False (and the connection closed) when a slice of it cannot leave
         within the stall timeout: the client has stopped reading."""
         stall = self.server.limits.stallTimeoutSeconds
