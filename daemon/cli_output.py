@@ -105,16 +105,18 @@ def value(key: str, v: Any, now_ms: float | None = None) -> str:
         return NO_TIME
     if isinstance(v, bool):
         return "yes" if v else "no"
+    # Containers first: a list under a key named for a unit (`seconds: [None, 4]`) is formatted
+    # element by element, so no element reaches `str()` as a Python repr.
+    if isinstance(v, Mapping):
+        return ", ".join(f"{k} {value(str(k), x, now_ms)}" for k, x in v.items()) or "none"
+    if isinstance(v, list | tuple):
+        return ", ".join(value(key, x, now_ms) for x in v) or "none"
     if key.endswith("At") and isinstance(v, int | float):
         return when(v, now_ms)
     if key.endswith("Bytes") or key == "bytes":
         return size(v)
     if key.endswith("Seconds") or key == "seconds":
         return duration(v)
-    if isinstance(v, Mapping):
-        return ", ".join(f"{k} {value(str(k), x, now_ms)}" for k, x in v.items()) or "none"
-    if isinstance(v, list | tuple):
-        return ", ".join(value(key, x, now_ms) for x in v) or "none"
     return str(v)
 
 

@@ -9,7 +9,7 @@ import time
 from collections.abc import Iterator
 
 import pytest
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from daemon import cli_output
@@ -112,6 +112,8 @@ SCALARS = st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False)
 KEYS = st.text(alphabet="abcdefghijklmnopqrstuvwxyz", min_size=1, max_size=10)
 
 
+@example({"seconds": [None]})  # Hypothesis found it: a unit key's list went to str() whole
+@example({"bytes": {"a": True}, "lastSyncAt": [False]})
 @given(st.dictionaries(KEYS, SCALARS | st.lists(SCALARS) | st.dictionaries(KEYS, SCALARS)))
 def test_no_status_value_prints_a_python_repr(status: dict[str, object]) -> None:
     text = "\n".join(cli_output.status_lines(status, now_ms=NOW))
