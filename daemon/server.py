@@ -244,6 +244,7 @@ class Connection:
         buf = bytearray()
         lines: list[bytes] = []
         at = 0  # lines[at:] are left to the slow path, which may wait
+        unfinished = False  # the slow path finishes the chunk of `lines`
         waiter: Awaitable[None] | None = None
         last_read = anyio.current_time()
         with self.read_scope:
@@ -251,7 +252,8 @@ class Connection:
                 if waiter is not None:
                     await waiter
                     waiter = None
-                if at < len(lines):
+                if unfinished:
+                    unfinished = False
                     limits = self.server.limits
                     for line in lines[at:]:
                         if len(line) > max_line:
@@ -287,6 +289,7 @@ class Connection:
                             if waiter is not None:
                                 break
                         if waiter is not None or at < len(lines):
+                            unfinished = True
                             break  # the rest is handled (and waited for) outside the scope
                         if self._after_chunk(buf, bool(lines), max_line):
                             return
