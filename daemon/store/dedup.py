@@ -2,14 +2,19 @@
 answer back, flagged as a duplicate, also after a restart.
 
 Each agent keeps its recent ids in memory, bounded by count (`dedupMaxPerAgent`) and age
-(`dedupWindowHours`); an id is forgotten once it passes either bound. Persistence costs nothing
-per message: each checkpoint writes a snapshot `<stateDir>/dedup/<agentId>.json` of the ids known
-at its journal switch, and after a crash the journal's replayed entries (whose `origin` carries
-the message id) add the ids since. So snapshot + journal always cover every acknowledged id.
+(`dedupWindowHours`); an id is forgotten once it passes either bound. Persistence costs what was
+added, not what is known: each checkpoint appends the ids remembered since the one before to
+`<stateDir>/dedup/<agentId>.log` (one line, a JSON array of them, synced), and only once that
+log has grown to several times what is known is it folded into a new snapshot `<agentId>.json`
+(written whole, atomically; then the log is emptied). After a crash the journal's replayed
+entries (whose `origin` carries the message id) add the ids since the last checkpoint. So
+snapshot + log + journal always cover every acknowledged id; loading reads the snapshot, then
+the log (a torn last line is skipped), oldest first, and applies the bounds.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -18,10 +23,25 @@ from typing import Any
 
 import orjson
 
-from daemon.store.fsutil import atomic_write, ensure_dir
+from daemon.store import fileio
+from daemon.store.fsutil import FILE_MODE, atomic_write, ensure_dir, fsync_dir
 
 DedupKey = tuple[str, str, str]  # (channel, accountId, messageId)
-Snapshot = list[tuple[DedupKey, tuple[int, dict[str, Any]]]]
+Items = list[tuple[DedupKey, tuple[int, dict[str, Any]]]]
+SNAPSHOT, LOG = ".json", ".log"
+# The log is folded into a new snapshot once it holds this many times the ids known (at least
+# FOLD_MIN records): rewriting everything known is then paid once per several windows' worth.
+FOLD_FACTOR = 4
+FOLD_MIN = 4096
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """What one checkpoint writes for an agent: `items` appended to its log, or (`whole`) a new
+    snapshot of everything known, after which the log is emptied."""
+
+    items: Items
+    whole: bool
 
 
 @dataclass(slots=True)
@@ -29,7 +49,9 @@ class AgentIds:
     """The recent message ids of one agent."""
 
     answers: OrderedDict[DedupKey, tuple[int, dict[str, Any]]] = field(default_factory=OrderedDict)
-    dirty: bool = False
+    fresh: Items = field(default_factory=list)  # remembered since the last checkpoint
+    logged: int = 0  # records in the log (since the snapshot)
+    whole: bool = False  # the next checkpoint writes a whole snapshot
 
 
 class DedupIndex:
@@ -42,19 +64,37 @@ class DedupIndex:
         self.agents: dict[str, AgentIds] = {}
 
     def load(self, now_ms: int) -> int:
-        """Read every agent's snapshot; return the number of ids known. A damaged snapshot is
-        ignored (the ids in it are forgotten, nothing else is lost) and kept for inspection."""
+        """Read every agent's snapshot and log; return the number of ids known. A damaged
+        snapshot or line is ignored (the ids in it are forgotten, nothing else is lost) and
+        the file kept for inspection."""
         ensure_dir(self.folder)
-        total = 0
+        names: set[str] = set()
         for entry in os.scandir(self.folder):
-            if not entry.name.endswith(".json") or entry.name.startswith("."):
-                continue
-            ids = self._agent(entry.name[: -len(".json")])
+            for ext in (SNAPSHOT, LOG):
+                if entry.name.endswith(ext) and not entry.name.startswith("."):
+                    names.add(entry.name[: -len(ext)])
+        total = 0
+        for agent in sorted(names):
+            ids = self._agent(agent)
+            doc: Any = []
+            with contextlib.suppress(OSError, orjson.JSONDecodeError):
+                doc = orjson.loads((self.folder / f"{agent}{SNAPSHOT}").read_bytes())
+            records = list(doc) if isinstance(doc, list) else []
             try:
-                doc = orjson.loads(Path(entry.path).read_bytes())
-            except (OSError, orjson.JSONDecodeError):
-                continue
-            for rec in doc if isinstance(doc, list) else []:
+                lines = (self.folder / f"{agent}{LOG}").read_bytes().splitlines()
+            except OSError:
+                lines = []
+            logged = 0
+            for line in lines:
+                try:
+                    batch = orjson.loads(line)
+                except orjson.JSONDecodeError:
+                    continue  # a torn last line (a crash during an append): never acknowledged
+                if isinstance(batch, list):
+                    records.extend(batch)
+                    logged += len(batch)
+            ids.logged = logged
+            for rec in records:
                 parsed = parse_record(rec)
                 if parsed is not None:
                     key, at, answer = parsed
@@ -80,7 +120,7 @@ class DedupIndex:
         """Record an answer; bounds are enforced by `trim_all`, once per batch."""
         ids = self._agent(agent)
         ids.answers[key] = (at_ms, answer)
-        ids.dirty = True
+        ids.fresh.append((key, (at_ms, answer)))
 
     def trim_all(self, now_ms: int) -> None:
         for ids in self.agents.values():
@@ -99,31 +139,82 @@ class DedupIndex:
             answers.popitem(last=False)
 
     def changed(self, agent_id: str) -> None:
-        """Write the agent's snapshot at the next checkpoint (again, after a failed one)."""
-        self.agents[agent_id].dirty = True
+        """Write a whole snapshot of the agent's ids at the next checkpoint (after a failed one,
+        whose appended lines may be missing)."""
+        self._agent(agent_id).whole = True
 
     def snapshots(self) -> list[tuple[str, Snapshot]]:
-        """Copies of the changed agents' ids (event loop; cheap), to be written by `save`."""
+        """What the next checkpoint writes (event loop): per agent with new ids, those ids, or
+        everything known when the log is due to be folded into a new snapshot. Costs what was
+        remembered since the last call, except at a fold."""
         out = []
         for agent, ids in self.agents.items():
-            if ids.dirty:
-                out.append((agent, list(ids.answers.items())))
-                ids.dirty = False
+            if not (ids.fresh or ids.whole):
+                continue
+            logged = ids.logged + len(ids.fresh)
+            if ids.whole or logged > max(FOLD_MIN, FOLD_FACTOR * len(ids.answers)):
+                out.append((agent, Snapshot(list(ids.answers.items()), whole=True)))
+                ids.logged = 0
+                ids.whole = False
+            else:
+                out.append((agent, Snapshot(ids.fresh, whole=False)))
+                ids.logged = logged
+            ids.fresh = []
         return out
 
     def save(self, snapshots: list[tuple[str, Snapshot]]) -> None:
-        """Write snapshots atomically (worker thread). Raises OSError."""
-        for agent, items in snapshots:
-            doc = [{"k": list(k), "t": at, "r": answer} for k, (at, answer) in items]
-            atomic_write(self.folder / f"{agent}.json", orjson.dumps(doc))
+        """Append to the logs or write whole snapshots, each synced (worker thread). Raises
+        OSError; the caller then marks the agents `changed` (a whole snapshot next time)."""
+        for agent, snap in snapshots:
+            # One orjson call for all of them (records as arrays: no dict built per id).
+            data = orjson.dumps(snap.items)
+            log = self.folder / f"{agent}{LOG}"
+            if snap.whole:
+                # A crash between the two leaves the old log beside the new snapshot: loading
+                # both gives the same ids.
+                atomic_write(self.folder / f"{agent}{SNAPSHOT}", data)
+                if log.exists():
+                    truncate_synced(log)
+            elif snap.items:
+                append_synced(log, data + b"\n")
 
 
 def parse_record(rec: Any) -> tuple[DedupKey, int, dict[str, Any]] | None:
-    if not isinstance(rec, dict):
+    """One id: `[[channel, accountId, messageId], [at, answer]]`, or as snapshots before the
+    log spelled it, `{"k": [...], "t": at, "r": answer}`."""
+    if isinstance(rec, list) and len(rec) == 2 and isinstance(rec[1], list) and len(rec[1]) == 2:
+        k, (t, r) = rec[0], rec[1]
+    elif isinstance(rec, dict):
+        k, t, r = rec.get("k"), rec.get("t"), rec.get("r")
+    else:
         return None
-    k, t, r = rec.get("k"), rec.get("t"), rec.get("r")
     if not (isinstance(k, list) and len(k) == 3 and all(isinstance(x, str) for x in k)):
         return None
     if not isinstance(t, int) or not isinstance(r, dict):
         return None
     return (k[0], k[1], k[2]), t, r
+
+
+def append_synced(path: Path, data: bytes) -> None:
+    """Append `data` to `path` (created when missing) and sync it. Raises OSError."""
+    created = not path.exists()
+    fd = fileio.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, FILE_MODE)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[fileio.write(fd, view) :]
+        fileio.fdatasync(fd)
+    finally:
+        fileio.close(fd)
+    if created:
+        fsync_dir(path.parent)
+
+
+def truncate_synced(path: Path) -> None:
+    """Empty `path` (its records are in the snapshot just written) and sync it."""
+    fd = fileio.open(path, os.O_WRONLY | os.O_CLOEXEC)
+    try:
+        fileio.ftruncate(fd, 0)
+        fileio.fsync(fd)
+    finally:
+        fileio.close(fd)
