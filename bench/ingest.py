@@ -8,9 +8,14 @@ Scenarios (default: the first four):
   sessions-1k    closed loop, 16 clients x 64 in flight over 1,000 sessions
                  (dmScope per-channel-peer)
   sessions-100k  the same over 100,000 sessions (--big-messages, default 2 per session)
-  hot            one hot session: the default config (dmScope main), every DM in agent:main:main
+  hot            one hot session: the default config (dmScope main), every DM in agent:main:main,
+                 for --hot-seconds (default 30: the session is compacted several times; the
+                 compactions finished and the largest tokensAfter are printed, the goal being
+                 at most half the threshold)
   open-5k        open loop at a fixed offered rate (--rate, default 5,000 msgs/s), --open-seconds;
-                 latency counts from each message's scheduled send time
+                 latency counts from each message's scheduled send time. First a warm-up (not
+                 measured): one message per session, then --settle seconds of rest, so the
+                 figure is a daemon's steady state, not its start (--cold: no warm-up)
   shards         --shards N: 1 daemon, then N daemons (each its own state folder, socket and
                  `shards: {count: N, index: i}`); messages over 8 agents, each routed to its owner
                  (with --via redis: published to one Redis stream per shard instead)
@@ -54,7 +59,9 @@ QUIET = 'daemon: {logLevel: "warning"}'
 SPREAD = f'{{session: {{dmScope: "per-channel-peer"}}, {QUIET}}}'
 SCENARIOS = ("sessions-1k", "sessions-100k", "hot", "open-5k")
 Result = dict[str, float]
-KEEP = "--keep" in sys.argv
+BARE_HOT_SECONDS = 5.0
+KEEP = "--keep" in sys.argv or "--timeline" in sys.argv
+TIMELINE = "--timeline" in sys.argv
 
 
 def wait_socket(path: Path, procs: list[subprocess.Popen[bytes]], timeout: float = 60) -> None:
@@ -73,20 +80,30 @@ def wait_socket(path: Path, procs: list[subprocess.Popen[bytes]], timeout: float
     raise RuntimeError(f"server did not start listening on {path}")
 
 
-def run_driver(plan: dict[str, Any]) -> Result:
-    out = subprocess.run(
+def run_driver(plan: dict[str, Any], start: Callable[[], None]) -> Result:
+    """Run the driver; `start()` is called when its measured part begins (after any warm-up)."""
+    proc = subprocess.Popen(
         [sys.executable, LOAD, "drive", json.dumps(plan)],
-        check=True,
-        capture_output=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
     )
-    return json.loads(out.stdout)  # type: ignore[no-any-return]
+    assert proc.stderr is not None
+    if plan.get("warmup"):
+        proc.stderr.readline()  # "measuring": warmed up and settled
+    start()
+    out, err = proc.communicate()
+    if proc.returncode:
+        raise RuntimeError(f"driver failed ({proc.returncode}): {err[-2000:]}")
+    return json.loads(out)  # type: ignore[no-any-return]
 
 
-def measured(procs: list[subprocess.Popen[bytes]], work: Callable[[], Result]) -> Result:
+def measured(
+    procs: list[subprocess.Popen[bytes]], work: Callable[[Callable[[], None]], Result]
+) -> Result:
+    """Run `work(start)`, metering the process tree from the moment it calls `start()`."""
     meter = TreeMeter([p.pid for p in procs])
-    meter.start()
-    res = work()
+    res = work(meter.start)
     tree = meter.stop()
     n = res["messages"]
     res["cpu_us"] = tree["tree_cpu_s"] / n * 1e6
@@ -132,26 +149,52 @@ def daemons(
 
 
 def run_ours(workdir: Path, configs: list[str], plan: dict[str, Any], tag: str) -> Result:
+    if TIMELINE:
+        plan = {**plan, "timeline": str(workdir / f"{tag}.timeline")}
     with daemons(workdir, configs, tag) as (socks, procs):
-        res = measured(procs, lambda: run_driver({**plan, "sockets": [str(s) for s in socks]}))
+        res = measured(
+            procs, lambda start: run_driver({**plan, "sockets": [str(s) for s in socks]}, start)
+        )
     res.update(compactions(workdir, tag, len(configs)))
+    if TIMELINE and (workdir / f"{tag}.timeline").exists():
+        print(stalls(workdir / f"{tag}.timeline"), flush=True)
     return res
+
+
+def stalls(path: Path, window: float = 0.1, top: int = 5) -> str:
+    """The `top` windows of sent messages whose slowest ack was slowest, with the wall-clock
+    time of each (to find the daemon's log lines of the same moment)."""
+    import datetime
+
+    lines = path.read_text().splitlines()
+    wall0 = float(lines[0].split()[2])
+    worst: dict[int, float] = {}
+    for line in lines[1:]:
+        t, ms = map(float, line.split())
+        w = int(t / window)
+        worst[w] = max(worst.get(w, 0.0), ms)
+    out = [f"    slowest {window * 1000:.0f} ms windows of {path.name} (sent at; worst ack):"]
+    for w, ms in sorted(worst.items(), key=lambda kv: -kv[1])[:top]:
+        at = datetime.datetime.fromtimestamp(wall0 + w * window, datetime.UTC)
+        out.append(f"      +{w * window:6.1f} s  {at:%H:%M:%S.%f}  {ms:8.1f} ms")
+    return "\n".join(out)
 
 
 def compactions(workdir: Path, tag: str, count: int) -> Result:
     """How the compactions of a run went, from the daemons' `compaction.done` log lines (logged
     at level info, which the hot scenario turns on): how many, and the largest tokensAfter as a
-    share of the compaction threshold."""
+    share of the compaction threshold. Nothing when the daemons logged at level warning."""
     from daemon.config import CompactionConfig
 
-    done, failed = [], 0
+    done, failed, info = [], 0, False
     for i in range(count):
         for line in (workdir / f"{tag}-{i}.log").read_bytes().splitlines():
             if b'"compaction.done"' in line:
                 done.append(json.loads(line))
             failed += b'"compaction.failed"' in line
-    if not done and not failed:
-        return {}
+            info = info or b'"daemon.started"' in line
+    if not info:
+        return {}  # logged at level warning: compactions are not known
     at = CompactionConfig().thresholds().compact_at
     return {
         "compactions": float(len(done)),
@@ -168,8 +211,13 @@ def run_bare(workdir: Path, plan: dict[str, Any], tag: str, style: str = "bare")
     )
     try:
         wait_socket(sock, [proc])
+        if TIMELINE:
+            plan = {**plan, "timeline": str(workdir / f"{tag}.timeline")}
         # Agents are the daemon's business; the bare server takes the same lines on one socket.
-        return measured([proc], lambda: run_driver({**plan, "sockets": [str(sock)]}))
+        res = measured([proc], lambda start: run_driver({**plan, "sockets": [str(sock)]}, start))
+        if TIMELINE and (workdir / f"{tag}.timeline").exists():
+            print(stalls(workdir / f"{tag}.timeline"), flush=True)
+        return res
     finally:
         proc.kill()
         proc.wait()
@@ -257,7 +305,9 @@ def run_redis(workdir: Path, configs: list[str], plan: dict[str, Any], tag: str)
         with daemons(workdir, cfgs, tag) as (_socks, procs):
             rmeter = TreeMeter([rproc.pid])
             rmeter.start()
-            res = measured(procs, lambda: publish_and_wait(port, plan, len(configs)))
+            res = measured(
+                procs, lambda start: (start(), publish_and_wait(port, plan, len(configs)))[1]
+            )
             res["redis_us"] = rmeter.stop()["tree_cpu_s"] / res["messages"] * 1e6
             return res
 
@@ -297,12 +347,23 @@ def plan_for(name: str, args: argparse.Namespace) -> tuple[dict[str, Any], str]:
         return {**plan, "messages": args.big_messages, "sessions": 100_000}, spread
     if name == "hot":
         # Level info logs each compaction.done (with tokensAfter) and nothing per message.
-        return {**plan, "messages": args.hot_messages}, os.environ.get(
-            "BENCH_CONFIG", '{daemon: {logLevel: "info"}}'
-        )
+        size = {"seconds": args.hot_seconds}
+        if args.hot_messages:
+            size = {"messages": args.hot_messages}
+        return {**plan, **size}, os.environ.get("BENCH_CONFIG", '{daemon: {logLevel: "info"}}')
     if name == "open-5k":
-        return {**plan, "messages": int(args.rate * args.open_seconds), "rate": args.rate}, spread
+        plan = {**plan, "messages": int(args.rate * args.open_seconds), "rate": args.rate}
+        if not args.cold:
+            plan.update(warmup=True, settle=args.settle)
+        return plan, spread
     raise SystemExit(f"unknown scenario {name!r} (one of {', '.join(SCENARIOS)})")
+
+
+def bare_plan(plan: dict[str, Any]) -> dict[str, Any]:
+    """The bare server's plan: the same, but a timed run no longer than BARE_HOT_SECONDS."""
+    if "seconds" in plan:
+        return {**plan, "seconds": min(plan["seconds"], BARE_HOT_SECONDS)}
+    return plan
 
 
 def series(label: str, runs: int, servers: dict[str, Callable[[int], Result]]) -> dict[str, Result]:
@@ -348,10 +409,11 @@ def summary(r: Result) -> str:
         parts.append(f"redis {r['redis_us']:.1f} us/msg")
     parts.append(f"rss {r['rss_mb']:.0f} MB in {r['procs']:.0f} procs")
     if "compactions" in r:
+        share = r["max_after_share"]
         parts.append(
             f"{r['compactions']:.0f} compactions done ({r['compactions_failed']:.0f} failed, "
-            f"e.g. cut short by the stop), largest tokensAfter "
-            f"{r['max_after_share']:.2f} of the threshold"
+            f"e.g. cut short by the stop), largest tokensAfter {share:.2f} of the threshold "
+            f"({'within' if share <= 0.5 else 'OVER'} the goal of 0.50)"
         )
     return "  ".join(parts)
 
@@ -363,12 +425,38 @@ def main() -> None:
     ap.add_argument("--clients", type=int, default=16)
     ap.add_argument("--messages", type=int, default=100_000, help="sessions-1k and shards")
     ap.add_argument("--big-messages", type=int, default=200_000, help="sessions-100k")
-    ap.add_argument("--hot-messages", type=int, default=30_000, help="hot")
+    ap.add_argument(
+        "--hot-seconds",
+        type=float,
+        default=30.0,
+        help="hot: closed loop for this long (several compaction cycles); the bare server\n"
+        f"runs {BARE_HOT_SECONDS:.0f} s at most (nothing of it changes with time)",
+    )
+    ap.add_argument("--hot-messages", type=int, default=0, help="hot: this many instead")
     ap.add_argument("--rate", type=float, default=5000.0, help="open-5k: offered msgs/s")
     ap.add_argument("--open-seconds", type=float, default=10.0, help="open-5k: duration")
+    ap.add_argument(
+        "--settle",
+        type=float,
+        default=2.0,
+        help="open-5k: seconds of rest between the warm-up (one message per session,\n"
+        "not measured) and the open loop",
+    )
+    ap.add_argument(
+        "--cold",
+        action="store_true",
+        help="open-5k: no warm-up; the open loop starts on an empty daemon, so its\n"
+        "first second creates every session",
+    )
     ap.add_argument("--shards", type=int, default=0, help="compare 1 daemon with N shards")
     ap.add_argument("--via", choices=["socket", "redis"], default="socket")
     ap.add_argument("--keep", action="store_true", help="keep the temporary folder")
+    ap.add_argument(
+        "--timeline",
+        action="store_true",
+        help="open-5k: write each ack's due time and latency to <run>.timeline in the kept\n"
+        "folder and print the slowest 100 ms windows (implies --keep)",
+    )
     args = ap.parse_args()
     scale_out = args.shards > 0 or args.via == "redis"
     names = args.scenario or ([] if scale_out else ["all"])
@@ -387,20 +475,25 @@ def main() -> None:
                 "sessiond": lambda n, p=plan, c=cfg, nm=name: run_ours(
                     workdir, [c], p, f"{nm}-{n}"
                 ),
-                "bare": lambda n, p=plan, nm=name: run_bare(workdir, p, f"bare-{nm}-{n}"),
+                "bare": lambda n, p=plan, nm=name: run_bare(
+                    workdir, bare_plan(p), f"bare-{nm}-{n}"
+                ),
             }
             if name == "sessions-1k":
                 servers["bare-anyio"] = lambda n, p=plan: run_bare(
                     workdir, p, f"anyio-{n}", "bare-anyio"
                 )
-            print(
-                f"{name}: {plan['messages']} messages over {plan['sessions']} sessions", flush=True
-            )
+            size = f"{plan.get('messages')} messages"
+            if "seconds" in plan:
+                size = f"{plan['seconds']:.0f} s of messages"
+            print(f"{name}: {size} over {plan['sessions']} sessions", flush=True)
             report(name, series(name, args.runs, servers), ["sessiond"])
         if scale_out:
             shard_series(args, workdir)
     finally:
-        if not args.keep:
+        if KEEP:
+            print(f"kept {workdir}")
+        else:
             shutil.rmtree(workdir, ignore_errors=True)
 
 

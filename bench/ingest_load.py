@@ -3,9 +3,12 @@ own process (`python bench/ingest_load.py drive|bare|bare-anyio ...`).
 
 The driver takes a JSON plan: which sockets to use, how many clients per socket, the messages
 (spread over sessions and, for shards, agents, each routed to its owner's socket) and the mode:
-closed loop (64 requests in flight per client, as fast as acks come back) or open loop (each
+closed loop (64 requests in flight per client, as fast as acks come back; a number of
+messages, or with `seconds` as many as that time allows) or open loop (each
 message has a scheduled send time at a fixed offered rate; latency is measured from that time,
 so a server that falls behind is charged for the queue it builds, not only for its service time).
+With `warmup`, each session first gets one message (closed loop, not measured) and the server
+`settle` seconds of rest before the measured messages.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import os
 import sys
 import time
 import zlib
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import orjson
@@ -75,48 +79,71 @@ def _check(msg: dict[str, Any]) -> int:
     return int(msg["id"])
 
 
-async def _closed_client(path: str, lines: list[bytes], lat: list[float]) -> None:
+async def _closed_client(
+    path: str, lines: Sequence[bytes] | Iterator[bytes], lat: list[float]
+) -> None:
+    """Keep 64 requests in flight until `lines` is used up (a list, or an iterator that stops
+    when the time is up); each line's id is its position in `lines`."""
     reader, writer = await asyncio.open_unix_connection(path, limit=1 << 24)
+    source = iter(lines)
     sent_at: dict[int, float] = {}
     next_i = 0
-    done = 0
-    total = len(lines)
+    exhausted = False
 
     def send(k: int) -> None:
-        nonlocal next_i
+        nonlocal next_i, exhausted
         buf = []
         now = time.perf_counter()
         for _ in range(k):
-            if next_i >= total:
+            line = next(source, None)
+            if line is None:
+                exhausted = True
                 break
             sent_at[next_i] = now
-            buf.append(lines[next_i])
+            buf.append(line)
             next_i += 1
         if buf:
             writer.write(b"".join(buf))
 
-    send(min(IN_FLIGHT, total))
-    while done < total:
+    send(IN_FLIGHT)
+    while sent_at:
         line = await reader.readline()
         if not line:
             raise RuntimeError("server closed the connection")
         i = _check(orjson.loads(line))
         lat.append(time.perf_counter() - sent_at.pop(i))
-        done += 1
         # Refill in small groups: keeps 64 in flight without a write per answer.
-        if len(sent_at) <= IN_FLIGHT - 8 or next_i >= total:
+        if not exhausted and (len(sent_at) <= IN_FLIGHT - 8 or not sent_at):
             send(IN_FLIGHT - len(sent_at))
     writer.close()
 
 
-async def _open_loop(work: list[tuple[str, list[bytes]]], rate: float, lat: list[float]) -> None:
+def timed_lines(plan: dict[str, Any], client: int, clients: int, until: float) -> Iterator[bytes]:
+    """Client `client`'s requests (messages client, client + clients, ...) until `until`."""
+    n, i = client, 0
+    while time.perf_counter() < until:
+        req = {"jsonrpc": "2.0", "id": i, "method": "message.ingest"}
+        req["params"] = message_params(n, plan)
+        yield orjson.dumps(req) + b"\n"
+        n += clients
+        i += 1
+
+
+async def _open_loop(
+    work: list[tuple[str, list[bytes]]],
+    rate: float,
+    lat: list[float],
+    timeline: list[tuple[float, float]] | None = None,
+) -> float:
     """Message k (over all clients, round-robin) is due at t0 + k / rate; the sender writes what
-    is due every millisecond or so, and each ack's latency counts from its due time."""
+    is due every millisecond or so, and each ack's latency counts from its due time. Returns the
+    wall-clock time (time.time()) of t0; `timeline` gets (due - t0, latency) per ack."""
     conns = [await asyncio.open_unix_connection(p, limit=1 << 24) for p, _ in work]
     order = [(c, i) for i in range(max(len(w) for _, w in work)) for c in range(len(work))]
     order = [(c, i) for c, i in order if i < len(work[c][1])]
     due: list[dict[int, float]] = [{} for _ in work]
     t0 = time.perf_counter() + 0.05
+    wall0 = time.time() + (t0 - time.perf_counter())
 
     async def sender() -> None:
         k = 0
@@ -139,26 +166,56 @@ async def _open_loop(work: list[tuple[str, list[bytes]]], rate: float, lat: list
             if not line:
                 raise RuntimeError("server closed the connection")
             i = _check(orjson.loads(line))
-            lat.append(time.perf_counter() - due[c].pop(i))
+            at = due[c].pop(i)
+            lat.append(time.perf_counter() - at)
+            if timeline is not None:
+                timeline.append((at - t0, lat[-1]))
 
     await asyncio.gather(sender(), *(reader(c) for c in range(len(work))))
     for _, w in conns:
         w.close()
+    return wall0
 
 
 def drive(plan: dict[str, Any]) -> dict[str, float]:
-    work = make_work(plan)
+    work = [] if plan.get("seconds") else make_work(plan)
     lat: list[float] = []
+    timeline: list[tuple[float, float]] | None = [] if plan.get("timeline") else None
+    wall0 = 0.0
 
     async def main() -> float:
+        nonlocal wall0
+        if plan.get("warmup"):
+            # Every session gets its first message (closed loop, not measured), then the server
+            # has `settle` seconds to finish what follows (index pass, checkpoint, mirror round):
+            # the open loop measures a server at rest with its sessions, not its start-up.
+            warm = make_work({**plan, "messages": plan["sessions"], "tag": f"{plan['tag']}-warm"})
+            await asyncio.gather(*(_closed_client(p, lines, []) for p, lines in warm))
+            await asyncio.sleep(float(plan.get("settle", 0.0)))
+            print("measuring", file=sys.stderr, flush=True)
         t0 = time.perf_counter()
         if plan.get("rate"):
-            await _open_loop(work, float(plan["rate"]), lat)
+            wall0 = await _open_loop(work, float(plan["rate"]), lat, timeline)
+        elif plan.get("seconds"):
+            # For as long as that (one socket): as many messages as acks come back for.
+            until = t0 + float(plan["seconds"])
+            k = plan["clients"]
+            path = plan["sockets"][0]
+            await asyncio.gather(
+                *(_closed_client(path, timed_lines(plan, c, k, until), lat) for c in range(k))
+            )
         else:
             await asyncio.gather(*(_closed_client(p, lines, lat) for p, lines in work))
         return time.perf_counter() - t0
 
     elapsed = asyncio.run(main())
+    if timeline is not None:
+        # One line per ack, in send order: due time after the start (s) and latency (ms), with
+        # the start's wall-clock time first, to line the acks up with the daemon's log lines.
+        timeline.sort()
+        with open(plan["timeline"], "w") as f:
+            f.write(f"# t0 {wall0:.6f}\n")
+            f.writelines(f"{t:.4f} {x * 1000:.2f}\n" for t, x in timeline)
     lat.sort()
     n = len(lat)
     return {

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import shutil
 import signal
@@ -46,7 +47,7 @@ from daemon.client import Client
 
 TEXT = "a line of chat that is about as long as a real message, with some words in it. " * 2
 PROBE_CLIENTS = 4
-SPY = ["py-spy", "record", "-t", "-f", "raw", "-r", "200", "-d", "40"]
+SPY = ["py-spy", "record", "-t", "-r", "200"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -199,6 +200,87 @@ class Probes:
         return sorted(lat for t, lat in list(self.samples) if t0 <= t < t1)
 
 
+class CpuMeter:
+    """CPU seconds of the daemon (its event loop's thread, its other threads) and of its worker
+    processes, sampled in a thread: a figure the machine's load barely moves, unlike latency."""
+
+    TICK = os.sysconf("SC_CLK_TCK")
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.samples: list[tuple[float, float, float, float]] = []
+        self.by_worker: list[tuple[float, dict[int, float]]] = []
+        self._stop = threading.Event()
+        self._dead: dict[int, float] = {}  # workers seen, by pid: their last CPU seconds
+        self.kinds: dict[int, str] = {}  # worker pid -> what it is
+        threading.Thread(target=self._run, daemon=True).start()
+
+    def _cpu(self, path: str) -> float:
+        try:
+            with open(path) as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            return -1.0
+        return (int(fields[11]) + int(fields[12])) / self.TICK  # utime + stime
+
+    def _children(self) -> float:
+        for name in os.listdir("/proc"):
+            if not name.isdigit():
+                continue
+            try:
+                with open(f"/proc/{name}/stat") as f:
+                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue
+            if ppid == self.pid:
+                if int(name) not in self.kinds:
+                    with contextlib.suppress(OSError):
+                        with open(f"/proc/{name}/cmdline", "rb") as f:
+                            argv = f.read().split(b"\0")
+                        self.kinds[int(name)] = " ".join(a.decode() for a in argv[1:4])
+                cpu = self._cpu(f"/proc/{name}/stat")
+                if cpu >= 0:
+                    self._dead[int(name)] = cpu
+        return sum(self._dead.values())
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.2):
+            main = self._cpu(f"/proc/{self.pid}/task/{self.pid}/stat")
+            every = self._cpu(f"/proc/{self.pid}/stat")
+            if main < 0 or every < 0:
+                return
+            self.samples.append((time.monotonic(), main, every - main, self._children()))
+            self.by_worker.append((time.monotonic(), dict(self._dead)))
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def window(self, t0: float, t1: float) -> tuple[float, float, float]:
+        """(event loop, other threads, workers) CPU seconds between t0 and t1."""
+
+        def at(t: float) -> tuple[float, float, float]:
+            before = [s for s in self.samples if s[0] <= t]
+            s = before[-1] if before else self.samples[0]
+            return s[1], s[2], s[3]
+
+        a, b = at(t0), at(t1)
+        return b[0] - a[0], b[1] - a[1], b[2] - a[2]
+
+    def workers(self, t0: float, t1: float) -> dict[str, float]:
+        """CPU seconds of each kind of worker between t0 and t1."""
+
+        def at(t: float) -> dict[int, float]:
+            before = [s for s in self.by_worker if s[0] <= t]
+            return (before[-1] if before else self.by_worker[0])[1]
+
+        a, b = at(t0), at(t1)
+        out: dict[str, float] = {}
+        for pid, cpu in b.items():
+            kind = self.kinds.get(pid, "?").replace("-m daemon.", "")
+            out[kind] = out.get(kind, 0.0) + cpu - a.get(pid, 0.0)
+        return {k: round(v, 2) for k, v in out.items() if v >= 0.05}
+
+
 def pct(xs: list[float], p: float) -> float:
     return xs[min(len(xs) - 1, int(len(xs) * p))] if xs else float("nan")
 
@@ -303,6 +385,17 @@ def main() -> None:
     ap.add_argument("--keep", action="store_true", help="keep the state folder")
     ap.add_argument("--only-reset", action="store_true", help="baseline and reset phases only")
     ap.add_argument("--profile", help="write py-spy's folded stacks of the daemon here")
+    ap.add_argument(
+        "--profile-format",
+        default="raw",
+        help="py-spy's --format: raw (folded stacks) or speedscope (with --idle: a timeline)",
+    )
+    ap.add_argument("--profile-idle", action="store_true", help="py-spy --idle: idle samples too")
+    ap.add_argument("--profile-gil", action="store_true", help="py-spy --gil: GIL holders only")
+    ap.add_argument(
+        "--profile-start", type=float, default=55.0, help="seconds after the daemon is ready"
+    )
+    ap.add_argument("--profile-seconds", type=int, default=40)
     ap.add_argument("--log-level", default="warning", help="the daemon's; its log is daemon.log")
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="sessiond-isolation-", dir=os.environ.get("BENCH_DIR")))
@@ -335,21 +428,30 @@ def main() -> None:
             proc = subprocess.Popen(argv, stdout=logf, stderr=subprocess.STDOUT)
         wait_ready(sock, proc)
         spies: list[subprocess.Popen[bytes]] = []
+        spied_at: list[float] = []
         if args.profile:
             # Sampled stacks of the daemon's threads, folded, around the reset job (the expiry
             # job runs a minute after the start).
             def spy() -> None:
                 assert proc is not None and args.profile
+                spied_at.append(time.monotonic())
                 spies.append(
                     subprocess.Popen(
-                        [*SPY, "-p", str(proc.pid), "-o", args.profile],
+                        [
+                            *SPY,
+                            *["-f", args.profile_format, "-d", str(args.profile_seconds)],
+                            *(["--idle"] if args.profile_idle else []),
+                            *(["--gil"] if args.profile_gil else []),
+                            *["-p", str(proc.pid), "-o", args.profile],
+                        ],
                         stdout=subprocess.DEVNULL,
-                        stderr=subprocess.DEVNULL,
+                        stderr=open(f"{args.profile}.log", "wb"),  # noqa: SIM115
                     )
                 )
 
-            threading.Timer(55.0, spy).start()
+            threading.Timer(args.profile_start, spy).start()
         events = Events(sock)
+        cpu = CpuMeter(proc.pid)
         probes = Probes(sock, args.rate, args.probe_sessions)
         probes.start()
         time.sleep(3.0)  # the probe sessions are created; the start-up catch-up settles
@@ -393,20 +495,30 @@ def main() -> None:
         )
         base = probes.window(phases[0][1], phases[0][2])
         base_p99 = pct(base, 0.99)
-        print(f"{'phase':12} {'acks':>7} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8} {'p99/base':>9}")
+        cpu.stop()
+        print(
+            f"{'phase':12} {'acks':>7} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8} {'p99/base':>9}"
+            f"  {'cpu s: loop':>11} {'threads':>7} {'workers':>7}"
+        )
         for name, a, b, note in phases:
             xs = probes.window(a, b)
             p99 = pct(xs, 0.99)
+            loop_s, threads_s, workers_s = cpu.window(a, b)
             print(
                 f"{name:12} {len(xs):7d} {pct(xs, 0.5) * 1000:8.1f} {p99 * 1000:8.1f} "
                 f"{(xs[-1] if xs else float('nan')) * 1000:8.1f} {p99 / base_p99:9.2f}"
+                f"  {loop_s:11.2f} {threads_s:7.2f} {workers_s:7.2f}"
                 + (f"   {note}" if note else "")
             )
+        for name, a, b, _note in phases:
+            print(f"  workers' cpu s in {name}: {cpu.workers(a, b)}")
         print(
             f"reset job: {job['archived']} of {job['checked']} sessions archived in "
             f"{float(job['seconds']):.2f} s; memory notes of {len(events.flushed_at)} sessions "
             f"written {notes_done - started:.2f} s after the job started (target < 4 s)"
         )
+        if spied_at:
+            print(f"profile: started {started - spied_at[0]:.2f} s before the reset job")
         if events.flushed_at:
             at = sorted(t - started for t in events.flushed_at)
             marks = ", ".join(

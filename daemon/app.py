@@ -119,9 +119,17 @@ async def run(opts: RunOptions) -> int:
         mirror = Mirror(store, cfg, state_dir)  # stage 5: the backup mirror
         # Stages 6-7: the compaction check, which schedules memory flushes.
         compactor = Compactor(entrance, lambda a: workspace_of(entrance.config, state_dir, a))
+        # Not a SPEC stage: keeps each batch's lines for the search index's next pass.
+        search = SearchService(
+            state_dir,
+            entrance.counters,
+            lambda agent: Path(workspace_of(entrance.config, state_dir, agent)),
+            lambda: agent_ids(entrance.config),
+            lambda: entrance.store.take_index_touched(),
+        )
         pipeline = Pipeline(
             entrance,
-            stages=[mirror, SessionEvents(entrance.events, entrance.counters), compactor],
+            stages=[mirror, SessionEvents(entrance.events, entrance.counters), compactor, search],
             commands=compactor,  # /compact and /context
         )
         scheduler = Scheduler(pipeline, state_dir, Retention(pipeline, mirror))
@@ -131,13 +139,6 @@ async def run(opts: RunOptions) -> int:
             with jobs:
                 await scheduler.run(task_status=task_status)
 
-        search = SearchService(
-            state_dir,
-            pipeline.counters,
-            lambda agent: Path(workspace_of(pipeline.config, state_dir, agent)),
-            lambda: agent_ids(pipeline.config),
-            lambda: pipeline.store.take_index_touched(),
-        )
         broker = None
         if (rc := cfg.ingest.redis) is not None:
             from daemon.broker import RedisIngest

@@ -1,9 +1,16 @@
 """Closed sessions move into archive/ after the batch that closed them is durable (SPEC 4.5):
 the pipeline's writer hands them here, and the moves run in its task group. Readers find a
 session where it is until its move is done; `settled` waits for the moves in flight.
+
+The moves run in one worker thread call at a time, each taking up to ARCHIVE_GROUP of the
+sessions closed so far: a reset job closes thousands of sessions in many small batches, and a
+thread per batch made dozens of threads hash and move files at once, each holding the GIL the
+event loop needs; one call at a time also shares a group's syncs among more sessions.
 """
 
 from __future__ import annotations
+
+from collections import deque
 
 import anyio
 import structlog
@@ -15,7 +22,7 @@ from daemon.store.store import Archived, Closing, Store
 log = structlog.get_logger("daemon.pipeline")
 
 ARCHIVE_WAIT_SECONDS = 10.0
-ARCHIVE_GROUP = 256  # closed sessions archived per thread call
+ARCHIVE_GROUP = 256  # closed sessions archived per thread call, at most
 
 
 class Archiver:
@@ -25,14 +32,20 @@ class Archiver:
         self._moving: dict[str, anyio.Event] = {}  # session id -> set once its archiving ended
         self._archived = anyio.Event()
         self._archived.set()
+        self._queue: deque[tuple[Closing, int]] = deque()  # closed, with its batch's time
+        self._draining = False  # a task is moving what the queue holds
 
     def archive(self, tg: TaskGroup, closing: list[Closing], now: int) -> None:
-        """Start moving the sessions a durable batch closed."""
+        """Queue the sessions a durable batch closed (`now`: the batch's time) for their move,
+        and start the task that moves them unless it runs already."""
         for c in closing:
             self.store.release_fd(c.state)
             self._moving[c.state.session_id] = anyio.Event()
-        self._begin()
-        tg.start_soon(self._archive, closing, now)
+            self._queue.append((c, now))
+        if not self._draining:
+            self._draining = True
+            self._begin()
+            tg.start_soon(self._drain)
 
     def link(self, tg: TaskGroup, linked: list[tuple[Archived, str]]) -> None:
         """Start naming the successors of sessions that ended without one."""
@@ -51,15 +64,20 @@ class Archiver:
         with anyio.move_on_after(ARCHIVE_WAIT_SECONDS):
             await self._archived.wait()
 
-    async def _archive(self, closing: list[Closing], now: int) -> None:
-        """Move closed sessions into archive/ (after their batch is durable; readers find them
-        where they are until the move is done)."""
+    async def _drain(self) -> None:
+        """Move what the queue holds, ARCHIVE_GROUP at a time, until it is empty."""
         try:
-            await self._archive_all(closing, now)
+            while self._queue:
+                n = min(len(self._queue), ARCHIVE_GROUP)
+                await self._archive_group([self._queue.popleft() for _ in range(n)])
         finally:
-            self._archiving -= 1
-            if self._archiving == 0:
-                self._archived.set()
+            self._draining = False
+            self._end()
+
+    def _end(self) -> None:
+        self._archiving -= 1
+        if self._archiving == 0:
+            self._archived.set()
 
     async def _link(self, linked: list[tuple[Archived, str]]) -> None:
         """Name the successor in the index of sessions that ended without one, after their own
@@ -86,41 +104,35 @@ class Archiver:
                     continue
                 self.store.archived_done(rec)
         finally:
-            self._archiving -= 1
-            if self._archiving == 0:
-                self._archived.set()
+            self._end()
 
-    async def _archive_all(self, closing: list[Closing], now: int) -> None:
-        # In groups, one thread call each: a reset job closes thousands of sessions at once,
-        # and the syncs of a group's folders and index are shared (store/archive.py).
-        for start in range(0, len(closing), ARCHIVE_GROUP):
-            group = closing[start : start + ARCHIVE_GROUP]
-            try:
-                results = await anyio.to_thread.run_sync(
-                    self.store.archive_closed_group, group, now
+    async def _archive_group(self, group: list[tuple[Closing, int]]) -> None:
+        """Move one group into archive/ (one thread call: the syncs of its folders and index
+        are shared, store/archive.py)."""
+        try:
+            results = await anyio.to_thread.run_sync(self.store.archive_closed_group, group)
+        finally:
+            for c, _now in group:
+                moved = self._moving.pop(c.state.session_id, None)
+                if moved is not None:
+                    moved.set()
+        for (c, _now), rec in zip(group, results, strict=True):
+            if isinstance(rec, OSError):
+                # The transcript stays where it is with its closing entry (or is in
+                # archive/ without its index line): start-up finishes it.
+                log.error(
+                    "archive.failed",
+                    sessionId=c.state.session_id,
+                    error=os_reason(rec),
                 )
-            finally:
-                for c in group:
-                    moved = self._moving.pop(c.state.session_id, None)
-                    if moved is not None:
-                        moved.set()
-            for c, rec in zip(group, results, strict=True):
-                if isinstance(rec, OSError):
-                    # The transcript stays where it is with its closing entry (or is in
-                    # archive/ without its index line): start-up finishes it.
-                    log.error(
-                        "archive.failed",
-                        sessionId=c.state.session_id,
-                        error=os_reason(rec),
-                    )
-                    continue
-                self.store.archived_done(rec)
-                log.info(
-                    "session.archived",
-                    agentId=rec.agentId,
-                    sessionKey=rec.sessionKey,
-                    sessionId=rec.sessionId,
-                    reason=rec.reason,
-                    messages=rec.messages,
-                    bytes=rec.bytes,
-                )
+                continue
+            self.store.archived_done(rec)
+            log.info(
+                "session.archived",
+                agentId=rec.agentId,
+                sessionKey=rec.sessionKey,
+                sessionId=rec.sessionId,
+                reason=rec.reason,
+                messages=rec.messages,
+                bytes=rec.bytes,
+            )

@@ -6,7 +6,8 @@
 
 Invariants:
   1. Batches are written in the order they were prepared; a batch is prepared while the one
-     before it is synced, so the event loop's work and the disk's overlap.
+     before it is synced, so the event loop's work and the disk's overlap (one batch ahead,
+     no more: what arrives meanwhile goes into the batch after it, not two after).
   2. A failed write voids every batch prepared on top of it (the epoch advances): their
      positions were computed after lines that are not on disk. Their requests are answered
      with StorageUnavailable, and their sessions re-read their tails before the next write.
@@ -306,7 +307,10 @@ class Committer(Generic[W, P]):
         closed and empty; then checkpoint once more and return."""
         interval = self._checkpoint_interval
         next_checkpoint = time.monotonic() + interval
-        send, recv = anyio.create_memory_object_stream[_Prepared[P] | CheckpointMark](1)
+        # No buffer: the next batch is prepared while one is written, and waits for the writer
+        # there. A batch more in a buffer would be prepared early (small) and add a write's
+        # time to the wait of every message that arrives meanwhile.
+        send, recv = anyio.create_memory_object_stream[_Prepared[P] | CheckpointMark](0)
         queue = self.queue
         task_status.started()
         async with anyio.create_task_group() as tg:

@@ -261,7 +261,8 @@ class Compactor:
         self.latest.pop(sid)
         cc, th = self.settings(old.agent_id)
         if th.flush_on_reset:
-            self.reset_flushes.add(ResetFlush(old.agent_id, old.session_key, sid, old.rel_path, cc))
+            rf = ResetFlush(old.agent_id, old.session_key, sid, old.rel_path, cc, max(0, old.size))
+            self.reset_flushes.add(rf)
 
     # ------------------------------------------------------------------------------------------
     # Protocol methods

@@ -59,6 +59,7 @@ class ResetFlush:
     session_id: str
     rel_path: str
     settings: CompactionConfig
+    size: int = 0  # the transcript's bytes when it was closed
     attempts: int = 0
     retry_at: float = 0.0
     running: bool = False

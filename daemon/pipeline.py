@@ -11,7 +11,8 @@
        answer                        `core.ingest.ingest_answer`, once the stages have run
 
 The after-commit stages are an ordered list given to the constructor (app.py builds it: the
-backup mirror, the session events, the compaction service). The committer (queue, batches,
+backup mirror, the session events, the compaction service, then the search index keeping the
+batch's lines for its next pass). The committer (queue, batches,
 writer thread, journal sync, checkpoints) knows nothing of the SPEC: it calls this module's
 `prepare` and `committed` (its `Handler`).
 """

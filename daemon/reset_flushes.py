@@ -13,7 +13,7 @@ RESET_FLUSH_ATTEMPTS times; nothing is written for it meanwhile.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 import anyio
 import structlog
@@ -30,6 +30,10 @@ from daemon.workers import Pool, WorkerDied
 log = structlog.get_logger("daemon.compaction")
 
 RESET_FLUSH_GROUP = 250
+# Transcript bytes a group reads at most (each session counted as what its flush reads: its
+# size, at most a context window's worth): a big session goes in a group of its own, and the
+# small ones closed with it get their notes without waiting for its summary.
+RESET_FLUSH_GROUP_BYTES = 256 * 1024
 RESET_FLUSH_WORKERS = 2  # groups in flight at once, each in a worker process of its own
 RESET_FLUSH_NICE = 10  # as every worker: ingest keeps its share of the CPU
 
@@ -55,23 +59,12 @@ class ResetFlushes:
         """Start groups while fewer than RESET_FLUSH_WORKERS run; return the seconds until a
         retry is due. A session whose threshold job is running (`busy`) waits for it: its
         flush first."""
-        next_at: float | None = None
-        group: list[ResetFlush] = []
-        for rf in self.queued.values():
-            if self._running >= RESET_FLUSH_WORKERS:
-                return None  # a group's end wakes us
-            if rf.running or busy(rf.session_id):
-                continue  # the job's end wakes us
-            if rf.retry_at > now:
-                next_at = rf.retry_at if next_at is None else min(next_at, rf.retry_at)
-                continue
-            group.append(rf)
-            if len(group) >= RESET_FLUSH_GROUP:
-                self._start(tg, group)
-                group = []
-        if group:
+        groups, wait = due_groups(
+            self.queued.values(), now, busy, RESET_FLUSH_WORKERS - self._running
+        )
+        for group in groups:
             self._start(tg, group)
-        return None if next_at is None else max(0.0, next_at - now)
+        return wait
 
     def _start(self, tg: TaskGroup, group: list[ResetFlush]) -> None:
         self._running += 1
@@ -94,8 +87,7 @@ class ResetFlushes:
                     f"{state_dir}/{rf.rel_path}",
                     folders[rf.agent_id],
                     self.flusher.covered.get(rf.session_id),
-                    # What a model can read at most: the newest context window's worth.
-                    rf.settings.contextWindow * tokens.CHARS_PER_TOKEN,
+                    _max_read(rf),
                     rf.settings.summarizer,
                     rf.settings.memoryFlush.prompt,
                 )
@@ -150,3 +142,48 @@ class ResetFlushes:
             self.queued.pop(rf.session_id, None)
         else:
             rf.retry_at = anyio.current_time() + delay
+
+
+def _max_read(rf: ResetFlush) -> int:
+    """What a flush may read at most: the newest context window's worth (what a model reads)."""
+    return rf.settings.contextWindow * tokens.CHARS_PER_TOKEN
+
+
+def _reads(rf: ResetFlush) -> int:
+    """What the flush of `rf` reads: its transcript, at most `_max_read`."""
+    return min(rf.size, _max_read(rf))
+
+
+def due_groups(
+    queued: Iterable[ResetFlush], now: float, busy: Callable[[str], bool], slots: int
+) -> tuple[list[list[ResetFlush]], float | None]:
+    """The groups to start now, at most `slots` of them, in the order the flushes were queued:
+    up to RESET_FLUSH_GROUP sessions and RESET_FLUSH_GROUP_BYTES of transcript to read each.
+    Also the seconds until a retry is due (None when none waits, or when the slots ran out: a
+    group's end wakes the caller). Flushes running, `busy` or waiting for a retry are left."""
+    groups: list[list[ResetFlush]] = []
+    next_at: float | None = None
+    group: list[ResetFlush] = []
+    group_bytes = 0
+    for rf in queued:
+        if len(groups) >= slots:
+            return groups, None
+        if rf.running or busy(rf.session_id):
+            continue  # the job's end wakes the caller
+        if rf.retry_at > now:
+            next_at = rf.retry_at if next_at is None else min(next_at, rf.retry_at)
+            continue
+        cost = _reads(rf)
+        if group and group_bytes + cost > RESET_FLUSH_GROUP_BYTES:
+            groups.append(group)
+            group, group_bytes = [], 0
+            if len(groups) >= slots:
+                return groups, None
+        group.append(rf)
+        group_bytes += cost
+        if len(group) >= RESET_FLUSH_GROUP:
+            groups.append(group)
+            group, group_bytes = [], 0
+    if group and len(groups) < slots:
+        groups.append(group)
+    return groups, None if next_at is None else max(0.0, next_at - now)

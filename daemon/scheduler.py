@@ -24,6 +24,7 @@ import anyio
 import orjson
 import structlog
 from anyio.abc import TaskStatus
+from anyio.lowlevel import checkpoint
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
@@ -31,7 +32,7 @@ from apscheduler.triggers.interval import IntervalTrigger
 from daemon.adoption import adopt, record
 from daemon.core.ids import now_ms
 from daemon.core.policy import all_at_hours, daily_boundary
-from daemon.errors import RequestError, os_reason
+from daemon.errors import NotFound, RequestError, os_reason
 from daemon.pipeline import Pipeline
 from daemon.retention import Retention
 from daemon.store.fsutil import atomic_write
@@ -42,11 +43,46 @@ EXPIRY = "expiry"
 RETENTION = "retention"  # hourly; the sweep itself (daemon/retention.py) is bounded per run
 
 
-RESET_GROUP = 1000  # resets queued at once by a job; the next group once these are answered
+RESET_GROUP = 100  # resets a job queues at once (see `Scheduler._reset_all`) ...
+RESET_GROUP_MAX = 1000  # ... up to this many while batches are slow anyway
+RESET_GROUP_SECONDS = 0.1  # a group answered within this keeps RESET_GROUP
+RESET_GROUPS_IN_FLIGHT = 2  # groups queued and not yet answered
+STALE_CHUNK = 500  # sessions judged between two turns of the event loop
 
 
 def daily_job(hour: int) -> str:
     return f"daily@{hour:02d}"
+
+
+class _Tally:
+    """What a job's resets came to: archived sessions by reason, and failures."""
+
+    def __init__(self, job: str) -> None:
+        self.job = job
+        self.reasons: dict[str, int] = {}
+        self.failed = 0
+
+    def count(self, key: str, reason: str, res: dict[str, Any] | RequestError) -> None:
+        if isinstance(res, NotFound):
+            return  # reset by a message meanwhile: nothing left to expire
+        if isinstance(res, RequestError):
+            self.failed += 1
+            log.warning("job.reset_failed", job=self.job, sessionKey=key, error=res.message)
+        elif not res.get("skipped"):
+            r = str(res.get("reason") or reason)
+            self.reasons[r] = self.reasons.get(r, 0) + 1
+
+
+def group_size(took: float) -> int:
+    """How many resets the job queues next, given the seconds its latest group took to be
+    answered: RESET_GROUP while groups are answered within RESET_GROUP_SECONDS; more, in
+    proportion, while they take longer, up to RESET_GROUP_MAX. Slow groups mean batches wait
+    for a loaded disk's sync or a busy CPU, which every message waits for as well: a bigger
+    group then adds little to a batch's time, and the job, which holds the disk and the CPU
+    too, ends sooner."""
+    if took <= RESET_GROUP_SECONDS:
+        return RESET_GROUP
+    return min(RESET_GROUP_MAX, round(RESET_GROUP * took / RESET_GROUP_SECONDS))
 
 
 class Scheduler:
@@ -141,62 +177,62 @@ class Scheduler:
         self.pipeline.events.publish("job.run", info)
         return info
 
-    async def run_job(self, name: str, at: int | None = None) -> dict[str, Any]:
-        """Archive every session that is stale at `at` (default now); log and persist the run."""
-        if name == RETENTION and self.retention is not None:
-            return await self._run_retention(name)
-        started = time.monotonic()
-        now = at if at is not None else now_ms()
-        store = self.pipeline.store
+    async def _stale(self, now: int) -> tuple[int, list[tuple[str, str, str]]]:
+        """(sessions checked, (agentId, key, reason) of each stale one), judged STALE_CHUNK at a
+        time with a turn of the event loop between: the minute job judges every session, and
+        ten thousand judged at once held the loop a quarter of a second, every minute."""
+        policies = self.pipeline.policies
         checked = 0
         stale: list[tuple[str, str, str]] = []
-        for agent_id, reg in list(store.agents.items()):
-            for key, st in list(reg.sessions.items()):
-                checked += 1
-                verdict = self.pipeline.policies.staleness(st, now, self.adopted_at)
-                if verdict.stale and verdict.reason is not None:
-                    stale.append((agent_id, key, verdict.reason))
-        reasons: dict[str, int] = {}
-        failed = 0
-        outstanding = len(stale)
-        all_done = anyio.Event()
+        for agent_id, reg in list(self.pipeline.store.agents.items()):
+            states = list(reg.sessions.values())
+            for start in range(0, len(states), STALE_CHUNK):
+                if checked:
+                    await checkpoint()
+                for st in states[start : start + STALE_CHUNK]:
+                    checked += 1
+                    verdict = policies.staleness(st, now, self.adopted_at)
+                    if verdict.stale and verdict.reason is not None:
+                        stale.append((agent_id, st.session_key, verdict.reason))
+        return checked, stale
 
-        def answered(key: str, reason: str) -> Callable[[Any], None]:
+    async def _reset_all(self, stale: list[tuple[str, str, str]], now: int, tally: _Tally) -> None:
+        """Queue the resets in groups (`group_size`: RESET_GROUP on a machine that keeps up),
+        at most RESET_GROUPS_IN_FLIGHT groups queued and not yet answered: the committer always
+        finds the next group waiting, and none of its batches holds more than a few groups, so
+        a batch of the job takes milliseconds and the messages of other sessions prepared with
+        it are answered as soon as usual. (Groups of a thousand made batches of a thousand
+        resets, and every message that arrived meanwhile waited a third of a second for one.)
+        Each group's transcript tails are read in a worker thread before it is queued, while
+        the groups before it are committed."""
+        in_flight = anyio.Semaphore(RESET_GROUPS_IN_FLIGHT)
+        all_done = anyio.Event()
+        outstanding = len(stale)
+        took = 0.0  # seconds the latest group took from its queueing to its last answer
+
+        def answered(key: str, reason: str, group: list[float]) -> Callable[[Any], None]:
             def reply(res: dict[str, Any] | RequestError) -> None:
-                nonlocal failed, outstanding
-                if isinstance(res, RequestError):
-                    failed += 1
-                    log.warning("job.reset_failed", job=name, sessionKey=key, error=res.message)
-                elif not res.get("skipped"):
-                    r = str(res.get("reason") or reason)
-                    reasons[r] = reasons.get(r, 0) + 1
+                nonlocal outstanding, took
+                tally.count(key, reason, res)
+                group[0] -= 1
+                if group[0] == 0:
+                    took = time.monotonic() - group[1]
+                    in_flight.release()
                 outstanding -= 1
                 if outstanding == 0:
                     all_done.set()
 
             return reply
 
-        # In groups: the committer batches a group's resets, so they share a few syncs, and
-        # between groups other sessions' messages are answered (thousands of resets queued at
-        # once would be prepared in batches that hold the event loop for seconds).
-        for start in range(0, len(stale), RESET_GROUP):
-            group_done = anyio.Event()
-            left = len(stale[start : start + RESET_GROUP])
-
-            def counted(
-                reply: Callable[[Any], None], ended: anyio.Event = group_done
-            ) -> Callable[[Any], None]:
-                def done(res: Any) -> None:
-                    nonlocal left
-                    reply(res)
-                    left -= 1
-                    if left == 0:
-                        ended.set()
-
-                return done
-
-            for agent_id, key, reason in stale[start : start + RESET_GROUP]:
-                reply = counted(answered(key, reason))
+        start = 0
+        while start < len(stale):
+            group = stale[start : start + group_size(took)]
+            start += len(group)
+            await self._load_tails(group)
+            await in_flight.acquire()
+            left = [float(len(group)), time.monotonic()]
+            for agent_id, key, reason in group:
+                reply = answered(key, reason, left)
                 try:
                     waiter = self.pipeline.reset(
                         agent_id, key, reason, reply, only_if_stale=True, start_new=False, at=now
@@ -205,10 +241,38 @@ class Scheduler:
                         await waiter
                 except RequestError as e:
                     reply(e)
-            await group_done.wait()
+        await all_done.wait()
+
+    async def _load_tails(self, group: list[tuple[str, str, str]]) -> None:
+        """Read the tails of the group's sessions not yet read since start-up (a worker thread),
+        so that the committer does not wait for them with the group in hand."""
+        store = self.pipeline.store
+        states = []
+        for agent_id, key, _reason in group:
+            reg = store.agents.get(agent_id)
+            st = None if reg is None else reg.sessions.get(key)
+            if st is not None and not st.loaded:
+                states.append(st)
+        if not states:
+            return
+        try:
+            tails = await anyio.to_thread.run_sync(store.read_tails, states)
+        except OSError:
+            return  # the committer reads them itself, and answers for what fails then
+        store.set_tails(states, tails)
+
+    async def run_job(self, name: str, at: int | None = None) -> dict[str, Any]:
+        """Archive every session that is stale at `at` (default now); log and persist the run."""
+        if name == RETENTION and self.retention is not None:
+            return await self._run_retention(name)
+        started = time.monotonic()
+        now = at if at is not None else now_ms()
+        checked, stale = await self._stale(now)
+        tally = _Tally(name)
         if stale:
-            await all_done.wait()
+            await self._reset_all(stale, now, tally)
             await self.pipeline.archives_settled()
+        reasons, failed = tally.reasons, tally.failed
         self.last_runs[name] = now
         try:
             await anyio.to_thread.run_sync(self._save)

@@ -28,7 +28,15 @@ from typing import Any
 
 import anyio
 import structlog
-from anyio.abc import ByteStream, SocketListener, SocketStream, TaskGroup, TaskStatus
+from anyio.abc import (
+    ByteStream,
+    SocketAttribute,
+    SocketListener,
+    SocketStream,
+    TaskGroup,
+    TaskStatus,
+    UNIXSocketStream,
+)
 
 from daemon.auth import Auth
 from daemon.config import LimitsConfig
@@ -96,6 +104,13 @@ class Connection:
         self.writer_done = anyio.Event()
         self.principal: Principal | None = ADMIN  # who is calling (daemon/auth.py)
         self.hello_deadline: float | None = None  # set for connections that need a token
+        self._line_deadline: float | None = None  # a begun request line must end by then
+        # The Unix socket under the stream, which answers are sent on directly when it takes
+        # them at once (`_send_now`), as the stream itself would send them. None for TCP (whose
+        # stream may hold bytes in its transport's buffer) and TLS: only their stream writes.
+        self._raw: socket.socket | None = None
+        if isinstance(stream, UNIXSocketStream):
+            self._raw = stream.extra(SocketAttribute.raw_socket, None)
 
     def deliver(self, data: bytes) -> None:
         out = self.out
@@ -162,7 +177,8 @@ class Connection:
                 while self.out:
                     data = b"".join(self.out)
                     self.out.clear()
-                    if not await self._send(data):
+                    sent = self._send_now(data)
+                    if sent < len(data) and not await self._send(memoryview(data)[sent:]):
                         return
                     self.unsent -= len(data)
                     if self.paused:
@@ -174,7 +190,20 @@ class Connection:
         finally:
             self.writer_done.set()
 
-    async def _send(self, data: bytes) -> bool:
+    def _send_now(self, data: bytes) -> int:
+        """Send what the socket takes without waiting; how many bytes that was. Answers are
+        small and the socket's buffer mostly has room: then no timeout scope is entered and no
+        turn of the event loop is taken (TLS connections always go through `_send`). Raises
+        OSError when the client has gone."""
+        raw = self._raw
+        if raw is None:
+            return 0
+        try:
+            return raw.send(data)
+        except (BlockingIOError, InterruptedError):
+            return 0
+
+    async def _send(self, data: bytes | memoryview) -> bool:
         """Send `data`; False (and the connection closed) when a slice of it cannot leave
         within the stall timeout: the client has stopped reading."""
         stall = self.server.limits.stallTimeoutSeconds
@@ -204,30 +233,74 @@ class Connection:
         await self.writer_done.wait()
 
     async def reader(self, tg: TaskGroup) -> None:
+        """Read lines and dispatch them until the client leaves or a limit or `stop` ends it.
+
+        The timeouts (idle, frame, hello) are one cancel scope for a run of reads, not one per
+        read: entering and leaving a scope costs more than a small read, and most clients send
+        one line at a time. Only a line that must wait (for room in the committer's queue or
+        in the client's budget) leaves that scope, so a timeout only ever interrupts a read."""
         max_line = self.server.max_line
         idle_timeout = self.server.idle_timeout
         buf = bytearray()
-        # A line that has begun must end within the frame deadline: a client trickling bytes
-        # (one a second keeps the idle timeout away forever) would hold its buffer and task.
-        line_deadline: float | None = None
+        lines: list[bytes] = []
+        at = 0  # lines[at:] are left to the slow path, which may wait
+        unfinished = False  # the slow path finishes the chunk of `lines`
+        waiter: Awaitable[None] | None = None
+        last_read = anyio.current_time()
         with self.read_scope:
             while True:
-                data = b""
-                wait = idle_timeout
-                if line_deadline is not None:
-                    wait = min(wait, max(0.0, line_deadline - anyio.current_time()))
-                if self.hello_deadline is not None:
-                    if self.principal is not None:
-                        self.hello_deadline = None
-                    else:
-                        wait = min(wait, max(0.0, self.hello_deadline - anyio.current_time()))
-                with anyio.move_on_after(wait) as timeout:
-                    try:
-                        data = await self.stream.receive(READ_CHUNK)
-                    except (anyio.EndOfStream, anyio.BrokenResourceError, OSError):
+                if waiter is not None:
+                    await waiter
+                    waiter = None
+                if unfinished:
+                    unfinished = False
+                    limits = self.server.limits
+                    for line in lines[at:]:
+                        if len(line) > max_line:
+                            self._too_large(len(line))
+                            return
+                        if self.over_budget(limits):
+                            await self.wait_for_room()
+                        w = self.handle_line(line, tg)
+                        if w is not None:
+                            await w
+                    at = len(lines)
+                    if self._after_chunk(buf, bool(lines), max_line):
                         return
-                if timeout.cancelled_caught:
-                    if line_deadline is not None and anyio.current_time() >= line_deadline:
+                deadline = self._read_deadline(last_read, idle_timeout)
+                with anyio.CancelScope(deadline=deadline) as timeouts:
+                    while True:
+                        try:
+                            data = await self.stream.receive(READ_CHUNK)
+                        except (anyio.EndOfStream, anyio.BrokenResourceError, OSError):
+                            return
+                        last_read = anyio.current_time()
+                        lines = _split(buf, data)
+                        at = 0
+                        limits = self.server.limits  # a reload may change them
+                        for line in lines:
+                            if len(line) > max_line:
+                                self._too_large(len(line))
+                                return
+                            if self.over_budget(limits):
+                                break
+                            at += 1
+                            waiter = self.handle_line(line, tg)
+                            if waiter is not None:
+                                break
+                        if waiter is not None or at < len(lines):
+                            unfinished = True
+                            break  # the rest is handled (and waited for) outside the scope
+                        if self._after_chunk(buf, bool(lines), max_line):
+                            return
+                        # Later deadlines wait for this scope to end; an earlier one (a line
+                        # has begun) moves it.
+                        deadline = self._read_deadline(last_read, idle_timeout)
+                        if deadline < timeouts.deadline:
+                            timeouts.deadline = deadline
+                if timeouts.cancelled_caught:
+                    now = anyio.current_time()
+                    if self._line_deadline is not None and now >= self._line_deadline:
                         log.info(
                             "connection.frame_timeout",
                             connection=self.number,
@@ -237,40 +310,37 @@ class Connection:
                         return
                     if self._hello_overdue():
                         return
-                    if self.pending:
-                        continue
-                    log.info("connection.idle_timeout", connection=self.number)
-                    return
-                lines: list[bytes] = []
-                limits = self.server.limits  # a reload may change them
-                if b"\n" in data:
-                    # Split in one call; only the partial line before this chunk is copied.
-                    if buf:
-                        data = bytes(buf) + data
-                        buf.clear()
-                    *lines, rest = data.split(b"\n")
-                    buf += rest
-                else:
-                    buf += data  # a line in pieces: appended, never copied again
-                for line in lines:
-                    if len(line) > max_line:
-                        self._too_large(len(line))
-                        return
-                    if self.over_budget(limits):
-                        await self.wait_for_room()
-                    waiter = self.handle_line(line, tg)
-                    if waiter is not None:
-                        await waiter
-                if not buf:
-                    line_deadline = None
-                elif lines or line_deadline is None:
-                    line_deadline = anyio.current_time() + self.server.frame_timeout
-                if len(buf) > max_line:
-                    # The rest of the line is not read: answer now and close.
-                    self._too_large(len(buf))
-                    return
-                if self.hello_deadline is not None and self._hello_overdue():
-                    return
+                    if now >= last_read + idle_timeout:
+                        if not self.pending:
+                            log.info("connection.idle_timeout", connection=self.number)
+                            return
+                        last_read = now  # answers are still owed: another idle period
+
+    def _read_deadline(self, last_read: float, idle_timeout: float) -> float:
+        """When the read that follows `last_read` times out: idle, frame or hello."""
+        deadline = last_read + idle_timeout
+        if self._line_deadline is not None:
+            deadline = min(deadline, self._line_deadline)
+        if self.hello_deadline is not None:
+            if self.principal is not None:
+                self.hello_deadline = None
+            else:
+                deadline = min(deadline, self.hello_deadline)
+        return deadline
+
+    def _after_chunk(self, buf: bytearray, ended_lines: bool, max_line: int) -> bool:
+        """After a chunk's whole lines are handled: start or end the frame deadline of the
+        partial line in `buf` (a new one when the chunk ended lines); True (close) when that
+        line is too long already or the hello is overdue."""
+        if not buf:
+            self._line_deadline = None
+        elif ended_lines or self._line_deadline is None:
+            self._line_deadline = anyio.current_time() + self.server.frame_timeout
+        if len(buf) > max_line:
+            # The rest of the line is not read: answer now and close.
+            self._too_large(len(buf))
+            return True
+        return self.hello_deadline is not None and self._hello_overdue()
 
     def _hello_overdue(self) -> bool:
         """True (and the client told why) when a connection that needs a token has not sent a
@@ -366,6 +436,20 @@ class Connection:
 
 
 Reply = Callable[[Any], None]
+
+
+def _split(buf: bytearray, data: bytes) -> list[bytes]:
+    """The whole lines `data` ends (after what `buf` holds); the partial rest stays in `buf`.
+    Split in one call; only the partial line before this chunk is copied."""
+    if b"\n" not in data:
+        buf += data  # a line in pieces: appended, never copied again
+        return []
+    if buf:
+        data = bytes(buf) + data
+        buf.clear()
+    *lines, rest = data.split(b"\n")
+    buf += rest
+    return lines
 
 
 @dataclass(slots=True)

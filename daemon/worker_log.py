@@ -1,5 +1,5 @@
-"""Log lines of a worker process (daemon/workers.py: the compaction, memory-flush and mirror
-workers), handed back to the daemon with each call's result and logged there.
+"""Log lines of a worker process (daemon/workers.py: the compaction, memory-flush, mirror and
+search index workers), handed back to the daemon with each call's result and logged there.
 
 A worker's stdout is its reply pipe, and a line its stderr got would interleave with the daemon's
 own output mid-line. So the worker keeps its events in memory (`capture`), returns them with its
@@ -77,7 +77,7 @@ log = structlog.get_logger("daemon.worker")
 
 def relay(events: list[dict[str, Any]], left_out: int, process: str) -> None:
     """In the daemon: log a worker's events as they were logged there, each with `process`
-    naming the worker (as the index worker's lines carry `"process": "search-worker"`)."""
+    naming the worker (`"process": "search-worker"` for the index worker's)."""
     for e in events:
         fields = dict(e)
         level = str(fields.pop("level", "info"))

@@ -16,6 +16,12 @@ Supervision, the same for every pool:
 - a cancelled job (the daemon stopping) is cancelled in the worker at once: SIGUSR1 raises
   `JobCancelled` there, which unwinds the job (a summarizer program it runs is killed and
   reaped); a worker that has not exited GRACE_SECONDS later is killed;
+- a job run with `halt_seconds` (the search index's passes) is asked instead to halt at its next
+  safe point: SIGUSR2 sets the worker's `halt_event()`, which the job looks at between steps,
+  commits what it did and returns; its worker then exits, and is cancelled as above if the job
+  has not returned within `halt_seconds`;
+- state a job keeps in its process's globals (an open database) lives as long as the worker:
+  a pool of one runs every job in the same process until it dies or the pool closes;
 - workers ignore SIGINT/SIGTERM/SIGHUP (a Ctrl-C or systemd's stop reach the whole group: the
   daemon decides what ends and when), run WORKER_NICE below the daemon, and keep their log
   events in memory, handed back with each result and logged by the daemon (daemon/worker_log.py).
@@ -34,6 +40,7 @@ import signal
 import struct
 import subprocess
 import sys
+import threading
 from collections.abc import Callable
 from types import FrameType
 from typing import Any, TypeVar
@@ -57,7 +64,13 @@ PR_SET_PDEATHSIG = 1
 
 class WorkerDied(Exception):
     """A worker process ended during a job (killed, crashed) or broke the protocol; the job did
-    not finish, and whatever it was to write was not written by the daemon."""
+    not finish, and whatever it was to write was not written by the daemon. `pid` and `code`
+    (its exit code, negative for a signal; None when unknown) say which and how."""
+
+    def __init__(self, message: str, pid: int | None = None, code: int | None = None) -> None:
+        super().__init__(message)
+        self.pid = pid
+        self.code = code
 
 
 class JobCancelled(BaseException):
@@ -73,9 +86,18 @@ class Pool:
     """Up to `size` worker processes for one kind of job. Owned by the component that runs the
     jobs; `aclose` (at its end) stops the idle workers and kills those that do not stop."""
 
-    def __init__(self, name: str, size: int, nice: int = WORKER_NICE) -> None:
+    def __init__(
+        self,
+        name: str,
+        size: int,
+        nice: int = WORKER_NICE,
+        on_idle_exit: Callable[[int, int], None] | None = None,
+    ) -> None:
+        """`on_idle_exit(pid, code)`: told of a worker found dead between jobs (killed while
+        idle), which is otherwise replaced without a word."""
         self.name = name
         self.nice = nice
+        self.on_idle_exit = on_idle_exit
         self.limiter = anyio.CapacityLimiter(size)
         self._idle: list[Process] = []
         self._busy: set[Process] = set()
@@ -90,26 +112,47 @@ class Pool:
         """The live workers' process ids (idle and busy)."""
         return [p.pid for p in (*self._idle, *self._busy)]
 
-    async def run(self, fn: Callable[..., T], *args: Any, cancellable: bool = True) -> T:
+    async def run(
+        self,
+        fn: Callable[..., T],
+        *args: Any,
+        cancellable: bool = True,
+        halt_seconds: float | None = None,
+    ) -> T:
         """`fn(*args)` in a worker. Raises what `fn` raised (re-raised here), WorkerDied, or
         OSError when no worker can be started. With `cancellable=False` the job always runs to
-        its end, even if the caller is cancelled meanwhile (the answer is then dropped)."""
+        its end, even if the caller is cancelled meanwhile (the answer is then dropped). With
+        `halt_seconds`, a cancelled caller first asks the job to halt at a safe point (SIGUSR2,
+        `halt_event()`) and waits that long for it to return before cancelling it."""
         request = pickle.dumps((fn, args, logs.settings()[0]), protocol=pickle.HIGHEST_PROTOCOL)
         async with self.limiter:
             proc = await self._take()
             self._busy.add(proc)
-            clean = False
+            frames = _Frames(proc)
+            ending = "cancel"  # how the worker ends unless the job answers: cancel | retire
             try:
                 with anyio.CancelScope(shield=not cancellable):
-                    reply = await self._exchange(proc, request)
-                clean = True
+                    try:
+                        await self._send(proc, request)
+                        frames.sent = True
+                        reply = await self._receive(proc, frames)
+                    except anyio.get_cancelled_exc_class():
+                        if halt_seconds is not None and frames.sent:
+                            with anyio.CancelScope(shield=True):
+                                if await self._halt(proc, frames, halt_seconds):
+                                    ending = "retire"
+                        raise
+                ending = ""
             finally:
                 self._busy.discard(proc)
-                if clean:
+                if not ending:
                     self._idle.append(proc)
                 else:
                     with anyio.CancelScope(shield=True):
-                        await self._end(proc, cancel=True)
+                        if ending == "retire":
+                            await self._retire(proc)
+                        else:
+                            await self._end(proc, cancel=True)
         status, value, events, left_out = reply
         worker_log.relay(events, left_out, process=f"{self.name}-worker")
         if status == "ok":
@@ -117,37 +160,68 @@ class Pool:
         assert isinstance(value, BaseException)
         raise value
 
-    async def _exchange(self, proc: Process, request: bytes) -> tuple[str, Any, Any, int]:
-        assert proc.stdin is not None and proc.stdout is not None
-        replies = BufferedByteReceiveStream(proc.stdout)
+    async def _send(self, proc: Process, request: bytes) -> None:
+        assert proc.stdin is not None
         try:
             await proc.stdin.send(HEADER.pack(len(request)) + request)
-            (n,) = HEADER.unpack(await replies.receive_exactly(HEADER.size))
-            raw = await replies.receive_exactly(n)
+        except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError) as e:
+            raise await self._died(proc) from e
+
+    async def _receive(self, proc: Process, frames: _Frames) -> tuple[str, Any, Any, int]:
+        try:
+            raw = await frames.receive()
         except (
             anyio.IncompleteRead,
             anyio.BrokenResourceError,
             anyio.ClosedResourceError,
             OSError,
         ) as e:
-            self.deaths += 1
-            with anyio.CancelScope(shield=True):
-                code = await self._end(proc, cancel=False)
-            raise WorkerDied(f"the {self.name} worker process ended ({_how(code)})") from e
+            raise await self._died(proc) from e
         try:
             reply = pickle.loads(raw)
         except Exception as e:
-            raise WorkerDied(f"the {self.name} worker sent an answer that does not load") from e
+            raise WorkerDied(
+                f"the {self.name} worker sent an answer that does not load", proc.pid
+            ) from e
         if not (isinstance(reply, tuple) and len(reply) == 4):
-            raise WorkerDied(f"the {self.name} worker broke the protocol")
+            raise WorkerDied(f"the {self.name} worker broke the protocol", proc.pid)
         return reply
+
+    async def _died(self, proc: Process) -> WorkerDied:
+        self.deaths += 1
+        with anyio.CancelScope(shield=True):
+            code = await self._end(proc, cancel=False)
+        return WorkerDied(f"the {self.name} worker process ended ({_how(code)})", proc.pid, code)
+
+    async def _halt(self, proc: Process, frames: _Frames, seconds: float) -> bool:
+        """Ask the job to halt at its next safe point and wait up to `seconds` for its answer
+        (shield the call); whether it answered. The answer itself is dropped."""
+        with contextlib.suppress(ProcessLookupError):
+            proc.send_signal(signal.SIGUSR2)
+        with anyio.move_on_after(seconds):
+            try:
+                await self._receive(proc, frames)
+            except WorkerDied:
+                return False
+            return True
+        return False
+
+    async def _retire(self, proc: Process) -> None:
+        """End a worker whose job has answered: it exits when its stdin closes (shield it)."""
+        if proc.stdin is not None:
+            with contextlib.suppress(OSError, anyio.BrokenResourceError):
+                await proc.stdin.aclose()
+        await self._end(proc, cancel=False)
 
     async def _take(self) -> Process:
         while self._idle:
             proc = self._idle.pop()
             if proc.returncode is None:
                 return proc
+            code = proc.returncode
             await proc.aclose()
+            if self.on_idle_exit is not None:
+                self.on_idle_exit(proc.pid, code)
         argv = [sys.executable, "-m", "daemon.workers", str(self.nice)]
         proc = await anyio.open_process(
             argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=None
@@ -191,6 +265,24 @@ class Pool:
         await self._end(proc, cancel=False)
 
 
+class _Frames:
+    """The answers on one worker's stdout. A receive cancelled half-way can be taken up again
+    (`_halt`): what arrived stays in the buffer, and a header read is remembered."""
+
+    def __init__(self, proc: Process) -> None:
+        assert proc.stdout is not None
+        self.stream = BufferedByteReceiveStream(proc.stdout)
+        self.size: int | None = None
+        self.sent = False  # the whole request went out
+
+    async def receive(self) -> bytes:
+        if self.size is None:
+            (self.size,) = HEADER.unpack(await self.stream.receive_exactly(HEADER.size))
+        raw = await self.stream.receive_exactly(self.size)
+        self.size = None
+        return raw
+
+
 def _how(code: int | None) -> str:
     if code is None:
         return "still running"
@@ -203,6 +295,7 @@ def _how(code: int | None) -> str:
 # The worker's side
 
 _in_worker = False
+_halt = threading.Event()
 
 
 def in_worker() -> bool:
@@ -210,8 +303,19 @@ def in_worker() -> bool:
     return _in_worker
 
 
+def halt_event() -> threading.Event:
+    """In a job: set when the daemon asks it to halt at its next safe point (the daemon is
+    stopping); a job that can stop early looks at it between steps, commits and returns. Clear
+    again once the job has answered."""
+    return _halt
+
+
 def _cancel(_sig: int, _frame: FrameType | None) -> None:
     raise JobCancelled()
+
+
+def _ask_halt(_sig: int, _frame: FrameType | None) -> None:
+    _halt.set()
 
 
 def _setup(nice: int) -> None:
@@ -220,6 +324,7 @@ def _setup(nice: int) -> None:
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, signal.SIG_IGN)
     signal.signal(signal.SIGUSR1, _cancel)
+    signal.signal(signal.SIGUSR2, _ask_halt)
     with contextlib.suppress(OSError, AttributeError):
         # Killed with the daemon, even mid-job: nothing of ours outlives it.
         ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
@@ -273,6 +378,8 @@ def serve(nice: int) -> None:
         except Exception as e:
             data = pickle.dumps(("error", RuntimeError(f"{type(e).__name__}: {e}"), [], 0))
         _write_all(1, HEADER.pack(len(data)) + data)
+        # Not before: a halt asked for between the request and the job's start holds for it.
+        _halt.clear()
 
 
 def main() -> None:

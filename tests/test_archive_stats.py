@@ -60,3 +60,46 @@ def test_a_torn_last_message_is_not_counted_and_the_one_before_gives_the_end(
     stats = transcript_stats(path)
     assert stats.messages == 2
     assert stats.ended_at == stats.started_at + 2000
+
+
+def test_an_index_record_as_json_holds_every_field_as_it_is() -> None:
+    from dataclasses import asdict
+
+    from daemon.store.archive import ArchiveRecord
+
+    rec = ArchiveRecord(
+        "s1", "agent:main:main", "main", "idle", 1, 2, 3, 4, 5, "ab", "s0", None, "s1.jsonl"
+    )
+    plain = rec.to_json()
+    assert plain == {k: v for k, v in asdict(rec).items() if k != "registry"}
+    kept = ArchiveRecord(**{**asdict(rec), "registry": {"origin": {"from": "x"}}}).to_json()
+    assert kept == asdict(ArchiveRecord(**{**asdict(rec), "registry": {"origin": {"from": "x"}}}))
+    assert orjson.loads(orjson.dumps(kept)) == kept
+
+
+def test_archiving_a_group_gives_each_session_the_time_of_the_batch_that_closed_it(
+    tmp_path: Path,
+) -> None:
+    from daemon.store.archive import ToArchive, archive_transcripts, read_index
+
+    folder = tmp_path / "agents" / "main" / "sessions"
+    folder.mkdir(parents=True)
+    items = []
+    for i, closed_at in enumerate([1000, 1000, 2000]):
+        path = folder / f"s{i}.jsonl"
+        header = {"type": "session", "version": 3, "id": f"s{i}", "sessionKey": f"k{i}"}
+        path.write_bytes(orjson.dumps(header) + b"\n")
+        items.append(ToArchive(path, "main", "idle", f"s{i}", f"k{i}", None, None, closed_at))
+    recs = archive_transcripts(items)
+    assert [getattr(r, "archivedAt", r) for r in recs] == [1000, 1000, 2000]
+    assert [(r.sessionId, r.archivedAt) for r in read_index(folder)] == [
+        ("s0", 1000),
+        ("s1", 1000),
+        ("s2", 2000),
+    ]
+    assert sorted(p.name for p in (folder / "archive").iterdir()) == [
+        "index.jsonl",
+        "s0.jsonl",
+        "s1.jsonl",
+        "s2.jsonl",
+    ]

@@ -10,13 +10,28 @@ from zoneinfo import ZoneInfo
 import anyio
 import orjson
 import pytest
+from anyio.abc import TaskGroup
 from inprocess import make_pipeline
 
 from daemon.config import Config
+from daemon.core.ids import now_ms
 from daemon.core.protocol import parse_ingest
+from daemon.events import EventBus
 from daemon.pipeline import Pipeline
-from daemon.scheduler import EXPIRY, Scheduler, daily_job
+from daemon.scheduler import (
+    EXPIRY,
+    RESET_GROUP,
+    RESET_GROUP_MAX,
+    RESET_GROUP_SECONDS,
+    RESET_GROUPS_IN_FLIGHT,
+    Scheduler,
+    _Tally,
+    daily_job,
+    group_size,
+)
+from daemon.session_events import SessionEvents
 from daemon.store.store import Store
+from daemon.work import Commit, Entrance
 
 pytestmark = pytest.mark.anyio
 
@@ -247,3 +262,104 @@ async def test_a_scheduled_reset_gets_its_successor_when_the_next_session_of_its
     again.open()
     assert again.archived_by_id[first["sessionId"]].successor == second["sessionId"]
     again.close()
+
+
+class ResetsPerBatch:
+    """An after-commit stage that notes how many resets each durable batch held."""
+
+    def __init__(self) -> None:
+        self.sizes: list[int] = []
+
+    async def after_commit(self, commit: Commit, background: TaskGroup) -> None:
+        if commit.resets:
+            self.sizes.append(len(commit.resets))
+
+
+async def test_a_job_over_many_sessions_archives_them_all_a_few_groups_per_batch(
+    tmp_path: Path,
+) -> None:
+    """The job queues its resets in groups, so a batch of the committer holds no more than the
+    groups in flight (other sessions' messages are prepared with them), and every session still
+    ends in archive/ with an index line carrying its batch's time."""
+    cfg = Config.model_validate(
+        {"session": {"dmScope": "per-channel-peer", "reset": {"mode": "idle", "idleMinutes": 5}}}
+    )
+    store = Store(tmp_path / "state", dedup_max=1000, dedup_window_ms=86_400_000)
+    store.open()
+    entrance = Entrance(store, cfg, EventBus())
+    batches = ResetsPerBatch()
+    pipeline = Pipeline(
+        entrance, stages=[SessionEvents(entrance.events, entrance.counters), batches]
+    )
+    n = RESET_GROUP * 2 + 7
+    async with anyio.create_task_group() as tg:
+        await tg.start(pipeline.run)
+        keys = [(await ingest(pipeline, str(i), f"hello {i}"))["sessionKey"] for i in range(n)]
+        for key in keys:
+            backdate(store, key, 0, 0)
+        # As after a restart: the job reads the tails of sessions nobody has written to since.
+        for key in keys[:RESET_GROUP]:
+            store.agents["main"].sessions[key].size = -1
+        before = now_ms()
+        res = await Scheduler(pipeline, store.state_dir).run_job(EXPIRY)
+        after = now_ms()
+        assert res["reasons"] == {"idle": n} and res["failed"] == 0
+        pipeline.close()
+    assert sum(batches.sizes) == n
+    # The first groups are queued before any is answered, so the job's first batch holds at
+    # most the groups in flight (later groups grow only while groups are answered slowly).
+    assert batches.sizes[0] <= RESET_GROUP * RESET_GROUPS_IN_FLIGHT < n
+    assert not store.agents["main"].sessions
+    index = (tmp_path / "state/agents/main/sessions/archive/index.jsonl").read_bytes().splitlines()
+    recs = [orjson.loads(x) for x in index]
+    assert sorted(r["sessionKey"] for r in recs) == sorted(keys)
+    assert all(before <= r["archivedAt"] <= after for r in recs)
+    for r in recs:  # the closing entry went in at the end of the transcript, after its message
+        data = (tmp_path / "state/agents/main/sessions/archive" / r["file"]).read_bytes()
+        *_, message, last = (orjson.loads(x) for x in data.splitlines())
+        assert last["customType"] == "sessiond.closed" and last["parentId"] == message["id"]
+    store.close()
+
+
+def test_groups_grow_only_while_they_are_answered_slowly() -> None:
+    assert group_size(0.0) == group_size(RESET_GROUP_SECONDS) == RESET_GROUP
+    assert group_size(RESET_GROUP_SECONDS * 3) == RESET_GROUP * 3
+    assert group_size(3600.0) == RESET_GROUP_MAX
+
+
+async def test_a_session_gone_before_the_job_reached_it_is_not_a_failure(
+    tmp_path: Path,
+) -> None:
+    store, pipeline = make(tmp_path, "UTC", {"mode": "idle", "idleMinutes": 10})
+    async with anyio.create_task_group() as tg:
+        await tg.start(pipeline.run)
+        sched = Scheduler(pipeline, store.state_dir)
+        tally = _Tally(EXPIRY)
+        # Judged stale, then reset by a message of its own before its turn came: no session
+        # with that key is left to expire.
+        await sched._reset_all([("main", "agent:main:telegram:direct:9", "idle")], 0, tally)
+        assert (tally.failed, tally.reasons) == (0, {})
+        pipeline.close()
+    store.close()
+
+
+async def test_tails_read_ahead_never_replace_those_of_a_session_written_meanwhile(
+    tmp_path: Path,
+) -> None:
+    store, pipeline = make(tmp_path, "UTC", {"mode": "idle", "idleMinutes": 10})
+    async with anyio.create_task_group() as tg:
+        await tg.start(pipeline.run)
+        a = await ingest(pipeline, "1", "one")
+        b = await ingest(pipeline, "2", "two")
+        pipeline.close()
+    sa = store.agents["main"].sessions[a["sessionKey"]]
+    sb = store.agents["main"].sessions[b["sessionKey"]]
+    size_a = sa.size
+    sa.size = sb.size = -1
+    tails = store.read_tails([sa, sb])
+    assert tails[0] == (size_a, a["entryId"])
+    sb.size, sb.last_entry_id = 12345, "written meanwhile"  # the committer loaded it first
+    store.set_tails([sa, sb], tails)
+    assert (sa.size, sa.last_entry_id) == (size_a, a["entryId"])
+    assert (sb.size, sb.last_entry_id) == (12345, "written meanwhile")
+    store.close()

@@ -218,6 +218,113 @@ def test_a_pass_told_what_was_written_still_follows_resets_and_memory(
     assert hits(index, "quinces") == []
 
 
+def appended(path: Path, before: int) -> dict[str, tuple[int, bytes]]:
+    """What the daemon hands a pass for `path`: the bytes from `before` on, at that offset."""
+    key = f"agents/main/sessions/{path.name}"
+    return {key: (before, path.read_bytes()[before:])}
+
+
+def test_appended_bytes_handed_over_are_indexed_without_reading_the_transcript(
+    folder: Folder, index: SearchIndex
+) -> None:
+    t = folder.transcript("s1", "agent:main:main")
+    folder.say(t, "first apricot")
+    index.sync()
+    before = t.stat().st_size
+    folder.say(t, "second apricot")
+    handed = appended(t, before)
+    key, (offset, data) = next(iter(handed.items()))
+    # The file says apricot; the bytes handed over say another word of the same length: what
+    # gets indexed shows where the pass took its text from.
+    handed[key] = (offset, data.replace(b"apricot", b"damsons"))
+    stats = index.sync(touched=[key], appended=handed)
+    assert (stats.handed, stats.read, stats.docs) == (1, 0, 1)
+    assert len(hits(index, "damsons")) == 1 and len(hits(index, "apricot")) == 1
+    # The next read from the file checks the bytes before its offset against those handed over
+    # (the anchor): here they differ, so the file is read again from the start.
+    folder.say(t, "third apricot")
+    assert index.sync(touched=[key]).restarted == 1
+    assert hits(index, "damsons") == [] and len(hits(index, "apricot")) == 3
+
+
+def test_a_new_transcript_handed_over_whole_is_indexed_with_its_key(
+    folder: Folder, index: SearchIndex
+) -> None:
+    index.sync()
+    t = folder.transcript("s2", "agent:main:fresh")
+    folder.say(t, "a brand new quokka")
+    handed = appended(t, 0)
+    stats = index.sync(touched=list(handed), appended=handed)
+    assert (stats.handed, stats.read, stats.docs) == (1, 0, 1)
+    [hit] = hits(index, "quokka")
+    assert hit["sessionId"] == "s2" and hit["sessionKey"] == "agent:main:fresh"
+
+
+def test_handed_bytes_after_a_gap_leave_the_pass_to_read_the_file_from_its_offset(
+    folder: Folder, index: SearchIndex
+) -> None:
+    t = folder.transcript("s1", "agent:main:main")
+    index.sync()
+    folder.say(t, "a lost kumquat")  # handed to a pass that failed: the next never sees it
+    before = t.stat().st_size
+    folder.say(t, "a later kumquat")
+    handed = appended(t, before)
+    stats = index.sync(touched=list(handed), appended=handed)
+    assert (stats.handed, stats.read, stats.docs) == (0, 1, 2)
+    got = hits(index, "kumquat")
+    assert len(got) == 2 and len({h["entryId"] for h in got}) == 2
+
+
+def test_handed_bytes_already_read_from_the_file_are_not_indexed_twice(
+    folder: Folder, index: SearchIndex
+) -> None:
+    t = folder.transcript("s1", "agent:main:main")
+    index.sync()
+    before = t.stat().st_size
+    folder.say(t, "one persimmon")
+    folder.say(t, "two persimmon")
+    handed = appended(t, before)
+    index.sync()  # a listing pass read them from the file before they were handed over
+    folder.say(t, "three persimmon")
+    grown = {
+        k: (off, data + t.read_bytes()[off + len(data) :]) for k, (off, data) in handed.items()
+    }
+    stats = index.sync(touched=list(grown), appended=grown)
+    assert (stats.handed, stats.read, stats.docs) == (1, 0, 1)
+    got = hits(index, "persimmon")
+    assert len(got) == 3 and len({h["entryId"] for h in got}) == 3
+
+
+def test_handed_bytes_that_do_not_match_what_was_read_are_not_trusted(
+    folder: Folder, index: SearchIndex
+) -> None:
+    t = folder.transcript("s1", "agent:main:main")
+    index.sync()
+    before = t.stat().st_size
+    folder.say(t, "a genuine medlar, and a line long enough to hold the whole anchor")
+    index.sync()
+    (key, (off, data)) = next(iter(appended(t, before).items()))
+    stale = {key: (off, data.replace(b"genuine", b"forged!"))}  # not what the file holds
+    stats = index.sync(touched=[key], appended=stale)
+    assert (stats.handed, stats.docs) == (0, 0)  # the file, from the offset read: nothing new
+    assert hits(index, "forged") == [] and len(hits(index, "medlar")) == 1
+
+
+def test_a_file_that_grew_past_the_handed_bytes_is_read_on_from_the_file(
+    folder: Folder, index: SearchIndex
+) -> None:
+    t = folder.transcript("s1", "agent:main:main")
+    index.sync()
+    before = t.stat().st_size
+    folder.say(t, "the first loquat")
+    handed = appended(t, before)
+    folder.say(t, "a loquat the daemon wrote after the pass was asked for")
+    stats = index.sync(touched=list(handed), appended=handed)
+    assert (stats.handed, stats.read, stats.docs) == (1, 1, 2)
+    got = hits(index, "loquat")
+    assert len(got) == 2 and len({h["entryId"] for h in got}) == 2
+
+
 def test_a_line_still_being_written_waits_for_its_newline(
     folder: Folder, index: SearchIndex
 ) -> None:

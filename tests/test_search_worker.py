@@ -1,31 +1,38 @@
-"""The index worker (daemon/search/worker.py): a process of its own, below the daemon's priority,
-that runs every pass and answers over a pipe, one JSON object per line; and the daemon's end of
-it (daemon/search/child.py, SearchService), which stops and reaps it however the daemon's task
-group ends."""
+"""The index worker (daemon/search/worker.py): passes run as jobs of the daemon's one worker
+mechanism (daemon/workers.py `Pool`), in a process of their own below the daemon's priority that
+keeps the index open between passes; and the daemon's end of it (SearchService), which halts a
+pass at a safe point when it stops (the pass commits first), reaps the worker however the
+daemon's task group ends, and starts it again when it dies, losing nothing."""
 
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
-import subprocess
-import sys
-from collections.abc import Iterator
+import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import anyio
-import orjson
 import pytest
 
+from daemon import workers as workers_mod
 from daemon.core.protocol import parse_search
 from daemon.search import SearchIndex, SearchService, index_path
-from daemon.search import child as child_mod
-from daemon.search.worker import PassRequest, parse_request
+from daemon.search import service as service_mod
+from daemon.search.worker import OpenFailed, PassRequest, index_pass, open_index
+from daemon.store.store import Batch
 from daemon.store.transcript import header_line, iso_ms, message_line
+from daemon.workers import Pool
 
 T0 = 1_795_000_000_000
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
 
 
 def write_transcript(state: Path, sid: str, texts: list[str], agent: str = "main") -> Path:
@@ -40,175 +47,8 @@ def write_transcript(state: Path, sid: str, texts: list[str], agent: str = "main
     return path
 
 
-def count(state: Path, query: str) -> int:
-    from daemon.core.protocol import parse_search
-
-    idx = SearchIndex(index_path(state), state, lambda a: state / "workspace")
-    try:
-        return len(idx.readers.search(parse_search({"query": query, "limit": 200})))
-    finally:
-        idx.close()
-
-
-# ---------------------------------------------------------------------------------------------
-# The requests (pure)
-
-
-def test_a_pass_request_carries_the_agents_their_workspaces_and_the_log_settings() -> None:
-    req = parse_request(
-        {"op": "pass", "n": 3, "agents": ["main", "ops"], "workspaces": {"main": "/w"},
-         "log": ["debug", "console"]}
-    )  # fmt: skip
-    assert req == PassRequest(3, ("main", "ops"), {"main": "/w"}, ("debug", "console"))
-    assert parse_request({"op": "stop"}) is None
-
-
-@pytest.mark.parametrize(
-    "bad",
-    [
-        [],
-        {"op": "build"},
-        {"op": "pass", "n": "1", "agents": [], "workspaces": {}},
-        {"op": "pass", "n": True, "agents": [], "workspaces": {}},
-        {"op": "pass", "n": 1, "agents": [1], "workspaces": {}},
-        {"op": "pass", "n": 1, "agents": [], "workspaces": {"main": 2}},
-        {"op": "pass", "n": 1, "agents": [], "workspaces": {}, "log": ["loud", "json"]},
-    ],
-)
-def test_a_malformed_request_is_refused(bad: Any) -> None:
-    with pytest.raises(ValueError):
-        parse_request(bad)
-
-
-# ---------------------------------------------------------------------------------------------
-# The worker process, spoken to directly
-
-
-class Worker:
-    def __init__(self, state: Path, nice: int = 0) -> None:
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "daemon.search.worker", "--state-dir", str(state),
-             "--nice", str(nice)],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        )  # fmt: skip
-        self.n = 0
-
-    def read(self) -> dict[str, Any]:
-        assert self.proc.stdout is not None
-        line = self.proc.stdout.readline()
-        assert line, f"the worker ended: {self.stderr()}"
-        reply = orjson.loads(line)
-        assert isinstance(reply, dict)
-        return reply
-
-    def send(self, obj: dict[str, Any]) -> None:
-        assert self.proc.stdin is not None
-        self.proc.stdin.write(orjson.dumps(obj) + b"\n")
-        self.proc.stdin.flush()
-
-    def ask_pass(self, workspaces: dict[str, str] | None = None) -> None:
-        self.n += 1
-        self.send({"op": "pass", "n": self.n, "agents": ["main"], "workspaces": workspaces or {}})
-
-    def run_pass(self, workspaces: dict[str, str] | None = None) -> dict[str, Any]:
-        self.ask_pass(workspaces)
-        return self.read()
-
-    def wait(self, timeout: float = 10.0) -> int:
-        return self.proc.wait(timeout)
-
-    def stderr(self) -> str:
-        if self.proc.poll() is None or self.proc.stderr is None:
-            return ""
-        return self.proc.stderr.read().decode(errors="replace")
-
-    def close(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-        self.proc.wait()
-        for f in (self.proc.stdin, self.proc.stdout, self.proc.stderr):
-            if f is not None:
-                with contextlib.suppress(OSError, ValueError):  # a pipe already broken
-                    f.close()
-
-
-@pytest.fixture
-def state(tmp_path: Path) -> Path:
-    root = tmp_path / "state"
-    root.mkdir()
-    return root
-
-
-@pytest.fixture
-def workers() -> Iterator[list[Worker]]:
-    made: list[Worker] = []
-    yield made
-    for w in made:
-        w.close()
-
-
-def test_the_worker_opens_the_index_runs_passes_and_exits_when_asked(
-    state: Path, workers: list[Worker]
-) -> None:
-    write_transcript(state, "s1", ["the zeppelin docks", "a zeppelin again"])
-    memory = state / "elsewhere" / "memory"
-    memory.mkdir(parents=True)
-    (memory / "2026-11-20.md").write_text("- zeppelin notes\n")
-    w = Worker(state)
-    workers.append(w)
-    opened = w.read()
-    st = os.stat(index_path(state))
-    assert opened == {"open": [st.st_dev, st.st_ino]}
-    reply = w.run_pass({"main": str(state / "elsewhere")})  # the workspace comes with the request
-    assert reply["n"] == 1 and reply["db"] == opened["open"]
-    assert reply["stats"]["docs"] == 3 and reply["stats"]["files"] == 2
-    assert w.run_pass({"main": str(state / "elsewhere")})["stats"]["docs"] == 0
-    w.send({"op": "stop"})
-    assert w.wait() == 0
-    assert count(state, "zeppelin") == 3
-
-
-def test_the_worker_runs_below_the_daemons_priority(state: Path, workers: list[Worker]) -> None:
-    w = Worker(state, nice=7)
-    workers.append(w)
-    w.read()
-    w.run_pass()  # every thread there is (main, requests) was started at that priority
-    mine = os.getpriority(os.PRIO_PROCESS, 0)
-    threads = list(Path(f"/proc/{w.proc.pid}/task").iterdir())
-    assert threads
-    for t in threads:
-        nice = int((t / "stat").read_text().rsplit(")", 1)[1].split()[16])
-        assert nice == min(mine + 7, 19), t.name
-
-
-def test_the_worker_exits_when_its_stdin_closes(state: Path, workers: list[Worker]) -> None:
-    w = Worker(state)
-    workers.append(w)
-    w.read()
-    assert w.proc.stdin is not None
-    w.proc.stdin.close()  # the daemon is gone
-    assert w.wait() == 0
-
-
-def test_a_stop_during_a_pass_keeps_what_was_committed_and_the_next_worker_goes_on(
-    state: Path, workers: list[Worker]
-) -> None:
-    for n in range(150):
-        write_transcript(state, f"s{n}", [f"walrus {i} in session {n}" for i in range(40)])
-    w = Worker(state)
-    workers.append(w)
-    w.read()
-    w.ask_pass()
-    w.send({"op": "stop"})  # while the pass reads: it commits what it did, then exits
-    assert w.wait(30) == 0
-    assert w.proc.stdout is not None and w.proc.stdout.read() == b""  # cut short: no answer
-    assert count(state, "walrus") > 0
-    again = Worker(state)
-    workers.append(again)
-    again.read()
-    again.run_pass()
-    again.send({"op": "stop"})
-    assert again.wait() == 0
+def docs_in_index(state: Path) -> tuple[int, int]:
+    """(entries, distinct (file, offset) pairs): equal when nothing was indexed twice."""
     idx = SearchIndex(index_path(state), state, lambda a: state / "workspace")
     idx.open()
     try:
@@ -219,47 +59,24 @@ def test_a_stop_during_a_pass_keeps_what_was_committed_and_the_next_worker_goes_
         ).fetchone()
     finally:
         idx.close()
-    assert docs == distinct == 150 * 40
+    return docs, distinct
 
 
-def test_a_worker_that_cannot_open_the_index_says_why_and_exits(
-    state: Path, workers: list[Worker]
-) -> None:
-    (state / "index").write_text("a file where the folder should be")
-    w = Worker(state)
-    workers.append(w)
-    reply = w.read()
-    assert "unavailable" in reply and "index" in reply["unavailable"]
-    assert w.wait() == 1
+def count(state: Path, word: str) -> int:
+    """Entries in the index with this word (all of them: a search answers at most 200)."""
+    path = index_path(state)
+    if not path.exists():
+        return 0
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        (n,) = conn.execute("SELECT count(*) FROM fts WHERE fts MATCH ?", (word,)).fetchone()
+    finally:
+        conn.close()
+    return int(n)
 
 
-def test_a_request_the_worker_does_not_understand_ends_it(
-    state: Path, workers: list[Worker]
-) -> None:
-    w = Worker(state)
-    workers.append(w)
-    w.read()
-    w.send({"op": "explode"})
-    assert w.wait() == 0
-    assert "search.worker_bad_request" in w.stderr()
-
-
-# ---------------------------------------------------------------------------------------------
-# The daemon's end: SearchService in a task group
-
-
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-@dataclass
-class Counters:
-    batches: int = 0
-
-
-def reaped(pid: int) -> bool:
-    """The process is gone and was waited for (not a zombie of ours)."""
+def gone(pid: int) -> bool:
+    """No such process, not even a zombie of ours waiting to be reaped."""
     try:
         os.waitpid(pid, os.WNOHANG)
     except ChildProcessError:
@@ -267,16 +84,196 @@ def reaped(pid: int) -> bool:
     return False
 
 
-async def eventually(check: Any) -> None:
-    """Poll `check` for up to 10 s: what it looks at is another process's doing."""
-    with anyio.fail_after(10):
-        for _ in range(100_000):
+def proc_text(path: str) -> str:
+    return Path(path).read_text()
+
+
+def read_chars(pid: int) -> int:
+    """Bytes the process has read so far (/proc/<pid>/io rchar)."""
+    for line in Path(f"/proc/{pid}/io").read_text().splitlines():
+        if line.startswith("rchar:"):
+            return int(line.split()[1])
+    raise AssertionError("no rchar")
+
+
+def stopped(pid: int) -> bool:
+    return "\nState:\tT" in proc_text(f"/proc/{pid}/status")
+
+
+def pending(pid: int, sig: int) -> bool:
+    """Whether `sig` waits to be delivered to the (stopped) process."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("ShdPnd:"):
+            return bool(int(line.split()[1], 16) & (1 << (sig - 1)))
+    return False
+
+
+async def eventually(check: Any, seconds: float = 60) -> None:
+    """Poll `check`: what it looks at is another process's doing."""
+    with anyio.fail_after(seconds):
+        for _ in range(10_000_000):
             if check():
                 return
-            await anyio.sleep(0.02)
+            await anyio.sleep(0.01)
 
 
-@pytest.mark.anyio
+@pytest.fixture
+def state(tmp_path: Path) -> Path:
+    root = tmp_path / "state"
+    root.mkdir()
+    return root
+
+
+def big_corpus(state: Path, sessions: int = 300, lines: int = 40) -> int:
+    for n in range(sessions):
+        write_transcript(state, f"s{n}", [f"walrus {i} in session {n}" for i in range(lines)])
+    return sessions * lines
+
+
+# ---------------------------------------------------------------------------------------------
+# The jobs, in a real worker process
+
+
+async def test_passes_run_in_one_worker_process_that_keeps_the_index_open(state: Path) -> None:
+    write_transcript(state, "s1", ["the zeppelin docks", "a zeppelin again"])
+    memory = state / "elsewhere" / "memory"
+    memory.mkdir(parents=True)
+    (memory / "2026-11-20.md").write_text("- zeppelin notes\n")
+    pool = Pool("search", 1)
+    try:
+        with anyio.fail_after(60):
+            db = await pool.run(open_index, str(state))
+            st = os.stat(index_path(state))
+            assert db == (st.st_dev, st.st_ino)
+            # The workspace comes with the request (the daemon's reloadable config).
+            req = PassRequest(str(state), ("main",), {"main": str(state / "elsewhere")})
+            done = await pool.run(index_pass, req)
+            assert done.db == db and done.stats is not None
+            assert done.stats["docs"] == 3 and done.stats["files"] == 2
+            [pid] = pool.pids
+            assert pid != os.getpid()
+            fds = f"/proc/{pid}/fd"
+            held = {os.readlink(f"{fds}/{fd}") for fd in os.listdir(fds)}
+            assert str(index_path(state)) in held  # open between passes
+            again = await pool.run(index_pass, req)
+            assert again.stats is not None and again.stats["docs"] == 0
+            assert pool.started == 1 and pool.pids == [pid]
+    finally:
+        await pool.aclose()
+    assert gone(pid)
+    assert count(state, "zeppelin") == 3
+
+
+async def test_the_worker_runs_below_the_daemons_priority(state: Path) -> None:
+    write_transcript(state, "s1", ["hello"])
+    pool = Pool("search", 1, nice=7)
+    try:
+        with anyio.fail_after(60):
+            await pool.run(index_pass, PassRequest(str(state)))  # opens the index on first use
+        [pid] = pool.pids
+        mine = os.getpriority(os.PRIO_PROCESS, 0)
+        threads = os.listdir(f"/proc/{pid}/task")
+        assert threads
+        for t in threads:
+            nice = int(proc_text(f"/proc/{pid}/task/{t}/stat").rsplit(")", 1)[1].split()[16])
+            assert nice == min(mine + 7, 19), t
+    finally:
+        await pool.aclose()
+
+
+async def test_a_worker_that_cannot_open_the_index_says_why(state: Path) -> None:
+    (state / "index").write_text("a file where the folder should be")
+    pool = Pool("search", 1)
+    try:
+        with anyio.fail_after(60), pytest.raises(OpenFailed, match="index"):
+            await pool.run(open_index, str(state))
+        with anyio.fail_after(60), pytest.raises(OpenFailed, match="index"):
+            await pool.run(index_pass, PassRequest(str(state)))
+    finally:
+        await pool.aclose()
+
+
+async def test_a_stop_during_a_pass_commits_what_it_did_and_the_next_worker_goes_on(
+    state: Path,
+) -> None:
+    total = big_corpus(state)
+    pool = Pool("search", 1)
+    try:
+        with anyio.fail_after(120):
+            await pool.run(open_index, str(state))
+            [pid] = pool.pids
+            before = read_chars(pid)
+            scope = anyio.CancelScope()
+
+            async def one_pass() -> None:
+                with scope:
+                    await pool.run(index_pass, PassRequest(str(state)), halt_seconds=60)
+
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(one_pass)
+                # Mid-pass: it has begun reading the transcripts. Stopped there, it gets the
+                # daemon's request to halt, and goes on only once that is pending.
+                await eventually(lambda: read_chars(pid) > before + 4096)
+                os.kill(pid, signal.SIGSTOP)
+                await eventually(lambda: stopped(pid))  # (a signal sent before goes first)
+                scope.cancel()
+                await eventually(lambda: pending(pid, signal.SIGUSR2))
+                os.kill(pid, signal.SIGCONT)
+            # It committed what it had done, answered, and was let go (not killed).
+            await eventually(lambda: gone(pid))
+            assert pool.pids == []
+            kept = count(state, "walrus")
+            assert kept > 0
+            done = await pool.run(index_pass, PassRequest(str(state)))
+            assert done.stats is not None and done.stats["docs"] == total - kept
+            assert pool.started == 2
+    finally:
+        await pool.aclose()
+    assert docs_in_index(state) == (total, total)
+
+
+async def test_a_worker_killed_mid_pass_loses_nothing_and_the_next_pass_catches_up(
+    state: Path,
+) -> None:
+    total = big_corpus(state)
+    pool = Pool("search", 1)
+    try:
+        with anyio.fail_after(120):
+            await pool.run(open_index, str(state))
+            [pid] = pool.pids
+            before = read_chars(pid)
+            died: list[BaseException] = []
+
+            async def one_pass() -> None:
+                try:
+                    await pool.run(index_pass, PassRequest(str(state)))
+                except workers_mod.WorkerDied as e:
+                    died.append(e)
+
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(one_pass)
+                await eventually(lambda: read_chars(pid) > before + 4096)
+                os.kill(pid, signal.SIGSTOP)  # mid-pass: nothing of it is committed yet
+                os.kill(pid, signal.SIGKILL)
+            [e] = died
+            assert isinstance(e, workers_mod.WorkerDied) and e.code == -signal.SIGKILL
+            assert count(state, "walrus") == 0  # its transaction never committed
+            done = await pool.run(index_pass, PassRequest(str(state)))
+            assert done.stats is not None and done.stats["docs"] == total
+    finally:
+        await pool.aclose()
+    assert docs_in_index(state) == (total, total)
+
+
+# ---------------------------------------------------------------------------------------------
+# The daemon's end: SearchService in a task group
+
+
+@dataclass
+class Counters:
+    batches: int = 0
+
+
 async def test_cancelling_the_task_group_stops_and_reaps_the_worker(state: Path) -> None:
     write_transcript(state, "s1", ["hello zeppelin"])
     svc = SearchService(state, Counters(), lambda a: state / "workspace")
@@ -287,29 +284,27 @@ async def test_cancelling_the_task_group_stops_and_reaps_the_worker(state: Path)
         assert pid is not None and pid != os.getpid()
         assert len((await svc.rpc(parse_search({"query": "zeppelin"})))["hits"]) == 1
         tg.cancel_scope.cancel()  # as when another of the daemon's tasks fails
-    assert reaped(pid)
+    assert gone(pid)
     assert svc.status()["workerPid"] is None
 
 
-@pytest.mark.anyio
 async def test_a_worker_that_does_not_stop_in_time_is_killed_and_reaped(
     state: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(child_mod, "STOP_SECONDS", 0.5)
+    monkeypatch.setattr(workers_mod, "GRACE_SECONDS", 0.5)
     svc = SearchService(state, Counters(), lambda a: state / "workspace")
     async with anyio.create_task_group() as tg:
         await tg.start(svc.run)
         await eventually(lambda: svc.status()["passes"] >= 1)
         pid = svc.worker_pid
         assert pid is not None
-        os.kill(pid, signal.SIGSTOP)  # hung: it cannot read the request to stop
+        os.kill(pid, signal.SIGSTOP)  # hung: it cannot see its stdin close
         svc.stop()
-    assert reaped(pid)
+    assert gone(pid)
 
 
-@pytest.mark.anyio
 async def test_a_killed_worker_is_started_again_and_searches_answer_meanwhile(
-    state: Path, monkeypatch: pytest.MonkeyPatch
+    state: Path,
 ) -> None:
     write_transcript(state, "s1", ["hello zeppelin"])
     counters = Counters()
@@ -322,9 +317,64 @@ async def test_a_killed_worker_is_started_again_and_searches_answer_meanwhile(
         os.kill(first, signal.SIGKILL)
         assert len((await svc.rpc(parse_search({"query": "zeppelin"})))["hits"]) == 1
         await eventually(lambda: svc.worker_pid not in (None, first))
-        assert reaped(first)
+        assert gone(first)
         assert svc.status()["workerStarts"] == 2
         write_transcript(state, "s2", ["a walrus after the restart"])
         counters.batches += 1  # as the pipeline counts a batch written
-        assert len((await svc.rpc(parse_search({"query": "walrus"})))["hits"]) == 1
+        await eventually(lambda: count(state, "walrus") == 1)
         svc.stop()
+
+
+async def test_a_service_whose_worker_is_killed_mid_pass_finds_every_message_after(
+    state: Path,
+) -> None:
+    write_transcript(state, "s-first", ["hello zeppelin"])
+    counters = Counters()
+    svc = SearchService(state, counters, lambda a: state / "workspace")
+    async with anyio.create_task_group() as tg:
+        await tg.start(svc.run)
+        await eventually(lambda: svc.status()["passes"] >= 1)
+        pid = svc.worker_pid
+        assert pid is not None
+        before = read_chars(pid)
+        total = big_corpus(state)
+        counters.batches += 1
+        await eventually(lambda: read_chars(pid) > before + 4096)  # the pass reads them
+        os.kill(pid, signal.SIGKILL)
+        await eventually(lambda: svc.status()["workerStarts"] >= 2)
+        await eventually(lambda: count(state, "walrus") == total)
+        assert len((await svc.rpc(parse_search({"query": "zeppelin"})))["hits"]) == 1
+        svc.stop()
+    assert docs_in_index(state) == (total + 1, total + 1)
+
+
+@dataclass
+class Written:
+    """What the service reads of a session a batch wrote to: its transcript's path."""
+
+    rel_path: str
+
+
+async def test_the_service_keeps_each_batchs_lines_per_transcript_for_the_next_pass(
+    state: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    svc = SearchService(state, Counters(), lambda a: state / "workspace")
+    a, b = Written("agents/main/sessions/a.jsonl"), Written("agents/main/sessions/b.jsonl")
+    svc.note(Batch(touched={1: (a, 100, [b"x1", b"x2"]), 2: (b, 0, [b"y1"])}))
+    svc.note(Batch(touched={1: (a, 106, [b"x3"])}))
+    svc.note(Batch(touched={2: (b, 50, [b"y9"])}))  # a gap
+    handed, runs = svc._take_handed()
+    appended = PassRequest(str(state), handed=handed, runs=runs).appended()
+    # a: one run of consecutive bytes; b: the run after the gap only (the pass reads the gap
+    # from the file).
+    assert appended == {a.rel_path: (100, b"x1\nx2\nx3\n"), b.rel_path: (50, b"y9\n")}
+    assert svc._take_handed() == (b"", {})
+    monkeypatch.setattr(service_mod, "MAX_HANDED_BYTES", 8)
+    svc.note(Batch(touched={1: (a, 109, [b"x4", b"x5", b"x6"])}))
+    svc.note(Batch(touched={1: (a, 118, [b"x7"])}))
+    assert svc._take_handed() == (b"", {})  # too much waited: that pass reads the files
+    svc.note(Batch(touched={1: (a, 121, [b"x8"])}))  # and the next pass gets what follows
+    handed, runs = svc._take_handed()
+    assert PassRequest(str(state), handed=handed, runs=runs).appended() == {
+        a.rel_path: (121, b"x8\n")
+    }

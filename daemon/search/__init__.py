@@ -4,10 +4,10 @@
     db.py        the SQLite FTS5 database file: schema, connections, the writer thread
     index.py     the passes over it: incremental ones, rebuilding from scratch
     query.py     answering a search: bm25 order, filters, snippets, query errors (read-only)
-    worker.py    the index worker process: runs every pass, the only writer of the database
-    child.py     the daemon's end of the worker: start it, ask for a pass, stop and reap it
-    service.py   the daemon's task: passes about a second behind the appends, the worker's
-                 restarts, and the method
+    worker.py    the index worker's jobs (daemon/workers.py Pool): open the index and keep it
+                 open, run a pass; the only writer of the database
+    service.py   the daemon's task: passes about a second behind the appends (handing each the
+                 lines appended since the last), the worker's restarts, and the method
 
 Everything in the index is derived from files the store keeps; deleting `<stateDir>/index/`
 loses nothing: the next start (or `sessiond reindex`) reads the files again and gives the same

@@ -8,6 +8,11 @@ cut back by crash recovery) is read again from the start; a file that moved (a r
 transcript into archive/, same inode) keeps its entries and only changes its path and archived
 flag; a file that is gone takes its entries with it.
 
+The daemon hands a pass the bytes it appended to its transcripts since the previous one
+(`appended`): a pass indexes those without opening the file, when they continue exactly where
+the index stopped reading it; what they do not cover (a gap after a failed pass, bytes written
+since) is read from the file, from the recorded offset, as for any other file.
+
 A pass reads and parses on the calling thread and hands every write, in order, to a writer
 thread of its own (`_Writer`), joined before the pass returns. In the daemon, `open` and `sync`
 run in the index worker process (daemon/search/worker.py), the only writer; `sessiond reindex`
@@ -22,7 +27,7 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from itertools import chain
 from pathlib import Path
@@ -79,6 +84,7 @@ class SyncStats:
     removed: int = 0  # gone from disk (their entries too)
     restarted: int = 0  # changed under us: read again from the start
     docs: int = 0  # entries added
+    handed: int = 0  # transcripts indexed from the bytes the daemon handed over, not reread
     seconds: float = 0.0
 
     def to_json(self) -> dict[str, Any]:
@@ -89,6 +95,7 @@ class SyncStats:
             "removed": self.removed,
             "restarted": self.restarted,
             "docs": self.docs,
+            "handed": self.handed,
             "seconds": round(self.seconds, 3),
         }
 
@@ -110,6 +117,7 @@ class _Pass:
     keys: dict[str, dict[str, str]] = field(default_factory=dict)  # agent -> sessionId -> key
     writer: Writer | None = None
     in_transaction: bool = False
+    appended: Mapping[str, tuple[int, bytes]] = field(default_factory=dict)
 
 
 class SearchIndex:
@@ -234,6 +242,7 @@ class SearchIndex:
         halt: threading.Event | None = None,
         progress: Progress | None = None,
         touched: Iterable[str] | None = None,
+        appended: Mapping[str, tuple[int, bytes]] | None = None,
     ) -> SyncStats:
         """Bring the index up to the files: read what was appended, follow moves, drop what is
         gone. Runs in a worker thread. Raises Halted when `halt` is set (work done so far is
@@ -242,7 +251,10 @@ class SearchIndex:
         `touched`: the active transcripts (keys) written since the last pass, when the caller
         knows them (the daemon, their only writer): then the sessions folders are not listed,
         nor every transcript in them looked at, except every FULL_STAT_SECONDS. A pass over
-        100,000 sessions otherwise stats 100,000 files to find the few that grew."""
+        100,000 sessions otherwise stats 100,000 files to find the few that grew.
+
+        `appended`: key -> (offset, bytes), complete lines the caller appended to that active
+        transcript at that offset; indexed from there when they continue what was read."""
         started = time.monotonic()
         self._reopen_if_replaced()
         conn = self.conn
@@ -268,7 +280,7 @@ class SearchIndex:
                 continue
         if full:
             self._last_full = started
-        ps = _Pass(halt, progress, SyncStats(files=len(found)))
+        ps = _Pass(halt, progress, SyncStats(files=len(found)), appended=appended or {})
         present = {src.key for src, _ in found}
         if listing:
             vanished = {(r.dev, r.ino): r for k, r in self.files.items() if k not in present}
@@ -465,6 +477,12 @@ class SearchIndex:
         self._sql(ps, job)
 
     def _read_plain(self, ps: _Pass, src: Source, row: FileRow, st: os.stat_result) -> None:
+        handed = ps.appended.get(src.key) if src.source == "session" else None
+        if handed is not None and self._take_handed(ps, src, row, st, handed):
+            ps.stats.handed += 1
+            if row.offset >= st.st_size:
+                row.size, row.mtime_ns = st.st_size, st.st_mtime_ns
+                return  # all there is: the file is not opened
         try:
             f = open(src.path, "rb")  # noqa: SIM115 (closed below; the with would hide the flow)
         except OSError:
@@ -508,6 +526,36 @@ class SearchIndex:
                 row.tail = True
         row.size, row.mtime_ns = st.st_size, st.st_mtime_ns
         ps.stats.read += 1
+
+    def _take_handed(
+        self,
+        ps: _Pass,
+        src: Source,
+        row: FileRow,
+        st: os.stat_result,
+        handed: tuple[int, bytes],
+    ) -> bool:
+        """Index the bytes the daemon appended at `offset` (complete lines) as if read from the
+        file, when they continue what the index read of it: they start at its offset, or before
+        it with the bytes up to it equal to the remembered anchor (an earlier pass read them
+        from the file already). False when they do not fit (a gap: the caller reads the file
+        from the recorded offset on)."""
+        start, data = handed
+        skip = row.offset - start
+        if row.tail or skip < 0 or start + len(data) > st.st_size or not data.endswith(b"\n"):
+            return False
+        if skip > 0:
+            n = len(row.anchor)
+            if skip > len(data) or skip < n or data[skip - n : skip] != row.anchor:
+                return False
+        chunk = data[skip:]
+        if chunk:
+            lines = split_lines(chunk, row.offset)
+            self._add_lines(ps, src, row, lines, st, Timestamps())
+            row.anchor = (row.anchor + chunk)[-ANCHOR_BYTES:]
+            row.offset += len(chunk)
+            row.lines += len(lines)
+        return True
 
     def _anchor_holds(self, f: Any, row: FileRow, size: int) -> bool:
         if size < row.offset:

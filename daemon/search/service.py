@@ -1,39 +1,52 @@
 """The daemon's search task: keeps the index about a second behind the appends and answers
 `memory.search`.
 
-Passes run in the index worker, a child process of its own (daemon/search/worker.py) at lower
-CPU priority: a pass is mostly Python and would otherwise take the GIL from the event loop. This
-task (`run`, in the daemon's task group) starts the worker, asks it for one pass at a time, and
-starts it again when it dies (`search.worker_exited`) after a pause that grows with each
-failure; meanwhile searches answer from the index as it is. Searches run here, in up to
-`READERS` worker threads, on read-only connections (daemon/search/query.py).
+Passes run in the index worker, a worker process of the daemon's one mechanism for them
+(daemon/workers.py `Pool`, a pool of one, below the daemon's CPU priority): a pass is mostly
+Python and would otherwise take the GIL from the event loop. This task (`run`, in the daemon's
+task group) hands the worker one pass at a time (daemon/search/worker.py) and, after a failed
+pass or a worker that died (`search.worker_exited`), tries again after a pause that grows with
+each failure; meanwhile searches answer from the index as it is. Searches run here, in up to
+`READERS` threads, on read-only connections (daemon/search/query.py).
+
+The service is also an after-commit stage of the pipeline (`after_commit`): it keeps the lines
+each durable batch appended, per transcript, and hands them to the next pass, which indexes
+them without reading the transcripts again. They are only a shortcut: the pass reads from the
+file whatever they do not cover (after a worker died, a pass failed, or more than
+MAX_HANDED_BYTES waited), from the offset the index recorded.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import anyio
 import structlog
-from anyio.abc import TaskStatus
+from anyio.abc import TaskGroup, TaskStatus
 
 from daemon.core.keys import normalize_agent_id
 from daemon.core.protocol import SearchParams
 from daemon.errors import RequestError
-from daemon.search.child import (
-    Identity,
-    IndexWorker,
-    PassFailed,
-    WorkerExited,
-    WorkerUnavailable,
-    spawn,
-)
 from daemon.search.db import index_path
 from daemon.search.query import Readers
 from daemon.search.sources import DEFAULT_AGENTS
+from daemon.search.worker import (
+    Identity,
+    OpenFailed,
+    PassRequest,
+    PassResult,
+    index_pass,
+    open_index,
+)
+from daemon.workers import Pool, WorkerDied
+
+if TYPE_CHECKING:
+    from daemon.store.store import Batch
+    from daemon.work import Commit
 
 log = structlog.get_logger("daemon.search")
 
@@ -49,7 +62,9 @@ POLL_SECONDS = 0.1  # how often the batch counter is looked at
 NICE = 10  # the index worker runs this much below the daemon's priority
 WRITE_GAP_SECONDS = 0.25  # passes for new writes at most this often (a search does not wait)
 MAX_TOUCHED = 20_000  # transcripts written since the last pass beyond which it lists the folders
+MAX_HANDED_BYTES = 4 << 20  # appended bytes kept for the next pass; beyond, it reads the files
 SWEEP_SECONDS = 1.0  # a pass at least this often (memory files, moves into archive/)
+HALT_SECONDS = 5.0  # a pass asked to halt (the daemon stops) is cancelled after this long
 FRESH_WAIT_SECONDS = 2.0  # a search waits at most this long for the writes before it
 # ... and this long for the index to open at start-up: a worker process starting on a loaded
 # machine can take several seconds, and a search right after start-up should be answered, not
@@ -63,11 +78,21 @@ def backoff(failures: int) -> float:
     return min(30.0, 0.5 * 2.0 ** min(failures, 16))
 
 
+@dataclass(slots=True)
+class _Run:
+    """Lines appended to one transcript in a row since the last pass: file offsets `start` to
+    `end`, held in these (start, end) pieces of the service's buffer."""
+
+    start: int
+    end: int
+    pieces: list[tuple[int, int]] = field(default_factory=list)
+
+
 class SearchService:
     """Keeps the index about a second behind the appends and answers `memory.search`.
 
-    Owns one task (`run`, in the daemon's task group) and, through it, the index worker process:
-    passes run there one at a time; searches run here in up to `READERS` worker threads.
+    Owns one task (`run`, in the daemon's task group) and, through it, the index worker's pool:
+    passes run there one at a time; searches run here in up to `READERS` threads.
     """
 
     READERS = 4
@@ -87,9 +112,8 @@ class SearchService:
         # Takes the transcripts written since it was last called (the store's); None: unknown.
         self.touched = touched
         self.counters = counters
+        self.pool = Pool("search", 1, NICE, on_idle_exit=self._idle_exit)
         self.broken: str | None = None
-        self.worker_pid: int | None = None
-        self.worker_starts = 0
         self._failures = 0  # in a row: failed passes and workers that died
         self._db: Identity | None = None  # the index file the readers read
         self._scope = anyio.CancelScope()
@@ -100,11 +124,65 @@ class SearchService:
         self._done = 0
         self._indexed_batches = -1
         self._ready = anyio.Event()  # the index is open (or known to be unavailable)
+        self._starts_seen = 0
+        # What the batches appended since the last pass was asked for (`after_commit`): their
+        # bytes in one buffer (copied: holding on to thousands of line objects until the pass
+        # scatters them over the heap, which then does not shrink), per transcript in runs.
+        self._handed = bytearray()
+        self._runs: dict[str, _Run] = {}
+        self._overflow = False  # more than MAX_HANDED_BYTES waited: the next pass reads files
+
+    @property
+    def worker_pid(self) -> int | None:
+        pids = self.pool.pids
+        return pids[0] if pids else None
+
+    @property
+    def worker_starts(self) -> int:
+        return self.pool.started
+
+    # --- the after-commit stage (event loop) ------------------------------------------------
+
+    async def after_commit(self, commit: Commit, background: TaskGroup) -> None:
+        """Keep what a durable batch appended, for the next pass (an after-commit stage)."""
+        self.note(commit.batch)
+
+    def note(self, batch: Batch) -> None:
+        """Keep the lines `batch` appended, per transcript, in runs of consecutive bytes; a run
+        that does not continue the last one replaces it (the pass reads the gap from the file)."""
+        if self._overflow:
+            return
+        buf, runs = self._handed, self._runs
+        for st, before, lines in batch.touched.values():
+            at = len(buf)
+            buf += b"\n".join(lines)
+            buf += b"\n"
+            size = len(buf) - at
+            run = runs.get(st.rel_path)
+            if run is not None and run.end == before:
+                run.pieces.append((at, at + size))
+                run.end += size
+            else:
+                runs[st.rel_path] = _Run(before, before + size, [(at, at + size)])
+        if len(buf) > MAX_HANDED_BYTES:
+            self._drop_handed(overflow=True)
+
+    def _drop_handed(self, *, overflow: bool = False) -> None:
+        self._handed = bytearray()
+        self._runs = {}
+        self._overflow = overflow
+
+    def _take_handed(self) -> tuple[bytes, dict[str, tuple[int, tuple[tuple[int, int], ...]]]]:
+        buf, runs = self._handed, self._runs
+        self._drop_handed()
+        return bytes(buf), {k: (r.start, tuple(r.pieces)) for k, r in runs.items()}
+
+    # --- the task --------------------------------------------------------------------------
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
-        """Start the worker and have it run passes until `stop` (or cancellation); start it
-        again when it dies. The worker is always stopped and reaped, and the readers closed,
-        when this ends."""
+        """Open the index in the worker and have it run passes until `stop` (or cancellation);
+        start it again when it dies. The worker is always stopped and reaped, and the readers
+        closed, when this ends."""
         # Started at once: searches wait for `_ready` while the worker starts and opens the index.
         task_status.started()
         try:
@@ -115,54 +193,34 @@ class SearchService:
                 self.broken = self.broken or "the daemon is stopping"
                 self._ready.set()
             with anyio.CancelScope(shield=True):
+                await self.pool.aclose()
                 await anyio.to_thread.run_sync(self.readers.close, limiter=self._readers)
 
-    async def _supervise(self) -> None:
-        while True:
-            try:
-                async with spawn(self.state_dir, NICE) as worker:
-                    self.worker_pid = worker.pid
-                    self.worker_starts += 1
-                    log.info("search.worker_started", pid=worker.pid, starts=self.worker_starts)
-                    await self._serve(worker)
-            except WorkerUnavailable as e:
-                if not self._ready.is_set() and _lack_of_space(str(e)):
-                    # A full disk (start-up after a crash: SQLite cannot recover its WAL, and
-                    # read-only readers fail on it too): unavailable, saying why, until there
-                    # is space; the worker is started again, unlike for a missing FTS5.
-                    self.broken = str(e)
-                    self._ready.set()
-                    self._failures += 1
-                    log.error("search.unavailable", error=str(e), failures=self._failures)
-                elif not self._ready.is_set():
-                    # The index never opened (no FTS5, a folder we cannot write): search is off.
-                    self.broken = str(e)
-                    log.error("search.unavailable", error=self.broken)
-                    self._ready.set()
-                    return
-                self._failures += 1
-                log.error("search.unavailable", error=str(e), failures=self._failures)
-            except WorkerExited as e:
-                self._failures += 1
-                log.error(
-                    "search.worker_exited",
-                    pid=self.worker_pid,
-                    code=e.code,
-                    error=str(e),
-                    failures=self._failures,
-                )
-            except OSError as e:  # it could not be started (EMFILE, ENOMEM, ...)
-                self._failures += 1
-                log.error("search.worker_failed", error=str(e), failures=self._failures)
-            finally:
-                self.worker_pid = None
-            await anyio.sleep(backoff(self._failures))
+    async def _job(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """`fn(*args)` in the worker, halted at a safe point if the daemon stops meanwhile."""
+        try:
+            return await self.pool.run(fn, *args, halt_seconds=HALT_SECONDS)
+        finally:
+            if self.pool.started != self._starts_seen:
+                self._starts_seen = self.pool.started
+                log.info("search.worker_started", pid=self.worker_pid, starts=self.pool.started)
 
-    async def _serve(self, worker: IndexWorker) -> None:
-        """Wait for the worker to open the index, then run passes (returns only by raising)."""
-        await self._follow(await worker.opened())
-        self.broken = None  # set only while the index could not be opened for lack of space
-        self._ready.set()
+    def _idle_exit(self, pid: int, code: int) -> None:
+        """A worker died between passes (its last pass was committed: nothing is lost)."""
+        log.error(
+            "search.worker_exited",
+            pid=pid,
+            code=code,
+            error=f"the index worker ended while idle (exit code {code})",
+            failures=self._failures,
+        )
+
+    async def _supervise(self) -> None:
+        """Open the index, then run passes; returns only when search cannot work at all."""
+        while (opened := await self._open()) != "open":
+            if opened == "never":
+                return
+            await anyio.sleep(backoff(self._failures))
         first = True
         last = time.monotonic()
         known = False  # whether the worker has seen every write before the paths taken next
@@ -176,21 +234,25 @@ class SearchService:
             listed = [normalize_agent_id(a) for a in self.agents()]
             workspaces = {a: str(self.workspace_of(a)) for a in listed}
             paths = None if self.touched is None else self.touched()
-            # Passes list every folder until one has succeeded with this worker, and when too
-            # much was written for a list to be cheaper.
-            touched = (
-                sorted(paths) if known and paths is not None and len(paths) <= MAX_TOUCHED else None
+            handed, runs = self._take_handed()
+            # Passes list every folder (and read every file they look at from the file) until
+            # one has succeeded with this worker, and when too much was written for a list to
+            # be cheaper.
+            if not (known and paths is not None and len(paths) <= MAX_TOUCHED):
+                paths, handed, runs = None, b"", {}
+            req = PassRequest(
+                str(self.state_dir),
+                tuple(listed),
+                workspaces,
+                None if paths is None else tuple(sorted(paths)),
+                handed,
+                runs,
             )
             known = False
-            try:
-                done = await worker.run_pass(listed, workspaces, touched)
-            except PassFailed as e:
-                await self._follow(e.db)
-                self._failures += 1
-                log.error("search.sync_failed", error=str(e), failures=self._failures)
+            done = await self._pass(req)
+            if done is None or done.stats is None:
                 await anyio.sleep(backoff(self._failures))
                 continue
-            await self._follow(done.db)
             known = self.touched is not None
             self._failures = 0
             self._indexed_batches = batches
@@ -203,6 +265,59 @@ class SearchService:
             elif stats.get("docs") or stats.get("removed") or stats.get("moved"):
                 log.debug("search.synced", **stats)
             first = False
+
+    async def _open(self) -> str:
+        """Have the worker open the index: "open", "retry" (after a pause), or "never" (no
+        FTS5, a folder we cannot write: search is unavailable while the daemon runs)."""
+        try:
+            db = await self._job(open_index, str(self.state_dir))
+        except OpenFailed as e:
+            self._failures += 1
+            self.broken = str(e)
+            log.error("search.unavailable", error=self.broken, failures=self._failures)
+            first = not self._ready.is_set()
+            self._ready.set()
+            # A full disk (start-up after a crash: SQLite cannot recover its WAL, and read-only
+            # readers fail on it too) passes: unavailable, saying why, until there is space.
+            return "never" if first and not _lack_of_space(str(e)) else "retry"
+        except WorkerDied as e:
+            self._died(e)
+            return "retry"
+        except OSError as e:  # it could not be started (EMFILE, ENOMEM, ...)
+            self._failures += 1
+            log.error("search.worker_failed", error=str(e), failures=self._failures)
+            return "retry"
+        await self._follow(db)
+        self.broken = None  # set only while the index could not be opened for lack of space
+        self._ready.set()
+        return "open"
+
+    async def _pass(self, req: PassRequest) -> PassResult | None:
+        """One pass in the worker; None (or a result without stats) when it failed."""
+        try:
+            done: PassResult = await self._job(index_pass, req)
+        except OpenFailed as e:  # a new worker could not open the index
+            self._failures += 1
+            log.error("search.unavailable", error=str(e), failures=self._failures)
+            return None
+        except WorkerDied as e:
+            self._died(e)
+            return None
+        except OSError as e:
+            self._failures += 1
+            log.error("search.worker_failed", error=str(e), failures=self._failures)
+            return None
+        await self._follow(done.db)
+        if done.error is not None:
+            self._failures += 1
+            log.error("search.sync_failed", error=done.error, failures=self._failures)
+        return done
+
+    def _died(self, e: WorkerDied) -> None:
+        self._failures += 1
+        log.error(
+            "search.worker_exited", pid=e.pid, code=e.code, error=str(e), failures=self._failures
+        )
 
     async def _follow(self, db: Identity | None) -> None:
         """The worker reports which file it has open: when that is another file than before
@@ -231,8 +346,8 @@ class SearchService:
                 return
 
     def stop(self) -> None:
-        """Stop at the next safe point: the worker is asked to stop (a pass in progress commits
-        what it did, then the worker exits; killed if it takes longer than STOP_SECONDS)."""
+        """Stop at the next safe point: a pass in progress is asked to halt (it commits what it
+        did; cancelled after HALT_SECONDS), then the worker exits."""
         self._scope.cancel()
 
     def lag_batches(self) -> int:
@@ -250,7 +365,7 @@ class SearchService:
         return {
             "state": state,
             "workerPid": self.worker_pid,
-            "workerStarts": self.worker_starts,
+            "workerStarts": self.pool.started,
             "passes": self._done,
             "error": self.broken,
         }

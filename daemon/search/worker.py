@@ -1,121 +1,83 @@
-"""The index worker: the process that runs every index pass for the daemon.
+"""The index worker's jobs: every write to the index happens in a worker process of the daemon's
+one mechanism for them (daemon/workers.py `Pool`), never in the daemon.
 
-    python -m daemon.search.worker --state-dir DIR [--log-fd N] [--log-level L]
-                                   [--log-format json|console] [--nice N]
+A pass is mostly Python (parsing appended lines, building rows); run in the daemon it would
+compete with the event loop for the GIL. The search service (daemon/search/service.py) keeps a
+pool of one worker for the index, so every job runs in the same process while it lives, and that
+process keeps the index open between jobs (`_indexes`): the open, the reading of every file's
+row and the caches of folder listings are paid once per worker, not once per pass.
 
-A pass is mostly Python (reading appended lines, parsing them, building rows); run in the daemon
-it would compete with the event loop for the GIL. Here it has a GIL of its own, and the whole
-process runs below the daemon's CPU priority. Every write to the index happens in this process:
-creating the schema, replacing an unusable file, the passes. The daemon only reads it (SQLite in
-WAL mode lets another process read while this one writes; daemon/search/query.py).
+    open_index(state_dir)    open (or create, or replace an unusable) index; its identity
+    index_pass(request)      one pass (SearchIndex.sync); a PassResult
 
-The daemon (daemon/search/child.py) starts it and talks to it over its stdin and stdout, one
-JSON object per line:
+A request hands the worker what the daemon knows: the transcripts written since the previous
+pass (`touched`) and, for most of them, the bytes appended (`handed`, and per transcript where
+they go: `runs`), which the pass indexes without opening the transcript again. What the bytes
+do not cover (a gap after a failed or killed pass, a file that grew since, an unknown file) is
+read from the file from the offset the index recorded: that catch-up is what makes a killed
+worker lose nothing. `db` in each answer lets the daemon retire its read connections when the
+file was replaced (deleted, or found unusable and built anew).
 
-    worker -> daemon   {"open": [dev, ino]}            the index is open (the file's identity)
-                       {"unavailable": "why"}          it cannot be opened; the worker exits 1
-    daemon -> worker   {"op": "pass", "n": 7, "agents": ["main", ...],
-                        "workspaces": {"main": "/path/workspace"}, "log": ["info", "json"],
-                        "touched": ["agents/main/sessions/<id>.jsonl", ...] or null}
-    worker -> daemon   {"n": 7, "stats": {SyncStats.to_json()}, "db": [dev, ino]}
-                       {"n": 7, "error": "why", "db": [dev, ino]}   (sqlite3.Error or OSError;
-                                                                     the next pass tries again)
-    daemon -> worker   {"op": "stop"}, or its stdin closes (the daemon is gone): a pass in
-                       progress commits what it did, the worker closes the index and exits 0.
-
-`touched` names the transcripts the daemon wrote since its previous request (null: it does not
-know, so the pass lists every folder); the pass then reads those and leaves the others unlooked
-at (SearchIndex.sync). `db` lets the daemon retire its read connections when the file was
-replaced (deleted, or found unusable and built anew). The agents and their workspaces come
-with each request because they are the daemon's reloadable config; an agent that only exists
-on disk gets OpenClaw's default workspace, `<stateDir>/workspace-<id>` (as daemon/config_load.py
-`workspace_of` gives it).
-
-Logs go, in the daemon's format, to `--log-fd` (the daemon's stdout), else to stderr; fd 1 is
-pointed there too, so nothing stray can corrupt the pipe. SIGINT, SIGTERM and SIGHUP sent to the
-whole group (Ctrl-C on a terminal, systemd's stop) are ignored: the daemon stops the worker in
-order, and kills it if it does not exit in time. An error that is not the index's (a bug) ends
-the process with a traceback on stderr; the daemon logs `search.worker_exited` and starts it
-again.
+A worker killed mid-pass (SIGKILL, a crash) leaves the transaction in progress uncommitted,
+which SQLite rolls back when the next worker opens the file; the service then starts a worker
+again with back-off, and its next pass lists every folder. A daemon that stops asks the pass to
+halt (`workers.halt_event()`): it commits what it did at its next safe point and returns.
 """
 
 from __future__ import annotations
 
-import argparse
-import io
-import os
-import queue
-import signal
+import atexit
 import sqlite3
-import sys
-import threading
-from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
-import orjson
-import structlog
-
-from daemon import guard, logs
-from daemon.search.db import IndexUnavailable, index_path, lower_priority
+from daemon import workers
+from daemon.search.db import IndexUnavailable, index_path
 from daemon.search.index import Halted, SearchIndex
 from daemon.search.sources import DEFAULT_AGENTS
 
-log = structlog.get_logger("daemon.search")
+Identity = tuple[int, int]  # (device, inode) of the index file the worker has open
 
-MAX_REQUEST = 16 << 20  # bytes in one request line (the agent list is far smaller)
-FORMATS = ("json", "console")
-PROCESS = "search-worker"  # in each log line, told apart from the daemon's own
+
+class OpenFailed(Exception):
+    """The worker could not open (or create) the index: why."""
 
 
 @dataclass(frozen=True, slots=True)
 class PassRequest:
-    """One `pass` request: its number and what the pass needs from the daemon's config."""
+    """One pass: the daemon's agents and their workspaces (its reloadable config), and what it
+    wrote since the previous pass."""
 
-    n: int
-    agents: tuple[str, ...]
-    workspaces: dict[str, str]
-    log: tuple[str, str] | None = None
+    state_dir: str
+    agents: tuple[str, ...] = DEFAULT_AGENTS
+    workspaces: dict[str, str] = field(default_factory=dict)
+    # Keys of the active transcripts written since the previous pass; None: not known (the
+    # pass lists every folder).
     touched: tuple[str, ...] | None = None
+    # The bytes the daemon appended (complete lines, as it wrote them), and per transcript key
+    # the offset they start at there and the (start, end) pieces of `handed` that follow it.
+    handed: bytes = b""
+    runs: dict[str, tuple[int, tuple[tuple[int, int], ...]]] = field(default_factory=dict)
+
+    def appended(self) -> dict[str, tuple[int, bytes]]:
+        """Key -> (offset, bytes) appended there (SearchIndex.sync's `appended`)."""
+        view = memoryview(self.handed)
+        return {
+            key: (start, b"".join(view[a:b] for a, b in pieces))
+            for key, (start, pieces) in self.runs.items()
+        }
 
 
-def parse_request(obj: Any) -> PassRequest | None:
-    """A request line's object: a PassRequest, or None for `stop`. Raises ValueError."""
-    if not isinstance(obj, dict):
-        raise ValueError("a request must be a JSON object")
-    op = obj.get("op")
-    if op == "stop":
-        return None
-    if op != "pass":
-        raise ValueError(f"unknown op {op!r}")
-    n, agents, workspaces = obj.get("n"), obj.get("agents"), obj.get("workspaces")
-    if not isinstance(n, int) or isinstance(n, bool):
-        raise ValueError("n must be an integer")
-    if not isinstance(agents, list) or not all(isinstance(a, str) for a in agents):
-        raise ValueError("agents must be a list of strings")
-    if not isinstance(workspaces, dict) or not all(
-        isinstance(k, str) and isinstance(v, str) for k, v in workspaces.items()
-    ):
-        raise ValueError("workspaces must map agent ids to paths")
-    settings = obj.get("log")
-    level_format: tuple[str, str] | None = None
-    if settings is not None:
-        if (
-            not isinstance(settings, list)
-            or len(settings) != 2
-            or settings[0] not in logs.LEVELS
-            or settings[1] not in FORMATS
-        ):
-            raise ValueError(f"log must be [level, format], got {settings!r}")
-        level_format = (settings[0], settings[1])
-    touched = obj.get("touched")
-    if touched is not None and (
-        not isinstance(touched, list) or not all(isinstance(t, str) for t in touched)
-    ):
-        raise ValueError("touched must be a list of paths or null")
-    listed = None if touched is None else tuple(touched)
-    return PassRequest(n, tuple(agents), dict(workspaces), level_format, listed)
+@dataclass(frozen=True, slots=True)
+class PassResult:
+    """A pass's SyncStats (to_json), or the error that failed it (sqlite3.Error, OSError: the
+    next may succeed), or that it halted; and the identity of the index file it wrote."""
+
+    db: Identity | None
+    stats: dict[str, Any] | None = None
+    error: str | None = None
+    halted: bool = False
 
 
 class Agents:
@@ -133,139 +95,57 @@ class Agents:
         return self.listed
 
     def workspace_of(self, agent: str) -> Path:
+        """The agent's workspace; an agent that only exists on disk gets OpenClaw's default,
+        `<stateDir>/workspace-<id>` (as daemon/config_load.py `workspace_of` gives it)."""
         ws = self.workspaces.get(agent)
         return Path(ws) if ws else self.state_dir / f"workspace-{agent}"
 
 
-def read_requests(fd: int) -> Iterator[Any]:
-    """Parsed request lines from `fd` until it ends. A raw read: a buffered stdin would hold a
-    lock that the interpreter's exit could not take while this thread waits in it."""
-    buf = b""
-    while True:
-        chunk = os.read(fd, 1 << 16)
-        if not chunk:
-            return
-        buf += chunk
-        while (cut := buf.find(b"\n")) >= 0:
-            line, buf = buf[:cut], buf[cut + 1 :]
-            if line.strip():
-                yield orjson.loads(line)
-        if len(buf) > MAX_REQUEST:
-            raise ValueError(f"a request line longer than {MAX_REQUEST} bytes")
+# The open index of this worker process, per state folder (one in the daemon), with its agents.
+_indexes: dict[str, tuple[SearchIndex, Agents]] = {}
 
 
-Requests = queue.SimpleQueue[PassRequest | None]
-
-
-def _listen(fd: int, requests: Requests, halt: threading.Event) -> None:
-    """The request thread: hands passes on; `stop`, the end of stdin or a bad line halts the
-    pass in progress (it commits first) and ends the worker."""
-    structlog.contextvars.bind_contextvars(process=PROCESS)  # a thread starts without context
-    try:
-        for obj in read_requests(fd):
-            req = parse_request(obj)
-            if req is None:
-                return
-            requests.put(req)
-    except (ValueError, OSError) as e:
-        log.error("search.worker_bad_request", error=str(e))
-    finally:
-        halt.set()
-        requests.put(None)
-
-
-class Replies:
-    """The pipe to the daemon: one JSON object per line."""
-
-    def __init__(self, out: BinaryIO) -> None:
-        self.out = out
-
-    def send(self, obj: dict[str, Any]) -> None:
-        self.out.write(orjson.dumps(obj) + b"\n")
-        self.out.flush()
-
-
-def serve(index: SearchIndex, agents: Agents, replies: Replies, fd_in: int) -> int:
-    """Open the index, then run the passes asked for until `stop` or the end of `fd_in`; the
-    exit code. Closes the index when it ends. BrokenPipeError: the daemon is gone."""
+def _index(state_dir: str) -> tuple[SearchIndex, Agents]:
+    """This process's index, opened on first use. Raises OpenFailed."""
+    got = _indexes.get(state_dir)
+    if got is not None:
+        return got
+    root = Path(state_dir)
+    agents = Agents(root)
+    index = SearchIndex(index_path(root), root, agents.workspace_of, agents)
     try:
         index.open()
     except (IndexUnavailable, sqlite3.Error, OSError) as e:
-        replies.send({"unavailable": str(e)})  # the daemon logs it (search.unavailable)
-        return 1
-    try:
-        replies.send({"open": index.identity})
-        requests: Requests = queue.SimpleQueue()
-        halt = threading.Event()
-        listener = threading.Thread(
-            target=_listen, args=(fd_in, requests, halt), name="search-requests", daemon=True
-        )
-        listener.start()
-        settings: tuple[str, str] | None = None
-        while (req := requests.get()) is not None:
-            agents.update(req)
-            if req.log is not None and req.log != settings:
-                settings = req.log
-                logs.configure(*settings, stream=sys.stdout)
-            try:
-                stats = index.sync(halt, touched=req.touched)
-            except Halted:
-                return 0
-            except (sqlite3.Error, OSError) as e:
-                replies.send({"n": req.n, "error": str(e), "db": index.identity})
-                continue
-            replies.send({"n": req.n, "stats": stats.to_json(), "db": index.identity})
-        return 0
-    finally:
+        index.close()
+        raise OpenFailed(str(e)) from None
+    _indexes[state_dir] = (index, agents)
+    if len(_indexes) == 1:
+        # Closed when the worker exits (its stdin closed): SQLite folds the WAL back in.
+        atexit.register(_close_all)
+    return index, agents
+
+
+def _close_all() -> None:
+    while _indexes:
+        _key, (index, _agents) = _indexes.popitem()
         index.close()
 
 
-def _redirect_stdout(log_fd: int | None) -> BinaryIO:
-    """Keep fd 1 (the pipe to the daemon) for replies only, under another number, and point fd 1
-    at the log stream (`log_fd`, else stderr); sys.stdout writes each line with one write."""
-    replies = os.dup(1)
-    os.dup2(2 if log_fd is None else log_fd, 1)
-    if log_fd is not None:
-        os.close(log_fd)
-    # The daemon writes to the same file: a line written in two parts (as print does, unbuffered)
-    # could take one of the daemon's between them.
-    sys.stdout = io.TextIOWrapper(
-        io.BufferedWriter(io.FileIO(1, "w", closefd=False), buffer_size=1 << 20),
-        encoding="utf-8",
-        errors="backslashreplace",
-        line_buffering=True,
-    )
-    return open(replies, "wb")  # open for the life of the process
+def open_index(state_dir: str) -> Identity | None:
+    """Open the index in this worker (kept open for the passes). Raises OpenFailed."""
+    index, _agents = _index(state_dir)
+    return index.identity
 
 
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m daemon.search.worker", description=__doc__)
-    p.add_argument("--state-dir", required=True, type=Path)
-    p.add_argument("--log-fd", type=int, help="write logs to this inherited fd (else stderr)")
-    p.add_argument("--log-level", default="info", choices=list(logs.LEVELS))
-    p.add_argument("--log-format", default="json", choices=FORMATS)
-    p.add_argument("--nice", type=int, default=0, help="lower the CPU priority by this much")
-    return p
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
-    # Before any thread exists: Linux keeps a priority per thread, and new ones inherit it.
-    lower_priority(args.nice)
-    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, signal.SIG_IGN)
-    guard.install_from_env()  # tests: the never-delete guard watches the worker as well
-    replies = Replies(_redirect_stdout(args.log_fd))
-    logs.configure(args.log_level, args.log_format, stream=sys.stdout)
-    structlog.contextvars.bind_contextvars(process=PROCESS)
-    state_dir: Path = args.state_dir
-    agents = Agents(state_dir)
-    index = SearchIndex(index_path(state_dir), state_dir, agents.workspace_of, agents)
+def index_pass(req: PassRequest) -> PassResult:
+    """One pass over the index in this worker. Raises OpenFailed when the index cannot be
+    opened (a new worker after a death opens it here)."""
+    index, agents = _index(req.state_dir)
+    agents.update(req)
     try:
-        return serve(index, agents, replies, sys.stdin.fileno())
-    except BrokenPipeError:
-        return 0  # the daemon is gone: nobody to answer
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+        stats = index.sync(workers.halt_event(), touched=req.touched, appended=req.appended())
+    except Halted:
+        return PassResult(index.identity, halted=True)
+    except (sqlite3.Error, OSError) as e:
+        return PassResult(index.identity, error=str(e))
+    return PassResult(index.identity, stats=stats.to_json())

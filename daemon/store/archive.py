@@ -11,11 +11,12 @@ one place at every moment.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import os
 import re
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -55,9 +56,25 @@ class ArchiveRecord:
     registry: dict[str, Any] | None = None  # the registry row, kept for a missing transcript
 
     def to_json(self) -> dict[str, Any]:
-        out = asdict(self)
-        if self.registry is None:
-            del out["registry"]
+        # Field by field, not dataclasses.asdict (which deep-copies each value): a reset job
+        # writes ten thousand of these, and the mirror turns each into a state record.
+        out: dict[str, Any] = {
+            "sessionId": self.sessionId,
+            "sessionKey": self.sessionKey,
+            "agentId": self.agentId,
+            "reason": self.reason,
+            "startedAt": self.startedAt,
+            "endedAt": self.endedAt,
+            "archivedAt": self.archivedAt,
+            "messages": self.messages,
+            "bytes": self.bytes,
+            "sha256": self.sha256,
+            "predecessor": self.predecessor,
+            "successor": self.successor,
+            "file": self.file,
+        }
+        if self.registry is not None:
+            out["registry"] = copy.deepcopy(self.registry)
         return out
 
     @staticmethod
@@ -422,9 +439,10 @@ class ToArchive:
     session_key: str | None
     predecessor: str | None
     successor: str | None
+    archived_at: int  # the time of the batch that closed it
 
 
-def archive_transcripts(items: list[ToArchive], now: int) -> list[ArchiveRecord | OSError]:
+def archive_transcripts(items: list[ToArchive]) -> list[ArchiveRecord | OSError]:
     """`archive_transcript` for a group (worker thread): each file is synced, described and
     moved as there, then each sessions folder and its archive/ are synced once and the group's
     index lines appended with one sync. The reset job archives thousands of sessions at once;
@@ -462,7 +480,7 @@ def archive_transcripts(items: list[ToArchive], now: int) -> list[ArchiveRecord 
                 reason=it.reason,
                 startedAt=stats.started_at,
                 endedAt=stats.ended_at,
-                archivedAt=now,
+                archivedAt=it.archived_at,
                 messages=stats.messages,
                 bytes=stats.bytes,
                 sha256=stats.sha256,

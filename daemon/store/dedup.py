@@ -2,20 +2,19 @@
 answer back, flagged as a duplicate, also after a restart.
 
 Each agent keeps its recent ids in memory, bounded by count (`dedupMaxPerAgent`) and age
-(`dedupWindowHours`); an id is forgotten once it passes either bound. Persistence costs nothing
-per message and, per checkpoint, what changed: each checkpoint appends the ids remembered since
-the last one to `<stateDir>/dedup/<agentId>.json.delta` (a change log in the format of
-sessions.json's, store/registry_log.py: CRC frames on top of one version of the snapshot), and
-the snapshot `<agentId>.json` is rewritten whole (the ids known then, within their bounds) only
-when the log holds as many ids as it, so a busy agent's 10,000 ids are not written again every
-second. After a crash the journal's replayed entries (whose `origin` carries the message id) add
-the ids since the last checkpoint. So snapshot + log + journal always cover every acknowledged id.
-Loading applies the log on top of the snapshot, then the bounds (ids leave only by the bounds,
-so the log needs no record of an id forgotten).
+(`dedupWindowHours`); an id is forgotten once it passes either bound. Persistence costs what was
+added, not what is known: each checkpoint appends the ids remembered since the one before to
+`<stateDir>/dedup/<agentId>.log` (one line, a JSON array of them, synced), and only once that
+log has grown to several times what is known is it folded into a new snapshot `<agentId>.json`
+(written whole, atomically; then the log is emptied). After a crash the journal's replayed
+entries (whose `origin` carries the message id) add the ids since the last checkpoint. So
+snapshot + log + journal always cover every acknowledged id; loading reads the snapshot, then
+the log (a torn last line is skipped), oldest first, and applies the bounds.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -24,44 +23,35 @@ from typing import Any
 
 import orjson
 
-from daemon.store.fsutil import atomic_write, ensure_dir
-from daemon.store.registry_log import ChangeLog, identity, read_changes
+from daemon.store import fileio
+from daemon.store.fsutil import FILE_MODE, atomic_write, ensure_dir, fsync_dir
 
 DedupKey = tuple[str, str, str]  # (channel, accountId, messageId)
-Remembered = tuple[DedupKey, tuple[int, dict[str, Any]]]
-MIN_LOGGED = 256  # below this many ids an agent's snapshot may be rewritten rather than logged
+Items = list[tuple[DedupKey, tuple[int, dict[str, Any]]]]
+SNAPSHOT, LOG = ".json", ".log"
+# The log is folded into a new snapshot once it holds this many times the ids known (at least
+# FOLD_MIN records): rewriting everything known is then paid once per several windows' worth.
+FOLD_FACTOR = 4
+FOLD_MIN = 4096
 
 
 @dataclass(frozen=True, slots=True)
 class Snapshot:
-    """What one checkpoint writes for one agent: every id (`full`: the snapshot rewritten), or
-    the ids remembered since the last checkpoint (appended to its log)."""
+    """What one checkpoint writes for an agent: `items` appended to its log, or (`whole`) a new
+    snapshot of everything known, after which the log is emptied."""
 
-    full: bool
-    items: list[Remembered]
+    items: Items
+    whole: bool
 
 
 @dataclass(slots=True)
 class AgentIds:
-    """The recent message ids of one agent (event loop)."""
+    """The recent message ids of one agent."""
 
     answers: OrderedDict[DedupKey, tuple[int, dict[str, Any]]] = field(default_factory=OrderedDict)
-    dirty: bool = False
-    # Remembered since the last checkpoint took them; how many the log holds on top of the
-    # snapshot; whether the next checkpoint must rewrite the snapshot (none written by this
-    # daemon yet, or a write failed, which may have cut the log short).
-    fresh: list[Remembered] = field(default_factory=list)
-    logged: int = 0
-    snapshot: int = 0  # ids in the snapshot last written
-    full: bool = True
-
-
-@dataclass(slots=True)
-class _Files:
-    """An agent's snapshot as last written and its change log (the checkpoint thread's)."""
-
-    base: str | None = None  # identity of the snapshot on disk; None: none written yet
-    log: ChangeLog | None = None
+    fresh: Items = field(default_factory=list)  # remembered since the last checkpoint
+    logged: int = 0  # records in the log (since the snapshot)
+    whole: bool = False  # the next checkpoint writes a whole snapshot
 
 
 class DedupIndex:
@@ -72,24 +62,38 @@ class DedupIndex:
         self.max_per_agent = max_per_agent
         self.window_ms = window_ms
         self.agents: dict[str, AgentIds] = {}
-        self._files: dict[str, _Files] = {}
 
     def load(self, now_ms: int) -> int:
-        """Read every agent's snapshot; return the number of ids known. A damaged snapshot is
-        ignored (the ids in it are forgotten, nothing else is lost) and kept for inspection."""
+        """Read every agent's snapshot and log; return the number of ids known. A damaged
+        snapshot or line is ignored (the ids in it are forgotten, nothing else is lost) and
+        the file kept for inspection."""
         ensure_dir(self.folder)
-        total = 0
+        names: set[str] = set()
         for entry in os.scandir(self.folder):
-            if not entry.name.endswith(".json") or entry.name.startswith("."):
-                continue
-            ids = self._agent(entry.name[: -len(".json")])
+            for ext in (SNAPSHOT, LOG):
+                if entry.name.endswith(ext) and not entry.name.startswith("."):
+                    names.add(entry.name[: -len(ext)])
+        total = 0
+        for agent in sorted(names):
+            ids = self._agent(agent)
+            doc: Any = []
+            with contextlib.suppress(OSError, orjson.JSONDecodeError):
+                doc = orjson.loads((self.folder / f"{agent}{SNAPSHOT}").read_bytes())
+            records = list(doc) if isinstance(doc, list) else []
             try:
-                data = Path(entry.path).read_bytes()
-                doc = orjson.loads(data)
-            except (OSError, orjson.JSONDecodeError):
-                continue
-            records = doc if isinstance(doc, list) else []
-            records += [rec for _key, rec in read_changes(Path(entry.path), data)]
+                lines = (self.folder / f"{agent}{LOG}").read_bytes().splitlines()
+            except OSError:
+                lines = []
+            logged = 0
+            for line in lines:
+                try:
+                    batch = orjson.loads(line)
+                except orjson.JSONDecodeError:
+                    continue  # a torn last line (a crash during an append): never acknowledged
+                if isinstance(batch, list):
+                    records.extend(batch)
+                    logged += len(batch)
+            ids.logged = logged
             for rec in records:
                 parsed = parse_record(rec)
                 if parsed is not None:
@@ -115,9 +119,8 @@ class DedupIndex:
     def remember(self, agent: str, key: DedupKey, at_ms: int, answer: dict[str, Any]) -> None:
         """Record an answer; bounds are enforced by `trim_all`, once per batch."""
         ids = self._agent(agent)
-        ids.answers[key] = hit = (at_ms, answer)
-        ids.fresh.append((key, hit))
-        ids.dirty = True
+        ids.answers[key] = (at_ms, answer)
+        ids.fresh.append((key, (at_ms, answer)))
 
     def trim_all(self, now_ms: int) -> None:
         for ids in self.agents.values():
@@ -136,69 +139,82 @@ class DedupIndex:
             answers.popitem(last=False)
 
     def changed(self, agent_id: str) -> None:
-        """Write the agent's whole snapshot at the next checkpoint (after a failed one)."""
-        ids = self.agents[agent_id]
-        ids.dirty = ids.full = True
+        """Write a whole snapshot of the agent's ids at the next checkpoint (after a failed one,
+        whose appended lines may be missing)."""
+        self._agent(agent_id).whole = True
 
     def snapshots(self) -> list[tuple[str, Snapshot]]:
-        """What the changed agents write at this checkpoint (event loop): the ids remembered
-        since the last one, or every id (a copy, cheap), to be written by `save`. So each id is
-        written at most about twice, however many ids an agent keeps."""
+        """What the next checkpoint writes (event loop): per agent with new ids, those ids, or
+        everything known when the log is due to be folded into a new snapshot. Costs what was
+        remembered since the last call, except at a fold."""
         out = []
         for agent, ids in self.agents.items():
-            if not ids.dirty:
+            if not (ids.fresh or ids.whole):
                 continue
-            fresh = len(ids.fresh)
-            # Rewritten once the log would hold as many ids as the snapshot (each id is written
-            # at most about twice), or when a checkpoint's new ids are half of all there are
-            # anyway (a busy agent: the rewrite then costs at most twice what logging would).
-            if ids.full or max(ids.logged + fresh, 2 * fresh) >= max(ids.snapshot, MIN_LOGGED):
-                out.append((agent, Snapshot(True, list(ids.answers.items()))))
+            logged = ids.logged + len(ids.fresh)
+            if ids.whole or logged > max(FOLD_MIN, FOLD_FACTOR * len(ids.answers)):
+                out.append((agent, Snapshot(list(ids.answers.items()), whole=True)))
                 ids.logged = 0
-                ids.snapshot = len(ids.answers)
-                ids.full = False
+                ids.whole = False
             else:
-                out.append((agent, Snapshot(False, ids.fresh)))
-                ids.logged += len(ids.fresh)
+                out.append((agent, Snapshot(ids.fresh, whole=False)))
+                ids.logged = logged
             ids.fresh = []
-            ids.dirty = False
         return out
 
     def save(self, snapshots: list[tuple[str, Snapshot]]) -> None:
-        """Write snapshots atomically, or append to their logs and sync them (worker thread,
-        one checkpoint at a time). Raises OSError; the caller then marks the agent `changed`."""
+        """Append to the logs or write whole snapshots, each synced (worker thread). Raises
+        OSError; the caller then marks the agents `changed` (a whole snapshot next time)."""
         for agent, snap in snapshots:
-            files = self._files.setdefault(agent, _Files())
-            path = self.folder / f"{agent}.json"
-            if snap.full:
-                data = orjson.dumps([_record(k, v) for k, v in snap.items])
-                atomic_write(path, data)
-                files.base = identity(data)
-                if files.log is not None:
-                    files.log.rebase()
-                continue
-            if files.base is None:
-                raise FileNotFoundError(2, f"no snapshot of {agent}'s ids to log on top of")
-            if files.log is None:
-                files.log = ChangeLog(path)
-            files.log.append(files.base, [(k[2], _record(k, v)) for k, v in snap.items])
-
-    def close(self) -> None:
-        for files in self._files.values():
-            if files.log is not None:
-                files.log.close()
-
-
-def _record(key: DedupKey, value: tuple[int, dict[str, Any]]) -> dict[str, Any]:
-    return {"k": list(key), "t": value[0], "r": value[1]}
+            # One orjson call for all of them (records as arrays: no dict built per id).
+            data = orjson.dumps(snap.items)
+            log = self.folder / f"{agent}{LOG}"
+            if snap.whole:
+                # A crash between the two leaves the old log beside the new snapshot: loading
+                # both gives the same ids.
+                atomic_write(self.folder / f"{agent}{SNAPSHOT}", data)
+                if log.exists():
+                    truncate_synced(log)
+            elif snap.items:
+                append_synced(log, data + b"\n")
 
 
 def parse_record(rec: Any) -> tuple[DedupKey, int, dict[str, Any]] | None:
-    if not isinstance(rec, dict):
+    """One id: `[[channel, accountId, messageId], [at, answer]]`, or as snapshots before the
+    log spelled it, `{"k": [...], "t": at, "r": answer}`."""
+    if isinstance(rec, list) and len(rec) == 2 and isinstance(rec[1], list) and len(rec[1]) == 2:
+        k, (t, r) = rec[0], rec[1]
+    elif isinstance(rec, dict):
+        k, t, r = rec.get("k"), rec.get("t"), rec.get("r")
+    else:
         return None
-    k, t, r = rec.get("k"), rec.get("t"), rec.get("r")
     if not (isinstance(k, list) and len(k) == 3 and all(isinstance(x, str) for x in k)):
         return None
     if not isinstance(t, int) or not isinstance(r, dict):
         return None
     return (k[0], k[1], k[2]), t, r
+
+
+def append_synced(path: Path, data: bytes) -> None:
+    """Append `data` to `path` (created when missing) and sync it. Raises OSError."""
+    created = not path.exists()
+    fd = fileio.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, FILE_MODE)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[fileio.write(fd, view) :]
+        fileio.fdatasync(fd)
+    finally:
+        fileio.close(fd)
+    if created:
+        fsync_dir(path.parent)
+
+
+def truncate_synced(path: Path) -> None:
+    """Empty `path` (its records are in the snapshot just written) and sync it."""
+    fd = fileio.open(path, os.O_WRONLY | os.O_CLOEXEC)
+    try:
+        fileio.ftruncate(fd, 0)
+        fileio.fsync(fd)
+    finally:
+        fileio.close(fd)

@@ -312,10 +312,11 @@ class Store:
         )
 
     def archive_closed_group(
-        self, closing: list[Closing], now: int
+        self, closing: list[tuple[Closing, int]]
     ) -> list[ArchiveRecord | OSError]:
-        """`archive_closed` for many sessions, their folder and index syncs shared (worker
-        thread); each gets its record or the OSError that stopped it."""
+        """`archive_closed` for many sessions, each with the time of the batch that closed it,
+        their folder and index syncs shared (worker thread); each gets its record or the
+        OSError that stopped it."""
         items = [
             archive.ToArchive(
                 self.state_dir / c.state.rel_path,
@@ -325,10 +326,11 @@ class Store:
                 c.state.session_key,
                 c.predecessor,
                 c.successor,
+                now,
             )
-            for c in closing
+            for c, now in closing
         ]
-        return archive.archive_transcripts(items, now)
+        return archive.archive_transcripts(items)
 
     def archived_done(self, rec: ArchiveRecord) -> None:
         a = self.archived_by_id.get(rec.sessionId)
@@ -383,6 +385,28 @@ class Store:
                 continue
             st.size = tail.size
             st.last_entry_id = tail.last_entry_id
+
+    def read_tails(self, states: list[SessionState]) -> list[tuple[int, str | None]]:
+        """(size, last entry id) of each session's transcript, as `ensure_loaded` reads them
+        (worker thread; nothing is changed): a caller reads them ahead of the committer and
+        hands them to `set_tails` on the event loop. Raises OSError."""
+        out: list[tuple[int, str | None]] = []
+        for st in states:
+            try:
+                tail = transcript.read_tail(self.state_dir / st.rel_path)
+            except FileNotFoundError:
+                out.append((0, None))
+                continue
+            out.append((tail.size, tail.last_entry_id))
+        return out
+
+    def set_tails(self, states: list[SessionState], tails: list[tuple[int, str | None]]) -> None:
+        """Take tails read by `read_tails` (event loop), for the sessions still not loaded: one
+        the committer loaded meanwhile may have been written to since."""
+        for st, (size, last_entry_id) in zip(states, tails, strict=True):
+            if not st.loaded:
+                st.size = size
+                st.last_entry_id = last_entry_id
 
     def create_session(
         self,
@@ -648,7 +672,6 @@ class Store:
                 st.fd = None
         self.open_fds.clear()
         self.journal.close()
-        self.dedup.close()
         for reg in self.agents.values():
             reg.close()
 
