@@ -43,6 +43,7 @@ import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.startup import wait_ready
 from daemon.client import Client
 
 TEXT = "a line of chat that is about as long as a real message, with some words in it. " * 2
@@ -289,20 +290,6 @@ def pct(xs: list[float], p: float) -> float:
 # The phases
 
 
-def wait_ready(sock: Path, proc: subprocess.Popen[bytes], timeout: float = 300) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"daemon exited with {proc.returncode}")
-        try:
-            with Client(sock, timeout=5) as c:
-                c.call("status")
-            return
-        except Exception:
-            time.sleep(0.05)
-    raise RuntimeError("daemon did not become ready")
-
-
 class Events:
     """job.run and memory.flushed notifications, read in a thread."""
 
@@ -426,7 +413,7 @@ def main() -> None:
         argv += ["--state-dir", str(state)]
         with (work / "daemon.log").open("wb") as logf:
             proc = subprocess.Popen(argv, stdout=logf, stderr=subprocess.STDOUT)
-        wait_ready(sock, proc)
+        wait_ready(sock, proc, timeout=300)
         spies: list[subprocess.Popen[bytes]] = []
         spied_at: list[float] = []
         if args.profile:
