@@ -12,7 +12,9 @@ Invariants:
      positions were computed after lines that are not on disk. Their requests are answered
      with StorageUnavailable, and their sessions re-read their tails before the next write.
   3. Checkpoints (journal switch, then fsync of what the old journal covered, registries and
-     id snapshots) fall between two batches: their markers travel in the writer's stream.
+     id snapshots) fall between two batches: their markers travel in the writer's stream. The
+     switch itself is a change of index (the checkpoint before made the next file ready), so
+     the writer does not wait for a disk between two batches; the syncs run beside it.
 """
 
 from __future__ import annotations
@@ -185,7 +187,11 @@ class Checkpoints:
             return
         else:
             try:
-                paths, dirs = await anyio.to_thread.run_sync(store.switch_journal)
+                if store.journal.ready:
+                    # No I/O (journal invariant 4): the writer does not wait for a thread.
+                    paths, dirs = store.switch_journal()
+                else:
+                    paths, dirs = await anyio.to_thread.run_sync(store.switch_journal)
             except OSError as e:
                 self._failed(e, "journal switch", registries, dedup)
                 return

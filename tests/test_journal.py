@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import errno
+from collections.abc import Iterator
 from pathlib import Path
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from daemon.store.journal import Journal, decode_file, frame, record
+from daemon.store import fileio
+from daemon.store.journal import Journal, Record, decode_file, frame, record
 
 
 def recs(n: int, tag: str = "x") -> list[bytes]:
@@ -77,3 +81,105 @@ def test_truncate_to_removes_an_unacknowledged_batch(tmp_path: Path) -> None:
     j.close()
     out = Journal(tmp_path / "journal").open_and_read()
     assert len(out) == 1
+
+
+class Calls(fileio.FileIO):
+    """The production calls, counted; `fail_pwrite` makes the next pwrite fail with ENOSPC."""
+
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+        self.fail_pwrite = False
+
+    def pwrite(self, fd: int, data: bytes | memoryview, offset: int) -> int:
+        self.calls.append("pwrite")
+        if self.fail_pwrite:
+            self.fail_pwrite = False
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return super().pwrite(fd, data, offset)
+
+    def ftruncate(self, fd: int, size: int) -> None:
+        self.calls.append("ftruncate")
+        super().ftruncate(fd, size)
+
+    def fdatasync(self, fd: int) -> None:
+        self.calls.append("fdatasync")
+        super().fdatasync(fd)
+
+
+@pytest.fixture
+def calls() -> Iterator[Calls]:
+    rec = Calls()
+    old = fileio.install(rec)
+    yield rec
+    fileio.install(old)
+
+
+def names(records: list[Record]) -> list[str]:
+    return [r.a.split("/")[-1] for r in records]
+
+
+def test_a_switch_to_the_ready_file_touches_no_disk(tmp_path: Path, calls: Calls) -> None:
+    j = Journal(tmp_path / "journal")
+    j.open_and_read()
+    j.start_fresh()
+    assert j.ready
+    j.append(frame(recs(2, "a")))
+    j.sync()
+    calls.calls.clear()
+    j.switch()
+    assert calls.calls == []
+    assert not j.ready
+    j.append(frame(recs(1, "b")))
+    j.sync()
+    j.close()
+    # A crash now: both generations replay, the one switched away from first.
+    assert names(Journal(tmp_path / "journal").open_and_read()) == ["a.jsonl"] * 2 + ["b.jsonl"]
+
+
+def test_a_ready_file_replays_nothing_and_making_it_ready_frees_the_old_generation(
+    tmp_path: Path,
+) -> None:
+    j = Journal(tmp_path / "journal")
+    j.open_and_read()
+    j.start_fresh()
+    j.append(frame(recs(1, "a")))
+    j.sync()
+    j.close()
+    # A crash with the other file ready (header only, a newer generation): only a's record.
+    j = Journal(tmp_path / "journal")
+    assert names(j.open_and_read()) == ["a.jsonl"]
+    j.start_fresh()
+    j.append(frame(recs(1, "a")))
+    j.sync()
+    j.switch()
+    j.append(frame(recs(1, "b")))
+    j.sync()
+    # The checkpoint synced what a covered: a is truncated and ready again, b stays active.
+    j.prepare_next()
+    assert j.ready
+    j.append(frame(recs(1, "c")))
+    j.sync()
+    j.close()
+    assert names(Journal(tmp_path / "journal").open_and_read()) == ["b.jsonl", "c.jsonl"]
+
+
+def test_a_file_that_could_not_be_made_ready_is_prepared_by_the_switch(
+    tmp_path: Path, calls: Calls
+) -> None:
+    j = Journal(tmp_path / "journal")
+    j.open_and_read()
+    j.start_fresh()
+    j.switch()
+    j.append(frame(recs(1, "a")))
+    j.sync()
+    calls.fail_pwrite = True
+    with pytest.raises(OSError):
+        j.prepare_next()
+    assert not j.ready
+    calls.calls.clear()
+    j.switch()
+    assert calls.calls == ["ftruncate", "pwrite", "fdatasync"]
+    j.append(frame(recs(1, "b")))
+    j.sync()
+    j.close()
+    assert names(Journal(tmp_path / "journal").open_and_read()) == ["a.jsonl", "b.jsonl"]

@@ -11,6 +11,11 @@ Two journal files take turns (`a.wal`, `b.wal`), so that nothing is ever unlinke
   invariant 2: a journal file is truncated (made active again) only after the checkpoint that
                switched away from it has synced every transcript line written before the switch.
   invariant 3: replay is idempotent: a record whose bytes are already at their offset is skipped.
+  invariant 4: the inactive file is made ready (truncated, next generation's header, synced) by
+               the checkpoint that freed it (`prepare_next`, in the checkpoint's thread), so that
+               the next switch is a change of index, with no I/O between two batches. A ready
+               file holds only its header and a generation above the active file's: replay
+               finds nothing in it, and records written into it after a switch replay last.
 
 Format: a file is a sequence of frames, one per batch: `B\t<crc32 hex8>\t<length>\n` followed
 by `length` bytes of records, one per line, `<kind>\t<a>\t<b>\t<payload>\n`; the CRC covers the
@@ -98,6 +103,9 @@ class Journal:
         self.active = 0
         self.generation = 0
         self.size = 0
+        # The inactive file's size when it is ready (invariant 4), else None: switching then
+        # truncates it and writes its header first.
+        self._ready: int | None = None
 
     def open_and_read(self) -> list[Record]:
         """Open both files and return the records to replay, oldest generation first."""
@@ -124,30 +132,55 @@ class Journal:
         return out
 
     def start_fresh(self) -> None:
-        """After replay and a full checkpoint: empty both files and begin a new generation."""
+        """After replay and a full checkpoint: empty both files and begin a new generation;
+        the other file is made ready for the first switch."""
         other = 1 - self.active
+        self._ready = None
         fileio.ftruncate(self.fds[other], 0)
         fileio.fsync(self.fds[other])
         self._activate(self.active)
+        self.prepare_next()
+
+    @property
+    def ready(self) -> bool:
+        """Whether the next `switch` is a mere change of index (no I/O: invariant 4)."""
+        return self._ready is not None
 
     def switch(self) -> None:
-        """Make the other file active (truncated, new generation header, synced).
+        """Make the other file active: the ready one as it is, else truncated with a new
+        generation header and synced first.
 
         A failure before the header is synced leaves the active file as it was (still taking
         appends); the other file was already free to reuse. Raises OSError (SyncFailed when
         the sync failed)."""
-        self._activate(1 - self.active)
+        if self._ready is not None:
+            self.active, self.size, self._ready = 1 - self.active, self._ready, None
+        else:
+            self._activate(1 - self.active)
         failpoint("journal.after_switch")
 
+    def prepare_next(self) -> None:
+        """Make the inactive file ready for the next switch (invariant 4): only once nothing
+        in it is needed any more (invariant 2: the checkpoint that switched away from it has
+        synced all it covered). Runs beside appends to the active file (another descriptor).
+        Raises OSError (SyncFailed when the sync failed); the file is then not ready."""
+        self._ready = None
+        index = 1 - self.active
+        self._ready = self._write_header(index)
+
     def _activate(self, index: int) -> None:
+        self.size = self._write_header(index)
+        self.active = index
+
+    def _write_header(self, index: int) -> int:
+        """Truncate file `index` and give it the next generation's header, synced; its size."""
         fd = self.fds[index]
         self.generation += 1
         fileio.ftruncate(fd, 0)
         header = frame([record("H", str(self.generation), "-", b"")])
         fileio.pwrite(fd, header, 0)
         fileio.fdatasync(fd)
-        self.active = index
-        self.size = len(header)
+        return len(header)
 
     def append(self, data: bytes) -> None:
         """Write records at the end of the active file (not yet durable)."""

@@ -604,8 +604,9 @@ class Store:
     # Checkpoints
 
     def switch_journal(self) -> tuple[set[str], set[str]]:
-        """Start a new journal generation (worker thread, between batches) and return what the
-        checkpoint must sync: transcripts written before the switch and folders with new files."""
+        """Start a new journal generation (between batches: on the event loop when the journal
+        is `ready`, which takes no I/O, else in a worker thread) and return what the checkpoint
+        must sync: transcripts written before the switch and folders with new files."""
         self.journal.switch()
         paths, dirs = self.written_since_switch, self.new_dirs
         self.written_since_switch, self.new_dirs = set(), set()
@@ -618,9 +619,10 @@ class Store:
         registries: list[tuple[AgentRegistry, RegistryWrite]],
         dedup: list[tuple[str, Snapshot]],
     ) -> None:
-        """Sync transcripts and folders, then write registries (worker thread, concurrent with
-        batches). Raises OSError: SyncFailed when a sync failed (the caller marks the store
-        broken), another OSError when a step may simply be tried again (ENOSPC, EMFILE)."""
+        """Sync transcripts and folders, write registries, then make the journal file the
+        switch freed ready for the next switch (worker thread, concurrent with batches).
+        Raises OSError: SyncFailed when a sync failed (the caller marks the store broken),
+        another OSError when a step may simply be tried again (ENOSPC, EMFILE)."""
         self._sync_paths(paths)
         for d in sorted(dirs, key=len):
             fsync_dir(self.state_dir / d)
@@ -628,6 +630,8 @@ class Store:
         for reg, w in registries:
             reg.write(w)
         self.dedup.save(dedup)
+        # Last: until the checkpoint is complete, the freed file is still needed (invariant 2).
+        self.journal.prepare_next()
 
     def _sync_paths(self, paths: set[str]) -> None:
         """Make the given transcripts durable: one syncfs per file system when there are many
