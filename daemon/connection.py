@@ -69,6 +69,7 @@ class Connection:
         self._raw: socket.socket | None = None
         if isinstance(stream, UNIXSocketStream):
             self._raw = stream.extra(SocketAttribute.raw_socket, None)
+        self._waited = False  # the last read waited for the socket (it yielded to the loop)
 
     def deliver(self, data: bytes) -> None:
         out = self.out
@@ -161,6 +162,31 @@ class Connection:
         except (BlockingIOError, InterruptedError):
             return 0
 
+    async def _receive(self) -> bytes:
+        """The next chunk the client sent; raises EndOfStream once it has closed its side.
+
+        On a Unix socket the chunk is read from the socket itself, as the stream would read it,
+        but without the turn of the event loop the stream takes before every read: a read that
+        finds the socket empty waits until it is readable, which is such a turn already. Only
+        after a read that did not wait does the next one take a turn first, so that other tasks
+        run while a client keeps sending. TCP and TLS connections read through their stream."""
+        raw = self._raw
+        if raw is None:
+            return await self.stream.receive(READ_CHUNK)
+        if not self._waited:
+            await anyio.lowlevel.checkpoint()
+        self._waited = False
+        while True:
+            try:
+                data = raw.recv(READ_CHUNK)
+            except (BlockingIOError, InterruptedError):
+                await anyio.wait_readable(raw)
+                self._waited = True
+                continue
+            if not data:
+                raise anyio.EndOfStream
+            return data
+
     async def _send(self, data: bytes | memoryview) -> bool:
         """Send `data`; False (and the connection closed) when a slice of it cannot leave
         within the stall timeout: the client has stopped reading."""
@@ -229,8 +255,13 @@ class Connection:
                 with anyio.CancelScope(deadline=deadline) as timeouts:
                     while True:
                         try:
-                            data = await self.stream.receive(READ_CHUNK)
-                        except (anyio.EndOfStream, anyio.BrokenResourceError, OSError):
+                            data = await self._receive()
+                        except (
+                            anyio.EndOfStream,
+                            anyio.BrokenResourceError,
+                            anyio.ClosedResourceError,
+                            OSError,
+                        ):
                             return
                         last_read = anyio.current_time()
                         lines = _split(buf, data)
