@@ -100,6 +100,12 @@ class WorkQueue(Generic[T]):
         with anyio.move_on_after(max(0.0, seconds)):
             await self._has_work.wait()
 
+    def put_back(self, items: list[T]) -> None:
+        """Return `items` (taken last, oldest first) to the front of the queue."""
+        self._items.extendleft(reversed(items))
+        if len(self._items) >= QUEUE_SIZE and self._room.is_set():
+            self._room = anyio.Event()
+
     def take(self) -> list[T]:
         """Up to MAX_BATCH items, oldest first."""
         items = self._items
@@ -257,6 +263,11 @@ class Handler(Protocol[W, P]):
         """The existing sessions a request may write to (their tails are read first)."""
         ...
 
+    def held_back(self, items: list[W]) -> list[int]:
+        """Which of the requests just taken wait for the next batch (indices, in order): those
+        that would make the batch begin too many sessions. Each session's order is kept."""
+        ...
+
     def prepare(self, items: list[W], batch: Batch) -> P | None:
         """Add the requests' lines to `batch`; None when none of them writes anything."""
         ...
@@ -327,7 +338,7 @@ class Committer(Generic[W, P]):
                         if queue.closed:
                             break
                         await queue.wait(next_checkpoint - time.monotonic())
-                    items = queue.take()
+                    items = self._take()
                     if items:
                         prepared = await self._prepare(items)
                         if prepared is not None:
@@ -344,6 +355,17 @@ class Committer(Generic[W, P]):
             except OSError as e:  # a full disk, say: the next start replays the journal instead
                 log.warning("store.journal_kept", error=os_reason(e))
         log.info("store.flushed", **self.counters.counts())
+
+    def _take(self) -> list[W]:
+        """The next batch's requests; those the handler holds back go back to the queue's
+        front, ahead of what arrived since (no await between: nothing arrives meanwhile)."""
+        items = self.queue.take()
+        held = self.handler.held_back(items)
+        if not held:
+            return items
+        later = set(held)
+        self.queue.put_back([items[i] for i in held])
+        return [item for i, item in enumerate(items) if i not in later]
 
     async def _prepare(self, items: list[W]) -> _Prepared[P] | None:
         """Build one batch from queued requests (event loop, after any tail reads it needs)."""

@@ -19,7 +19,7 @@ named in the plan (`CommandPlan.ask`) and rendered by whoever holds that state.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
@@ -208,6 +208,35 @@ def plan_ingest(
         else None,
         rewrite_header=new is None and st is not None and st.size == 0,
     )
+
+
+def spread_new_sessions(
+    keys: Sequence[str | None], known: Callable[[str], bool], cap: int
+) -> list[int]:
+    """Which requests of a batch wait for the next batch, so that one batch begins at most
+    `cap` new sessions (each is a file created before the batch is acknowledged, and a batch
+    that creates hundreds holds every other session's acknowledgement that long).
+
+    `keys[i]` is request i's session key (None: it never begins a session); `known(key)` says
+    whether that session exists. Waiting are the requests of new keys beyond the first `cap`,
+    with every later request of those keys, so each session's requests keep their order; the
+    requests of existing sessions behind them do not wait. Returns the indices that wait."""
+    begun: set[str] = set()
+    held: set[str] = set()
+    waiting: list[int] = []
+    for i, key in enumerate(keys):
+        if key is None or key in begun:
+            continue
+        if key in held:
+            waiting.append(i)
+        elif known(key):
+            continue
+        elif len(begun) < cap:
+            begun.add(key)
+        else:
+            held.add(key)
+            waiting.append(i)
+    return waiting
 
 
 def ingest_answer(

@@ -1,0 +1,127 @@
+"""A batch begins at most MAX_NEW_SESSIONS sessions: the requests of further new sessions wait
+for the next batch, each session's requests keep their order, and the messages of existing
+sessions behind them do not wait (SPEC 4.4: no session's slow I/O holds another's acks)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import anyio
+import orjson
+import pytest
+from anyio.abc import TaskGroup
+from hypothesis import given
+from hypothesis import strategies as st
+from inprocess import make_pipeline
+
+from daemon.config import Config
+from daemon.core.ingest import spread_new_sessions
+from daemon.core.protocol import parse_ingest
+from daemon.pipeline import MAX_NEW_SESSIONS, Pipeline
+from daemon.store.store import Store
+from daemon.work import Commit
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+def test_new_keys_beyond_the_cap_wait_with_all_their_later_requests() -> None:
+    keys = ["a", "old", "b", "c", "a", "old", "c", "d", None]
+    held = spread_new_sessions(keys, lambda k: k == "old", 2)
+    assert [keys[i] for i in held] == ["c", "c", "d"]
+
+
+@given(
+    st.lists(st.sampled_from(["k0", "k1", "n0", "n1", "n2", "n3", "n4", None]), max_size=40),
+    st.integers(min_value=1, max_value=4),
+)
+def test_the_cap_holds_and_no_session_is_reordered(keys: list[str | None], cap: int) -> None:
+    held = set(spread_new_sessions(keys, lambda k: k.startswith("k"), cap))
+    taken_new = {k for i, k in enumerate(keys) if i not in held and k and k.startswith("n")}
+    assert len(taken_new) <= cap
+    for i, k in enumerate(keys):
+        if k is None or k.startswith("k"):
+            assert i not in held  # existing sessions (and requests without a key) never wait
+        elif i in held:
+            # Every later request of a held key waits too: its order is kept.
+            assert all(j in held for j in range(i, len(keys)) if keys[j] == k)
+    if any(k and k.startswith("n") for k in keys):
+        assert taken_new  # at least one new session begins: held requests always progress
+
+
+class Batches:
+    """An after-commit stage noting, per durable batch, the sessions it began and the keys of
+    the sessions it wrote a message to."""
+
+    def __init__(self) -> None:
+        self.created: list[int] = []
+        self.keys: list[set[str]] = []
+
+    async def after_commit(self, commit: Commit, background: TaskGroup) -> None:
+        self.created.append(len(commit.batch.created))
+        self.keys.append({s.session_key for s in commit.messaged.values()})
+
+
+def params(peer: str, text: str) -> Any:
+    return parse_ingest({"channel": "telegram", "chatType": "direct", "peer": peer, "text": text})
+
+
+async def test_a_burst_of_new_sessions_is_spread_and_an_existing_session_is_not_held(
+    tmp_path: Path,
+) -> None:
+    cfg = Config.model_validate({"session": {"dmScope": "per-channel-peer"}})
+    store = Store(tmp_path / "state", dedup_max=1000, dedup_window_ms=86_400_000)
+    store.open()
+    pipeline: Pipeline = make_pipeline(store, cfg)
+    batches = Batches()
+    pipeline.stages = (*pipeline.stages, batches)
+    answers: dict[str, list[dict[str, Any]]] = {}
+    done = anyio.Event()
+    n = MAX_NEW_SESSIONS * 3 + 5
+    expected = n + 2 + 1
+
+    def reply_for(peer: str) -> Any:
+        def reply(outcome: Any) -> None:
+            assert isinstance(outcome, dict), outcome
+            answers.setdefault(peer, []).append(outcome)
+            if sum(map(len, answers.values())) == expected:
+                done.set()
+
+        return reply
+
+    async with anyio.create_task_group() as tg:
+        await tg.start(pipeline.run)
+        first = anyio.Event()
+        pipeline.ingest(params("old", "hello"), lambda o: first.set())
+        await first.wait()
+        batches.created.clear()
+        batches.keys.clear()
+        # Queued together (no await in between): one take of the committer sees them all.
+        for i in range(n):
+            assert pipeline.ingest(params(f"new{i}", "first"), reply_for(f"new{i}")) is None
+        last = f"new{n - 1}"  # a new session beyond the cap: its second message follows it
+        assert pipeline.ingest(params(last, "second"), reply_for(last)) is None
+        assert pipeline.ingest(params("old", "still here"), reply_for("old")) is None
+        assert pipeline.ingest(params(last, "third"), reply_for(last)) is None
+        await done.wait()
+        pipeline.close()
+    assert sum(batches.created) == n
+    assert max(batches.created) <= MAX_NEW_SESSIONS
+    old_key = answers["old"][0]["sessionKey"]
+    assert old_key in batches.keys[0]  # not held behind the sessions still to begin
+    assert len(batches.created) >= 3
+    last_id = answers[last][0]["sessionId"]
+    assert {a["sessionId"] for a in answers[last]} == {last_id}
+    path = tmp_path / f"state/agents/main/sessions/{last_id}.jsonl"
+    texts = [
+        e["message"]["content"][0]["text"]
+        for e in map(orjson.loads, path.read_bytes().splitlines())
+        if e.get("type") == "message"
+    ]
+    assert texts == ["first", "second", "third"]
+    store.close()
