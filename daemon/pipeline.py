@@ -61,7 +61,8 @@ log = structlog.get_logger("daemon.pipeline")
 # Sessions one batch may begin. Each is a transcript created before the batch is acknowledged
 # (about 0.7 ms on the development machine, more on a loaded disk): a cold start's first batch
 # began 813 at once and held every acknowledgement for 542 ms. 32 keep a batch's share near
-# 20 ms; the rest begin in the batches after it, while existing sessions' messages go on.
+# 20 ms; the rest begin in the batches after it, while existing sessions' messages go on. A
+# batch of new sessions alone is not split (core.ingest.spread_new_sessions).
 MAX_NEW_SESSIONS = 32
 
 
@@ -230,8 +231,8 @@ class Pipeline:
         return (st,) if routed is None else (st, routed)
 
     def held_back(self, items: list[Work]) -> list[int]:
-        """A batch begins at most MAX_NEW_SESSIONS sessions (stage 4): the requests of further
-        new sessions wait for the next batch, those of existing sessions do not."""
+        """A batch that answers existing sessions begins at most MAX_NEW_SESSIONS sessions
+        (stage 4): the requests of further new sessions wait for the next batch."""
         if len(items) <= MAX_NEW_SESSIONS:
             return []
         keys = [_key_of(item) for item in items]

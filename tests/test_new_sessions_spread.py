@@ -36,6 +36,13 @@ def test_new_keys_beyond_the_cap_wait_with_all_their_later_requests() -> None:
     assert [keys[i] for i in held] == ["c", "c", "d"]
 
 
+def test_a_batch_of_new_sessions_only_is_not_split() -> None:
+    keys = ["a", "b", "c", "a", "d"]
+    assert spread_new_sessions(keys, lambda k: False, 2) == []
+    # One request of an existing session (or one that begins none) and the cap applies.
+    assert spread_new_sessions([*keys, None], lambda k: False, 2) == [2, 4]
+
+
 @given(
     st.lists(st.sampled_from(["k0", "k1", "n0", "n1", "n2", "n3", "n4", None]), max_size=40),
     st.integers(min_value=1, max_value=4),
@@ -43,7 +50,10 @@ def test_new_keys_beyond_the_cap_wait_with_all_their_later_requests() -> None:
 def test_the_cap_holds_and_no_session_is_reordered(keys: list[str | None], cap: int) -> None:
     held = set(spread_new_sessions(keys, lambda k: k.startswith("k"), cap))
     taken_new = {k for i, k in enumerate(keys) if i not in held and k and k.startswith("n")}
-    assert len(taken_new) <= cap
+    if any(k is None or k.startswith("k") for k in keys):
+        assert len(taken_new) <= cap
+    else:
+        assert not held
     for i, k in enumerate(keys):
         if k is None or k.startswith("k"):
             assert i not in held  # existing sessions (and requests without a key) never wait
@@ -111,10 +121,12 @@ async def test_a_burst_of_new_sessions_is_spread_and_an_existing_session_is_not_
         await done.wait()
         pipeline.close()
     assert sum(batches.created) == n
-    assert max(batches.created) <= MAX_NEW_SESSIONS
+    # The first batch answered the existing session and began only its share of the new ones;
+    # the rest, new sessions alone, begin together in the batch after it.
     old_key = answers["old"][0]["sessionKey"]
-    assert old_key in batches.keys[0]  # not held behind the sessions still to begin
-    assert len(batches.created) >= 3
+    assert old_key in batches.keys[0]
+    assert batches.created[0] == MAX_NEW_SESSIONS
+    assert batches.created[1] == n - MAX_NEW_SESSIONS
     last_id = answers[last][0]["sessionId"]
     assert {a["sessionId"] for a in answers[last]} == {last_id}
     path = tmp_path / f"state/agents/main/sessions/{last_id}.jsonl"

@@ -213,30 +213,35 @@ def plan_ingest(
 def spread_new_sessions(
     keys: Sequence[str | None], known: Callable[[str], bool], cap: int
 ) -> list[int]:
-    """Which requests of a batch wait for the next batch, so that one batch begins at most
-    `cap` new sessions (each is a file created before the batch is acknowledged, and a batch
-    that creates hundreds holds every other session's acknowledgement that long).
+    """Which requests of a batch wait for the next batch, so that a batch that also answers
+    existing sessions begins at most `cap` new ones (each is a file created before the batch
+    is acknowledged: a batch that creates hundreds holds the other sessions' acks that long).
 
-    `keys[i]` is request i's session key (None: it never begins a session); `known(key)` says
-    whether that session exists. Waiting are the requests of new keys beyond the first `cap`,
-    with every later request of those keys, so each session's requests keep their order; the
-    requests of existing sessions behind them do not wait. Returns the indices that wait."""
+    `keys[i]` is request i's session key (None: it never begins a session, e.g. entries for an
+    existing one); `known(key)` says whether that session exists. Waiting are the requests of
+    new keys beyond the first `cap`, with every later request of those keys, so each session's
+    requests keep their order. A batch of new sessions only (a start, an import) keeps them
+    all: nobody in it waits behind them, and splitting it would only add syncs. Returns the
+    indices that wait, in order."""
     begun: set[str] = set()
     held: set[str] = set()
     waiting: list[int] = []
+    others = False  # requests of existing sessions in the batch: the ones the cap protects
     for i, key in enumerate(keys):
-        if key is None or key in begun:
+        if key is None:
+            others = True
+        elif key in begun:
             continue
-        if key in held:
+        elif key in held:
             waiting.append(i)
         elif known(key):
-            continue
+            others = True
         elif len(begun) < cap:
             begun.add(key)
         else:
             held.add(key)
             waiting.append(i)
-    return waiting
+    return waiting if others else []
 
 
 def ingest_answer(
