@@ -28,8 +28,10 @@ alternate (ours, bare, ours, bare, ...) and medians are compared.
 
 CPU and memory count the whole process tree of each server (the daemon, its index and mirror
 workers and any other child; bench/proctree.py): `cpu` is the tree's CPU per message, `daemon`
-the daemon process alone (the figure older versions printed), `rss` the peak of the tree's summed
-RSS during the run. `BENCH_CONFIG='{...}'` replaces the daemon's config for the socket scenarios.
+the daemon process alone (the figure older versions printed), `its loop` the daemon's main
+thread (the event loop, without the threads that write and sync), `rss` the peak of the tree's
+summed RSS during the run. `BENCH_CONFIG='{...}'` replaces the daemon's config for the socket
+scenarios.
 """
 
 from __future__ import annotations
@@ -108,6 +110,7 @@ def measured(
     n = res["messages"]
     res["cpu_us"] = tree["tree_cpu_s"] / n * 1e6
     res["daemon_us"] = tree["root_cpu_s"] / n * 1e6
+    res["loop_us"] = tree["main_thread_cpu_s"] / n * 1e6
     res["rss_mb"] = tree["peak_rss_mb"]
     res["procs"] = tree["procs"]
     return res
@@ -404,7 +407,9 @@ def summary(r: Result) -> str:
     parts = [f"{r['rate']:>8.0f} msgs/s"]
     if "p50_ms" in r:
         parts.append(f"p50 {r['p50_ms']:.1f} ms  p99 {r['p99_ms']:.1f} ms")
-    parts.append(f"cpu {r['cpu_us']:.1f} us/msg (daemon {r['daemon_us']:.1f})")
+    parts.append(
+        f"cpu {r['cpu_us']:.1f} us/msg (daemon {r['daemon_us']:.1f}, its loop {r['loop_us']:.1f})"
+    )
     if "redis_us" in r:
         parts.append(f"redis {r['redis_us']:.1f} us/msg")
     parts.append(f"rss {r['rss_mb']:.0f} MB in {r['procs']:.0f} procs")

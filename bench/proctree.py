@@ -23,9 +23,10 @@ TICK = os.sysconf("SC_CLK_TCK")
 PAGE = os.sysconf("SC_PAGE_SIZE")
 
 
-def _stat(pid: int) -> list[str] | None:
+def _stat(pid: int, tid: int | None = None) -> list[str] | None:
+    path = f"/proc/{pid}/stat" if tid is None else f"/proc/{pid}/task/{tid}/stat"
     try:
-        text = Path(f"/proc/{pid}/stat").read_text()
+        text = Path(path).read_text()
     except OSError:
         return None
     # Fields after the command name (which may contain spaces and parentheses).
@@ -60,6 +61,13 @@ def cpu_of(pid: int, waited_children: bool = True) -> float:
     return sum(int(st[i]) for i in fields) / TICK
 
 
+def main_thread_cpu_of(pid: int) -> float:
+    """CPU seconds of a process's main thread alone: the daemon's event loop, without its
+    worker threads (writes, syncs, checkpoints)."""
+    st = _stat(pid, pid)
+    return 0.0 if st is None else (int(st[11]) + int(st[12])) / TICK
+
+
 def rss_of(pid: int) -> int:
     try:
         return int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * PAGE
@@ -68,14 +76,16 @@ def rss_of(pid: int) -> int:
 
 
 class TreeMeter:
-    """Measures a tree between `start()` and `stop()`: CPU seconds of the tree and of the roots
-    alone, the peak RSS sum and the largest number of processes seen."""
+    """Measures a tree between `start()` and `stop()`: CPU seconds of the tree, of the roots
+    alone and of the roots' main threads (an event loop), the peak RSS sum and the largest
+    number of processes seen."""
 
     def __init__(self, roots: list[int], interval: float = 0.1) -> None:
         self.roots = roots
         self.interval = interval
         self._start: dict[int, float] = {}
         self._root_start: dict[int, float] = {}
+        self._main_start: dict[int, float] = {}
         self._last: dict[int, float] = {}
         self.peak_rss = 0
         self.max_procs = 0
@@ -98,6 +108,7 @@ class TreeMeter:
             self._start[p] = cpu_of(p)
         for p in self.roots:
             self._root_start[p] = cpu_of(p, waited_children=False)
+            self._main_start[p] = main_thread_cpu_of(p)
         self._sample()
         self._thread.start()
 
@@ -110,9 +121,11 @@ class TreeMeter:
         # only (its last sample would count it twice).
         tree = sum(self._last[p] - self._start.get(p, 0.0) for p in live if p in self._last)
         roots = sum(cpu_of(p, False) - self._root_start[p] for p in self.roots)
+        main = sum(main_thread_cpu_of(p) - self._main_start[p] for p in self.roots)
         return {
             "tree_cpu_s": tree,
             "root_cpu_s": roots,
+            "main_thread_cpu_s": main,
             "peak_rss_mb": self.peak_rss / 2**20,
             "procs": float(self.max_procs),
         }

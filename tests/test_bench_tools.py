@@ -58,6 +58,7 @@ def test_tree_meter_counts_a_grandchild_started_during_the_measurement() -> None
     # The grandchild alone used at least 0.3 s; the root process far less.
     assert got["tree_cpu_s"] >= 0.3
     assert got["root_cpu_s"] < got["tree_cpu_s"]
+    assert 0 <= got["main_thread_cpu_s"] <= got["root_cpu_s"] + 0.02  # ticks round
     assert got["procs"] >= 2
     assert got["peak_rss_mb"] > 0
 
