@@ -7,7 +7,9 @@
 Invariants:
   1. Batches are written in the order they were prepared; a batch is prepared while the one
      before it is synced, so the event loop's work and the disk's overlap (one batch ahead,
-     no more: what arrives meanwhile goes into the batch after it, not two after).
+     no more). What arrives while the prepared batch waits for the writer joins it (prepared
+     into the same batch), so a request waits for the batch being written and its own, not
+     for one more.
   2. A failed write voids every batch prepared on top of it (the epoch advances): their
      positions were computed after lines that are not on disk. Their requests are answered
      with StorageUnavailable, and their sessions re-read their tails before the next write.
@@ -28,7 +30,7 @@ from typing import Any, Generic, Protocol, TypeVar
 import anyio
 import structlog
 from anyio.abc import TaskGroup, TaskStatus
-from anyio.streams.memory import MemoryObjectReceiveStream
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from daemon.core.histogram import BATCH_BOUNDS, LATENCY_BOUNDS, Histogram
 from daemon.core.ids import now_ms
@@ -45,6 +47,7 @@ QUEUE_SIZE = 16_384  # requests waiting for the committer; beyond it adapters ar
 MAX_BATCH = 8_192
 
 WRITE_FAILURE_LOG_SECONDS = 10.0
+HAND_OVER_WAIT_SECONDS = 1.0  # a prepared batch looks again this often (it is woken sooner)
 
 T = TypeVar("T")
 W = TypeVar("W")  # a request
@@ -106,13 +109,17 @@ class WorkQueue(Generic[T]):
         if len(self._items) >= QUEUE_SIZE and self._room.is_set():
             self._room = anyio.Event()
 
-    def take(self) -> list[T]:
-        """Up to MAX_BATCH items, oldest first."""
+    def take(self, limit: int = MAX_BATCH) -> list[T]:
+        """Up to `limit` items, oldest first."""
         items = self._items
-        taken = [items.popleft() for _ in range(min(len(items), MAX_BATCH))]
+        taken = [items.popleft() for _ in range(min(len(items), limit))]
         if not self._room.is_set() and len(items) < QUEUE_SIZE:
             self._room.set()
         return taken
+
+    def wake(self) -> None:
+        """End a `wait` under way (or the next one's first check) without work."""
+        self._has_work.set()
 
     def close(self) -> None:
         self.closed = True
@@ -272,6 +279,10 @@ class Handler(Protocol[W, P]):
         """Add the requests' lines to `batch`; None when none of them writes anything."""
         ...
 
+    def extend(self, prepared: P, items: list[W]) -> None:
+        """Add more requests to a prepared batch that has not been written yet."""
+        ...
+
     def requests(self, prepared: P) -> list[W]:
         """The requests a prepared batch answers."""
         ...
@@ -290,6 +301,7 @@ class _Prepared(Generic[P]):
     epoch: int  # the committer's epoch when it was prepared (invariant 2)
     batch: Batch
     prepared: P
+    size: int  # requests taken into it (joined ones included)
 
 
 class Committer(Generic[W, P]):
@@ -318,6 +330,7 @@ class Committer(Generic[W, P]):
         # A full disk fails every batch: one line per kind of failure per 10 s says so.
         self._failure_lines = Throttle(WRITE_FAILURE_LOG_SECONDS)
         self._failed_batches = 0  # since the last batch written
+        self._writer_free = True  # the writer waits for the next batch (invariant 1)
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Prepare batches and hand them to the writer, one batch ahead, until the queue is
@@ -343,7 +356,7 @@ class Committer(Generic[W, P]):
                         prepared = await self._prepare(items)
                         if prepared is not None:
                             self._unwritten.append(prepared)
-                            await send.send(prepared)
+                            await self._hand_over(send, prepared)
                     if time.monotonic() >= next_checkpoint:
                         next_checkpoint = time.monotonic() + interval
                         await send.send(CheckpointMark(final=False))
@@ -356,10 +369,10 @@ class Committer(Generic[W, P]):
                 log.warning("store.journal_kept", error=os_reason(e))
         log.info("store.flushed", **self.counters.counts())
 
-    def _take(self) -> list[W]:
+    def _take(self, limit: int = MAX_BATCH) -> list[W]:
         """The next batch's requests; those the handler holds back go back to the queue's
         front, ahead of what arrived since (no await between: nothing arrives meanwhile)."""
-        items = self.queue.take()
+        items = self.queue.take(limit)
         held = self.handler.held_back(items)
         if not held:
             return items
@@ -367,41 +380,80 @@ class Committer(Generic[W, P]):
         self.queue.put_back([items[i] for i in held])
         return [item for i, item in enumerate(items) if i not in later]
 
-    async def _prepare(self, items: list[W]) -> _Prepared[P] | None:
-        """Build one batch from queued requests (event loop, after any tail reads it needs)."""
+    async def _hand_over(
+        self, send: MemoryObjectSendStream[_Prepared[P] | CheckpointMark], prepared: _Prepared[P]
+    ) -> None:
+        """Give `prepared` to the writer once it is free; until then, requests that arrive
+        join it (invariant 1), while it is still valid (invariant 2) and not full."""
+        queue = self.queue
+        while True:
+            try:
+                send.send_nowait(prepared)
+                return
+            except anyio.WouldBlock:
+                pass
+            if self._writer_free:  # done with its batch, on its way to take this one
+                await send.send(prepared)
+                return
+            if queue and prepared.epoch == self._epoch and prepared.size < MAX_BATCH:
+                items = self._take(MAX_BATCH - prepared.size)
+                if await self._load_tails(items):
+                    self.handler.extend(prepared.prepared, items)
+                    prepared.size += len(items)
+                continue
+            # Woken by a request or by the writer (`_writer`); no await since the check above.
+            await queue.wait(HAND_OVER_WAIT_SECONDS)
+
+    async def _load_tails(self, items: list[W]) -> bool:
+        """Read the tails of the sessions `items` write to, where not known (worker thread);
+        False when the store cannot take them (each request is then answered with the error)."""
         store = self.store
         handler = self.handler
         if store.broken is not None:
             handler.reject(items, storage_unavailable(store.broken, hint=None))
-            return None
+            return False
         while True:
             unloaded = [st for item in items for st in handler.sessions_of(item) if not st.loaded]
             if not unloaded:
-                break
+                return True
             # A failed write may unload sessions meanwhile: check again after the read.
             try:
                 await anyio.to_thread.run_sync(store.ensure_loaded, unloaded)
             except OSError as e:  # EMFILE, EIO: these requests fail, the committer goes on
                 handler.reject(items, storage_unavailable(e, "reading a transcript"))
-                return None
+                return False
+
+    async def _prepare(self, items: list[W]) -> _Prepared[P] | None:
+        """Build one batch from queued requests (event loop, after any tail reads it needs)."""
+        if not await self._load_tails(items):
+            return None
         batch = Batch()
-        prepared = handler.prepare(items, batch)
-        return None if prepared is None else _Prepared(self._epoch, batch, prepared)
+        prepared = self.handler.prepare(items, batch)
+        if prepared is None:
+            return None
+        return _Prepared(self._epoch, batch, prepared, len(items))
 
     async def _writer(
         self, recv: MemoryObjectReceiveStream[_Prepared[P] | CheckpointMark], tg: TaskGroup
     ) -> None:
         async with recv:
             async for item in recv:
-                if isinstance(item, CheckpointMark):
-                    if item.final:
-                        await self.checkpoints.settled()
-                    if not self.checkpoints.running:
-                        await self.checkpoints.start(
-                            tg, (p.batch for p in self._unwritten), final=item.final
-                        )
-                else:
-                    await self._write(item, tg)
+                self._writer_free = False
+                try:
+                    await self._handle(item, tg)
+                finally:
+                    # A batch prepared meanwhile stops taking requests in and comes here.
+                    self._writer_free = True
+                    self.queue.wake()
+
+    async def _handle(self, item: _Prepared[P] | CheckpointMark, tg: TaskGroup) -> None:
+        if not isinstance(item, CheckpointMark):
+            await self._write(item, tg)
+            return
+        if item.final:
+            await self.checkpoints.settled()
+        if not self.checkpoints.running:
+            await self.checkpoints.start(tg, (p.batch for p in self._unwritten), final=item.final)
 
     async def _write(self, item: _Prepared[P], tg: TaskGroup) -> None:
         store = self.store

@@ -244,6 +244,11 @@ class Pipeline:
     def prepare(self, items: list[Work], batch: Batch) -> Commit | None:
         now = now_ms()
         commit = Commit(batch, now, iso_ms(now))
+        self.extend(commit, items)
+        return commit if commit.answers else None
+
+    def extend(self, commit: Commit, items: list[Work]) -> None:
+        """Stages 3-4 for `items` in a batch not yet written (its clock is theirs too)."""
         apply = self.applier
         for item in items:
             try:
@@ -259,7 +264,6 @@ class Pipeline:
                 self._finish(item, e)
                 continue
             commit.answers.append((item, answer))
-        return commit if commit.answers else None
 
     def requests(self, prepared: Commit) -> list[Work]:
         return prepared.requests
