@@ -2,13 +2,16 @@
 the pipeline's writer hands them here, and the moves run in its task group. Readers find a
 session where it is until its move is done; `settled` waits for the moves in flight.
 
-The moves run one call at a time, each taking up to ARCHIVE_GROUP of the sessions closed so far:
-a reset job closes thousands of sessions in many small batches, and one call at a time shares a
-group's syncs among more sessions. The calls run in a worker process (daemon/workers.py): hashing,
-describing and renaming ten thousand transcripts in a thread of the daemon held the GIL the event
-loop needs for a second and a half of a reset job, and every message waited for it. A worker that
-dies mid-group leaves each file in one place (store/archive.py), and start-up indexes what it
-moved; those sessions are logged as `archive.failed` meanwhile.
+The moves run in calls of up to ARCHIVE_GROUP of the sessions closed so far, at most
+ARCHIVE_WORKERS at once: a reset job closes thousands of sessions in many small batches, and a
+call over many of them shares its syncs among more sessions; two at once keep moving while the
+event loop takes one's results in and sends the next. The calls run in worker processes
+(daemon/workers.py): hashing, describing and renaming ten thousand transcripts in a thread of the
+daemon held the GIL the event loop needs for a second and a half of a reset job, and every
+message waited for it. A worker that dies mid-group leaves each file in one place
+(store/archive.py), and start-up indexes what it moved; those sessions are logged as
+`archive.failed` meanwhile. Two groups at once never touch the same file: their index lines are
+appended with O_APPEND, one write per group.
 """
 
 from __future__ import annotations
@@ -32,28 +35,30 @@ ARCHIVE_GROUP = 256  # closed sessions archived per worker call, at most
 # The moves gate the end of a reset job, so their worker runs closer to the daemon's priority
 # than the others (daemon/workers.py WORKER_NICE); the daemon keeps the larger share.
 ARCHIVE_NICE = 5
+ARCHIVE_WORKERS = 2  # groups moved at once, each in a worker process of its own
 
 
 class Archiver:
     def __init__(self, store: Store) -> None:
         self.store = store
-        self.pool = Pool("archive", 1, ARCHIVE_NICE)  # closed by `aclose`, at the pipeline's end
+        # Closed by `aclose`, at the pipeline's end.
+        self.pool = Pool("archive", ARCHIVE_WORKERS, ARCHIVE_NICE)
         self._archiving = 0
         self._moving: dict[str, anyio.Event] = {}  # session id -> set once its archiving ended
         self._archived = anyio.Event()
         self._archived.set()
         self._queue: deque[tuple[Closing, int]] = deque()  # closed, with its batch's time
-        self._draining = False  # a task is moving what the queue holds
+        self._draining = 0  # tasks moving what the queue holds
 
     def archive(self, tg: TaskGroup, closing: list[Closing], now: int) -> None:
         """Queue the sessions a durable batch closed (`now`: the batch's time) for their move,
-        and start the task that moves them unless it runs already."""
+        and start a task that moves them unless ARCHIVE_WORKERS run already."""
         for c in closing:
             self.store.release_fd(c.state)
             self._moving[c.state.session_id] = anyio.Event()
             self._queue.append((c, now))
-        if not self._draining:
-            self._draining = True
+        if self._draining < ARCHIVE_WORKERS:
+            self._draining += 1
             self._begin()
             tg.start_soon(self._drain)
 
@@ -70,7 +75,7 @@ class Archiver:
         self._archiving += 1
 
     async def aclose(self) -> None:
-        """Stop the archive worker (after the committer's task group, so no move is under way)."""
+        """Stop the archive workers (after the committer's task group, so no move is under way)."""
         await self.pool.aclose()
 
     async def settled(self) -> None:
@@ -85,7 +90,7 @@ class Archiver:
                 n = min(len(self._queue), ARCHIVE_GROUP)
                 await self._archive_group([self._queue.popleft() for _ in range(n)])
         finally:
-            self._draining = False
+            self._draining -= 1
             self._end()
 
     def _end(self) -> None:
@@ -138,7 +143,9 @@ class Archiver:
         ]
         results: list[ArchiveRecord | OSError] | list[WorkerDied | OSError]
         try:
-            results = await self.pool.run(archive.archive_transcripts, items)
+            # Not cancellable, as the thread call it replaced: a stopping daemon waits for the
+            # group instead of leaving moved files without their index lines to start-up.
+            results = await self.pool.run(archive.archive_transcripts, items, cancellable=False)
         except (WorkerDied, OSError) as e:
             results = [e] * len(group)
         finally:
