@@ -335,9 +335,6 @@ class Compactor:
             with self._scope:
                 async with anyio.create_task_group() as tg:
                     task_status.started()
-                    if self.settings(self.entrance.config.default_agent_id())[1].flush_on_reset:
-                        # A reset job's notes do not wait for the workers to start.
-                        tg.start_soon(self.reset_flushes.pool.warm)
                     while True:
                         self._wake = anyio.Event()
                         wait = self._start_due(tg)

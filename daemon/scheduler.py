@@ -159,13 +159,9 @@ class Scheduler:
             for name in [*self.missed(now_ms()), EXPIRY, *([RETENTION] if due else [])]:
                 send.send_nowait(name)
             task_status.started()
-            async with anyio.create_task_group() as tg:
-                # The archive worker is started now, so that a reset job's moves do not wait
-                # for it to start (a second on a machine the job keeps busy).
-                tg.start_soon(self.pipeline.archiver.pool.warm)
-                async with recv:
-                    async for name in recv:
-                        await self.run_job(name)
+            async with recv:
+                async for name in recv:
+                    await self.run_job(name)
         finally:
             sched.shutdown(wait=False)
             send.close()

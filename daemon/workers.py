@@ -215,14 +215,6 @@ class Pool:
                 await proc.stdin.aclose()
         await self._end(proc, cancel=False)
 
-    async def warm(self) -> None:
-        """Start the pool's workers ahead of their first job; they wait idle for it. A worker
-        started in the middle of a reset job took a second to import on a busy machine, and
-        the job waited for it."""
-        for _ in range(int(self.limiter.total_tokens) - len(self._idle) - len(self._busy)):
-            proc = await self._spawn()
-            self._idle.append(proc)
-
     async def _take(self) -> Process:
         while self._idle:
             proc = self._idle.pop()
@@ -232,9 +224,6 @@ class Pool:
             await proc.aclose()
             if self.on_idle_exit is not None:
                 self.on_idle_exit(proc.pid, code)
-        return await self._spawn()
-
-    async def _spawn(self) -> Process:
         # The pool's name is for ps and bench/isolation.py's CPU figures; the worker ignores it.
         argv = [sys.executable, "-m", "daemon.workers", str(self.nice), self.name]
         proc = await anyio.open_process(

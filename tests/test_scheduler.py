@@ -383,7 +383,6 @@ async def test_sessions_moved_by_groups_at_once_are_each_archived_and_indexed_on
     n = ARCHIVE_GROUP * ARCHIVE_WORKERS + 10
     async with anyio.create_task_group() as tg:
         await tg.start(pipeline.run)
-        await pipeline.archiver.pool.warm()
         answers = [await ingest(pipeline, str(i), f"hello {i}") for i in range(n)]
         for a in answers:
             backdate(store, a["sessionKey"], 0, 0)

@@ -125,21 +125,3 @@ async def test_a_job_that_may_not_be_cancelled_runs_to_its_end() -> None:
             assert await pool.run(os.getpid) == pid
     finally:
         await pool.aclose()
-
-
-async def test_warmed_workers_wait_idle_and_take_the_first_jobs() -> None:
-    pool = Pool("test", 2)
-    try:
-        with anyio.fail_after(60):
-            await pool.warm()
-            warmed = sorted(pool.pids)
-            assert len(warmed) == 2 and pool.started == 2
-            await pool.warm()  # full already: starts nothing
-            async with anyio.create_task_group() as tg:
-                for _ in range(2):
-                    tg.start_soon(pool.run, time.sleep, 0.2)
-            ran = await pool.run(os.getpid)
-        assert ran in warmed and pool.started == 2
-    finally:
-        await pool.aclose()
-    assert all(gone(pid) for pid in warmed)
