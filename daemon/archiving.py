@@ -32,7 +32,7 @@ log = structlog.get_logger("daemon.pipeline")
 
 ARCHIVE_WAIT_SECONDS = 10.0
 ARCHIVE_GROUP = 256  # closed sessions archived per worker call, at most
-# The moves gate the end of a reset job, so their worker runs closer to the daemon's priority
+# The moves gate the end of a reset job, so their workers run closer to the daemon's priority
 # than the others (daemon/workers.py WORKER_NICE); the daemon keeps the larger share.
 ARCHIVE_NICE = 5
 ARCHIVE_WORKERS = 2  # groups moved at once, each in a worker process of its own
