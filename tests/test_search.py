@@ -26,6 +26,7 @@ from daemon.search import (
     transcript_docs,
 )
 from daemon.search import index as search_mod
+from daemon.search.writes import PassWrites
 from daemon.store.transcript import custom_line, header_line, iso_ms, message_line
 
 T0 = 1_795_000_000_000  # 2026-11-18, epoch ms
@@ -635,17 +636,18 @@ def test_a_long_file_is_committed_in_parts_and_continues_where_it_stopped(
     for i in range(50):
         folder.say(t, f"line {i} about capybara")
     halt = threading.Event()
-    original = SearchIndex._flush
+    original = PassWrites.flush
 
-    def flush_then_halt(self: SearchIndex, ps: Any) -> None:
-        original(self, ps)
-        if ps.stats.docs >= 20:
+    def flush_then_halt(self: PassWrites) -> int:
+        n = original(self)
+        if self.written >= 20:
             halt.set()
+        return n
 
-    monkeypatch.setattr(SearchIndex, "_flush", flush_then_halt)
+    monkeypatch.setattr(PassWrites, "flush", flush_then_halt)
     with pytest.raises(Halted):
         index.sync(halt=halt)
-    monkeypatch.setattr(SearchIndex, "_flush", original)
+    monkeypatch.setattr(PassWrites, "flush", original)
     partial = len(hits(index, "capybara", limit=200))
     assert 0 < partial < 50
     index.sync()
