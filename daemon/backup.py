@@ -151,8 +151,11 @@ class Mirror:
         self._stopped = False
         self._excluded: dict[str, bool] = {}
         # Archived sessions whose state record (`<backup>/<id>/state.json`) may still differ:
-        # all of them at start-up, then each session a batch closes.
+        # all of them at start-up, then each session a batch closes. Those whose mirror is
+        # still behind wait in `_unstated_busy` until it has caught up (`_settle`, `_drop`),
+        # so a round looks at what changed, not at every archived session still behind.
         self._unstated: set[str] = set()
+        self._unstated_busy: set[str] = set()
         # The object-storage copy (daemon/remote.py): it follows the local mirror.
         self.remote = RemoteMirror(self.root, parse_target(bc.target)) if bc.target else None
         self._remote_stop = anyio.Event()
@@ -343,7 +346,10 @@ class Mirror:
                 if sid in self.store.by_id:  # the closing batch failed: active again
                     self._unstated.discard(sid)
                 continue
-            if a.record is not None and not self.busy(sid):
+            if self.busy(sid):
+                self._unstated.discard(sid)
+                self._unstated_busy.add(sid)  # looked at again once caught up
+            elif a.record is not None:  # else its archiving is still under way
                 ready[sid] = state_record(a.record.to_json())
         if not ready:
             return
@@ -372,6 +378,7 @@ class Mirror:
         if t.caught_up():
             self._fresh.pop(sid, None)
             self._catchup.pop(sid, None)
+            self._stated_later(sid)
         elif t.behind_since is not None:
             self._catchup.pop(sid, None)
             self._fresh.setdefault(sid, t)
@@ -383,6 +390,13 @@ class Mirror:
         self.tracks.pop(sid, None)
         self._fresh.pop(sid, None)
         self._catchup.pop(sid, None)
+        self._stated_later(sid)
+
+    def _stated_later(self, sid: str) -> None:
+        """A session's mirror caught up: its state record is written at the next chance."""
+        if sid in self._unstated_busy:
+            self._unstated_busy.discard(sid)
+            self._unstated.add(sid)
 
     def _jobs(self) -> list[Job]:
         """The next round's jobs: sessions with new batches first, oldest first, then the

@@ -420,6 +420,32 @@ async def test_resets_archive_sessions_and_their_mirrors_stay_complete(tmp_path:
     assert verify(state, state / "backup").ok
 
 
+@pytest.mark.anyio
+async def test_each_archived_session_gets_its_state_record_once_its_mirror_is_complete(
+    tmp_path: Path,
+) -> None:
+    state = tmp_path / "state"
+    root = state / "backup"
+    async with running(state, PER_PEER) as (_store, pipeline, mirror):
+        ended = []
+        for peer in ("1", "2", "3"):
+            ended.append((await call(pipeline, "ingest", msg(peer, "one")))["sessionId"])
+            await call(pipeline, "ingest", msg(peer, "/reset"))
+        await pipeline.archives_settled()
+        await settled(mirror)
+        deadline = time.monotonic() + 30
+        while not all(files.read_state(root, sid) for sid in ended):
+            assert time.monotonic() < deadline, [files.read_state(root, s) for s in ended]
+            await anyio.sleep(0.02)
+        assert not mirror._unstated and not mirror._unstated_busy, "nothing left to look at"
+    for sid in ended:
+        rec = files.read_state(root, sid)
+        assert rec is not None and rec["sessionId"] == sid and rec["reason"] == "reset"
+        assert list(read_records(root, sid))[-1]["metadata"]["entry"]["customType"] == (
+            "sessiond.closed"
+        )
+
+
 # ---------------------------------------------------------------------------------------------
 # verify and restore
 
