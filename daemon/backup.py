@@ -214,6 +214,8 @@ class Mirror:
                 await self._round_done.wait()
 
     def _is_excluded(self, key: str) -> bool:
+        if not self.patterns:
+            return False  # no cache to fill (and clear) with 100,000 keys
         hit = self._excluded.get(key)
         if hit is None:
             if len(self._excluded) > 65_536:
