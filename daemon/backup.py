@@ -31,6 +31,7 @@ import anyio
 import structlog
 from anyio.abc import TaskGroup, TaskStatus
 
+from daemon import heap
 from daemon.core.bucket import parse_target
 from daemon.core.exclusions import excluded
 from daemon.core.ids import now_ms
@@ -110,7 +111,10 @@ def run_round(writer: MirrorWriter, jobs: list[Job]) -> list[Outcome]:
     line into a record is Python work, which in the daemon would hold the GIL its event loop
     needs to acknowledge messages. MirrorWriter keeps no state between rounds. The worker's log
     events come back with the outcomes and are logged by the daemon."""
-    return writer.run(jobs)
+    try:
+        return writer.run(jobs)
+    finally:
+        heap.between_jobs()
 
 
 class Mirror:
