@@ -201,6 +201,33 @@ def test_a_pass_told_what_was_written_looks_at_those_transcripts_only(
     assert len(hits(index, "apricot")) == 2
 
 
+def test_a_periodic_listing_pass_reads_what_was_written_and_a_file_replaced_under_a_name(
+    folder: Folder, index: SearchIndex
+) -> None:
+    """Every FULL_STAT_SECONDS a pass lists the folders. Told what the daemon wrote since the
+    last pass, it reads those and any file that is no longer the one read (another inode
+    under its name); the others, read to their end, are left as they are."""
+    a = folder.transcript("sa", "agent:main:a")
+    b = folder.transcript("sb", "agent:main:b")
+    c = folder.transcript("sc", "agent:main:c")
+    for t, word in ((a, "apricot"), (b, "blueberry"), (c, "cranberry")):
+        folder.say(t, f"one {word}")
+    index.sync()
+    folder.say(a, "two apricot")
+    replaced = c.with_name(".sc.new")
+    replaced.write_bytes(c.read_bytes())
+    os.replace(replaced, c)  # same bytes, another file
+    index._last_full = 0.0  # the periodic listing is due
+    stats = index.sync(touched=["agents/main/sessions/sa.jsonl"])
+    assert stats.read == 2 and stats.restarted == 1, stats
+    assert len(hits(index, "apricot")) == 2
+    assert len(hits(index, "blueberry")) == len(hits(index, "cranberry")) == 1
+    b.unlink()
+    index._last_full = 0.0
+    assert index.sync(touched=[]).removed == 1, "a listing pass still finds what is gone"
+    assert hits(index, "blueberry") == []
+
+
 def test_a_pass_told_what_was_written_still_follows_resets_and_memory(
     folder: Folder, index: SearchIndex
 ) -> None:

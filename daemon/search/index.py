@@ -261,10 +261,17 @@ class SearchIndex:
         sources = scan_sources(self.state_dir, self.workspace_of, self.agents(), cache, listing)
         if not listing and touched is not None:
             sources = chain(sources, ((s, False) for s in active_sources(self.state_dir, touched)))
+        # A listing pass of the daemon's: the active transcripts it did not write since the
+        # last pass are as that pass left them (it is their only writer), unless the listing
+        # shows another file under the name; not looked at one by one.
+        written = set(touched) if listing and touched is not None else None
         for src, cached in sources:
             row = self.files.get(src.key)
             if cached and not full and row is not None and row.offset > 0:
                 found.append((src, None))  # an archive that was already read and cannot change
+                continue
+            if written is not None and row is not None and _unwritten(src, row, written):
+                found.append((src, None))
                 continue
             try:
                 found.append((src, os.stat(src.path)))
@@ -565,6 +572,18 @@ class SearchIndex:
         ps.w.commit()
         if not final and _halted(ps):
             raise Halted
+
+
+def _unwritten(src: Source, row: FileRow, written: set[str]) -> bool:
+    """An active transcript read to its end, the same file, not written since."""
+    return (
+        src.ino != 0
+        and src.ino == row.ino
+        and not src.archived
+        and src.key not in written
+        and row.offset == row.size > 0
+        and not row.tail
+    )
 
 
 def _halted(ps: _Pass) -> bool:

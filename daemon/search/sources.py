@@ -38,6 +38,7 @@ class Source:
     agent_id: str
     archived: bool = False
     gz: bool = False
+    ino: int = 0  # from the folder listing (no stat), for an active transcript; 0: not known
 
 
 def is_archived_name(name: str) -> bool:
@@ -77,7 +78,7 @@ def scan_sources(
             if name.startswith(".") or not f.is_file():
                 continue
             if name.endswith(".jsonl"):
-                yield Source(f.path, prefix + name, "session", agent), False
+                yield Source(f.path, prefix + name, "session", agent, ino=f.inode()), False
             elif OPENCLAW_SUFFIX.match(name):
                 yield _session_source(state_dir, Path(f.path), agent, archived=True), False
         yield from _archive_sources(state_dir, folder / ARCHIVE_DIR, agent, archive_cache)
