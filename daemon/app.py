@@ -33,7 +33,7 @@ from daemon.keymigrate import rename_case_folded_keys, save_dirty
 from daemon.listeners import listeners_of, tls_reloader
 from daemon.lock import StateLock
 from daemon.methods import Services
-from daemon.metrics import metrics_listener
+from daemon.metrics import open_metrics
 from daemon.nesting import Nest
 from daemon.pipeline import Pipeline
 from daemon.reload import Reloader
@@ -179,7 +179,8 @@ async def run(opts: RunOptions) -> int:
         )
         reloader.subscribe(live_settings(cfg, server, store, spool, state_dir))
         services = anyio.CancelScope()  # the watchdog ping, the config watch, /metrics
-        metrics = metrics_listener(cfg.daemon.metrics, pipeline, api, server, mirror, search)
+        # Bound now, so a taken port stops the start (exit 1) before anything runs.
+        metrics = await open_metrics(cfg.daemon.metrics, pipeline, api, server, mirror, search)
 
         async def run_services(
             *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED
@@ -197,8 +198,6 @@ async def run(opts: RunOptions) -> int:
             reloader.stop()
             services.cancel()
 
-        if metrics is not None:
-            await metrics.bind()  # ListenFailed: exit 1
         stop_signals = (signal.SIGTERM, signal.SIGINT)
         # Each service is nested inside the ones it relies on (daemon/nesting.py): a stop tells
         # them all at once, the innermost first, and waits for them from the inside out.

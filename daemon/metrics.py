@@ -322,27 +322,24 @@ def parse_request_line(head: bytes) -> tuple[str, str] | None:
 
 
 class MetricsListener:
-    """Owns the loopback TCP listener: `bind` before serving (ListenFailed on a taken port),
-    `serve` as a task in the daemon's task group until it is cancelled; the sockets are
-    closed when `serve` ends."""
+    """Serves /metrics on a listener bound before it is made (`open_metrics`: a taken port is
+    ListenFailed at start-up, not a failure in a running task), as a task in the daemon's task
+    group until it is cancelled; the sockets are closed when `serve` ends."""
 
     def __init__(
-        self, address: str, registry: CollectorRegistry, health: Callable[[], str | None]
+        self,
+        address: str,
+        listener: Listener[SocketStream],
+        registry: CollectorRegistry,
+        health: Callable[[], str | None],
     ) -> None:
-        self.host, self.port = parse_tcp_address(address)
+        self.address = address
         self.registry = registry
         self.health = health
-        self.address = address
-        self._listener: Listener[SocketStream] | None = None
+        self._listener = listener
         self._open = 0
 
-    async def bind(self) -> None:
-        self._listener = await bind_tcp(self.host, self.port, "daemon.metrics")
-
     async def serve(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
-        if self._listener is None:
-            await self.bind()
-        assert self._listener is not None
         async with self._listener, anyio.create_task_group() as tg:
             log.info("metrics.listening", address=self.address)
             task_status.started()
@@ -379,7 +376,7 @@ class MetricsListener:
         await stream.send(encode(resp, method == "HEAD"))
 
 
-def metrics_listener(
+async def open_metrics(
     address: str | None,
     pipeline: Pipeline,
     api: Api,
@@ -387,9 +384,12 @@ def metrics_listener(
     mirror: Mirror | None,
     search: SearchService | None,
 ) -> MetricsListener | None:
-    """The listener for `daemon.metrics` (None when it is off), with its own registry."""
+    """The listener for `daemon.metrics`, already bound (None when it is off), with its own
+    registry. Raises ListenFailed naming the address when the port is taken."""
     if address is None:
         return None
+    host, port = parse_tcp_address(address)
+    listener = await bind_tcp(host, port, "daemon.metrics")
     registry = CollectorRegistry(auto_describe=False)
     registry.register(DaemonCollector(pipeline, api, mirror, search))
-    return MetricsListener(address, registry, lambda: daemon_health(pipeline, server))
+    return MetricsListener(address, listener, registry, lambda: daemon_health(pipeline, server))
