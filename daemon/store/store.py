@@ -288,41 +288,6 @@ class Store:
         """Close a closed session's descriptor (event loop, between batches)."""
         self.files.release(st)
 
-    def archive_closed(self, c: Closing, now: int) -> ArchiveRecord:
-        """Move a closed session into archive/ and index it (worker thread). Raises OSError."""
-        st = c.state
-        return archive.archive_transcript(
-            self.state_dir / st.rel_path,
-            st.agent_id,
-            c.reason,
-            session_id=st.session_id,
-            session_key=st.session_key,
-            predecessor=c.predecessor,
-            successor=c.successor,
-            now=now,
-        )
-
-    def archive_closed_group(
-        self, closing: list[tuple[Closing, int]]
-    ) -> list[ArchiveRecord | OSError]:
-        """`archive_closed` for many sessions, each with the time of the batch that closed it,
-        their folder and index syncs shared (worker thread); each gets its record or the
-        OSError that stopped it."""
-        items = [
-            archive.ToArchive(
-                self.state_dir / c.state.rel_path,
-                c.state.agent_id,
-                c.reason,
-                c.state.session_id,
-                c.state.session_key,
-                c.predecessor,
-                c.successor,
-                now,
-            )
-            for c, now in closing
-        ]
-        return archive.archive_transcripts(items)
-
     def archived_done(self, rec: ArchiveRecord) -> None:
         a = self.archived_by_id.get(rec.sessionId)
         if a is None:
