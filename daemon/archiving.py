@@ -2,10 +2,16 @@
 the pipeline's writer hands them here, and the moves run in its task group. Readers find a
 session where it is until its move is done; `settled` waits for the moves in flight.
 
-The moves run in one worker thread call at a time, each taking up to ARCHIVE_GROUP of the
-sessions closed so far: a reset job closes thousands of sessions in many small batches, and a
-thread per batch made dozens of threads hash and move files at once, each holding the GIL the
-event loop needs; one call at a time also shares a group's syncs among more sessions.
+The moves run in calls of up to ARCHIVE_GROUP of the sessions closed so far, at most
+ARCHIVE_WORKERS at once: a reset job closes thousands of sessions in many small batches, and a
+call over many of them shares its syncs among more sessions; two at once keep moving while the
+event loop takes one's results in and sends the next. The calls run in worker processes
+(daemon/workers.py): hashing, describing and renaming ten thousand transcripts in a thread of the
+daemon held the GIL the event loop needs for a second and a half of a reset job, and every
+message waited for it. A worker that dies mid-group leaves each file in one place
+(store/archive.py), and start-up indexes what it moved; those sessions are logged as
+`archive.failed` meanwhile. Two groups at once never touch the same file: their index lines are
+appended with O_APPEND, one write per group.
 """
 
 from __future__ import annotations
@@ -17,33 +23,42 @@ import structlog
 from anyio.abc import TaskGroup
 
 from daemon.errors import os_reason
+from daemon.store import archive
+from daemon.store.archive import ArchiveRecord
 from daemon.store.store import Archived, Closing, Store
+from daemon.workers import Pool, WorkerDied
 
 log = structlog.get_logger("daemon.pipeline")
 
 ARCHIVE_WAIT_SECONDS = 10.0
-ARCHIVE_GROUP = 256  # closed sessions archived per thread call, at most
+ARCHIVE_GROUP = 256  # closed sessions archived per worker call, at most
+# The moves gate the end of a reset job, so their workers run closer to the daemon's priority
+# than the others (daemon/workers.py WORKER_NICE); the daemon keeps the larger share.
+ARCHIVE_NICE = 5
+ARCHIVE_WORKERS = 2  # groups moved at once, each in a worker process of its own
 
 
 class Archiver:
     def __init__(self, store: Store) -> None:
         self.store = store
+        # Closed by `aclose`, at the pipeline's end.
+        self.pool = Pool("archive", ARCHIVE_WORKERS, ARCHIVE_NICE)
         self._archiving = 0
         self._moving: dict[str, anyio.Event] = {}  # session id -> set once its archiving ended
         self._archived = anyio.Event()
         self._archived.set()
         self._queue: deque[tuple[Closing, int]] = deque()  # closed, with its batch's time
-        self._draining = False  # a task is moving what the queue holds
+        self._draining = 0  # tasks moving what the queue holds
 
     def archive(self, tg: TaskGroup, closing: list[Closing], now: int) -> None:
         """Queue the sessions a durable batch closed (`now`: the batch's time) for their move,
-        and start the task that moves them unless it runs already."""
+        and start a task that moves them unless ARCHIVE_WORKERS run already."""
         for c in closing:
             self.store.release_fd(c.state)
             self._moving[c.state.session_id] = anyio.Event()
             self._queue.append((c, now))
-        if not self._draining:
-            self._draining = True
+        if self._draining < ARCHIVE_WORKERS:
+            self._draining += 1
             self._begin()
             tg.start_soon(self._drain)
 
@@ -59,6 +74,10 @@ class Archiver:
             self._archived = anyio.Event()
         self._archiving += 1
 
+    async def aclose(self) -> None:
+        """Stop the archive workers (after the committer's task group, so no move is under way)."""
+        await self.pool.aclose()
+
     async def settled(self) -> None:
         """Wait (a bounded while) until closed sessions are in archive/ with their index lines."""
         with anyio.move_on_after(ARCHIVE_WAIT_SECONDS):
@@ -71,7 +90,7 @@ class Archiver:
                 n = min(len(self._queue), ARCHIVE_GROUP)
                 await self._archive_group([self._queue.popleft() for _ in range(n)])
         finally:
-            self._draining = False
+            self._draining -= 1
             self._end()
 
     def _end(self) -> None:
@@ -107,23 +126,41 @@ class Archiver:
             self._end()
 
     async def _archive_group(self, group: list[tuple[Closing, int]]) -> None:
-        """Move one group into archive/ (one thread call: the syncs of its folders and index
+        """Move one group into archive/ (one worker call: the syncs of its folders and index
         are shared, store/archive.py)."""
+        items = [
+            archive.ToArchive(
+                self.store.state_dir / c.state.rel_path,
+                c.state.agent_id,
+                c.reason,
+                c.state.session_id,
+                c.state.session_key,
+                c.predecessor,
+                c.successor,
+                now,
+            )
+            for c, now in group
+        ]
+        results: list[ArchiveRecord | OSError] | list[WorkerDied | OSError]
         try:
-            results = await anyio.to_thread.run_sync(self.store.archive_closed_group, group)
+            # Not cancellable, as the thread call it replaced: a stopping daemon waits for the
+            # group instead of leaving moved files without their index lines to start-up.
+            results = await self.pool.run(archive.archive_transcripts, items, cancellable=False)
+        except (WorkerDied, OSError) as e:
+            results = [e] * len(group)
         finally:
             for c, _now in group:
                 moved = self._moving.pop(c.state.session_id, None)
                 if moved is not None:
                     moved.set()
         for (c, _now), rec in zip(group, results, strict=True):
-            if isinstance(rec, OSError):
+            if not isinstance(rec, ArchiveRecord):
                 # The transcript stays where it is with its closing entry (or is in
                 # archive/ without its index line): start-up finishes it.
                 log.error(
                     "archive.failed",
                     sessionId=c.state.session_id,
-                    error=os_reason(rec),
+                    error=os_reason(rec) if isinstance(rec, OSError) else str(rec),
                 )
                 continue
             self.store.archived_done(rec)

@@ -21,6 +21,7 @@ import errno
 import os
 import threading
 from dataclasses import dataclass
+from typing import NoReturn
 
 ENV = "SESSIOND_FAILPOINTS"
 EXIT_CODE = 86
@@ -97,6 +98,30 @@ def parse(spec: str) -> dict[str, Armed]:
 
 _armed: dict[str, Armed] | None = parse(os.environ.get(ENV, "")) or None
 _lock = threading.Lock()
+_in_worker = False  # this process is a worker (daemon/workers.py): see `Fired`
+
+
+class Fired(Exception):
+    """An `exit` failpoint of the daemon's own steps (NAMES) reached in a worker process (the
+    archive moves run in one). The job stops there, as the process would; the daemon, handed
+    this as the job's error, exits at once (`exit_now`): a power cut ends both, and the crash
+    tests read the failpoint's line on the daemon's stderr (a worker's goes to /dev/null)."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(name)
+        self.name = name
+
+
+def in_worker() -> None:
+    """Called once by a worker process at its start (daemon/workers.py)."""
+    global _in_worker
+    _in_worker = True
+
+
+def exit_now(name: str) -> NoReturn:
+    """Say which failpoint fired and end the process at once (no cleanup, no flush)."""
+    os.write(2, f"failpoint {name} fired: exiting with {EXIT_CODE}\n".encode())
+    os._exit(EXIT_CODE)
 
 
 def failpoint(name: str) -> None:
@@ -121,9 +146,22 @@ def _hit(name: str) -> None:
             return
     code = ACTIONS[armed.action]
     if code is None:
-        os.write(2, f"failpoint {name} fired: exiting with {EXIT_CODE}\n".encode())
-        os._exit(EXIT_CODE)
+        if _in_worker and name in NAMES:
+            raise Fired(name)
+        exit_now(name)
     raise OSError(code, f"{os.strerror(code)} (failpoint {name})")
 
 
-__all__ = ["COMPRESSION", "ENV", "EXIT_CODE", "KNOWN", "MIRROR", "NAMES", "failpoint", "parse"]
+__all__ = [
+    "COMPRESSION",
+    "ENV",
+    "EXIT_CODE",
+    "KNOWN",
+    "MIRROR",
+    "NAMES",
+    "Fired",
+    "exit_now",
+    "failpoint",
+    "in_worker",
+    "parse",
+]

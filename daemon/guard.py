@@ -9,6 +9,8 @@ maintenance commands it runs as subprocesses) watches every removal with `sys.ad
 What may disappear, and why that loses nothing:
 - our own temporary files: atomic_write's `.<name>.tmp-<pid>` and the importer's
   `.<name>.import-<pid>` (they never held anything that is not also somewhere else);
+- an empty file: nothing in it can be lost (the store removes a new transcript again, once
+  empty, when the batch that created it could not be written: store/open_transcripts.py);
 - a socket file (not data; the daemon recreates it), and the search index in `<stateDir>/index/`
   (derived data that SPEC 2 says can be deleted and rebuilt at any time);
 - an original that has a verified compressed copy: the guard itself decompresses
@@ -126,6 +128,8 @@ class DeleteGuard:
         name = os.path.basename(path)
         if stat.S_ISSOCK(st.st_mode) or TEMP_NAME.match(name):
             return None
+        if stat.S_ISREG(st.st_mode) and st.st_size == 0:
+            return None  # seen empty by the guard itself, not taken on the caller's word
         if stat.S_ISREG(st.st_mode) and has_verified_copy(Path(path)):
             return None
         return f"remove {path} (under {root})"

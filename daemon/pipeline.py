@@ -198,7 +198,10 @@ class Pipeline:
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """The committer's lifetime (returns once `close` was called and all is answered)."""
-        await self.committer.run(task_status=task_status)
+        try:
+            await self.committer.run(task_status=task_status)
+        finally:
+            await self.archiver.aclose()
 
     async def archives_settled(self) -> None:
         """Wait (a bounded while) until closed sessions are in archive/ with their index lines."""

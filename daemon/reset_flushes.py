@@ -4,9 +4,9 @@ The daily reset closes thousands of sessions at once. Each one's flush reads its
 transcript and asks the summarizer for notes: Python work on data, so it runs in a worker process
 (daemon/compaction_job.py `flush_closed`), RESET_FLUSH_GROUP sessions per call, and the notes of
 a group share one append and one sync per memory file (locked meanwhile: store/memoryfile.py).
-Up to RESET_FLUSH_WORKERS groups at a time, in a pool of their own at the workers' lower
-priority: the flushes use what CPU ingest leaves, and neither ingest nor threshold compactions
-queue behind them.
+Up to RESET_FLUSH_WORKERS groups at a time, in a pool of their own below the daemon's priority
+and above the other workers': the flushes use what CPU ingest leaves before the background
+indexing does, and neither ingest nor threshold compactions queue behind them.
 A failed flush (summarizer, I/O, a worker that died) is retried on its own backoff, at most
 RESET_FLUSH_ATTEMPTS times; nothing is written for it meanwhile.
 """
@@ -35,7 +35,10 @@ RESET_FLUSH_GROUP = 250
 # small ones closed with it get their notes without waiting for its summary.
 RESET_FLUSH_GROUP_BYTES = 256 * 1024
 RESET_FLUSH_WORKERS = 2  # groups in flight at once, each in a worker process of its own
-RESET_FLUSH_NICE = 10  # as every worker: ingest keeps its share of the CPU
+# Below the daemon (ingest keeps its share of the CPU) but above the other workers (the search
+# index, the mirror, compactions): a reset job is done when its notes are written, and at the
+# workers' nice 10 they waited for the search index's pass over the sessions the job closed.
+RESET_FLUSH_NICE = 5
 
 
 class ResetFlushes:

@@ -50,7 +50,7 @@ import structlog
 from anyio.abc import Process
 from anyio.streams.buffered import BufferedByteReceiveStream
 
-from daemon import guard, logs, worker_log
+from daemon import failpoints, guard, logs, worker_log
 
 log = structlog.get_logger("daemon.workers")
 
@@ -158,6 +158,8 @@ class Pool:
         if status == "ok":
             return value  # type: ignore[no-any-return]
         assert isinstance(value, BaseException)
+        if isinstance(value, failpoints.Fired):
+            failpoints.exit_now(value.name)  # a crash test's step, reached in the worker
         raise value
 
     async def _send(self, proc: Process, request: bytes) -> None:
@@ -222,7 +224,8 @@ class Pool:
             await proc.aclose()
             if self.on_idle_exit is not None:
                 self.on_idle_exit(proc.pid, code)
-        argv = [sys.executable, "-m", "daemon.workers", str(self.nice)]
+        # The pool's name is for ps and bench/isolation.py's CPU figures; the worker ignores it.
+        argv = [sys.executable, "-m", "daemon.workers", str(self.nice), self.name]
         proc = await anyio.open_process(
             argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=None
         )
@@ -321,6 +324,7 @@ def _ask_halt(_sig: int, _frame: FrameType | None) -> None:
 def _setup(nice: int) -> None:
     global _in_worker
     _in_worker = True
+    failpoints.in_worker()
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, signal.SIG_IGN)
     signal.signal(signal.SIGUSR1, _cancel)

@@ -420,6 +420,54 @@ async def test_resets_archive_sessions_and_their_mirrors_stay_complete(tmp_path:
     assert verify(state, state / "backup").ok
 
 
+@pytest.mark.anyio
+async def test_a_backlog_is_mirrored_in_small_rounds_while_messages_come_and_whole_once_idle(
+    tmp_path: Path,
+) -> None:
+    from daemon import backup as stage
+    from daemon.store.backup import MAX_JOBS_PER_ROUND
+
+    state = tmp_path / "state"
+    n = MAX_JOBS_PER_ROUND + 100
+    async with running(state, PER_PEER) as (_store, pipeline, mirror):
+        async with mirror.lock:  # no round can run: the backlog builds up
+            for i in range(n):
+                await call(pipeline, "ingest", msg(f"p{i}", "hello"))
+            mirror._last_commit = time.monotonic()  # as if a batch had just come
+            assert len(mirror._jobs()) == MAX_JOBS_PER_ROUND, "messages are still coming"
+            mirror._last_commit -= stage.ROUND_INTERVAL + 1  # as if none came for a while
+            assert len(mirror._jobs()) == n, "idle: the whole backlog in one round"
+        await settled(mirror, 60)
+    assert len(files.mirrored_sessions(state / "backup")) == n
+    assert verify(state, state / "backup").ok
+
+
+@pytest.mark.anyio
+async def test_each_archived_session_gets_its_state_record_once_its_mirror_is_complete(
+    tmp_path: Path,
+) -> None:
+    state = tmp_path / "state"
+    root = state / "backup"
+    async with running(state, PER_PEER) as (_store, pipeline, mirror):
+        ended = []
+        for peer in ("1", "2", "3"):
+            ended.append((await call(pipeline, "ingest", msg(peer, "one")))["sessionId"])
+            await call(pipeline, "ingest", msg(peer, "/reset"))
+        await pipeline.archives_settled()
+        await settled(mirror)
+        deadline = time.monotonic() + 30
+        while not all(files.read_state(root, sid) for sid in ended):
+            assert time.monotonic() < deadline, [files.read_state(root, s) for s in ended]
+            await anyio.sleep(0.02)
+        assert not mirror._unstated and not mirror._unstated_busy, "nothing left to look at"
+    for sid in ended:
+        rec = files.read_state(root, sid)
+        assert rec is not None and rec["sessionId"] == sid and rec["reason"] == "reset"
+        assert list(read_records(root, sid))[-1]["metadata"]["entry"]["customType"] == (
+            "sessiond.closed"
+        )
+
+
 # ---------------------------------------------------------------------------------------------
 # verify and restore
 

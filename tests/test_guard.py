@@ -44,6 +44,16 @@ def test_removing_a_transcript_is_refused_and_it_stays(state: Path) -> None:
     assert t.read_bytes() == b'{"type":"session"}\n'
 
 
+def test_an_empty_file_may_go_but_not_once_a_byte_is_in_it(state: Path) -> None:
+    t = state / "agents" / "main" / "sessions" / "new.jsonl"
+    t.write_bytes(b"")
+    os.unlink(t)  # nothing in it to lose (a new transcript whose first write failed)
+    assert not t.exists() and not GUARD.violations
+    t.write_bytes(b"\n")
+    refused(lambda: os.unlink(t))
+    assert t.read_bytes() == b"\n"
+
+
 def test_removing_a_tree_or_a_folder_that_holds_state_is_refused(state: Path) -> None:
     refused(lambda: shutil.rmtree(state))
     refused(lambda: shutil.rmtree(state.parent))  # holds a state folder

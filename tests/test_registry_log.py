@@ -161,3 +161,26 @@ def test_offline_readers_see_the_logged_changes(tmp_path: Path) -> None:
     assert "slogged" in _active_sessions(tmp_path)
     assert known_keys(tmp_path)["slogged"] == "agent:main:logged"
     assert session_keys(reg.folder)["slogged"] == "agent:main:logged"
+
+
+def test_a_rewrite_planned_on_the_loop_writes_the_sessions_as_they_were_planned(
+    tmp_path: Path,
+) -> None:
+    """The rewrite's entries are picked in the checkpoint's thread from a copy made at the
+    plan: sessions registered after it (by the next batches) are not in that write, and those
+    of batches not yet durable are left out, the session a reset replaced shown instead."""
+    reg = registry(tmp_path, 5)
+    checkpoint(reg)
+    closed = reg.sessions.pop("agent:main:k1")
+    reg.changed("agent:main:k1")
+    created = add(reg, "agent:main:k1", "s1b")  # a reset, in a batch not yet written
+    fresh = add(reg, "agent:main:k9", "s9")  # a new session, in a batch not yet written
+    always_full = WritePolicy(always_below=1 << 30)
+    (plan,) = plan_writes([reg], [created, fresh], [closed], always_full)
+    assert plan[1].full is not None
+    add(reg, "agent:main:later", "slater")  # registered after the plan
+    plan[0].write(plan[1])
+    doc = on_disk(reg)
+    assert sorted(doc) == [f"agent:main:k{i}" for i in range(5)]
+    assert doc["agent:main:k1"] == {"sessionId": "s1", "updatedAt": 1}
+    assert reg.changed_keys >= {"agent:main:k1", "agent:main:k9"}, "written once durable"

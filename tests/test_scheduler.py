@@ -13,6 +13,7 @@ import pytest
 from anyio.abc import TaskGroup
 from inprocess import make_pipeline
 
+from daemon.archiving import ARCHIVE_GROUP, ARCHIVE_WORKERS
 from daemon.config import Config
 from daemon.core.ids import now_ms
 from daemon.core.protocol import parse_ingest
@@ -30,6 +31,7 @@ from daemon.scheduler import (
     group_size,
 )
 from daemon.session_events import SessionEvents
+from daemon.store.archive import INDEX
 from daemon.store.store import Store
 from daemon.work import Commit, Entrance
 
@@ -362,4 +364,36 @@ async def test_tails_read_ahead_never_replace_those_of_a_session_written_meanwhi
     store.set_tails([sa, sb], tails)
     assert (sa.size, sa.last_entry_id) == (size_a, a["entryId"])
     assert (sb.size, sb.last_entry_id) == (12345, "written meanwhile")
+    store.close()
+
+
+async def test_sessions_moved_by_groups_at_once_are_each_archived_and_indexed_once(
+    tmp_path: Path,
+) -> None:
+    """More than ARCHIVE_WORKERS groups' worth of closed sessions: the groups are moved by two
+    worker processes at once (daemon/archiving.py), and still every transcript is in archive/,
+    none left beside it, each with exactly one index line naming it."""
+    cfg = Config.model_validate(
+        {"session": {"dmScope": "per-channel-peer", "reset": {"mode": "idle", "idleMinutes": 5}}}
+    )
+    store = Store(tmp_path / "state", dedup_max=1000, dedup_window_ms=86_400_000)
+    store.open()
+    entrance = Entrance(store, cfg, EventBus())
+    pipeline = Pipeline(entrance, stages=[SessionEvents(entrance.events, entrance.counters)])
+    n = ARCHIVE_GROUP * ARCHIVE_WORKERS + 10
+    async with anyio.create_task_group() as tg:
+        await tg.start(pipeline.run)
+        answers = [await ingest(pipeline, str(i), f"hello {i}") for i in range(n)]
+        for a in answers:
+            backdate(store, a["sessionKey"], 0, 0)
+        res = await Scheduler(pipeline, store.state_dir).run_job(EXPIRY)
+        assert res["reasons"] == {"idle": n} and res["failed"] == 0
+        pipeline.close()
+    folder = tmp_path / "state/agents/main/sessions"
+    recs = [orjson.loads(x) for x in (folder / "archive/index.jsonl").read_bytes().splitlines()]
+    ids = sorted(a["sessionId"] for a in answers)
+    assert sorted(r["sessionId"] for r in recs) == ids
+    moved = sorted(p.name for p in (folder / "archive").glob("*.jsonl") if p.name != INDEX)
+    assert moved == [f"{sid}.jsonl" for sid in ids]
+    assert not list(folder.glob("*.jsonl"))
     store.close()

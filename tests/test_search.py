@@ -26,6 +26,7 @@ from daemon.search import (
     transcript_docs,
 )
 from daemon.search import index as search_mod
+from daemon.search.writes import PassWrites
 from daemon.store.transcript import custom_line, header_line, iso_ms, message_line
 
 T0 = 1_795_000_000_000  # 2026-11-18, epoch ms
@@ -198,6 +199,33 @@ def test_a_pass_told_what_was_written_looks_at_those_transcripts_only(
     )
     assert index.sync().docs == 1, "a pass that lists the folders finds what was left"
     assert len(hits(index, "apricot")) == 2
+
+
+def test_a_periodic_listing_pass_reads_what_was_written_and_a_file_replaced_under_a_name(
+    folder: Folder, index: SearchIndex
+) -> None:
+    """Every FULL_STAT_SECONDS a pass lists the folders. Told what the daemon wrote since the
+    last pass, it reads those and any file that is no longer the one read (another inode
+    under its name); the others, read to their end, are left as they are."""
+    a = folder.transcript("sa", "agent:main:a")
+    b = folder.transcript("sb", "agent:main:b")
+    c = folder.transcript("sc", "agent:main:c")
+    for t, word in ((a, "apricot"), (b, "blueberry"), (c, "cranberry")):
+        folder.say(t, f"one {word}")
+    index.sync()
+    folder.say(a, "two apricot")
+    replaced = c.with_name(".sc.new")
+    replaced.write_bytes(c.read_bytes())
+    os.replace(replaced, c)  # same bytes, another file
+    index._last_full = 0.0  # the periodic listing is due
+    stats = index.sync(touched=["agents/main/sessions/sa.jsonl"])
+    assert stats.read == 2 and stats.restarted == 1, stats
+    assert len(hits(index, "apricot")) == 2
+    assert len(hits(index, "blueberry")) == len(hits(index, "cranberry")) == 1
+    b.unlink()
+    index._last_full = 0.0
+    assert index.sync(touched=[]).removed == 1, "a listing pass still finds what is gone"
+    assert hits(index, "blueberry") == []
 
 
 def test_a_pass_told_what_was_written_still_follows_resets_and_memory(
@@ -635,17 +663,18 @@ def test_a_long_file_is_committed_in_parts_and_continues_where_it_stopped(
     for i in range(50):
         folder.say(t, f"line {i} about capybara")
     halt = threading.Event()
-    original = SearchIndex._flush
+    original = PassWrites.flush
 
-    def flush_then_halt(self: SearchIndex, ps: Any) -> None:
-        original(self, ps)
-        if ps.stats.docs >= 20:
+    def flush_then_halt(self: PassWrites) -> int:
+        n = original(self)
+        if self.written >= 20:
             halt.set()
+        return n
 
-    monkeypatch.setattr(SearchIndex, "_flush", flush_then_halt)
+    monkeypatch.setattr(PassWrites, "flush", flush_then_halt)
     with pytest.raises(Halted):
         index.sync(halt=halt)
-    monkeypatch.setattr(SearchIndex, "_flush", original)
+    monkeypatch.setattr(PassWrites, "flush", original)
     partial = len(hits(index, "capybara", limit=200))
     assert 0 < partial < 50
     index.sync()

@@ -100,32 +100,32 @@ def check_access(inbound: Inbound, access: AccessRules) -> str | None:
     `groupAllowFrom` is non-empty, the sender must also be in it.
     """
     channel = inbound.channel.strip().lower()
-    shown_channel = _shown(channel)
     chat_type = inbound.chat_type.strip().lower()
+    # The channel as shown in a refusal is made only for one (most messages are allowed).
 
     if chat_type in _DIRECT_TYPES:
         dm = _setting("dm", channel, access)
         if dm.value == "disabled":
-            return f"direct messages on {shown_channel} are disabled by {dm.path}"
+            return f"direct messages on {_shown(channel)} are disabled by {dm.path}"
         if dm.value == "allowlist":
             allow = _setting("allowFrom", channel, access)
             if not _listed(inbound.peer, _entries(allow), channel):
-                return f"sender {shown_channel}:{_shown(inbound.peer)} is not in {allow.path}"
+                return f"sender {_shown(channel)}:{_shown(inbound.peer)} is not in {allow.path}"
         return None
 
     if chat_type in _GROUP_TYPES:
         groups = _setting("groups", channel, access)
         if groups.value == "disabled":
-            return f"group messages on {shown_channel} are disabled by {groups.path}"
+            return f"group messages on {_shown(channel)} are disabled by {groups.path}"
         if groups.value == "allowlist":
             allow_groups = _setting("allowGroups", channel, access)
             if not _listed(inbound.group_id, _entries(allow_groups), channel):
                 group = _shown(inbound.group_id)
-                return f"group {shown_channel}:{group} is not in {allow_groups.path}"
+                return f"group {_shown(channel)}:{group} is not in {allow_groups.path}"
         senders = _setting("groupAllowFrom", channel, access)
         entries = _entries(senders)
         if entries and not _listed(inbound.peer, entries, channel):
-            return f"sender {shown_channel}:{_shown(inbound.peer)} is not in {senders.path}"
+            return f"sender {_shown(channel)}:{_shown(inbound.peer)} is not in {senders.path}"
         return None
 
     # resolve_route rejects unknown chat types first; refuse rather than guess a policy.

@@ -8,8 +8,8 @@ random UUIDs (as OpenClaw makes them); entry ids count up within a session (see
 from __future__ import annotations
 
 import os
+import threading
 import time
-import uuid
 
 
 def now_ms() -> int:
@@ -17,9 +17,35 @@ def now_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
+_RANDOM_CHUNK = 4096
+_random = bytearray()
+_random_pid = 0
+_random_lock = threading.Lock()
+
+
+def _random16() -> bytearray:
+    """16 bytes from os.urandom, never handed out twice (any thread; a forked child draws its
+    own)."""
+    global _random, _random_pid
+    with _random_lock:
+        if len(_random) < 16 or _random_pid != os.getpid():
+            _random, _random_pid = bytearray(os.urandom(_RANDOM_CHUNK)), os.getpid()
+        out = _random[-16:]
+        del _random[-16:]
+    return out
+
+
 def new_session_id() -> str:
-    """A fresh session id: a random UUID, as OpenClaw names its transcripts."""
-    return str(uuid.uuid4())
+    """A fresh session id: a random (version 4) UUID, as OpenClaw names its transcripts.
+
+    Formatted from the random bytes directly: `str(uuid.uuid4())` builds a UUID object and an
+    int on the way, and the random bytes are drawn from the system 4 KiB at a time (a burst of
+    100,000 new sessions spent more on their ids than on the rest of creating them)."""
+    b = _random16()
+    b[6] = (b[6] & 0x0F) | 0x40  # version 4
+    b[8] = (b[8] & 0x3F) | 0x80  # the RFC 4122 variant
+    h = b.hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 def next_entry_id(last_id: str | None) -> str:

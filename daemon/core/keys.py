@@ -35,6 +35,7 @@ exact id (`case_kept_key`, applied at start-up by daemon/keymigrate.py).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 import unicodedata
@@ -157,6 +158,7 @@ def normalize_agent_id(raw: str | None) -> str:
     return _canonical_id(raw, DEFAULT_AGENT_ID)
 
 
+@functools.lru_cache(maxsize=1024)
 def normalize_account_id(raw: str | None) -> str:
     """Account id as OpenClaw spells it: the agent-id rules, with "default" for empty or blocked."""
     canonical = _canonical_id(raw, DEFAULT_ACCOUNT_ID)
@@ -366,6 +368,8 @@ def _binding_in_scope(binding: BindingRule, scope: _Scope) -> bool:
 
 
 def _bound_agent(scope: _Scope, bindings: Sequence[BindingRule]) -> str | None:
+    if not bindings:
+        return None
     candidates = [b for b in bindings if _binding_in_scope(b, scope)]
     if not candidates:
         return None

@@ -42,13 +42,8 @@ from daemon.search.db import (
     SCHEMA,
     SCHEMA_VERSION,
     FileRow,
-    Job,
-    Writer,
-    begin,
     check_fts5,
-    commit,
     connect,
-    execute,
     index_path,
     install,
 )
@@ -56,7 +51,6 @@ from daemon.search.query import Readers
 from daemon.search.sources import (
     DEFAULT_AGENTS,
     MAX_TEXT_CHARS,
-    Doc,
     Source,
     Timestamps,
     active_sources,
@@ -66,6 +60,7 @@ from daemon.search.sources import (
     split_lines,
     transcript_docs,
 )
+from daemon.search.writes import PassWrites
 
 log = structlog.get_logger("daemon.search")
 
@@ -112,11 +107,8 @@ class _Pass:
     halt: threading.Event | None
     progress: Progress | None
     stats: SyncStats
-    pending: list[Doc] = field(default_factory=list)
-    uncommitted: int = 0
+    w: PassWrites
     keys: dict[str, dict[str, str]] = field(default_factory=dict)  # agent -> sessionId -> key
-    writer: Writer | None = None
-    in_transaction: bool = False
     appended: Mapping[str, tuple[int, bytes]] = field(default_factory=dict)
 
 
@@ -269,10 +261,17 @@ class SearchIndex:
         sources = scan_sources(self.state_dir, self.workspace_of, self.agents(), cache, listing)
         if not listing and touched is not None:
             sources = chain(sources, ((s, False) for s in active_sources(self.state_dir, touched)))
+        # A listing pass of the daemon's: the active transcripts it did not write since the
+        # last pass are as that pass left them (it is their only writer), unless the listing
+        # shows another file under the name; not looked at one by one.
+        written = set(touched) if listing and touched is not None else None
         for src, cached in sources:
             row = self.files.get(src.key)
             if cached and not full and row is not None and row.offset > 0:
                 found.append((src, None))  # an archive that was already read and cannot change
+                continue
+            if written is not None and row is not None and _unwritten(src, row, written):
+                found.append((src, None))
                 continue
             try:
                 found.append((src, os.stat(src.path)))
@@ -280,7 +279,13 @@ class SearchIndex:
                 continue
         if full:
             self._last_full = started
-        ps = _Pass(halt, progress, SyncStats(files=len(found)), appended=appended or {})
+        ps = _Pass(
+            halt,
+            progress,
+            SyncStats(files=len(found)),
+            PassWrites(conn, self.nice),
+            appended=appended or {},
+        )
         present = {src.key for src, _ in found}
         if listing:
             vanished = {(r.dev, r.ino): r for k, r in self.files.items() if k not in present}
@@ -291,24 +296,23 @@ class SearchIndex:
                 if st is not None:
                     self._sync_file(ps, src, st, vanished)
                 if progress is not None:
-                    progress(n + 1, len(found), ps.stats.docs + len(ps.pending))
-                if ps.uncommitted + len(ps.pending) >= COMMIT_DOCS or _halted(ps):
+                    progress(n + 1, len(found), ps.w.written + len(ps.w.docs))
+                if ps.w.uncommitted + len(ps.w.docs) >= COMMIT_DOCS or _halted(ps):
                     self._commit(ps)
             for row in vanished.values():
                 self._drop_file(ps, row)
                 ps.stats.removed += 1
             self._commit(ps, final=True)
         except BaseException as e:
-            if ps.writer is not None:
-                ps.writer.join()
+            ps.w.join()
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             if not isinstance(e, Halted):  # Halted comes after a commit: nothing is void
                 # Rows changed in memory since the last commit are void: read them back.
                 self._load_files()
             raise
-        if ps.writer is not None:
-            ps.writer.join()
+        ps.w.join()
+        ps.stats.docs = ps.w.written
         ps.stats.seconds = time.monotonic() - started
         return ps.stats
 
@@ -333,16 +337,6 @@ class SearchIndex:
                 if moved and not os.path.exists(self.state_dir / r.path):
                     out[(r.dev, r.ino)] = r
         return out
-
-    def _sql(self, ps: _Pass, job: Job) -> None:
-        """Run `job` on the writer thread, after everything submitted before it."""
-        if ps.writer is None:
-            assert self.conn is not None
-            ps.writer = Writer(self.conn, self.nice)
-        if not ps.in_transaction:
-            ps.writer.submit(begin)
-            ps.in_transaction = True
-        ps.writer.submit(job)
 
     def _reopen_if_replaced(self) -> None:
         """Someone deleted the index (allowed: it is derived): start a new one."""
@@ -382,7 +376,7 @@ class SearchIndex:
             self._read_gz(ps, src, row, st)
         else:
             self._read_plain(ps, src, row, st)
-        self._save_row(ps, row)
+        ps.w.save_row(row)
 
     def _new_row(self, ps: _Pass, src: Source, st: os.stat_result) -> FileRow:
         row = FileRow(
@@ -390,50 +384,11 @@ class SearchIndex:
             st.st_dev, st.st_ino, 0, 0, 0, 0, False, b"",
         )  # fmt: skip
         self._next_file_id += 1
-        values = (row.id, src.key, src.source, src.agent_id, int(src.archived), row.dev, row.ino)
-        self._sql(
-            ps,
-            lambda c: execute(
-                c,
-                "INSERT INTO files(id, path, source, agent_id, session_id, session_key, "
-                "archived, dev, ino, size, mtime_ns, offset, lines, tail, anchor) "
-                "VALUES (?, ?, ?, ?, NULL, NULL, ?, ?, ?, 0, 0, 0, 0, 0, x'')",
-                values,
-            ),
-        )
+        ps.w.save_row(row)
         self.files[src.key] = row
         if src.source == "memory":
             self._memory.add(src.key)
         return row
-
-    def _save_row(self, ps: _Pass, row: FileRow) -> None:
-        # A snapshot: the row changes on while the writer catches up.
-        values = (
-            row.path,
-            row.agent_id,
-            row.session_id,
-            row.session_key,
-            int(row.archived),
-            row.dev,
-            row.ino,
-            row.size,
-            row.mtime_ns,
-            row.offset,
-            row.lines,
-            int(row.tail),
-            row.anchor,
-            row.id,
-        )
-        self._sql(
-            ps,
-            lambda c: execute(
-                c,
-                "UPDATE files SET path = ?, agent_id = ?, session_id = ?, session_key = ?, "
-                "archived = ?, dev = ?, ino = ?, size = ?, mtime_ns = ?, offset = ?, "
-                "lines = ?, tail = ?, anchor = ? WHERE id = ?",
-                values,
-            ),
-        )
 
     def _move(self, ps: _Pass, row: FileRow, src: Source) -> FileRow:
         """A file renamed (a reset moves a transcript into archive/): same entries, new place."""
@@ -443,13 +398,12 @@ class SearchIndex:
         self.files[row.path] = row
         if row.source == "memory":
             self._memory.add(row.path)
-        self._save_row(ps, row)
+        ps.w.save_row(row)
         return row
 
     def _restart(self, row: FileRow, ps: _Pass) -> None:
         """Forget what was read of a file that changed under us; it is read again."""
-        self._flush(ps)
-        self._delete_docs(ps, row.id, 0)
+        ps.w.delete_docs(row.id, 0)
         row.offset = row.lines = row.size = row.mtime_ns = 0
         row.tail = False
         row.anchor = b""
@@ -457,24 +411,10 @@ class SearchIndex:
         ps.stats.restarted += 1
 
     def _drop_file(self, ps: _Pass, row: FileRow) -> None:
-        self._flush(ps)
-        self._delete_docs(ps, row.id, 0)
-        file_id = row.id
-        self._sql(ps, lambda c: execute(c, "DELETE FROM files WHERE id = ?", (file_id,)))
+        ps.w.delete_docs(row.id, 0)
+        ps.w.delete_row(row.id)
         self.files.pop(row.path, None)
         self._memory.discard(row.path)
-
-    def _delete_docs(self, ps: _Pass, file_id: int, from_off: int) -> None:
-        def job(c: sqlite3.Connection) -> None:
-            # External-content FTS5 needs the old text to take a row out of its index.
-            c.execute(
-                "INSERT INTO fts(fts, rowid, text) SELECT 'delete', id, text FROM docs "
-                "WHERE file_id = ? AND off >= ?",
-                (file_id, from_off),
-            )
-            c.execute("DELETE FROM docs WHERE file_id = ? AND off >= ?", (file_id, from_off))
-
-        self._sql(ps, job)
 
     def _read_plain(self, ps: _Pass, src: Source, row: FileRow, st: os.stat_result) -> None:
         handed = ps.appended.get(src.key) if src.source == "session" else None
@@ -491,8 +431,7 @@ class SearchIndex:
             if row.offset and not self._anchor_holds(f, row, st.st_size):
                 self._restart(row, ps)
             if row.tail:
-                self._flush(ps)
-                self._delete_docs(ps, row.id, row.offset)
+                ps.w.delete_docs(row.id, row.offset)
                 row.tail = False
             f.seek(row.offset)
             remaining = st.st_size - row.offset
@@ -514,10 +453,10 @@ class SearchIndex:
                 pos += cut
                 row.offset = pos
                 row.lines += len(lines)
-                if remaining > 0 and ps.uncommitted + len(ps.pending) >= COMMIT_DOCS:
+                if remaining > 0 and ps.w.uncommitted + len(ps.w.docs) >= COMMIT_DOCS:
                     # Mid-file: size 0 makes the next pass look again, from `offset` on.
                     row.size = row.mtime_ns = 0
-                    self._save_row(ps, row)
+                    ps.w.save_row(row)
                     self._commit(ps)
             if carry and src.source == "memory":
                 # A memory file's last line may never get its newline: index it for now, and
@@ -594,19 +533,19 @@ class SearchIndex:
     ) -> None:
         if src.source == "memory":
             ts = memory_ts(src.path, st.st_mtime_ns)
-            name = src.path.name
+            name = os.path.basename(src.path)
             first = row.lines + 1
             for i, (off, line) in enumerate(lines):
                 text = line.decode("utf-8", "replace").strip()[:MAX_TEXT_CHARS]
                 if text:
-                    ps.pending.append((row.id, off, f"{name}:{first + i}", None, ts, text))
+                    ps.w.docs.append((row.id, off, f"{name}:{first + i}", None, ts, text))
         else:
             docs, header = transcript_docs(row.id, lines, ts_of)
             if row.session_id is None:
                 self._identify(ps, src, row, header)
-            ps.pending.extend(docs)
-        if len(ps.pending) >= FLUSH_DOCS:
-            self._flush(ps)
+            ps.w.docs.extend(docs)
+        if len(ps.w.docs) >= FLUSH_DOCS:
+            ps.w.flush()
 
     def _identify(
         self, ps: _Pass, src: Source, row: FileRow, header: dict[str, Any] | None
@@ -616,7 +555,7 @@ class SearchIndex:
         sid = header.get("id") if header else None
         key = header.get("sessionKey") if header else None
         if not isinstance(sid, str):
-            sid = src.path.name.split(".jsonl")[0]
+            sid = os.path.basename(src.path).split(".jsonl")[0]
         if not isinstance(key, str):
             key = self._keys_of(ps, src.agent_id).get(sid)
         row.session_id, row.session_key = sid, key
@@ -627,37 +566,24 @@ class SearchIndex:
             keys = ps.keys[agent] = session_keys(self.state_dir / "agents" / agent / "sessions")
         return keys
 
-    def _flush(self, ps: _Pass) -> None:
-        if not ps.pending:
-            return
-        docs, ps.pending = ps.pending, []
-
-        def job(c: sqlite3.Connection) -> None:
-            (last,) = c.execute("SELECT coalesce(max(id), 0) FROM docs").fetchone()
-            c.executemany(
-                "INSERT INTO docs(file_id, off, entry_id, role, ts, text) "
-                "VALUES (?, ?, ?, ?, ?, ?)",
-                docs,
-            )
-            c.execute(
-                "INSERT INTO fts(rowid, text) SELECT id, text FROM docs WHERE id > ?", (last,)
-            )
-
-        self._sql(ps, job)
-        ps.stats.docs += len(docs)
-        ps.uncommitted += len(docs)
-
     def _commit(self, ps: _Pass, *, final: bool = False) -> None:
-        """Commit at a safe point: every doc inserted belongs to a file row saved with the
-        offset after it. Raises Halted (after committing) when asked to stop."""
-        self._flush(ps)
-        if ps.writer is not None and ps.in_transaction:
-            ps.writer.submit(commit)
-            ps.writer.barrier()
-            ps.in_transaction = False
-        ps.uncommitted = 0
+        """Commit at a safe point (daemon/search/writes.py). Raises Halted (after committing)
+        when asked to stop."""
+        ps.w.commit()
         if not final and _halted(ps):
             raise Halted
+
+
+def _unwritten(src: Source, row: FileRow, written: set[str]) -> bool:
+    """An active transcript read to its end, the same file, not written since."""
+    return (
+        src.ino != 0
+        and src.ino == row.ino
+        and not src.archived
+        and src.key not in written
+        and row.offset == row.size > 0
+        and not row.tail
+    )
 
 
 def _halted(ps: _Pass) -> bool:

@@ -62,7 +62,10 @@ POLL_SECONDS = 0.1  # how often the batch counter is looked at
 NICE = 10  # the index worker runs this much below the daemon's priority
 WRITE_GAP_SECONDS = 0.25  # passes for new writes at most this often (a search does not wait)
 MAX_TOUCHED = 20_000  # transcripts written since the last pass beyond which it lists the folders
-MAX_HANDED_BYTES = 4 << 20  # appended bytes kept for the next pass; beyond, it reads the files
+# Appended bytes kept for the next pass; beyond, it reads the files. A burst of new sessions
+# (100,000 in a minute) makes passes long: a pass that reads them from the files opens each
+# one, which makes the next pass longer still.
+MAX_HANDED_BYTES = 32 << 20
 SWEEP_SECONDS = 1.0  # a pass at least this often (memory files, moves into archive/)
 HALT_SECONDS = 5.0  # a pass asked to halt (the daemon stops) is cancelled after this long
 FRESH_WAIT_SECONDS = 2.0  # a search waits at most this long for the writes before it

@@ -32,12 +32,13 @@ _MEMORY_DATE = re.compile(r"^(\d{4}-\d{2}-\d{2})")
 class Source:
     """A file the index reads."""
 
-    path: Path
+    path: str  # a string: a pass looks at 100,000 of them, and a Path costs a parse each
     key: str  # files.path: relative to the state folder (absolute outside it)
     source: str  # "session" | "memory"
     agent_id: str
     archived: bool = False
     gz: bool = False
+    ino: int = 0  # from the folder listing (no stat), for an active transcript; 0: not known
 
 
 def is_archived_name(name: str) -> bool:
@@ -77,7 +78,7 @@ def scan_sources(
             if name.startswith(".") or not f.is_file():
                 continue
             if name.endswith(".jsonl"):
-                yield Source(Path(f.path), prefix + name, "session", agent), False
+                yield Source(f.path, prefix + name, "session", agent, ino=f.inode()), False
             elif OPENCLAW_SUFFIX.match(name):
                 yield _session_source(state_dir, Path(f.path), agent, archived=True), False
         yield from _archive_sources(state_dir, folder / ARCHIVE_DIR, agent, archive_cache)
@@ -93,7 +94,7 @@ def scan_sources(
         for f in sorted(_scandir(memory), key=lambda e: e.name):
             if f.name.endswith(".md") and not f.name.startswith(".") and f.is_file():
                 path = Path(f.path)
-                yield Source(path, _key(state_dir, path), "memory", agent), False
+                yield Source(f.path, _key(state_dir, path), "memory", agent), False
 
 
 def _archive_sources(
@@ -131,17 +132,18 @@ def _archive_sources(
 def active_sources(state_dir: Path, keys: Iterable[str]) -> Iterator[Source]:
     """The active transcripts named by these keys (`agents/<agent>/sessions/<name>.jsonl`);
     other keys are skipped."""
+    root = str(state_dir)
     for key in keys:
         parts = key.split("/")
         if len(parts) == 4 and parts[0] == "agents" and parts[2] == "sessions":
             name = parts[3]
             if name.endswith(".jsonl") and not name.startswith(".") and ".." not in parts:
-                yield Source(state_dir / key, key, "session", parts[1])
+                yield Source(f"{root}/{key}", key, "session", parts[1])
 
 
 def _session_source(state_dir: Path, path: Path, agent: str, *, archived: bool) -> Source:
     gz = path.name.endswith(".gz")
-    return Source(path, _key(state_dir, path), "session", agent, archived, gz)
+    return Source(str(path), _key(state_dir, path), "session", agent, archived, gz)
 
 
 def _key(state_dir: Path, path: Path) -> str:
@@ -243,9 +245,9 @@ def transcript_docs(
     return docs, header
 
 
-def memory_ts(path: Path, mtime_ns: int) -> int:
+def memory_ts(path: str, mtime_ns: int) -> int:
     """A memory file's time: the day its name says (YYYY-MM-DD.md, 00:00 UTC), else its mtime."""
-    m = _MEMORY_DATE.match(path.name)
+    m = _MEMORY_DATE.match(os.path.basename(path))
     if m is not None:
         ms = parse_iso_ms(m.group(1) + "T00:00:00Z")
         if ms:

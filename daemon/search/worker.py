@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from daemon import workers
+from daemon import heap, workers
 from daemon.search.db import IndexUnavailable, index_path
 from daemon.search.index import Halted, SearchIndex
 from daemon.search.sources import DEFAULT_AGENTS
@@ -148,4 +148,6 @@ def index_pass(req: PassRequest) -> PassResult:
         return PassResult(index.identity, halted=True)
     except (sqlite3.Error, OSError) as e:
         return PassResult(index.identity, error=str(e))
+    finally:
+        heap.between_jobs()  # the rows of 100,000 files are not walked by every collection
     return PassResult(index.identity, stats=stats.to_json())

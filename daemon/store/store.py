@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -25,7 +24,6 @@ from daemon.store import archive, context, fileio, recovery, transcript
 from daemon.store.archive import ArchiveRecord
 from daemon.store.dedup import DedupIndex, DedupKey, Snapshot
 from daemon.store.fsutil import (
-    FILE_MODE,
     ensure_dir,
     fsync_dir,
     raise_fd_limit,
@@ -33,6 +31,7 @@ from daemon.store.fsutil import (
     write_all,
 )
 from daemon.store.journal import Journal, frame
+from daemon.store.open_transcripts import OpenTranscripts
 from daemon.store.registry import (
     AgentRegistry,
     RegistryWrite,
@@ -45,7 +44,6 @@ from daemon.store.transcript import iso_ms
 
 log = structlog.get_logger("daemon.store")
 
-MAX_OPEN_TRANSCRIPTS = 4096
 SYNCFS_ABOVE = 16  # transcripts per checkpoint beyond which one syncfs beats many fsyncs
 
 
@@ -108,10 +106,7 @@ class Store:
         self.by_id: dict[str, SessionState] = {}
         self.journal = Journal(state_dir / "journal")
         self.dedup = DedupIndex(state_dir / "dedup", dedup_max, dedup_window_ms)
-        self.open_fds: OrderedDict[str, SessionState] = OrderedDict()  # LRU of open transcripts
-        # New transcripts of the batch being written, under a temporary name until its lines
-        # are in (`_fd`): session id -> (temporary path, path).
-        self._unnamed: dict[str, tuple[str, str]] = {}
+        self.files = OpenTranscripts(self._root)  # open transcripts (store/open_transcripts.py)
         self.written_since_switch: set[str] = set()  # rel paths to fsync at the next checkpoint
         self.index_touched: set[str] = set()  # rel paths written since the search index took them
         self.new_dirs: set[str] = set()
@@ -135,7 +130,6 @@ class Store:
         # after a crash, or a rebuilt registry): recounted from the tail at start-up.
         self._recount: set[str] = set()
         self.registry_policy = WritePolicy()
-        self._pid = os.getpid()
 
     # ------------------------------------------------------------------------------------------
     # Start-up
@@ -292,45 +286,7 @@ class Store:
 
     def release_fd(self, st: SessionState) -> None:
         """Close a closed session's descriptor (event loop, between batches)."""
-        self.open_fds.pop(st.session_id, None)
-        if st.fd is not None:
-            os.close(st.fd)
-            st.fd = None
-
-    def archive_closed(self, c: Closing, now: int) -> ArchiveRecord:
-        """Move a closed session into archive/ and index it (worker thread). Raises OSError."""
-        st = c.state
-        return archive.archive_transcript(
-            self.state_dir / st.rel_path,
-            st.agent_id,
-            c.reason,
-            session_id=st.session_id,
-            session_key=st.session_key,
-            predecessor=c.predecessor,
-            successor=c.successor,
-            now=now,
-        )
-
-    def archive_closed_group(
-        self, closing: list[tuple[Closing, int]]
-    ) -> list[ArchiveRecord | OSError]:
-        """`archive_closed` for many sessions, each with the time of the batch that closed it,
-        their folder and index syncs shared (worker thread); each gets its record or the
-        OSError that stopped it."""
-        items = [
-            archive.ToArchive(
-                self.state_dir / c.state.rel_path,
-                c.state.agent_id,
-                c.reason,
-                c.state.session_id,
-                c.state.session_key,
-                c.predecessor,
-                c.successor,
-                now,
-            )
-            for c, now in closing
-        ]
-        return archive.archive_transcripts(items)
+        self.files.release(st)
 
     def archived_done(self, rec: ArchiveRecord) -> None:
         a = self.archived_by_id.get(rec.sessionId)
@@ -489,12 +445,10 @@ class Store:
         created = {id(st) for st in batch.created}
         try:
             for st, before, lines in batch.touched.values():
-                fd = self._fd(st, new=before == 0 and id(st) in created)
+                fd = self.files.fd(st, new=before == 0 and id(st) in created)
                 written.append((fd, before))
                 write_all(fd, b"\n".join(lines) + b"\n")
-            for sid, (tmp, path) in list(self._unnamed.items()):
-                fileio.rename(tmp, path)
-                del self._unnamed[sid]
+            self.files.written()
         except OSError as e:
             self._take_back(written, journal_size, e)
             raise
@@ -514,9 +468,7 @@ class Store:
                 fileio.fdatasync(fd)
             self.journal.truncate_to(journal_size)
             self.journal.sync()
-            for tmp, _path in self._unnamed.values():
-                fileio.unlink(tmp)  # ours, and empty: its session is forgotten (`fail`)
-            self._unnamed.clear()
+            self.files.taken_back()  # new transcripts, empty again: their sessions are forgotten
         except OSError as undo:
             self.broken = (
                 f"transcript write failed: {os_reason(e)}, and taking the batch back failed: "
@@ -529,33 +481,6 @@ class Store:
             self.journal.truncate_to(journal_size)
         except OSError as e:
             log.error("journal.undo_failed", error=str(e))
-
-    def _fd(self, st: SessionState, *, new: bool = False) -> int:
-        """The session's open transcript; `new`: created by this batch, so no file exists yet
-        (its id is fresh) and it is created without trying to open it first."""
-        if st.fd is not None:
-            self.open_fds.move_to_end(st.session_id)
-            return st.fd
-        path = f"{self._root}/{st.rel_path}"
-        flags = os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC
-        try:
-            if new:
-                raise FileNotFoundError
-            st.fd = fileio.open(path, flags, FILE_MODE)
-        except FileNotFoundError:
-            # A new transcript is named once its first lines are in it (write_batch): a first
-            # write that fails must not leave an empty transcript, which has no header.
-            head, _, name = path.rpartition("/")
-            tmp = f"{head}/.{name}.tmp-{self._pid}"
-            st.fd = fileio.open(tmp, flags | os.O_CREAT | os.O_TRUNC, FILE_MODE)
-            self._unnamed[st.session_id] = (tmp, path)
-        self.open_fds[st.session_id] = st
-        while len(self.open_fds) > MAX_OPEN_TRANSCRIPTS:
-            _sid, old = self.open_fds.popitem(last=False)
-            if old.fd is not None:
-                os.close(old.fd)
-                old.fd = None
-        return st.fd
 
     def apply(self, batch: Batch) -> None:
         """After a successful write: remember what the next checkpoint must sync (event loop)."""
@@ -584,10 +509,7 @@ class Store:
                 del reg.sessions[st.session_key]
             if self.by_id.get(st.session_id) is st:
                 del self.by_id[st.session_id]
-            self.open_fds.pop(st.session_id, None)
-            if st.fd is not None:
-                os.close(st.fd)
-                st.fd = None
+            self.files.release(st)
         for c in batch.closing:
             old = c.state
             reg = self.agents[old.agent_id]
@@ -670,11 +592,7 @@ class Store:
         return plan_writes(self.agents.values(), created, closed, self.registry_policy, final=final)
 
     def close(self) -> None:
-        for st in self.open_fds.values():
-            if st.fd is not None:
-                os.close(st.fd)
-                st.fd = None
-        self.open_fds.clear()
+        self.files.close()
         self.journal.close()
         for reg in self.agents.values():
             reg.close()

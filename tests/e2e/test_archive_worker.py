@@ -1,0 +1,53 @@
+"""The moves into archive/ run in worker processes (daemon/archiving.py). A move that fails
+there fails for its session only: the daemon goes on, says so (`archive.failed`), and the next
+start indexes the file the worker moved (store/archive.py `missing_index_entries`)."""
+
+from __future__ import annotations
+
+import time
+
+import orjson
+
+from e2e.conftest import Launch
+from e2e.harness import Daemon, ingest_params
+
+CONFIG = {"session": {"dmScope": "per-channel-peer"}}
+
+
+def wait_for_event(d: Daemon, name: str, timeout: float = 60.0) -> dict[str, object]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for e in d.logs():
+            if e.get("event") == name:
+                return e
+        time.sleep(0.05)
+    raise AssertionError(f"no {name} within {timeout}s:\n{d.output()}")
+
+
+def test_a_move_that_fails_in_the_worker_is_indexed_at_the_next_start(launch: Launch) -> None:
+    d = launch(CONFIG, start=False)
+    d.env = {"SESSIOND_FAILPOINTS": "archive.after_move=eio"}
+    d.start()
+    c = d.client()
+    first = c.call("message.ingest", ingest_params("7", "remember the number 4711"))
+    sid = first["sessionId"]
+    c.call("sessions.reset", {"sessionKey": first["sessionKey"]})
+    failed = wait_for_event(d, "archive.failed")
+    assert failed["sessionId"] == sid and "Input/output error" in str(failed["error"])
+    # The daemon goes on: the same chat gets its next message stored.
+    again = c.call("message.ingest", ingest_params("7", "still here"))
+    assert again["sessionId"] != sid and not again["duplicate"]
+    assert d.stop() == 0
+    # Stopped after the rename, before the index line: in archive/, in one place only.
+    folder = d.sessions_dir()
+    moved = folder / "archive" / f"{sid}.jsonl"
+    assert moved.is_file() and not (folder / moved.name).exists()
+    index = folder / "archive" / "index.jsonl"
+    lines = index.read_bytes().splitlines() if index.exists() else []
+    assert sid not in {orjson.loads(line)["sessionId"] for line in lines}
+
+    d.env = {}
+    d.start()
+    archived = d.call("sessions.archived", {"sessionKey": first["sessionKey"]})["sessions"]
+    assert [a["sessionId"] for a in archived] == [sid]
+    assert archived[0]["file"] == moved.name

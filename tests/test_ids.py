@@ -1,0 +1,26 @@
+"""Identifiers (daemon/core/ids.py): session ids are version-4 UUIDs in their usual spelling,
+as OpenClaw names its transcripts."""
+
+from __future__ import annotations
+
+import uuid
+
+from daemon.core.ids import new_session_id
+
+
+def test_a_session_id_is_a_random_uuid_in_its_canonical_spelling() -> None:
+    ids = [new_session_id() for _ in range(2000)]
+    assert len(set(ids)) == len(ids)
+    for sid in ids:
+        u = uuid.UUID(sid)
+        assert str(u) == sid, "lowercase, hyphenated: the name of its transcript"
+        assert u.version == 4 and u.variant == uuid.RFC_4122
+
+
+def test_session_ids_drawn_from_many_threads_at_once_never_repeat() -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(8) as pool:
+        batches = list(pool.map(lambda _: [new_session_id() for _ in range(500)], range(16)))
+    ids = [sid for batch in batches for sid in batch]
+    assert len(set(ids)) == len(ids) == 8000
