@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import socket
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import anyio
 import structlog
@@ -27,7 +27,8 @@ from daemon.errors import RequestError, StorageUnavailable, TooLarge, Unauthenti
 from daemon.listeners import drain
 
 if TYPE_CHECKING:
-    from daemon.server import Server
+    from daemon.clients import Clients
+    from daemon.pipeline import Pipeline
 
 # The server's events (connection.*, request.*) keep the logger they were always logged with.
 log = structlog.get_logger("daemon.server")
@@ -39,10 +40,27 @@ SEND_SLICE = 256 * 1024
 LINGER_SECONDS = 2.0
 
 
+class Host(Protocol):
+    """What a connection uses of the server that accepted it (daemon/server.py `Server`): its
+    settings, where requests go, and the counts `status` reports. A Protocol, so that this
+    module does not import the server that imports it."""
+
+    pipeline: Pipeline
+    clients: Clients
+    max_line: int
+    idle_timeout: float
+    frame_timeout: float
+    limits: LimitsConfig
+
+    def dispatch(
+        self, req: protocol.Request, reply: Reply, tg: TaskGroup, conn: Connection
+    ) -> Awaitable[None] | None: ...
+
+
 class Connection:
     """One client connection; owned by the server's connection task group."""
 
-    def __init__(self, server: Server, stream: ByteStream, number: int) -> None:
+    def __init__(self, server: Host, stream: ByteStream, number: int) -> None:
         self.server = server
         self.stream = stream
         self.number = number
