@@ -39,8 +39,12 @@ ARCHIVE_WORKERS = 2  # groups moved at once, each in a worker process of its own
 
 
 class Archiver:
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, *, in_workers: bool = True) -> None:
+        """`in_workers=False` moves the groups in a thread of this process instead: for the
+        power-loss simulation (tests/test_power_loss.py), whose simulated disk sees only this
+        process's system calls."""
         self.store = store
+        self.in_workers = in_workers
         # Closed by `aclose`, at the pipeline's end.
         self.pool = Pool("archive", ARCHIVE_WORKERS, ARCHIVE_NICE)
         self._archiving = 0
@@ -145,7 +149,12 @@ class Archiver:
         try:
             # Not cancellable, as the thread call it replaced: a stopping daemon waits for the
             # group instead of leaving moved files without their index lines to start-up.
-            results = await self.pool.run(archive.archive_transcripts, items, cancellable=False)
+            if self.in_workers:
+                results = await self.pool.run(archive.archive_transcripts, items, cancellable=False)
+            else:
+                results = await anyio.to_thread.run_sync(
+                    archive.archive_transcripts, items, abandon_on_cancel=False
+                )
         except (WorkerDied, OSError) as e:
             results = [e] * len(group)
         finally:

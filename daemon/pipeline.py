@@ -75,9 +75,11 @@ class Pipeline:
         *,
         stages: Sequence[Stage] = (),
         commands: Commands | None = None,
+        archiver: Archiver | None = None,
     ) -> None:
         """`stages` run in order after each durable batch (SPEC 4.5-7); `commands` answers the
-        chat commands that need the compaction service (None: it does not run)."""
+        chat commands that need the compaction service (None: it does not run); `archiver`
+        moves the sessions a batch closed (None: into archive/ in worker processes)."""
         self.entrance = entrance
         self.store: Store = entrance.store
         self.events: EventBus = entrance.events
@@ -86,7 +88,8 @@ class Pipeline:
         self.router = Router(entrance.config)  # stage 1: key resolution and access
         self.applier = Applier(entrance, commands)  # stages 3-4, applied to the batch
         self.commands = commands
-        self.archiver = Archiver(self.store)  # sessions closed by a durable batch
+        # Sessions closed by a durable batch.
+        self.archiver = archiver if archiver is not None else Archiver(self.store)
         self._inflight: dict[tuple[str, DedupKey], list[Reply]] = {}
         interval = entrance.config.daemon.checkpointIntervalMs / 1000
         self.committer: Committer[Work, Commit] = Committer(

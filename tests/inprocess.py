@@ -3,6 +3,7 @@ service: the backup mirror (when given) and the session events are its after-com
 
 from __future__ import annotations
 
+from daemon.archiving import Archiver
 from daemon.backup import Mirror
 from daemon.config import Config
 from daemon.events import EventBus
@@ -12,8 +13,13 @@ from daemon.store.store import Store
 from daemon.work import Entrance, Stage
 
 
-def make_pipeline(store: Store, cfg: Config, *, mirror: Mirror | None = None) -> Pipeline:
+def make_pipeline(
+    store: Store, cfg: Config, *, mirror: Mirror | None = None, archive_in_workers: bool = True
+) -> Pipeline:
+    """`archive_in_workers=False`: the archive moves run in a thread of this process, where a
+    simulated disk (tests/sim_disk.py) sees them."""
     entrance = Entrance(store, cfg, EventBus())
     stages: list[Stage] = [] if mirror is None else [mirror]
     stages.append(SessionEvents(entrance.events, entrance.counters))
-    return Pipeline(entrance, stages=stages)
+    archiver = Archiver(store, in_workers=archive_in_workers)
+    return Pipeline(entrance, stages=stages, archiver=archiver)

@@ -112,7 +112,8 @@ async def workload(
     # fall in both (and in the change log's first write after a rewrite).
     store.registry_policy = LOG_MOSTLY
     await anyio.to_thread.run_sync(store.open)
-    pipeline = make_pipeline(store, cfg)
+    # The moves in a thread: the simulated disk sees only this process's system calls.
+    pipeline = make_pipeline(store, cfg, archive_in_workers=False)
     sent = 0
     keys: list[str] = []
     outcomes: Counter[str] = Counter()
