@@ -239,10 +239,32 @@ class Pipeline:
     def held_back(self, items: list[Work]) -> list[int]:
         """A batch that answers existing sessions begins at most MAX_NEW_SESSIONS sessions
         (stage 4): the requests of further new sessions wait for the next batch."""
-        if len(items) <= MAX_NEW_SESSIONS:
+        if len(items) <= MAX_NEW_SESSIONS or self._begins_few(items):
             return []
         keys = [_key_of(item) for item in items]
         return spread_new_sessions(keys, self._known, MAX_NEW_SESSIONS)
+
+    def _begins_few(self, items: list[Work]) -> bool:
+        """True when at most MAX_NEW_SESSIONS of `items` may begin a session, so none waits.
+
+        Called for every batch, mostly of messages to existing sessions: one dict lookup per
+        inbound message (in its agent's registry, as `plan_ingest` looks), where the exact rule
+        (`spread_new_sessions`) would parse every key. Other requests count as possibly new,
+        except prepared entries (never new); more than the cap sends the batch to the rule."""
+        agents = self.store.agents
+        maybe_new = 0
+        for item in items:
+            if isinstance(item, IngestWork):
+                route = item.route
+                reg = agents.get(route.agent_id)
+                if reg is not None and route.session_key in reg.sessions:
+                    continue
+            elif isinstance(item, EntryWork):
+                continue
+            maybe_new += 1
+            if maybe_new > MAX_NEW_SESSIONS:
+                return False
+        return True
 
     def _known(self, session_key: str) -> bool:
         return self.find_by_key(session_key) is not None

@@ -44,12 +44,18 @@ def _int_or_none(v: object) -> int | None:
 class SessionEntry(Mapping[str, Any]):
     """A registry entry: a read-only mapping plus typed setters that mark the registry changed."""
 
-    __slots__ = ("_changed", "_data", "key")
+    __slots__ = ("_changed", "_data", "get", "key")
+
+    # `entry.get(...)` is the entry's own dict's `get`, bound in __init__: the reset policy and
+    # the planner read several fields of every message's entry, and a method of ours would add
+    # a Python call to each read.
+    get: Callable[..., Any]
 
     def __init__(self, data: dict[str, Any], changed: Callable[[str], None], key: str = "") -> None:
         """`data` is owned from now on; `changed(key)` marks this entry of its registry for the
         next checkpoint (the registry keeps `key` up to date when the session is renamed)."""
         self._data = data
+        self.get = data.get
         self._changed = changed
         self.key = key
 
@@ -57,9 +63,6 @@ class SessionEntry(Mapping[str, Any]):
 
     def __getitem__(self, key: str) -> Any:
         return self._data[key]
-
-    def get(self, key: str, default: Any = None) -> Any:  # the hot path: no Mapping detour
-        return self._data.get(key, default)
 
     def __contains__(self, key: object) -> bool:
         return key in self._data
