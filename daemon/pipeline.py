@@ -32,7 +32,7 @@ from daemon.archiving import Archiver
 from daemon.committer import Committer, Counters
 from daemon.config import Config
 from daemon.core.ids import now_ms
-from daemon.core.ingest import as_duplicate, ingest_answer, spread_new_sessions
+from daemon.core.ingest import ROUTE_FIELD, as_duplicate, ingest_answer, spread_new_sessions
 from daemon.core.protocol import AppendParams, IngestParams
 from daemon.errors import NotFound, RequestError, SenderNotAllowed, WrongShard
 from daemon.events import EventBus
@@ -232,8 +232,8 @@ class Pipeline:
         st = None if reg is None else reg.sessions.get(key)
         if st is None or reg is None:
             return ()
-        target = st.entry.route_to
-        routed = None if target is None else reg.sessions.get(target)
+        target = st.entry.get(ROUTE_FIELD)  # `route_to`, without a property call per request
+        routed = reg.sessions.get(target) if isinstance(target, str) else None
         return (st,) if routed is None else (st, routed)
 
     def held_back(self, items: list[Work]) -> list[int]:
@@ -337,7 +337,19 @@ class Pipeline:
                 compaction = a.compaction
                 if compaction is None and scheduled and last.get(a.session.session_id) == i:
                     compaction = scheduled.get(a.session.session_id)
-                if a.command is not None and a.command.reply is None:
+                if a.command is None:  # a plain message: its answer built here, the common case
+                    st = a.session
+                    answer = ingest_answer(
+                        st.session_key,
+                        st.session_id,
+                        a.entry_id,
+                        a.created,
+                        reset=a.reset,
+                        compaction=compaction,
+                    )
+                    finish(item, answer, now)
+                    continue
+                if a.command.reply is None:
                     background.start_soon(self._answer_detail, item, a, compaction)
                     continue
                 finish(item, _answer(a, compaction, None), now)
