@@ -20,7 +20,7 @@ from daemon.core.ingest import spread_new_sessions
 from daemon.core.protocol import parse_ingest
 from daemon.pipeline import MAX_NEW_SESSIONS, Pipeline
 from daemon.store.store import Store
-from daemon.work import Commit
+from daemon.work import Commit, IngestWork, Work
 
 pytestmark = pytest.mark.anyio
 
@@ -136,4 +136,35 @@ async def test_a_burst_of_new_sessions_is_spread_and_an_existing_session_is_not_
         if e.get("type") == "message"
     ]
     assert texts == ["first", "second", "third"]
+    store.close()
+
+
+async def test_the_pipeline_holds_back_what_the_rule_holds_back_at_the_cap(tmp_path: Path) -> None:
+    """`Pipeline.held_back` first counts the requests that may begin a session (one registry
+    lookup each) and asks the rule only beyond the cap: the same answer as the rule's, for
+    batches just under, at and over the cap, with repeated keys and existing sessions."""
+    cfg = Config.model_validate({"session": {"dmScope": "per-channel-peer"}})
+    store = Store(tmp_path / "state", dedup_max=1000, dedup_window_ms=86_400_000)
+    store.open()
+    pipeline: Pipeline = make_pipeline(store, cfg)
+    async with anyio.create_task_group() as tg:
+        await tg.start(pipeline.run)
+        done = anyio.Event()
+        pipeline.ingest(params("old", "hello"), lambda o: done.set())
+        await done.wait()
+        pipeline.close()
+
+    def work(peer: str) -> IngestWork:
+        p = params(peer, "hi")
+        route, _ = pipeline.router.route(p)
+        return IngestWork(route, p, lambda o: None, None, 0.0)
+
+    for new in (MAX_NEW_SESSIONS - 1, MAX_NEW_SESSIONS, MAX_NEW_SESSIONS + 1, 2 * MAX_NEW_SESSIONS):
+        for repeat in (0, 3):
+            peers = ["old"] + [f"n{i}" for i in range(new)] + [f"n{i}" for i in range(repeat)]
+            items: list[Work] = [work(p) for p in peers]
+            keys = [item.route.session_key for item in items]  # type: ignore[union-attr]
+            rule = spread_new_sessions(keys, pipeline._known, MAX_NEW_SESSIONS)
+            assert pipeline.held_back(items) == rule
+            assert bool(rule) == (new > MAX_NEW_SESSIONS)
     store.close()
