@@ -361,17 +361,22 @@ async def test_the_service_keeps_each_batchs_lines_per_transcript_for_the_next_p
     svc = SearchService(state, Counters(), lambda a: state / "workspace")
     a, b = Written("agents/main/sessions/a.jsonl"), Written("agents/main/sessions/b.jsonl")
     svc.note(Batch(touched={1: (a, 100, [b"x1", b"x2"]), 2: (b, 0, [b"y1"])}))
-    svc.note(Batch(touched={1: (a, 106, [b"x3"])}))
-    svc.note(Batch(touched={2: (b, 50, [b"y9"])}))  # a gap
+    svc.note(Batch(touched={1: (a, 106, [b"x3"])}))  # a again before the pass
+    svc.note(Batch(touched={1: (a, 109, [b"x4"])}))
     handed, runs = svc._take_handed()
     appended = PassRequest(str(state), handed=handed, runs=runs).appended()
-    # a: one run of consecutive bytes; b: the run after the gap only (the pass reads the gap
-    # from the file).
-    assert appended == {a.rel_path: (100, b"x1\nx2\nx3\n"), b.rel_path: (50, b"y9\n")}
+    # b, written by one batch: its lines are handed over. a, written by several: the pass reads
+    # them from its file (several lines per read), and none of them is kept.
+    assert appended == {b.rel_path: (0, b"y1\n")}
     assert svc._take_handed() == (b"", {})
+    svc.note(Batch(touched={1: (a, 112, [b"x5"])}))  # after the pass: kept again
+    handed, runs = svc._take_handed()
+    assert PassRequest(str(state), handed=handed, runs=runs).appended() == {
+        a.rel_path: (112, b"x5\n")
+    }
     monkeypatch.setattr(service_mod, "MAX_HANDED_BYTES", 8)
-    svc.note(Batch(touched={1: (a, 109, [b"x4", b"x5", b"x6"])}))
-    svc.note(Batch(touched={1: (a, 118, [b"x7"])}))
+    svc.note(Batch(touched={1: (a, 115, [b"x6", b"x7", b"x8"])}))
+    svc.note(Batch(touched={2: (b, 3, [b"y2"])}))
     assert svc._take_handed() == (b"", {})  # too much waited: that pass reads the files
     svc.note(Batch(touched={1: (a, 121, [b"x8"])}))  # and the next pass gets what follows
     handed, runs = svc._take_handed()
