@@ -10,10 +10,11 @@ each failure; meanwhile searches answer from the index as it is. Searches run he
 `READERS` threads, on read-only connections (daemon/search/query.py).
 
 The service is also an after-commit stage of the pipeline (`after_commit`): it keeps the lines
-each durable batch appended, per transcript, and hands them to the next pass, which indexes
-them without reading the transcripts again. They are only a shortcut: the pass reads from the
-file whatever they do not cover (after a worker died, a pass failed, or more than
-MAX_HANDED_BYTES waited), from the offset the index recorded.
+each durable batch appended, per transcript (of those one batch wrote since the last pass), and
+hands them to the next pass, which indexes them without reading the transcripts again. They are
+only a shortcut: the pass reads from the file whatever they do not cover (a transcript written
+by several batches, after a worker died, a pass failed, or more than MAX_HANDED_BYTES waited),
+from the offset the index recorded.
 """
 
 from __future__ import annotations
