@@ -105,6 +105,7 @@ class ResetFlushes:
                 results = [ClosedDone(rf.session_id, error=reason) for rf in group]
             for rf, res in zip(group, results, strict=True):
                 self._done(rf, res)
+            _log_group(results)
         finally:
             for rf in group:
                 rf.running = False
@@ -124,7 +125,9 @@ class ResetFlushes:
                 "noReply": res.no_reply,
                 "entries": res.entries,
             }
-            self.flusher.publish(rf.agent_id, rf.session_key, rf.session_id, "reset", data)
+            self.flusher.publish(
+                rf.agent_id, rf.session_key, rf.session_id, "reset", data, grouped=True
+            )
             return
         rf.attempts += 1
         gave_up = rf.attempts >= RESET_FLUSH_ATTEMPTS
@@ -145,6 +148,25 @@ class ResetFlushes:
             self.queued.pop(rf.session_id, None)
         else:
             rf.retry_at = anyio.current_time() + delay
+
+
+def _log_group(results: list[ClosedDone]) -> None:
+    """One info line for a group's flushes that wrote notes or found nothing to note (each
+    one's `memory.flushed` is at debug level: see archiving.py `log_group`). Failures have
+    their own warning lines."""
+    done = [r for r in results if r.error is None and r.entries]
+    if not done:
+        return
+    log.info(
+        "memory.group_flushed",
+        reason="reset",
+        sessions=len(done),
+        noReply=sum(1 for r in done if r.no_reply),
+        entries=sum(r.entries for r in done),
+        bytes=sum(r.bytes for r in done),
+        files=sorted({r.file for r in done if r.file is not None}),
+        sessionIds=[r.session_id for r in done],
+    )
 
 
 def _max_read(rf: ResetFlush) -> int:
