@@ -5,7 +5,8 @@ session where it is until its move is done; `settled` waits for the moves in fli
 The moves run in calls of up to ARCHIVE_GROUP of the sessions closed so far, at most
 ARCHIVE_WORKERS at once: a reset job closes thousands of sessions in many small batches, and a
 call over many of them shares its syncs among more sessions; two at once keep moving while the
-event loop takes one's results in and sends the next. The calls run in worker processes
+event loop takes one's results in and sends the next (in one worker process on a machine of
+two cores, `workers.half_the_cores`). The calls run in worker processes
 (daemon/workers.py): hashing, describing and renaming ten thousand transcripts in a thread of the
 daemon held the GIL the event loop needs for a second and a half of a reset job, and every
 message waited for it. A worker that dies mid-group leaves each file in one place
@@ -26,7 +27,7 @@ from daemon.errors import os_reason
 from daemon.store import archive
 from daemon.store.archive import ArchiveRecord
 from daemon.store.store import Archived, Closing, Store
-from daemon.workers import Pool, WorkerDied
+from daemon.workers import Pool, WorkerDied, half_the_cores
 
 log = structlog.get_logger("daemon.pipeline")
 
@@ -35,7 +36,7 @@ ARCHIVE_GROUP = 256  # closed sessions archived per worker call, at most
 # The moves gate the end of a reset job, so their workers run closer to the daemon's priority
 # than the others (daemon/workers.py WORKER_NICE); the daemon keeps the larger share.
 ARCHIVE_NICE = 5
-ARCHIVE_WORKERS = 2  # groups moved at once, each in a worker process of its own
+ARCHIVE_WORKERS = 2  # groups in flight at once: one moved while the next is sent or taken in
 
 
 class Archiver:
@@ -46,7 +47,10 @@ class Archiver:
         self.store = store
         self.in_workers = in_workers
         # Closed by `aclose`, at the pipeline's end.
-        self.pool = Pool("archive", ARCHIVE_WORKERS, ARCHIVE_NICE)
+        # As many processes as the cores allow, up to one per group in flight: a group that
+        # finds its worker busy waits with its request ready, and is sent when the other's
+        # answer is in.
+        self.pool = Pool("archive", half_the_cores(ARCHIVE_WORKERS), ARCHIVE_NICE)
         self._archiving = 0
         self._moving: dict[str, anyio.Event] = {}  # session id -> set once its archiving ended
         self._archived = anyio.Event()

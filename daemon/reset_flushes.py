@@ -25,7 +25,7 @@ from daemon.compaction_state import MAX_BACKOFF_SECONDS, RESET_FLUSH_ATTEMPTS, R
 from daemon.core import tokens
 from daemon.memoryflush import MemoryFlusher
 from daemon.store.store import Store
-from daemon.workers import Pool, WorkerDied
+from daemon.workers import Pool, WorkerDied, half_the_cores
 
 log = structlog.get_logger("daemon.compaction")
 
@@ -34,7 +34,7 @@ RESET_FLUSH_GROUP = 250
 # size, at most a context window's worth): a big session goes in a group of its own, and the
 # small ones closed with it get their notes without waiting for its summary.
 RESET_FLUSH_GROUP_BYTES = 256 * 1024
-RESET_FLUSH_WORKERS = 2  # groups in flight at once, each in a worker process of its own
+RESET_FLUSH_WORKERS = 2  # groups in flight at once, in up to as many worker processes
 # Below the daemon (ingest keeps its share of the CPU) but above the other workers (the search
 # index, the mirror, compactions): a reset job is done when its notes are written, and at the
 # workers' nice 10 they waited for the search index's pass over the sessions the job closed.
@@ -48,7 +48,8 @@ class ResetFlushes:
         self.store = store
         self.flusher = flusher
         self.wake = wake
-        self.pool = Pool("memory-flush", RESET_FLUSH_WORKERS, RESET_FLUSH_NICE)
+        # Processes as the cores allow (a group that finds them busy waits, its request ready).
+        self.pool = Pool("memory-flush", half_the_cores(RESET_FLUSH_WORKERS), RESET_FLUSH_NICE)
         self.queued: dict[str, ResetFlush] = {}  # by session id, oldest first
         self._running = 0  # groups in flight
 

@@ -62,6 +62,14 @@ HEADER = struct.Struct(">Q")
 PR_SET_PDEATHSIG = 1
 
 
+def half_the_cores(most: int) -> int:
+    """Worker processes for a pool of jobs that compete with ingest: half the machine's cores,
+    between 1 and `most`. On two cores, two workers of a pool beside the event loop, the
+    clients and the other pools left the loop waiting for a core (the reset job's probes,
+    bench/isolation.py), and finished no sooner: the machine had no core to spare for them."""
+    return max(1, min(most, (os.cpu_count() or 1) // 2))
+
+
 class WorkerDied(Exception):
     """A worker process ended during a job (killed, crashed) or broke the protocol; the job did
     not finish, and whatever it was to write was not written by the daemon. `pid` and `code`
