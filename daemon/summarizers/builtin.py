@@ -353,8 +353,9 @@ def facts(turns: list[Turn]) -> dict[str, list[str]]:
     if ":\\" in rest:
         found, rest = _cut_out(_WINPATH, rest)
         wins = [m.group(0) for m in found]
-    found, rest = _cut_out(_PATH, rest)
-    paths.extend(m.group(0).rstrip(".,;:") for m in found)
+    if "/" in rest or "." in rest:  # every path has one or the other
+        found, rest = _cut_out(_PATH, rest)
+        paths.extend(m.group(0).rstrip(".,;:") for m in found)
     paths = [p for p in paths if _looks_like_path(p)]
     found, rest = _cut_out(_DATE, rest)
     dates = [" ".join(m.group(0).split()) for m in found]
