@@ -131,11 +131,11 @@ async def test_warming_starts_the_missing_workers_with_the_module_imported() -> 
     pool = Pool("test", 2)
     try:
         with anyio.fail_after(60):
-            await pool.warm("colorsys")
+            await pool.warm("tabnanny")
             assert pool.started == 2 and len(pool.pids) == 2
-            loaded = await pool.run(eval, "'colorsys' in __import__('sys').modules")
+            loaded = await pool.run(eval, "'tabnanny' in __import__('sys').modules")
             # Warm already: no worker is started again, for a job or a second warming.
-            await pool.warm("colorsys")
+            await pool.warm("tabnanny")
         assert loaded and pool.started == 2
     finally:
         await pool.aclose()
