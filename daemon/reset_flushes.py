@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterable
 import anyio
 import structlog
 from anyio.abc import TaskGroup
+from anyio.lowlevel import checkpoint
 
 from daemon import compaction_job
 from daemon.compaction_job import Closed, ClosedDone
@@ -29,11 +30,16 @@ from daemon.workers import Pool, WorkerDied, half_the_cores
 
 log = structlog.get_logger("daemon.compaction")
 
-RESET_FLUSH_GROUP = 250
+# Sessions per group, at most: a group's append and sync of the memory file, and its round trip
+# to the worker, are its fixed cost (groups of 250 spent a tenth of a reset job's flush worker
+# in the syncs). The first group of a job takes what the first batches closed, so the first
+# notes do not wait for a thousand.
+RESET_FLUSH_GROUP = 1000
 # Transcript bytes a group reads at most (each session counted as what its flush reads: its
 # size, at most a context window's worth): a big session goes in a group of its own, and the
 # small ones closed with it get their notes without waiting for its summary.
-RESET_FLUSH_GROUP_BYTES = 256 * 1024
+RESET_FLUSH_GROUP_BYTES = 512 * 1024  # less than one context window (800 KB by default)
+RESULTS_PER_TURN = 200  # a group's results taken in between two turns of the event loop
 RESET_FLUSH_WORKERS = 2  # groups in flight at once, in up to as many worker processes
 # Below the daemon (ingest keeps its share of the CPU) but above the other workers (the search
 # index, the mirror, compactions): a reset job is done when its notes are written, and at the
@@ -104,7 +110,9 @@ class ResetFlushes:
             except (WorkerDied, OSError) as e:
                 reason = why(e)
                 results = [ClosedDone(rf.session_id, error=reason) for rf in group]
-            for rf, res in zip(group, results, strict=True):
+            for i, (rf, res) in enumerate(zip(group, results, strict=True)):
+                if i and i % RESULTS_PER_TURN == 0:
+                    await checkpoint()  # other sessions' messages are answered meanwhile
                 self._done(rf, res)
             _log_group(results)
         finally:
