@@ -26,7 +26,7 @@ from daemon.compaction_state import MAX_BACKOFF_SECONDS, RESET_FLUSH_ATTEMPTS, R
 from daemon.core import tokens
 from daemon.memoryflush import MemoryFlusher
 from daemon.store.store import Store
-from daemon.workers import Pool, WorkerDied, half_the_cores
+from daemon.workers import Pool, WorkerDied
 
 log = structlog.get_logger("daemon.compaction")
 
@@ -40,7 +40,7 @@ RESET_FLUSH_GROUP = 1000
 # small ones closed with it get their notes without waiting for its summary.
 RESET_FLUSH_GROUP_BYTES = 512 * 1024  # less than one context window (800 KB by default)
 RESULTS_PER_TURN = 200  # a group's results taken in between two turns of the event loop
-RESET_FLUSH_WORKERS = 2  # groups in flight at once, in up to as many worker processes
+RESET_FLUSH_WORKERS = 2  # groups in flight at once, each in a worker process of its own
 # Below the daemon (ingest keeps its share of the CPU) but above the other workers (the search
 # index, the mirror, compactions): a reset job is done when its notes are written, and at the
 # workers' nice 10 they waited for the search index's pass over the sessions the job closed.
@@ -54,8 +54,9 @@ class ResetFlushes:
         self.store = store
         self.flusher = flusher
         self.wake = wake
-        # Processes as the cores allow (a group that finds them busy waits, its request ready).
-        self.pool = Pool("memory-flush", half_the_cores(RESET_FLUSH_WORKERS), RESET_FLUSH_NICE)
+        # A process per group in flight, whatever the cores: with one, a big session's group
+        # (a context window's worth to summarize) held up every group of small ones behind it.
+        self.pool = Pool("memory-flush", RESET_FLUSH_WORKERS, RESET_FLUSH_NICE)
         self.queued: dict[str, ResetFlush] = {}  # by session id, oldest first
         self._running = 0  # groups in flight
 
