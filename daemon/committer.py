@@ -304,6 +304,9 @@ class _Prepared(Generic[P]):
     batch: Batch
     prepared: P
     size: int  # requests taken into it (joined ones included)
+    # Requests joining it were held back (it begins all the new sessions it may): it takes no
+    # more, or each arrival would have the held requests at the queue's front looked at again.
+    closed: bool = False
 
 
 class Committer(Generic[W, P]):
@@ -383,6 +386,7 @@ class Committer(Generic[W, P]):
             # cold start's batch grew to 878 new sessions (325 ms of file creation) unbounded.
             begun = len(joining.batch.created)
             held = self.handler.held_back(items, begun, joining.size > begun)
+            joining.closed = bool(held)
         if not held:
             return items
         later = set(held)
@@ -404,12 +408,10 @@ class Committer(Generic[W, P]):
             if self._writer_free:  # done with its batch, on its way to take this one
                 await send.send(prepared)
                 return
-            if queue and prepared.epoch == self._epoch and prepared.size < MAX_BATCH:
+            joins = prepared.epoch == self._epoch and prepared.size < MAX_BATCH
+            if queue and joins and not prepared.closed:
                 items = self._take(MAX_BATCH - prepared.size, prepared)
-                if not items:  # all held back (the batch begins all it may): wait for the writer
-                    await queue.wait(HAND_OVER_WAIT_SECONDS)
-                    continue
-                if await self._load_tails(items):
+                if items and await self._load_tails(items):
                     self.handler.extend(prepared.prepared, items)
                     prepared.size += len(items)
                 continue
