@@ -62,8 +62,13 @@ log = structlog.get_logger("daemon.pipeline")
 # (about 0.7 ms on the development machine, more on a loaded disk): a cold start's first batch
 # began 813 at once and held every acknowledgement for 542 ms. 32 keep a batch's share near
 # 20 ms; the rest begin in the batches after it, while existing sessions' messages go on. A
-# batch of new sessions alone is not split (core.ingest.spread_new_sessions).
+# batch of new sessions alone begins at most MAX_NEW_ALONE (core.ingest.spread_new_sessions).
+# Both grow with the new sessions waiting (a quarter of them, half when alone): where creating
+# files is slow (a loaded disk, a busy loop holding the interpreter lock the writer needs),
+# batches this small would begin fewer sessions a second than arrive, and the held requests'
+# wait would grow without end. On a quiet machine few wait, and batches stay small.
 MAX_NEW_SESSIONS = 32
+MAX_NEW_ALONE = 64
 
 
 class Pipeline:
@@ -236,21 +241,28 @@ class Pipeline:
         routed = reg.sessions.get(target) if isinstance(target, str) else None
         return (st,) if routed is None else (st, routed)
 
-    def held_back(self, items: list[Work]) -> list[int]:
-        """A batch that answers existing sessions begins at most MAX_NEW_SESSIONS sessions
-        (stage 4): the requests of further new sessions wait for the next batch."""
-        if len(items) <= MAX_NEW_SESSIONS or self._begins_few(items):
+    def held_back(self, items: list[Work], begun: int = 0, others: bool = False) -> list[int]:
+        """A batch that answers existing sessions begins at most MAX_NEW_SESSIONS sessions,
+        one of new sessions alone MAX_NEW_ALONE, or more while many wait (stage 4): the
+        requests of further new sessions wait for the next batch."""
+        if len(items) + begun <= MAX_NEW_SESSIONS or self._begins_few(items, begun):
             return []
         keys = [_key_of(item) for item in items]
-        return spread_new_sessions(keys, self._known, MAX_NEW_SESSIONS)
+        known = self._known
+        waiting = len({k for k in keys if k is not None and not known(k)})
+        cap = max(MAX_NEW_SESSIONS, waiting // 4)
+        alone = max(MAX_NEW_ALONE, waiting // 2)
+        return spread_new_sessions(keys, known, cap, alone, begun=begun, others=others)
 
-    def _begins_few(self, items: list[Work]) -> bool:
-        """True when at most MAX_NEW_SESSIONS of `items` may begin a session, so none waits.
+    def _begins_few(self, items: list[Work], begun: int) -> bool:
+        """True when so few of `items` may begin a session that none waits: none at all, or
+        no more than MAX_NEW_SESSIONS with the `begun` of the batch they join.
 
-        Called for every batch, mostly of messages to existing sessions: one dict lookup per
-        inbound message (in its agent's registry, as `plan_ingest` looks), where the exact rule
-        (`spread_new_sessions`) would parse every key. Other requests count as possibly new,
-        except prepared entries (never new); more than the cap sends the batch to the rule."""
+        Called for every batch and every request joining one, mostly of messages to existing
+        sessions: one dict lookup per inbound message (in its agent's registry, as
+        `plan_ingest` looks), where the exact rule parses every key. Other requests count as
+        possibly new, except prepared entries (never new); more sends the batch to the rule."""
+        room = max(MAX_NEW_SESSIONS - begun, 0)
         agents = self.store.agents
         maybe_new = 0
         for item in items:
@@ -262,7 +274,7 @@ class Pipeline:
             elif isinstance(item, EntryWork):
                 continue
             maybe_new += 1
-            if maybe_new > MAX_NEW_SESSIONS:
+            if maybe_new > room:
                 return False
         return True
 
