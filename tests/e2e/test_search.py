@@ -53,11 +53,16 @@ def test_a_word_said_before_a_reset_is_found_afterwards_in_the_archived_session(
     reset = c.call("message.ingest", ingest_params("7", "/new let us talk about boats"))
     assert reset["reset"]["previousSessionId"] == first["sessionId"]
     later = c.call("message.ingest", ingest_params("7", "a zeppelin again, after the reset"))
-    # The move into archive/ runs in an archive worker after the reset's answer; a search
-    # before it ends rightly shows the closed session where it still is.
-    archive = d.sessions_dir() / "archive"
-    wait_for("the reset session's move", lambda: any(archive.glob(f"{first['sessionId']}*")), 60)
-    hits = search(d, query="zeppelin")
+
+    # The move into archive/ runs in an archive worker after the reset's answer, and the index
+    # sees a move at its next sweep (a second at most): until then a search rightly shows the
+    # closed session where it was.
+    def moved_and_indexed() -> list[dict[str, Any]] | None:
+        hits = search(d, query="zeppelin")
+        old = [h for h in hits if h["sessionId"] == first["sessionId"]]
+        return hits if old and old[0]["archived"] else None
+
+    hits = wait_for("the reset session indexed as archived", moved_and_indexed, 60)
     by_session = {h["sessionId"]: h for h in hits}
     assert set(by_session) == {first["sessionId"], later["sessionId"]}
     old = by_session[first["sessionId"]]
