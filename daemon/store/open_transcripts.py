@@ -13,14 +13,28 @@ told is stored, and a transcript without a header must not stay behind: `doctor`
 would take it for a session (tests/test_first_write.py). A crash before they are removed leaves
 an empty file, which start-up passes over (store/opening.py, recover_archives).
 
+New transcripts are created ahead, off the path that acknowledges (`create_ahead`): in a
+folder of 100,000 sessions, creating a file costs the kernel 25-90 us (its directory index and
+inode work), and the committer's write thread used to do it for every new session of a batch
+between the journal's sync and the acknowledgements, one after the other (a tenth of the
+daemon's samples at 100,000 sessions). A thread of its own now creates the file as soon as the
+event loop begins the session, while earlier batches are written; the write thread takes the
+open descriptor. Nothing changes for durability: the lines still reach the file only after the
+journal holds them, and the file is synced at the checkpoint as before. A file created ahead
+whose batch is not written (the batch failed, the daemon stops) is ours and empty: `release`
+and `close` remove it, as `taken_back` does; a crash in between leaves an empty file, which
+start-up passes over, as before.
+
 Owned by the store; used from the committer's write thread (`fd`, `taken_back`) and from the
-event loop between batches (`release`, `close`).
+event loop between batches (`create_ahead`, `release`, `close`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections import OrderedDict
+from concurrent.futures import Future, ThreadPoolExecutor
 
 from daemon.store import fileio
 from daemon.store.fsutil import FILE_MODE
@@ -28,6 +42,7 @@ from daemon.store.registry import SessionState
 
 MAX_OPEN = 4096
 _APPEND = os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC
+_CREATE = _APPEND | os.O_CREAT | os.O_EXCL
 
 
 class OpenTranscripts:
@@ -38,6 +53,19 @@ class OpenTranscripts:
         self.root = root  # the state folder, for paths joined as strings (one per new session)
         self.lru: OrderedDict[str, SessionState] = OrderedDict()
         self.created: list[str] = []  # by the batch being written (`written` forgets them)
+        # Session id -> (path, descriptor) of its new transcript being created ahead
+        # (`create_ahead`); taken by `fd`.
+        self.ahead: dict[str, tuple[str, Future[int]]] = {}
+        self._creator: ThreadPoolExecutor | None = None
+
+    def create_ahead(self, st: SessionState) -> None:
+        """Begin creating a new session's transcript in the creating thread (event loop, when
+        the session is begun; its first batch takes the descriptor in `fd`)."""
+        if self._creator is None:
+            self._creator = ThreadPoolExecutor(1, thread_name_prefix="transcript-create")
+        path = f"{self.root}/{st.rel_path}"
+        made = self._creator.submit(fileio.open, path, _CREATE, FILE_MODE)
+        self.ahead[st.session_id] = (path, made)
 
     def fd(self, st: SessionState, *, new: bool = False) -> int:
         """The session's open transcript; `new`: created by this batch, so no file exists yet
@@ -47,12 +75,17 @@ class OpenTranscripts:
             self.lru.move_to_end(st.session_id)
             return st.fd
         path = f"{self.root}/{st.rel_path}"
+        ahead = self.ahead.pop(st.session_id, None)
         try:
-            if new:
+            if ahead is not None:
+                st.fd = ahead[1].result()  # raises the creation's OSError
+                self.created.append(path)
+            elif new:
                 raise FileNotFoundError
-            st.fd = fileio.open(path, _APPEND, FILE_MODE)
+            else:
+                st.fd = fileio.open(path, _APPEND, FILE_MODE)
         except FileNotFoundError:
-            st.fd = fileio.open(path, _APPEND | os.O_CREAT | os.O_EXCL, FILE_MODE)
+            st.fd = fileio.open(path, _CREATE, FILE_MODE)
             self.created.append(path)
         self.lru[st.session_id] = st
         while len(self.lru) > MAX_OPEN:
@@ -79,11 +112,15 @@ class OpenTranscripts:
             self.created.pop()
 
     def release(self, st: SessionState) -> None:
-        """Close one session's descriptor (a closed session, a forgotten new one)."""
+        """Close one session's descriptor (a closed session, a forgotten new one). A transcript
+        created ahead for a session forgotten before its first write is removed again."""
         self.lru.pop(st.session_id, None)
         if st.fd is not None:
             os.close(st.fd)
             st.fd = None
+        ahead = self.ahead.pop(st.session_id, None)
+        if ahead is not None:
+            _remove_unwritten(*ahead)
 
     def close(self) -> None:
         for st in self.lru.values():
@@ -91,3 +128,25 @@ class OpenTranscripts:
                 os.close(st.fd)
                 st.fd = None
         self.lru.clear()
+        if self._creator is not None:
+            self._creator.shutdown(wait=True)
+            self._creator = None
+        # Sessions begun in batches that were never written (the daemon stops).
+        while self.ahead:
+            _remove_unwritten(*self.ahead.popitem()[1])
+
+
+def _remove_unwritten(path: str, ahead: Future[int]) -> None:
+    """Close a transcript created ahead whose batch was not written, and remove it if still
+    empty (never a byte anyone else wrote). An error leaves it: start-up passes over an empty
+    transcript."""
+    try:
+        fd = ahead.result()
+    except OSError:
+        return  # it was never created
+    try:
+        if os.fstat(fd).st_size == 0:
+            with contextlib.suppress(OSError):
+                fileio.unlink(path)
+    finally:
+        os.close(fd)
