@@ -33,8 +33,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+import threading
 from collections import OrderedDict
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 
 from daemon.store import fileio
 from daemon.store.fsutil import FILE_MODE
@@ -53,19 +54,56 @@ class OpenTranscripts:
         self.root = root  # the state folder, for paths joined as strings (one per new session)
         self.lru: OrderedDict[str, SessionState] = OrderedDict()
         self.created: list[str] = []  # by the batch being written (`written` forgets them)
-        # Session id -> (path, descriptor) of its new transcript being created ahead
-        # (`create_ahead`); taken by `fd`.
-        self.ahead: dict[str, tuple[str, Future[int]]] = {}
+        # Sessions whose transcripts are created ahead (`create_ahead`), id -> path, until
+        # `fd` takes the descriptor (or `release`/`close` remove the file again).
+        self.ahead: dict[str, str] = {}
+        # The creating thread's work: what it has to create, and what it made (a descriptor,
+        # or the exception that creation raised). It takes the whole list at a time: a hand-off
+        # per file (a future each) cost twice the creation's CPU in interpreter-lock switches.
+        self._cond = threading.Condition()
+        self._todo: list[tuple[str, str]] = []
+        self._made: dict[str, int | BaseException] = {}
+        self._creating = False
         self._creator: ThreadPoolExecutor | None = None
 
     def create_ahead(self, st: SessionState) -> None:
         """Begin creating a new session's transcript in the creating thread (event loop, when
         the session is begun; its first batch takes the descriptor in `fd`)."""
+        path = f"{self.root}/{st.rel_path}"
+        self.ahead[st.session_id] = path
+        with self._cond:
+            self._todo.append((st.session_id, path))
+            if self._creating:
+                return  # the running job takes it with the rest
+            self._creating = True
         if self._creator is None:
             self._creator = ThreadPoolExecutor(1, thread_name_prefix="transcript-create")
-        path = f"{self.root}/{st.rel_path}"
-        made = self._creator.submit(fileio.open, path, _CREATE, FILE_MODE)
-        self.ahead[st.session_id] = (path, made)
+        self._creator.submit(self._create)
+
+    def _create(self) -> None:
+        """The creating thread: create what was asked for until nothing is left."""
+        while True:
+            with self._cond:
+                todo, self._todo = self._todo, []
+                if not todo:
+                    self._creating = False
+                    return
+            for sid, path in todo:
+                made: int | BaseException
+                try:
+                    made = fileio.open(path, _CREATE, FILE_MODE)
+                except BaseException as e:  # handed to the writer, which raises it
+                    made = e
+                with self._cond:
+                    self._made[sid] = made
+                    self._cond.notify_all()
+
+    def _take(self, sid: str) -> int | BaseException:
+        """What creating `sid`'s transcript ahead made, once it is made."""
+        with self._cond:
+            while sid not in self._made:
+                self._cond.wait()
+            return self._made.pop(sid)
 
     def fd(self, st: SessionState, *, new: bool = False) -> int:
         """The session's open transcript; `new`: created by this batch, so no file exists yet
@@ -75,10 +113,12 @@ class OpenTranscripts:
             self.lru.move_to_end(st.session_id)
             return st.fd
         path = f"{self.root}/{st.rel_path}"
-        ahead = self.ahead.pop(st.session_id, None)
         try:
-            if ahead is not None:
-                st.fd = ahead[1].result()  # raises the creation's OSError
+            if self.ahead.pop(st.session_id, None) is not None:
+                made = self._take(st.session_id)
+                if isinstance(made, BaseException):
+                    raise made
+                st.fd = made
                 self.created.append(path)
             elif new:
                 raise FileNotFoundError
@@ -118,9 +158,9 @@ class OpenTranscripts:
         if st.fd is not None:
             os.close(st.fd)
             st.fd = None
-        ahead = self.ahead.pop(st.session_id, None)
-        if ahead is not None:
-            _remove_unwritten(*ahead)
+        path = self.ahead.pop(st.session_id, None)
+        if path is not None:
+            _remove_unwritten(path, self._take(st.session_id))
 
     def close(self) -> None:
         for st in self.lru.values():
@@ -133,17 +173,17 @@ class OpenTranscripts:
             self._creator = None
         # Sessions begun in batches that were never written (the daemon stops).
         while self.ahead:
-            _remove_unwritten(*self.ahead.popitem()[1])
+            sid, path = self.ahead.popitem()
+            _remove_unwritten(path, self._take(sid))
 
 
-def _remove_unwritten(path: str, ahead: Future[int]) -> None:
+def _remove_unwritten(path: str, made: int | BaseException) -> None:
     """Close a transcript created ahead whose batch was not written, and remove it if still
     empty (never a byte anyone else wrote). An error leaves it: start-up passes over an empty
     transcript."""
-    try:
-        fd = ahead.result()
-    except OSError:
+    if isinstance(made, BaseException):
         return  # it was never created
+    fd = made
     try:
         if os.fstat(fd).st_size == 0:
             with contextlib.suppress(OSError):
