@@ -380,6 +380,9 @@ def main() -> None:
     ap.add_argument("--profile-idle", action="store_true", help="py-spy --idle: idle samples too")
     ap.add_argument("--profile-gil", action="store_true", help="py-spy --gil: GIL holders only")
     ap.add_argument(
+        "--profile-workers", action="store_true", help="py-spy --subprocesses: the workers too"
+    )
+    ap.add_argument(
         "--profile-start", type=float, default=55.0, help="seconds after the daemon is ready"
     )
     ap.add_argument("--profile-seconds", type=int, default=40)
@@ -429,6 +432,7 @@ def main() -> None:
                             *["-f", args.profile_format, "-d", str(args.profile_seconds)],
                             *(["--idle"] if args.profile_idle else []),
                             *(["--gil"] if args.profile_gil else []),
+                            *(["--subprocesses"] if args.profile_workers else []),
                             *["-p", str(proc.pid), "-o", args.profile],
                         ],
                         stdout=subprocess.DEVNULL,

@@ -149,7 +149,11 @@ async def run(opts: RunOptions) -> int:
             stages=[mirror, SessionEvents(entrance.events, entrance.counters), compactor, search],
             commands=compactor,  # /compact and /context
         )
-        scheduler = Scheduler(pipeline, state_dir, Retention(pipeline, mirror))
+        warm = [
+            (pipeline.archiver.pool, "daemon.store.archive"),
+            (compactor.reset_flushes.pool, "daemon.compaction_job"),
+        ]
+        scheduler = Scheduler(pipeline, state_dir, Retention(pipeline, mirror), warm)
         jobs = anyio.CancelScope()
 
         async def run_jobs(*, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:

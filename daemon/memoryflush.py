@@ -96,8 +96,18 @@ class MemoryFlusher:
         return str(path), n
 
     def publish(
-        self, agent_id: str, session_key: str, session_id: str, reason: str, data: dict[str, Any]
+        self,
+        agent_id: str,
+        session_key: str,
+        session_id: str,
+        reason: str,
+        data: dict[str, Any],
+        *,
+        grouped: bool = False,
     ) -> None:
+        """Log and send `memory.flushed`. `grouped`: a flush of the reset job's groups, logged
+        at debug level (the group's `memory.group_flushed` line sums them up); subscribers get
+        every one."""
         info = {
             "agentId": agent_id,
             "sessionKey": session_key,
@@ -108,7 +118,10 @@ class MemoryFlusher:
             "noReply": data.get("noReply", False),
             "entries": data.get("entries", 0),
         }
-        log.info("memory.flushed", **info)
+        if grouped:
+            log.debug("memory.flushed", **info)
+        else:
+            log.info("memory.flushed", **info)
         self.entrance.events.publish("memory.flushed", info)
 
     def memory_folder(self, agent_id: str) -> Path:

@@ -62,8 +62,13 @@ log = structlog.get_logger("daemon.pipeline")
 # (about 0.7 ms on the development machine, more on a loaded disk): a cold start's first batch
 # began 813 at once and held every acknowledgement for 542 ms. 32 keep a batch's share near
 # 20 ms; the rest begin in the batches after it, while existing sessions' messages go on. A
-# batch of new sessions alone is not split (core.ingest.spread_new_sessions).
+# batch of new sessions alone begins at most MAX_NEW_ALONE (core.ingest.spread_new_sessions).
+# Both grow with the new sessions waiting (a quarter of them, half when alone): where creating
+# files is slow (a loaded disk, a busy loop holding the interpreter lock the writer needs),
+# batches this small would begin fewer sessions a second than arrive, and the held requests'
+# wait would grow without end. On a quiet machine few wait, and batches stay small.
 MAX_NEW_SESSIONS = 32
+MAX_NEW_ALONE = 64
 
 
 class Pipeline:
@@ -236,13 +241,18 @@ class Pipeline:
         routed = None if target is None else reg.sessions.get(target)
         return (st,) if routed is None else (st, routed)
 
-    def held_back(self, items: list[Work]) -> list[int]:
-        """A batch that answers existing sessions begins at most MAX_NEW_SESSIONS sessions
-        (stage 4): the requests of further new sessions wait for the next batch."""
-        if len(items) <= MAX_NEW_SESSIONS:
+    def held_back(self, items: list[Work], begun: int = 0, others: bool = False) -> list[int]:
+        """A batch that answers existing sessions begins at most MAX_NEW_SESSIONS sessions,
+        one of new sessions alone MAX_NEW_ALONE, or more while many wait (stage 4): the
+        requests of further new sessions wait for the next batch."""
+        if len(items) + begun <= MAX_NEW_SESSIONS:
             return []
         keys = [_key_of(item) for item in items]
-        return spread_new_sessions(keys, self._known, MAX_NEW_SESSIONS)
+        known = self._known
+        waiting = len({k for k in keys if k is not None and not known(k)})
+        cap = max(MAX_NEW_SESSIONS, waiting // 4)
+        alone = max(MAX_NEW_ALONE, waiting // 2)
+        return spread_new_sessions(keys, known, cap, alone, begun=begun, others=others)
 
     def _known(self, session_key: str) -> bool:
         return self.find_by_key(session_key) is not None

@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterable
 import anyio
 import structlog
 from anyio.abc import TaskGroup
+from anyio.lowlevel import checkpoint
 
 from daemon import compaction_job
 from daemon.compaction_job import Closed, ClosedDone
@@ -29,11 +30,16 @@ from daemon.workers import Pool, WorkerDied
 
 log = structlog.get_logger("daemon.compaction")
 
-RESET_FLUSH_GROUP = 250
+# Sessions per group, at most: a group's append and sync of the memory file, and its round trip
+# to the worker, are its fixed cost (groups of 250 spent a tenth of a reset job's flush worker
+# in the syncs). The first group of a job takes what the first batches closed, so the first
+# notes do not wait for a thousand.
+RESET_FLUSH_GROUP = 1000
 # Transcript bytes a group reads at most (each session counted as what its flush reads: its
 # size, at most a context window's worth): a big session goes in a group of its own, and the
 # small ones closed with it get their notes without waiting for its summary.
-RESET_FLUSH_GROUP_BYTES = 256 * 1024
+RESET_FLUSH_GROUP_BYTES = 512 * 1024  # less than one context window (800 KB by default)
+RESULTS_PER_TURN = 200  # a group's results taken in between two turns of the event loop
 RESET_FLUSH_WORKERS = 2  # groups in flight at once, each in a worker process of its own
 # Below the daemon (ingest keeps its share of the CPU) but above the other workers (the search
 # index, the mirror, compactions): a reset job is done when its notes are written, and at the
@@ -48,6 +54,8 @@ class ResetFlushes:
         self.store = store
         self.flusher = flusher
         self.wake = wake
+        # A process per group in flight, whatever the cores: with one, a big session's group
+        # (a context window's worth to summarize) held up every group of small ones behind it.
         self.pool = Pool("memory-flush", RESET_FLUSH_WORKERS, RESET_FLUSH_NICE)
         self.queued: dict[str, ResetFlush] = {}  # by session id, oldest first
         self._running = 0  # groups in flight
@@ -103,8 +111,11 @@ class ResetFlushes:
             except (WorkerDied, OSError) as e:
                 reason = why(e)
                 results = [ClosedDone(rf.session_id, error=reason) for rf in group]
-            for rf, res in zip(group, results, strict=True):
+            for i, (rf, res) in enumerate(zip(group, results, strict=True)):
+                if i and i % RESULTS_PER_TURN == 0:
+                    await checkpoint()  # other sessions' messages are answered meanwhile
                 self._done(rf, res)
+            _log_group(results)
         finally:
             for rf in group:
                 rf.running = False
@@ -124,7 +135,9 @@ class ResetFlushes:
                 "noReply": res.no_reply,
                 "entries": res.entries,
             }
-            self.flusher.publish(rf.agent_id, rf.session_key, rf.session_id, "reset", data)
+            self.flusher.publish(
+                rf.agent_id, rf.session_key, rf.session_id, "reset", data, grouped=True
+            )
             return
         rf.attempts += 1
         gave_up = rf.attempts >= RESET_FLUSH_ATTEMPTS
@@ -145,6 +158,25 @@ class ResetFlushes:
             self.queued.pop(rf.session_id, None)
         else:
             rf.retry_at = anyio.current_time() + delay
+
+
+def _log_group(results: list[ClosedDone]) -> None:
+    """One info line for a group's flushes that wrote notes or found nothing to note (each
+    one's `memory.flushed` is at debug level: see archiving.py `log_group`). Failures have
+    their own warning lines."""
+    done = [r for r in results if r.error is None and r.entries]
+    if not done:
+        return
+    log.info(
+        "memory.group_flushed",
+        reason="reset",
+        sessions=len(done),
+        noReply=sum(1 for r in done if r.no_reply),
+        entries=sum(r.entries for r in done),
+        bytes=sum(r.bytes for r in done),
+        files=sorted({r.file for r in done if r.file is not None}),
+        sessionIds=[r.session_id for r in done],
+    )
 
 
 def _max_read(rf: ResetFlush) -> int:

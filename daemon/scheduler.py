@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +36,7 @@ from daemon.errors import NotFound, RequestError, os_reason
 from daemon.pipeline import Pipeline
 from daemon.retention import Retention
 from daemon.store.fsutil import atomic_write
+from daemon.workers import Pool
 
 log = structlog.get_logger("daemon.scheduler")
 
@@ -48,6 +49,7 @@ RESET_GROUP_MAX = 1000  # ... up to this many while batches are slow anyway
 RESET_GROUP_SECONDS = 0.1  # a group answered within this keeps RESET_GROUP
 RESET_GROUPS_IN_FLIGHT = 2  # groups queued and not yet answered
 STALE_CHUNK = 500  # sessions judged between two turns of the event loop
+WARM_FROM = RESET_GROUP  # resets in a job from which their worker pools are started up front
 
 
 def daily_job(hour: int) -> str:
@@ -89,9 +91,16 @@ class Scheduler:
     """Owns the apscheduler instance and the task that runs its jobs."""
 
     def __init__(
-        self, pipeline: Pipeline, state_dir: Path, retention: Retention | None = None
+        self,
+        pipeline: Pipeline,
+        state_dir: Path,
+        retention: Retention | None = None,
+        warm: Sequence[tuple[Pool, str]] = (),
     ) -> None:
+        """`warm`: the worker pools a reset job's archiving and memory flushes run in, with the
+        module of their jobs; started when a job begins that resets WARM_FROM sessions or more."""
         self.pipeline = pipeline
+        self.warm = warm
         self.path = state_dir / "scheduler.json"
         self.last_runs: dict[str, int] = {}
         self.retention = retention  # the hourly retention sweep (None: not scheduled)
@@ -270,7 +279,13 @@ class Scheduler:
         checked, stale = await self._stale(now)
         tally = _Tally(name)
         if stale:
-            await self._reset_all(stale, now, tally)
+            async with anyio.create_task_group() as tg:
+                if len(stale) >= WARM_FROM:
+                    # Their workers start (and import) while the first groups are committed,
+                    # not after: the first notes came a second after the job's start.
+                    for pool, module in self.warm:
+                        tg.start_soon(pool.warm, module)
+                await self._reset_all(stale, now, tally)
             await self.pipeline.archives_settled()
         reasons, failed = tally.reasons, tally.failed
         self.last_runs[name] = now

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import importlib
 import os
 import pickle
 import signal
@@ -60,6 +61,14 @@ WORKER_NICE = 10  # workers run this much below the daemon's priority
 GRACE_SECONDS = 3.0  # a cancelled or stopped worker is killed if it has not exited by then
 HEADER = struct.Struct(">Q")
 PR_SET_PDEATHSIG = 1
+
+
+def half_the_cores(most: int) -> int:
+    """Worker processes for a pool of jobs that compete with ingest: half the machine's cores,
+    between 1 and `most`. On two cores, two workers of a pool beside the event loop, the
+    clients and the other pools left the loop waiting for a core (the reset job's probes,
+    bench/isolation.py), and finished no sooner: the machine had no core to spare for them."""
+    return max(1, min(most, (os.cpu_count() or 1) // 2))
 
 
 class WorkerDied(Exception):
@@ -161,6 +170,20 @@ class Pool:
         if isinstance(value, failpoints.Fired):
             failpoints.exit_now(value.name)  # a crash test's step, reached in the worker
         raise value
+
+    async def warm(self, module: str) -> None:
+        """Start the workers the pool does not have yet, each importing `module` (the one its
+        jobs come from), ahead of a burst of jobs: a worker's start costs 0.2-0.3 s of CPU, and
+        paid while the burst's first jobs wait, it delayed all of them. A worker that cannot be
+        started is left to the first job to try again."""
+        missing = int(self.limiter.total_tokens) - len(self._idle) - len(self._busy)
+        async with anyio.create_task_group() as tg:
+            for _ in range(max(0, missing)):
+                tg.start_soon(self._warm_one, module)
+
+    async def _warm_one(self, module: str) -> None:
+        with contextlib.suppress(WorkerDied, OSError):
+            await self.run(preload, module)
 
     async def _send(self, proc: Process, request: bytes) -> None:
         assert proc.stdin is not None
@@ -311,6 +334,11 @@ def halt_event() -> threading.Event:
     stopping); a job that can stop early looks at it between steps, commits and returns. Clear
     again once the job has answered."""
     return _halt
+
+
+def preload(module: str) -> None:
+    """A job that only imports `module` (`Pool.warm`)."""
+    importlib.import_module(module)
 
 
 def _cancel(_sig: int, _frame: FrameType | None) -> None:

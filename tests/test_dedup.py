@@ -122,3 +122,14 @@ def test_snapshots_written_by_the_previous_format_are_read(tmp_path: Path) -> No
     again = _reloaded(folder)
     assert again.lookup("main", ("telegram", "default", "old")) == {"entryId": "x"}
     assert dedup_mod.LOG == ".log"
+
+
+def test_records_saved_in_chunks_are_the_bytes_of_one_array() -> None:
+    # Chunked so the event loop gets the interpreter lock between chunks; the file must not
+    # tell the difference (loading parses one JSON array per line).
+    for n in (0, 1, dedup_mod.CHUNK - 1, dedup_mod.CHUNK, dedup_mod.CHUNK + 1, 3 * dedup_mod.CHUNK):
+        items: dedup_mod.Items = [
+            (("telegram", "default", f"m{i}"), (i, {"sessionId": f"s{i}", "created": i == 0}))
+            for i in range(n)
+        ]
+        assert dedup_mod.dump_records(items) == orjson.dumps(items), n

@@ -1,6 +1,8 @@
-"""A batch begins at most MAX_NEW_SESSIONS sessions: the requests of further new sessions wait
-for the next batch, each session's requests keep their order, and the messages of existing
-sessions behind them do not wait (SPEC 4.4: no session's slow I/O holds another's acks)."""
+"""A batch begins at most MAX_NEW_SESSIONS sessions (a batch of new sessions alone at most
+MAX_NEW_ALONE, and requests that join a prepared batch only what it may still begin): the
+requests of further new sessions wait for the next batch, each session's requests keep their
+order, and the messages of existing sessions behind them do not wait (SPEC 4.4: no session's
+slow I/O holds another's acks)."""
 
 from __future__ import annotations
 
@@ -18,7 +20,7 @@ from inprocess import make_pipeline
 from daemon.config import Config
 from daemon.core.ingest import spread_new_sessions
 from daemon.core.protocol import parse_ingest
-from daemon.pipeline import MAX_NEW_SESSIONS, Pipeline
+from daemon.pipeline import MAX_NEW_ALONE, MAX_NEW_SESSIONS, Pipeline
 from daemon.store.store import Store
 from daemon.work import Commit
 
@@ -41,6 +43,36 @@ def test_a_batch_of_new_sessions_only_is_not_split() -> None:
     assert spread_new_sessions(keys, lambda k: False, 2) == []
     # One request of an existing session (or one that begins none) and the cap applies.
     assert spread_new_sessions([*keys, None], lambda k: False, 2) == [2, 4]
+
+
+def test_new_sessions_alone_are_bounded_by_their_own_cap() -> None:
+    keys = ["a", "b", "c", "a", "d", "e"]
+    assert [keys[i] for i in spread_new_sessions(keys, lambda k: False, 1, 3)] == ["d", "e"]
+    # Mixed, the smaller cap applies; the first new keys in order are the ones that begin.
+    mixed = [*keys, None]
+    assert [mixed[i] for i in spread_new_sessions(mixed, lambda k: False, 1, 3)] == [
+        "b",
+        "c",
+        "d",
+        "e",
+    ]
+
+
+def test_requests_joining_a_batch_begin_only_what_it_may_still_begin() -> None:
+    keys = ["a", "old", "b", "a"]
+
+    def known(k: str) -> bool:
+        return k == "old"
+
+    # The batch begins 2 of its cap of 3 already: one more ("a", with its later request).
+    assert [keys[i] for i in spread_new_sessions(keys, known, 3, begun=2)] == ["b"]
+    # It begins all it may: every new session waits, existing sessions join.
+    assert [keys[i] for i in spread_new_sessions(keys, known, 3, begun=3)] == ["a", "b", "a"]
+    # A batch of new sessions alone (cap 4): joiners of new sessions alone fill it up to 4.
+    alone = ["x", "y", "z"]
+    assert spread_new_sessions(alone, lambda k: False, 1, 4, begun=2) == [2]
+    # ... but a batch that answers others (or joiners that do) is held to the smaller cap.
+    assert spread_new_sessions(alone, lambda k: False, 1, 4, begun=2, others=True) == [0, 1, 2]
 
 
 @given(
@@ -122,11 +154,12 @@ async def test_a_burst_of_new_sessions_is_spread_and_an_existing_session_is_not_
         pipeline.close()
     assert sum(batches.created) == n
     # The first batch answered the existing session and began only its share of the new ones;
-    # the rest, new sessions alone, begin together in the batch after it.
+    # the rest, new sessions alone, begin in the batches after it, MAX_NEW_ALONE at most each.
     old_key = answers["old"][0]["sessionKey"]
     assert old_key in batches.keys[0]
     assert batches.created[0] == MAX_NEW_SESSIONS
-    assert batches.created[1] == n - MAX_NEW_SESSIONS
+    assert batches.created[1] == min(n - MAX_NEW_SESSIONS, MAX_NEW_ALONE)
+    assert max(batches.created) <= MAX_NEW_ALONE
     last_id = answers[last][0]["sessionId"]
     assert {a["sessionId"] for a in answers[last]} == {last_id}
     path = tmp_path / f"state/agents/main/sessions/{last_id}.jsonl"

@@ -15,7 +15,7 @@ from daemon.store.registry import (
     plan_writes,
     read_registry,
 )
-from daemon.store.registry_log import WritePolicy, log_path
+from daemon.store.registry_log import CHUNK, WritePolicy, log_path, serialize
 
 ALWAYS_LOG = WritePolicy(
     always_below=0, log_share=float("inf"), busy_share=float("inf"), max_age=1e9
@@ -184,3 +184,9 @@ def test_a_rewrite_planned_on_the_loop_writes_the_sessions_as_they_were_planned(
     assert sorted(doc) == [f"agent:main:k{i}" for i in range(5)]
     assert doc["agent:main:k1"] == {"sessionId": "s1", "updatedAt": 1}
     assert reg.changed_keys >= {"agent:main:k1", "agent:main:k9"}, "written once durable"
+
+
+def test_sessions_json_serialised_in_chunks_is_one_object() -> None:
+    for n in (0, 1, CHUNK - 1, CHUNK, CHUNK + 1, 3 * CHUNK + 7):
+        items = [(f"agent:main:k{i}", {"sessionId": f"s{i}", "updatedAt": i}) for i in range(n)]
+        assert serialize(items) == orjson.dumps(dict(items)), n

@@ -125,3 +125,17 @@ async def test_a_job_that_may_not_be_cancelled_runs_to_its_end() -> None:
             assert await pool.run(os.getpid) == pid
     finally:
         await pool.aclose()
+
+
+async def test_warming_starts_the_missing_workers_with_the_module_imported() -> None:
+    pool = Pool("test", 2)
+    try:
+        with anyio.fail_after(60):
+            await pool.warm("tabnanny")
+            assert pool.started == 2 and len(pool.pids) == 2
+            loaded = await pool.run(eval, "'tabnanny' in __import__('sys').modules")
+            # Warm already: no worker is started again, for a job or a second warming.
+            await pool.warm("tabnanny")
+        assert loaded and pool.started == 2
+    finally:
+        await pool.aclose()

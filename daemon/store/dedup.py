@@ -33,6 +33,9 @@ SNAPSHOT, LOG = ".json", ".log"
 # FOLD_MIN records): rewriting everything known is then paid once per several windows' worth.
 FOLD_FACTOR = 4
 FOLD_MIN = 4096
+# Records per orjson call when saving: one call holds the interpreter lock throughout (about
+# 1.8 ms for the 10,000 ids of a fold here), and the event loop waits for it; a chunk is ~0.1 ms.
+CHUNK = 512
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,8 +169,7 @@ class DedupIndex:
         """Append to the logs or write whole snapshots, each synced (worker thread). Raises
         OSError; the caller then marks the agents `changed` (a whole snapshot next time)."""
         for agent, snap in snapshots:
-            # One orjson call for all of them (records as arrays: no dict built per id).
-            data = orjson.dumps(snap.items)
+            data = dump_records(snap.items)
             log = self.folder / f"{agent}{LOG}"
             if snap.whole:
                 # A crash between the two leaves the old log beside the new snapshot: loading
@@ -177,6 +179,13 @@ class DedupIndex:
                     truncate_synced(log)
             elif snap.items:
                 append_synced(log, data + b"\n")
+
+
+def dump_records(items: Items) -> bytes:
+    """A JSON array of records (arrays: no dict built per id), in chunks of CHUNK records, so
+    the event loop gets the interpreter lock between them (worker thread)."""
+    parts = [orjson.dumps(items[i : i + CHUNK])[1:-1] for i in range(0, len(items), CHUNK)]
+    return b"[" + b",".join(parts) + b"]"
 
 
 def parse_record(rec: Any) -> tuple[DedupKey, int, dict[str, Any]] | None:

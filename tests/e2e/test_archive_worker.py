@@ -51,3 +51,45 @@ def test_a_move_that_fails_in_the_worker_is_indexed_at_the_next_start(launch: La
     archived = d.call("sessions.archived", {"sessionKey": first["sessionKey"]})["sessions"]
     assert [a["sessionId"] for a in archived] == [sid]
     assert archived[0]["file"] == moved.name
+
+
+def test_moves_and_reset_flushes_are_logged_a_line_per_group(launch: Launch) -> None:
+    d = launch(CONFIG)
+    c = d.client()
+    sids = []
+    for peer in ("1", "2", "3"):
+        text = f"We decided to book room {peer} at the Hiiragiya in Kyoto for 2026-04-03."
+        first = c.call("message.ingest", ingest_params(peer, text))
+        c.call("sessions.reset", {"sessionKey": first["sessionKey"]})
+        sids.append(first["sessionId"])
+
+    def logged(name: str) -> set[str]:
+        return {
+            str(sid)
+            for e in d.logs()
+            if e.get("event") == name
+            for sid in e["sessionIds"]  # type: ignore[attr-defined]
+        }
+
+    deadline = time.monotonic() + 60
+    while not (
+        set(sids) <= logged("sessions.archived") and set(sids) <= logged("memory.group_flushed")
+    ):
+        assert time.monotonic() < deadline, d.output()
+        time.sleep(0.05)
+    lines = d.logs()
+    # Each reset still says which session ended and why, at info level.
+    resets = [e for e in lines if e.get("event") == "session.reset"]
+    assert {e["previousSessionId"] for e in resets} == set(sids)
+    assert all(e["reason"] and e["level"] == "info" for e in resets)
+    # The groups' lines carry the counts; each session's own lines are at debug level.
+    archived = [e for e in lines if e.get("event") == "sessions.archived"]
+    assert sum(int(e["sessions"]) for e in archived) == 3  # type: ignore[call-overload]
+    flushed = [e for e in lines if e.get("event") == "memory.group_flushed"]
+    assert all(e["reason"] == "reset" and e["files"] for e in flushed)
+    assert not [
+        e
+        for e in lines
+        if e.get("event") in ("session.archived", "memory.flushed") and e["level"] != "debug"
+    ]
+    assert d.stop() == 0

@@ -13,6 +13,7 @@ from typing import Any
 
 import orjson
 import pytest
+from ops_harness import wait_for
 
 from daemon.client import RpcError
 from e2e.conftest import Launch
@@ -52,6 +53,10 @@ def test_a_word_said_before_a_reset_is_found_afterwards_in_the_archived_session(
     reset = c.call("message.ingest", ingest_params("7", "/new let us talk about boats"))
     assert reset["reset"]["previousSessionId"] == first["sessionId"]
     later = c.call("message.ingest", ingest_params("7", "a zeppelin again, after the reset"))
+    # The move into archive/ runs in an archive worker after the reset's answer; a search
+    # before it ends rightly shows the closed session where it still is.
+    archive = d.sessions_dir() / "archive"
+    wait_for("the reset session's move", lambda: any(archive.glob(f"{first['sessionId']}*")), 60)
     hits = search(d, query="zeppelin")
     by_session = {h["sessionId"]: h for h in hits}
     assert set(by_session) == {first["sessionId"], later["sessionId"]}
