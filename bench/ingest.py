@@ -62,6 +62,7 @@ SPREAD = f'{{session: {{dmScope: "per-channel-peer"}}, {QUIET}}}'
 SCENARIOS = ("sessions-1k", "sessions-100k", "hot", "open-5k")
 Result = dict[str, float]
 BARE_HOT_SECONDS = 5.0
+SETTLE_LIMIT = 60.0  # --settle-disk
 KEEP = "--keep" in sys.argv or "--timeline" in sys.argv
 TIMELINE = "--timeline" in sys.argv
 
@@ -149,6 +150,51 @@ def daemons(
             # Our own temporary state (100,000 sessions leave gigabytes): gone once measured.
             for i in range(len(configs)):
                 shutil.rmtree(workdir / f"{tag}-{i}", ignore_errors=True)
+            settle_disk()
+
+
+def discards_done() -> int:
+    """Discard requests completed, summed over the block devices (/proc/diskstats)."""
+    done = 0
+    try:
+        with open("/proc/diskstats") as f:
+            for line in f:
+                v = line.split()
+                if len(v) >= 18 and not v[2].startswith(("loop", "ram", "dm-")):
+                    done += int(v[14])
+    except OSError:
+        pass
+    return done
+
+
+def settle_disk(quiet: float = 1.0) -> None:
+    """After a run's state is removed: write back what it left dirty and wait (at most
+    --settle-disk s) until the disk has stopped discarding, so that no run measures the
+    removal of the one before. On a file system mounted with `discard` (as here), removing
+    100,000 sessions' files (300,000 files and folders with the mirror's) takes the kernel
+    tens of seconds and is followed by discards of the freed extents; a test outside the
+    daemon (50,000 sessions' files removed, then 20 file creations and a journal sync in a
+    loop) ran at a quarter of its speed for the first 3 s after the removal, and at its usual
+    speed from about 6 s on. Whether that is why successive 100,000-session runs fell
+    (9.6k, 6.6k, 4.3k msgs/s on a quiet machine) is not established: --settle-disk 0 starts
+    the next run at once, as before, to compare."""
+    limit = SETTLE_LIMIT
+    if limit <= 0:
+        return
+    t0 = time.monotonic()
+    os.sync()
+    last = discards_done()
+    calm_since = time.monotonic()
+    while time.monotonic() - t0 < limit:
+        time.sleep(0.2)
+        done = discards_done()
+        # A removal discards thousands of extents a second; other work on the disk, a few.
+        if done - last > 20:
+            calm_since = time.monotonic()
+        last = done
+        if time.monotonic() - calm_since >= quiet:
+            break
+    print(f"    (disk settled {time.monotonic() - t0:.1f} s after the run's removal)", flush=True)
 
 
 def run_ours(workdir: Path, configs: list[str], plan: dict[str, Any], tag: str) -> Result:
@@ -424,6 +470,7 @@ def summary(r: Result) -> str:
 
 
 def main() -> None:
+    global SETTLE_LIMIT
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--scenario", action="append", choices=[*SCENARIOS, "all"])
     ap.add_argument("--runs", type=int, default=3)
@@ -462,7 +509,15 @@ def main() -> None:
         help="open-5k: write each ack's due time and latency to <run>.timeline in the kept\n"
         "folder and print the slowest 100 ms windows (implies --keep)",
     )
+    ap.add_argument(
+        "--settle-disk",
+        type=float,
+        default=SETTLE_LIMIT,
+        help="after each run's state is removed, wait up to this many seconds until the\n"
+        "disk is quiet (0: start the next run at once, as before)",
+    )
     args = ap.parse_args()
+    SETTLE_LIMIT = args.settle_disk
     scale_out = args.shards > 0 or args.via == "redis"
     names = args.scenario or ([] if scale_out else ["all"])
     if "all" in names:

@@ -1,0 +1,72 @@
+"""A new session's transcript holds exactly its header once its batch is written; a session
+whose batch is never written leaves no file behind, whether its batch failed or the store
+closed first (store/open_transcripts.py; kept from the scale3 branch's creating-ahead attempt,
+which was reverted)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import orjson
+
+from daemon.store.store import Batch, Store
+
+
+def open_store(state: Path) -> Store:
+    s = Store(state, dedup_max=10_000, dedup_window_ms=86_400_000)
+    s.open()
+    return s
+
+
+def begin(store: Store, batch: Batch, key: str) -> str:
+    """Begin a session in `batch` as the applier does; returns its transcript's path."""
+    st, header = store.create_session("main", key, 1_000, {"chatType": "direct"})
+    store.register(st)
+    batch.created.append(st)
+    store.add_line(batch, st, header, None)
+    return str(store.state_dir / st.rel_path)
+
+
+def sessions_folder(state: Path) -> dict[str, bytes]:
+    folder = state / "agents" / "main" / "sessions"
+    return {p.name: p.read_bytes() for p in folder.glob("*.jsonl")}
+
+
+def test_the_written_batch_takes_the_file_created_ahead(tmp_path: Path) -> None:
+    store = open_store(tmp_path)
+    batch = Batch()
+    paths = [begin(store, batch, f"agent:main:direct:{i}") for i in range(20)]
+    store.write_batch(batch)
+    store.apply(batch)
+    store.close()
+    files = sessions_folder(tmp_path)
+    assert sorted(files) == sorted(Path(p).name for p in paths)
+    for name, data in files.items():
+        (header,) = data.splitlines()  # exactly the header, written once
+        assert orjson.loads(header)["id"] == name.removesuffix(".jsonl")
+
+
+def test_a_batch_never_written_leaves_no_file(tmp_path: Path) -> None:
+    store = open_store(tmp_path)
+    batch = Batch()
+    kept = begin(store, batch, "agent:main:direct:kept")
+    store.write_batch(batch)
+    store.apply(batch)
+    failed = Batch()
+    gone = [begin(store, failed, f"agent:main:direct:{i}") for i in range(5)]
+    store.fail(failed)  # as the committer does when a batch cannot be written
+    assert sorted(sessions_folder(tmp_path)) == [Path(kept).name]
+    assert all(not Path(p).exists() for p in gone)
+    store.close()
+
+
+def test_sessions_begun_when_the_store_closes_leave_no_file(tmp_path: Path) -> None:
+    store = open_store(tmp_path)
+    batch = Batch()
+    for i in range(5):
+        begin(store, batch, f"agent:main:direct:{i}")
+    store.close()  # the daemon stops with this batch prepared but not written
+    assert sessions_folder(tmp_path) == {}
+    again = open_store(tmp_path)  # and start-up finds nothing to recover
+    assert sessions_folder(tmp_path) == {}
+    again.close()
