@@ -206,7 +206,7 @@ def log_group(archived: list[ArchiveRecord]) -> None:
     for rec in archived:
         reasons[rec.reason] = reasons.get(rec.reason, 0) + 1
     log.info(
-        "sessions.archived",
+        "archive.group_moved",
         sessions=len(archived),
         reasons=reasons,
         messages=sum(rec.messages for rec in archived),

@@ -73,7 +73,7 @@ def test_moves_and_reset_flushes_are_logged_a_line_per_group(launch: Launch) -> 
 
     deadline = time.monotonic() + 60
     while not (
-        set(sids) <= logged("sessions.archived") and set(sids) <= logged("memory.group_flushed")
+        set(sids) <= logged("archive.group_moved") and set(sids) <= logged("memory.group_flushed")
     ):
         assert time.monotonic() < deadline, d.output()
         time.sleep(0.05)
@@ -83,7 +83,7 @@ def test_moves_and_reset_flushes_are_logged_a_line_per_group(launch: Launch) -> 
     assert {e["previousSessionId"] for e in resets} == set(sids)
     assert all(e["reason"] and e["level"] == "info" for e in resets)
     # The groups' lines carry the counts; each session's own lines are at debug level.
-    archived = [e for e in lines if e.get("event") == "sessions.archived"]
+    archived = [e for e in lines if e.get("event") == "archive.group_moved"]
     assert sum(int(e["sessions"]) for e in archived) == 3  # type: ignore[call-overload]
     flushed = [e for e in lines if e.get("event") == "memory.group_flushed"]
     assert all(e["reason"] == "reset" and e["files"] for e in flushed)
