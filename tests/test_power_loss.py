@@ -280,7 +280,11 @@ def check_started(image: Image, acks: Acks) -> dict[str, bytes]:
         if mid is not None:
             assert mids[mid] == 1, mid
     active = {sid for sid, p in files.items() if p.parent.name != "archive"}
-    assert registered == active, "sessions.json must name exactly the active transcripts"
+    where = {sid: str(files[sid].relative_to(image.folder)) if sid in files else "no transcript"
+             for sid in registered ^ active}  # fmt: skip
+    assert registered == active, (
+        f"sessions.json must name exactly the active transcripts; the difference: {where}"
+    )
     return {str(p.relative_to(image.folder)): p.read_bytes() for p in files.values()}
 
 
