@@ -349,17 +349,8 @@ class Pipeline:
                 compaction = a.compaction
                 if compaction is None and scheduled and last.get(a.session.session_id) == i:
                     compaction = scheduled.get(a.session.session_id)
-                if a.command is None:  # a plain message: its answer built here, the common case
-                    st = a.session
-                    answer = ingest_answer(
-                        st.session_key,
-                        st.session_id,
-                        a.entry_id,
-                        a.created,
-                        reset=a.reset,
-                        compaction=compaction,
-                    )
-                    finish(item, answer, now)
+                if a.command is None:  # a plain message, the common case
+                    finish(item, _answer(a, compaction, None), now)
                     continue
                 if a.command.reply is None:
                     background.start_soon(self._answer_detail, item, a, compaction)
