@@ -63,6 +63,8 @@ SCENARIOS = ("sessions-1k", "sessions-100k", "hot", "open-5k")
 Result = dict[str, float]
 BARE_HOT_SECONDS = 5.0
 SETTLE_LIMIT = 60.0  # --settle-disk
+INODE_WAIT = 65.0  # --inode-wait: the kernel's 60 s (settle_disk) and a margin
+INODE_WAIT_ABOVE = 10_000  # inodes a removal freed (100,000 sessions: about 300,000)
 KEEP = "--keep" in sys.argv or "--timeline" in sys.argv
 TIMELINE = "--timeline" in sys.argv
 
@@ -148,9 +150,10 @@ def daemons(
                 p.wait()
         if not KEEP:
             # Our own temporary state (100,000 sessions leave gigabytes): gone once measured.
+            free = os.statvfs(workdir).f_ffree
             for i in range(len(configs)):
                 shutil.rmtree(workdir / f"{tag}-{i}", ignore_errors=True)
-            settle_disk()
+            settle_disk(freed=os.statvfs(workdir).f_ffree - free)
 
 
 def discards_done() -> int:
@@ -167,7 +170,7 @@ def discards_done() -> int:
     return done
 
 
-def settle_disk(quiet: float = 1.0) -> None:
+def settle_disk(freed: int = 0, quiet: float = 1.0) -> None:
     """After a run's state is removed: write back what it left dirty and wait (at most
     --settle-disk s) until the disk has stopped discarding, so that no run measures the
     removal of the one before. On a file system mounted with `discard` (as here), removing
@@ -175,12 +178,29 @@ def settle_disk(quiet: float = 1.0) -> None:
     tens of seconds and is followed by discards of the freed extents; a test outside the
     daemon (50,000 sessions' files removed, then 20 file creations and a journal sync in a
     loop) ran at a quarter of its speed for the first 3 s after the removal, and at its usual
-    speed from about 6 s on. Whether that is why successive 100,000-session runs fell
-    (9.6k, 6.6k, 4.3k msgs/s on a quiet machine) is not established: --settle-disk 0 starts
-    the next run at once, as before, to compare."""
-    limit = SETTLE_LIMIT
-    if limit <= 0:
-        return
+    speed from about 6 s on (--settle-disk 0: the next run at once, as before).
+
+    That is not why successive 100,000-session runs fell (9.6k, 6.6k, 4.3k msgs/s on a quiet
+    machine, with the discards waited for). What made them fall: this machine's ext4 has no
+    journal, and without one the kernel's inode allocator passes over every free inode freed
+    less than 60 s ago (fs/ext4/ialloc.c, `find_inode_bit` and `recently_deleted`: a
+    buffer-cache look-up per free inode passed over, and a group whose free inodes were all
+    freed just now is walked to its end). Files created right after the previous run's were
+    removed cost 3-4x the kernel time each (20,000 files: 89 us each when fresh, 337-401 us
+    right after a removal, 135 us 70 s after it). So when the removal freed more than
+    INODE_WAIT_ABOVE inodes, the next run starts --inode-wait s after it (0: at once)."""
+    t0 = time.monotonic()
+    if SETTLE_LIMIT > 0:
+        discards_settled(SETTLE_LIMIT, quiet)
+        took = time.monotonic() - t0
+        print(f"    (disk settled {took:.1f} s after the run's removal)", flush=True)
+    if freed > INODE_WAIT_ABOVE and INODE_WAIT > 0:
+        time.sleep(max(0.0, INODE_WAIT - (time.monotonic() - t0)))
+        print(f"    ({freed} inodes freed: next run {INODE_WAIT:.0f} s after it)", flush=True)
+
+
+def discards_settled(limit: float, quiet: float) -> None:
+    """Sync, then wait (at most `limit` s) until the disk has been `quiet` s without discards."""
     t0 = time.monotonic()
     os.sync()
     last = discards_done()
@@ -194,7 +214,6 @@ def settle_disk(quiet: float = 1.0) -> None:
         last = done
         if time.monotonic() - calm_since >= quiet:
             break
-    print(f"    (disk settled {time.monotonic() - t0:.1f} s after the run's removal)", flush=True)
 
 
 def run_ours(workdir: Path, configs: list[str], plan: dict[str, Any], tag: str) -> Result:
@@ -470,7 +489,7 @@ def summary(r: Result) -> str:
 
 
 def main() -> None:
-    global SETTLE_LIMIT
+    global SETTLE_LIMIT, INODE_WAIT
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--scenario", action="append", choices=[*SCENARIOS, "all"])
     ap.add_argument("--runs", type=int, default=3)
@@ -516,8 +535,17 @@ def main() -> None:
         help="after each run's state is removed, wait up to this many seconds until the\n"
         "disk is quiet (0: start the next run at once, as before)",
     )
+    ap.add_argument(
+        "--inode-wait",
+        type=float,
+        default=INODE_WAIT,
+        help=f"after a removal that freed more than {INODE_WAIT_ABOVE:,} inodes, start the next\n"
+        "run this many seconds after it (ext4 without a journal passes over inodes freed\n"
+        "in the last 60 s, at a cost per file: see settle_disk; 0: at once, as before)",
+    )
     args = ap.parse_args()
     SETTLE_LIMIT = args.settle_disk
+    INODE_WAIT = args.inode_wait
     scale_out = args.shards > 0 or args.via == "redis"
     names = args.scenario or ([] if scale_out else ["all"])
     if "all" in names:
