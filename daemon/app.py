@@ -63,8 +63,13 @@ class RunOptions:
 # The collector's defaults (a young collection every 700 allocations) promote most requests in
 # flight to the older generations, whose collections then walk the whole heap several times a
 # second under load. A young generation this size lets them die young; bench/ingest.py measured
-# about 15% less CPU per message.
-GC_THRESHOLDS = (50_000, 20, 20)
+# about 15% less CPU per message. At 100,000 sessions, 50,000 was still too small: a checkpoint
+# that rewrites sessions.json whole holds 100,000-item lists and dicts for a while, young
+# collections caught them and promoted them, and the middle generation's collections then walked
+# 270,000-520,000 objects (0.2-0.5 s each, 2-4 s of a 200,000-message run; young ones 5-7 s).
+# At 200,000 (tmpfs, four alternating runs): daemon CPU 84-97 against 103-105 us/msg at 100,000
+# sessions, 66-69 against 70-72 (whole tree) at 1,000.
+GC_THRESHOLDS = (200_000, 20, 20)
 
 
 # The event loop shares the interpreter lock with the committer's writer thread, which needs it

@@ -17,7 +17,7 @@ import time
 
 from daemon import workers
 
-YOUNG_THRESHOLDS = (50_000, 20)  # as daemon/app.py GC_THRESHOLDS
+YOUNG_THRESHOLDS = (50_000, 20)  # the daemon's own (daemon/app.py GC_THRESHOLDS) are 200,000 now
 NEVER = 1 << 30  # a threshold the collector's counters never reach
 FULL_COLLECT_SECONDS = 600.0
 
