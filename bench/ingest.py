@@ -556,6 +556,7 @@ def main() -> None:
         f"interleaved runs; cpus={os.cpu_count()}; load average {load()}",
         flush=True,
     )
+    ours: dict[str, Result] = {}  # sessiond's medians per scenario
     try:
         for name in names:
             plan, cfg = plan_for(name, args)
@@ -575,7 +576,12 @@ def main() -> None:
             if "seconds" in plan:
                 size = f"{plan['seconds']:.0f} s of messages"
             print(f"{name}: {size} over {plan['sessions']} sessions", flush=True)
-            report(name, series(name, args.runs, servers), ["sessiond"])
+            med = series(name, args.runs, servers)
+            report(name, med, ["sessiond"])
+            ours[name] = med["sessiond"]
+            if name == "sessions-100k" and "sessions-1k" in ours:
+                ratio = med["sessiond"]["rate"] / ours["sessions-1k"]["rate"]
+                print(f"    ratio sessions-100k / sessions-1k (medians): {ratio:.2f} (goal 0.8)")
         if scale_out:
             shard_series(args, workdir)
     finally:
