@@ -105,6 +105,20 @@ def test_a_search_right_after_the_answer_finds_the_message(launch: Launch) -> No
         assert len(c.call("memory.search", {"query": word})["hits"]) == 1, word
 
 
+def test_a_search_right_after_a_reset_shows_the_closed_session_archived(launch: Launch) -> None:
+    # The move into archive/ runs in an archive worker after the reset's answer: the search
+    # waits for the moves under way and for the pass that sees them, as it waits for the
+    # batches acknowledged before it.
+    d = launch(PER_PEER)
+    c = d.client()
+    for i in range(5):
+        word = f"dirigible{i}x"
+        first = c.call("message.ingest", ingest_params(f"8{i}", f"my {word} is ready"))
+        c.call("message.ingest", ingest_params(f"8{i}", "/new let us talk about boats"))
+        hits = c.call("memory.search", {"query": word})["hits"]
+        assert [(h["sessionId"], h["archived"]) for h in hits] == [(first["sessionId"], True)]
+
+
 def test_memory_files_are_searched(launch: Launch) -> None:
     # The periodic sweep finds them (about a second on an idle machine: a figure, not a bound).
     d = launch()
