@@ -65,7 +65,9 @@ class Moving(Protocol):
 
     moved: int
 
-    async def settled(self) -> None: ...
+    async def settled(self) -> None:
+        """Wait (a bounded while) until the moves under way are done."""
+        ...
 
 
 POLL_SECONDS = 0.1  # how often the batch counter is looked at
@@ -412,13 +414,14 @@ class SearchService:
     async def _fresh(self) -> None:
         """Wait (a bounded while) until the batches acknowledged before, and the moves into
         archive/ of the sessions they closed, are indexed."""
+        if self.moves is not None:
+            # As `sessions.archived` does (bounded there): a reset job's moves take seconds.
+            await self.moves.settled()
+        if self._indexed():
+            return
+        target = self._started + 1
+        self._wake.set()
         with anyio.move_on_after(FRESH_WAIT_SECONDS):
-            if self.moves is not None:
-                await self.moves.settled()
-            if self._indexed():
-                return
-            target = self._started + 1
-            self._wake.set()
             while self._done < target:
                 await self._pass_done.wait()
 
