@@ -55,10 +55,10 @@ def test_generations_replay_oldest_first_and_switching_never_unlinks(tmp_path: P
     j = Journal(tmp_path / "journal")
     assert j.open_and_read() == []
     j.start_fresh()
-    j.append(frame(recs(2, "a")))
+    j.append(recs(2, "a"))
     j.sync()
     j.switch()
-    j.append(frame(recs(1, "b")))
+    j.append(recs(1, "b"))
     j.sync()
     j.close()
     names = sorted(p.name for p in (tmp_path / "journal").iterdir())
@@ -73,9 +73,9 @@ def test_truncate_to_removes_an_unacknowledged_batch(tmp_path: Path) -> None:
     j = Journal(tmp_path / "journal")
     j.open_and_read()
     j.start_fresh()
-    j.append(frame(recs(1)))
+    j.append(recs(1))
     good = j.size
-    j.append(frame(recs(5, "bad")))
+    j.append(recs(5, "bad"))
     j.truncate_to(good)
     j.sync()
     j.close()
@@ -123,13 +123,13 @@ def test_a_switch_to_the_ready_file_touches_no_disk(tmp_path: Path, calls: Calls
     j.open_and_read()
     j.start_fresh()
     assert j.ready
-    j.append(frame(recs(2, "a")))
+    j.append(recs(2, "a"))
     j.sync()
     calls.calls.clear()
     j.switch()
     assert calls.calls == []
     assert not j.ready
-    j.append(frame(recs(1, "b")))
+    j.append(recs(1, "b"))
     j.sync()
     j.close()
     # A crash now: both generations replay, the one switched away from first.
@@ -142,22 +142,22 @@ def test_a_ready_file_replays_nothing_and_making_it_ready_frees_the_old_generati
     j = Journal(tmp_path / "journal")
     j.open_and_read()
     j.start_fresh()
-    j.append(frame(recs(1, "a")))
+    j.append(recs(1, "a"))
     j.sync()
     j.close()
     # A crash with the other file ready (header only, a newer generation): only a's record.
     j = Journal(tmp_path / "journal")
     assert names(j.open_and_read()) == ["a.jsonl"]
     j.start_fresh()
-    j.append(frame(recs(1, "a")))
+    j.append(recs(1, "a"))
     j.sync()
     j.switch()
-    j.append(frame(recs(1, "b")))
+    j.append(recs(1, "b"))
     j.sync()
     # The checkpoint synced what a covered: a is truncated and ready again, b stays active.
     j.prepare_next()
     assert j.ready
-    j.append(frame(recs(1, "c")))
+    j.append(recs(1, "c"))
     j.sync()
     j.close()
     assert names(Journal(tmp_path / "journal").open_and_read()) == ["b.jsonl", "c.jsonl"]
@@ -170,7 +170,7 @@ def test_a_file_that_could_not_be_made_ready_is_prepared_by_the_switch(
     j.open_and_read()
     j.start_fresh()
     j.switch()
-    j.append(frame(recs(1, "a")))
+    j.append(recs(1, "a"))
     j.sync()
     calls.fail_pwrite = True
     with pytest.raises(OSError):
@@ -179,7 +179,48 @@ def test_a_file_that_could_not_be_made_ready_is_prepared_by_the_switch(
     calls.calls.clear()
     j.switch()
     assert calls.calls == ["ftruncate", "pwrite", "fdatasync"]
-    j.append(frame(recs(1, "b")))
+    j.append(recs(1, "b"))
     j.sync()
     j.close()
     assert names(Journal(tmp_path / "journal").open_and_read()) == ["a.jsonl", "b.jsonl"]
+
+
+def test_a_reused_file_whose_truncation_a_power_cut_lost_replays_none_of_its_old_frames(
+    tmp_path: Path,
+) -> None:
+    """A checkpoint makes the file it freed ready again: truncate it, write the next
+    generation's header, sync. A power cut before that sync may keep the header's write and
+    lose the truncation (unsynced writes survive in any subset): the new header then sits on
+    top of the old frames. They were written before the checkpoint synced their transcripts
+    and registry, so replaying them now, after the newer generation, would write stale history
+    last (a closed session registered again: the power-loss simulation's seed 382835104)."""
+    folder = tmp_path / "journal"
+    j = Journal(folder)
+    j.open_and_read()
+    j.start_fresh()
+    old_file = j.paths[j.active]
+    j.append(recs(3, "old"))
+    j.sync()
+    old = old_file.read_bytes()
+    j.switch()
+    j.append(recs(1, "new"))
+    j.sync()
+    j.prepare_next()  # the checkpoint after the switch: the old file is made ready again
+    header = old_file.read_bytes()
+    j.close()
+    assert len(header) < len(old)
+    # The crash image: the header's write survived, the truncation before it did not.
+    old_file.write_bytes(header + old[len(header) :])
+    out = Journal(folder).open_and_read()
+    assert [r.a.split("/")[-1] for r in out] == ["new.jsonl"]
+
+
+def test_a_file_written_before_salts_still_replays(tmp_path: Path) -> None:
+    """An upgrade over a journal that holds acknowledged batches: its header names no salt
+    (`-`), and its frames' CRCs are plain; replay must still find them."""
+    folder = tmp_path / "journal"
+    folder.mkdir()
+    old = frame([record("H", "5", "-", b"")]) + frame(recs(2, "a")) + frame(recs(1, "b"))
+    (folder / "a.wal").write_bytes(old)
+    out = Journal(folder).open_and_read()
+    assert [r.a.split("/")[-1] for r in out] == ["a.jsonl", "a.jsonl", "b.jsonl"]

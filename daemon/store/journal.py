@@ -19,8 +19,16 @@ Two journal files take turns (`a.wal`, `b.wal`), so that nothing is ever unlinke
 
 Format: a file is a sequence of frames, one per batch: `B\t<crc32 hex8>\t<length>\n` followed
 by `length` bytes of records, one per line, `<kind>\t<a>\t<b>\t<payload>\n`; the CRC covers the
-records. Kinds: H (header, first frame of a file: a = generation), T (transcript line: a = path
-relative to the state folder, b = byte offset, payload = the line, which holds no newline).
+records. Kinds: H (header, first frame of a file: a = generation, b = its salt), T (transcript
+line: a = path relative to the state folder, b = byte offset, payload = the line, which holds no
+newline).
+
+Salts: a file is reused in place (truncated, then given a new header), and a power cut before the
+header's sync may keep the header and lose the truncation: the file's old frames then follow a new
+header. So every frame after the header carries a CRC seeded with a salt that the header names
+(`~` and random hex in its b field; the seed is the CRC of the header's record): frames written
+under another header fail their CRC, and replay stops there. A header whose b is `-` (files
+written before salts) seeds nothing.
 Idempotency records need no kind of their own: they are rebuilt from the replayed lines'
 `origin.messageId`. Replay of a file stops at its first damaged or torn frame: a batch is
 acknowledged only after its whole frame is synced, so nothing after that point was.
@@ -56,16 +64,34 @@ def record(kind: str, a: str, b: str | int, payload: bytes) -> bytes:
     return b"%s\t%s\t%s\t%s\n" % (kind.encode(), a.encode(), str(b).encode(), payload)
 
 
-def frame(records: list[bytes]) -> bytes:
-    """One batch's records, framed with their length and CRC."""
+def frame(records: list[bytes], salt: int = 0) -> bytes:
+    """One batch's records, framed with their length and CRC (seeded with the file's salt)."""
     body = b"".join(records)
-    return b"B\t%08x\t%d\n%s" % (zlib.crc32(body), len(body), body)
+    return b"B\t%08x\t%d\n%s" % (zlib.crc32(body, salt), len(body), body)
+
+
+SALTED = "~"  # a header record's b field that begins with this salts its file's later frames
+
+
+def header(kind: str, a: str) -> tuple[bytes, int]:
+    """A file's first frame (a header record of `kind`), with a fresh salt; and that salt."""
+    rec = record(kind, a, SALTED + os.urandom(8).hex(), b"")
+    return frame([rec]), zlib.crc32(rec)
+
+
+def salt_of(first: Record) -> int:
+    """The salt a file's first record gives the frames after it (0: none, an older file)."""
+    if not first.b.startswith(SALTED):
+        return 0
+    return zlib.crc32(record(first.kind, first.a, first.b, first.payload))
 
 
 def decode_file(data: bytes) -> Iterator[Record]:
-    """Records of one journal file, in order, stopping at the first damaged or torn frame."""
+    """Records of one journal file, in order, stopping at the first damaged or torn frame (or
+    the first written under another header: see Salts)."""
     pos = 0
     n = len(data)
+    salt: int | None = None  # the first frame is the header: not salted
     while pos < n:
         nl = data.find(b"\n", pos)
         if nl < 0:
@@ -79,14 +105,19 @@ def decode_file(data: bytes) -> Iterator[Record]:
             return
         body = data[nl + 1 : nl + 1 + length]
         # The CRC as written (`%08x`), byte for byte: "A" for "a" is damage, not the same CRC.
-        if len(body) != length or head[1] != b"%08x" % zlib.crc32(body):
+        if len(body) != length or head[1] != b"%08x" % zlib.crc32(body, salt or 0):
             return
         pos = nl + 1 + length
         for line in body.split(b"\n")[:-1]:
             parts = line.split(b"\t", 3)
             if len(parts) != 4:
                 return
-            yield Record(parts[0].decode(), parts[1].decode(), parts[2].decode(), parts[3])
+            rec = Record(parts[0].decode(), parts[1].decode(), parts[2].decode(), parts[3])
+            if salt is None:
+                salt = salt_of(rec)
+            yield rec
+        if salt is None:  # an empty first frame
+            salt = 0
 
 
 class Journal:
@@ -106,6 +137,7 @@ class Journal:
         # The inactive file's size when it is ready (invariant 4), else None: switching then
         # truncates it and writes its header first.
         self._ready: int | None = None
+        self._salts = [0, 0]  # each file's salt (its header's), for the frames appended to it
 
     def open_and_read(self) -> list[Record]:
         """Open both files and return the records to replay, oldest generation first."""
@@ -122,6 +154,7 @@ class Journal:
             size = os.fstat(fd).st_size
             records = list(decode_file(os.pread(fd, size, 0))) if size else []
             if records and records[0].kind == "H":
+                self._salts[i] = salt_of(records[0])
                 files.append((int(records[0].a), i, records[1:]))
         files.sort()
         if files:
@@ -177,15 +210,15 @@ class Journal:
         fd = self.fds[index]
         self.generation += 1
         fileio.ftruncate(fd, 0)
-        header = frame([record("H", str(self.generation), "-", b"")])
-        fileio.pwrite(fd, header, 0)
+        head, self._salts[index] = header("H", str(self.generation))
+        fileio.pwrite(fd, head, 0)
         fileio.fdatasync(fd)
-        return len(header)
+        return len(head)
 
-    def append(self, data: bytes) -> None:
-        """Write records at the end of the active file (not yet durable)."""
+    def append(self, records: list[bytes]) -> None:
+        """Write one frame of records at the end of the active file (not yet durable)."""
         fd = self.fds[self.active]
-        view = memoryview(data)
+        view = memoryview(frame(records, self._salts[self.active]))
         off = self.size
         while view:
             n = fileio.pwrite(fd, view, off)
@@ -208,4 +241,4 @@ class Journal:
         self.fds.clear()
 
 
-__all__ = ["Journal", "Record", "decode_file", "frame", "record"]
+__all__ = ["Journal", "Record", "decode_file", "frame", "header", "record", "salt_of"]
