@@ -51,8 +51,10 @@ from daemon import compaction_job
 from daemon.compaction_job import (
     Done,
     Job,
+    Latest,
     after_limit,
     kept_budget,
+    latest_of,
     read_budget,
 )
 from daemon.compaction_replies import (
@@ -60,11 +62,9 @@ from daemon.compaction_replies import (
     compact_reply,
     context_answer,
     context_reply,
-    latest_of,
 )
 from daemon.compaction_state import (
     MAX_BACKOFF_SECONDS,
-    Latest,
     Outcome,
     Pending,
     Request,
@@ -442,7 +442,7 @@ class Compactor:
                 compact=compact,
                 flush=flush,
                 flush_alone=d.flush,
-                summarizer=cc.summarizer,
+                summarizer=cc.summarizer.settings(),
                 flush_prompt=cc.memoryFlush.prompt,
                 instructions=req.instructions if req is not None else None,
                 session_key=st.session_key,

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from collections import OrderedDict
 
-from daemon.compaction_state import Latest, Outcome, Pending, flushed, int_of
+from daemon.compaction_job import Latest
+from daemon.compaction_state import Outcome, Pending, flushed, int_of
 from daemon.core import tokens
 from daemon.store.context import ContextView
 from daemon.store.registry import SessionState
@@ -106,22 +107,6 @@ def context_answer(st: SessionState, th: tokens.Thresholds, view: ContextView) -
         "contextWindow": th.context_window,
         "compactionCount": int_of(st.entry.get("compactionCount")),
     }
-
-
-def latest_of(view: ContextView) -> Latest | None:
-    """The latest compaction of a context, as /context shows it (None: there is none)."""
-    c = view.compaction
-    if c is None or view.summary is None:
-        return None
-    before = c.get("tokensBefore")
-    fk = c.get("firstKeptEntryId")
-    eid = c.get("id")
-    return Latest(
-        eid if isinstance(eid, str) else None,
-        view.summary,
-        fk if isinstance(fk, str) else None,
-        before if isinstance(before, int) else None,
-    )
 
 
 class LatestCache:

@@ -18,7 +18,7 @@ import re
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
-from daemon.config import SummarizerConfig
+from daemon.core.summarizer_settings import SummarizerSettings as SummarizerSettings
 from daemon.errors import SummarizerFailed
 
 NO_REPLY = "NO_REPLY"
@@ -86,7 +86,7 @@ class Summarizer(Protocol):
         ...
 
 
-def make_summarizer(cfg: SummarizerConfig) -> Summarizer:
+def make_summarizer(cfg: SummarizerSettings) -> Summarizer:
     from daemon.summarizers.builtin import BuiltinSummarizer
     from daemon.summarizers.command import CommandSummarizer
     from daemon.summarizers.openai import OpenAISummarizer
@@ -98,7 +98,7 @@ def make_summarizer(cfg: SummarizerConfig) -> Summarizer:
     return BuiltinSummarizer()
 
 
-def summarize_here(cfg: SummarizerConfig, req: SummaryRequest) -> tuple[str, str]:
+def summarize_here(cfg: SummarizerSettings, req: SummaryRequest) -> tuple[str, str]:
     """(kind, text): the summarizer's answer, computed in this thread; for worker processes
     (daemon/workers.py), where nothing else waits on this thread. Raises SummarizerFailed."""
     import anyio
