@@ -196,7 +196,8 @@ def settle_disk(freed: int = 0, quiet: float = 1.0) -> None:
         print(f"    (disk settled {took:.1f} s after the run's removal)", flush=True)
     if freed > INODE_WAIT_ABOVE and INODE_WAIT > 0:
         time.sleep(max(0.0, INODE_WAIT - (time.monotonic() - t0)))
-        print(f"    ({freed} inodes freed: next run {INODE_WAIT:.0f} s after it)", flush=True)
+        # Counted on the whole file system: other people's removals meanwhile count too.
+        print(f"    ({freed} inodes freed: next run {INODE_WAIT:.0f} s after)", flush=True)
 
 
 def discards_settled(limit: float, quiet: float) -> None:
