@@ -11,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from daemon.store import fileio
+from daemon.store import journal
 from daemon.store.journal import Journal, Record, decode_file, frame, record
 
 
@@ -55,10 +56,10 @@ def test_generations_replay_oldest_first_and_switching_never_unlinks(tmp_path: P
     j = Journal(tmp_path / "journal")
     assert j.open_and_read() == []
     j.start_fresh()
-    j.append(frame(recs(2, "a")))
+    j.append(recs(2, "a"))
     j.sync()
     j.switch()
-    j.append(frame(recs(1, "b")))
+    j.append(recs(1, "b"))
     j.sync()
     j.close()
     names = sorted(p.name for p in (tmp_path / "journal").iterdir())
@@ -73,9 +74,9 @@ def test_truncate_to_removes_an_unacknowledged_batch(tmp_path: Path) -> None:
     j = Journal(tmp_path / "journal")
     j.open_and_read()
     j.start_fresh()
-    j.append(frame(recs(1)))
+    j.append(recs(1))
     good = j.size
-    j.append(frame(recs(5, "bad")))
+    j.append(recs(5, "bad"))
     j.truncate_to(good)
     j.sync()
     j.close()
@@ -123,13 +124,13 @@ def test_a_switch_to_the_ready_file_touches_no_disk(tmp_path: Path, calls: Calls
     j.open_and_read()
     j.start_fresh()
     assert j.ready
-    j.append(frame(recs(2, "a")))
+    j.append(recs(2, "a"))
     j.sync()
     calls.calls.clear()
     j.switch()
     assert calls.calls == []
     assert not j.ready
-    j.append(frame(recs(1, "b")))
+    j.append(recs(1, "b"))
     j.sync()
     j.close()
     # A crash now: both generations replay, the one switched away from first.
@@ -142,22 +143,22 @@ def test_a_ready_file_replays_nothing_and_making_it_ready_frees_the_old_generati
     j = Journal(tmp_path / "journal")
     j.open_and_read()
     j.start_fresh()
-    j.append(frame(recs(1, "a")))
+    j.append(recs(1, "a"))
     j.sync()
     j.close()
     # A crash with the other file ready (header only, a newer generation): only a's record.
     j = Journal(tmp_path / "journal")
     assert names(j.open_and_read()) == ["a.jsonl"]
     j.start_fresh()
-    j.append(frame(recs(1, "a")))
+    j.append(recs(1, "a"))
     j.sync()
     j.switch()
-    j.append(frame(recs(1, "b")))
+    j.append(recs(1, "b"))
     j.sync()
-    # The checkpoint synced what a covered: a is truncated and ready again, b stays active.
+    # The checkpoint synced what a covered: a is ready again (a newer header), b stays active.
     j.prepare_next()
     assert j.ready
-    j.append(frame(recs(1, "c")))
+    j.append(recs(1, "c"))
     j.sync()
     j.close()
     assert names(Journal(tmp_path / "journal").open_and_read()) == ["b.jsonl", "c.jsonl"]
@@ -170,7 +171,7 @@ def test_a_file_that_could_not_be_made_ready_is_prepared_by_the_switch(
     j.open_and_read()
     j.start_fresh()
     j.switch()
-    j.append(frame(recs(1, "a")))
+    j.append(recs(1, "a"))
     j.sync()
     calls.fail_pwrite = True
     with pytest.raises(OSError):
@@ -179,7 +180,121 @@ def test_a_file_that_could_not_be_made_ready_is_prepared_by_the_switch(
     calls.calls.clear()
     j.switch()
     assert calls.calls == ["ftruncate", "pwrite", "fdatasync"]
-    j.append(frame(recs(1, "b")))
+    j.append(recs(1, "b"))
     j.sync()
     j.close()
     assert names(Journal(tmp_path / "journal").open_and_read()) == ["a.jsonl", "b.jsonl"]
+
+
+def test_a_reused_file_replays_only_its_own_generation_not_the_older_frames_after_it(
+    tmp_path: Path,
+) -> None:
+    """Files are reused in place (invariant 5): the frames an older generation left beyond the
+    new generation's end are never replayed, even when they are whole and follow directly."""
+    j = Journal(tmp_path / "journal")
+    j.open_and_read()
+    j.start_fresh()
+    for k in range(6):
+        j.append(recs(1, f"old{k}"))
+    j.sync()
+    j.switch()
+    j.append(recs(1, "b"))
+    j.sync()
+    old_length = j.paths[0].stat().st_size
+    j.prepare_next()  # the old file: a newer header, its old frames still after it
+    assert j.paths[0].stat().st_size == old_length
+    j.switch()
+    j.append(recs(1, "new"))  # shorter than what the older generation wrote there
+    j.sync()
+    j.close()
+    assert names(Journal(tmp_path / "journal").open_and_read()) == ["b.jsonl", "new.jsonl"]
+
+
+def test_an_older_generations_frame_right_after_the_end_is_not_taken(tmp_path: Path) -> None:
+    """The worst case of invariant 5: a whole frame of the older generation starts exactly where
+    the new generation's frames end (same sizes); its CRC, seeded with the older generation,
+    fails the new one."""
+    j = Journal(tmp_path / "journal")
+    j.open_and_read()
+    j.start_fresh()
+    j.append(recs(1, "aa"))
+    j.append(recs(1, "a2"))
+    j.sync()
+    j.switch()
+    j.sync()
+    j.prepare_next()
+    j.switch()
+    j.append(recs(1, "bb"))  # same length as "aa": "a2"'s old frame follows it, whole
+    j.sync()
+    j.close()
+    data = j.paths[0].read_bytes()
+    assert b"a2.jsonl" in data
+    assert names(Journal(tmp_path / "journal").open_and_read()) == ["bb.jsonl"]
+
+
+def test_a_file_in_the_format_before_seeded_frames_still_replays(tmp_path: Path) -> None:
+    folder = tmp_path / "journal"
+    folder.mkdir()
+    (folder / "a.wal").write_bytes(frame([record("H", "3", "-", b"")]) + frame(recs(2, "v1")))
+    (folder / "b.wal").write_bytes(b"")
+    j = Journal(folder)
+    assert names(j.open_and_read()) == ["v1.jsonl"] * 2
+    j.start_fresh()
+    j.append(recs(1, "v2"))
+    j.sync()
+    j.close()
+    assert names(Journal(folder).open_and_read()) == ["v2.jsonl"]
+
+
+def test_a_file_whose_header_is_unreadable_is_emptied_before_reuse(tmp_path: Path) -> None:
+    """Its frames' generations are unknown, so no seed is known to exclude them."""
+    folder = tmp_path / "journal"
+    folder.mkdir()
+    (folder / "a.wal").write_bytes(b"garbage" + frame(recs(3, "lost")))
+    (folder / "b.wal").write_bytes(b"")
+    j = Journal(folder)
+    assert j.open_and_read() == []
+    j.start_fresh()
+    assert b"lost" not in j.paths[0].read_bytes()
+    j.close()
+
+
+def test_the_next_file_is_written_ahead_to_twice_what_the_last_generation_used(
+    tmp_path: Path,
+) -> None:
+    """A generation that used more than PREWRITE_FROM bytes has the file it will switch to
+    after the next one written with zeros ahead, so the appends there overwrite: the file
+    keeps its length while it is used."""
+    j = Journal(tmp_path / "journal")
+    j.open_and_read()
+    j.start_fresh()
+    big = [record("T", "agents/main/sessions/x.jsonl", 0, b"x" * 1000)] * 100
+    while j.size < journal.PREWRITE_FROM:
+        j.append(big)
+    used = j.size
+    j.sync()
+    j.switch()
+    j.prepare_next()
+    length = j.paths[0].stat().st_size
+    assert length == max(journal.PREWRITE_MIN, 2 * used)
+    assert j.paths[0].read_bytes()[-1000:] == bytes(1000)
+    j.switch()
+    j.append(big)
+    j.sync()
+    assert j.paths[0].stat().st_size == length
+    j.close()
+    assert len(Journal(tmp_path / "journal").open_and_read()) == 100
+
+
+def test_replay_reads_a_file_with_more_frames_than_one_read_chunk(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(journal, "READ_CHUNK", 256)
+    j = Journal(tmp_path / "journal")
+    j.open_and_read()
+    j.start_fresh()
+    for k in range(40):
+        j.append(recs(1, f"r{k}"))
+    j.sync()
+    j.close()
+    assert names(Journal(tmp_path / "journal").open_and_read()) == [f"r{k}.jsonl" for k in range(40)]

@@ -30,7 +30,7 @@ from daemon.store.fsutil import (
     sync_filesystem,
     write_all,
 )
-from daemon.store.journal import Journal, frame
+from daemon.store.journal import Journal
 from daemon.store.open_transcripts import OpenTranscripts
 from daemon.store.registry import (
     AgentRegistry,
@@ -429,7 +429,7 @@ class Store:
         journal_size = self.journal.size
         failpoint("append.before_journal_write")
         try:
-            self.journal.append(frame(batch.journal))
+            self.journal.append(batch.journal)
         except OSError:
             self._undo_journal(journal_size)
             raise
