@@ -10,8 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from daemon.store import fileio
-from daemon.store import journal
+from daemon.store import fileio, journal
 from daemon.store.journal import Journal, Record, decode_file, frame, record
 
 
@@ -186,34 +185,55 @@ def test_a_file_that_could_not_be_made_ready_is_prepared_by_the_switch(
     assert names(Journal(tmp_path / "journal").open_and_read()) == ["a.jsonl", "b.jsonl"]
 
 
-def test_a_reused_file_replays_only_its_own_generation_not_the_older_frames_after_it(
+def test_a_reused_file_whose_truncation_a_power_cut_lost_replays_none_of_its_old_frames(
     tmp_path: Path,
 ) -> None:
-    """Files are reused in place (invariant 5): the frames an older generation left beyond the
-    new generation's end are never replayed, even when they are whole and follow directly."""
-    j = Journal(tmp_path / "journal")
+    """A checkpoint makes the file it freed ready again: truncate it, write the next
+    generation's header, sync. A power cut before that sync may keep the header's write and
+    lose the truncation (unsynced writes survive in any subset): the new header then sits on
+    top of the old frames. They were written before the checkpoint synced their transcripts
+    and registry, so replaying them now, after the newer generation, would write stale history
+    last (a closed session registered again: the power-loss simulation's seed 382835104)."""
+    folder = tmp_path / "journal"
+    j = Journal(folder)
     j.open_and_read()
     j.start_fresh()
-    for k in range(6):
-        j.append(recs(1, f"old{k}"))
+    old_file = j.paths[j.active]
+    j.append(recs(3, "old"))
     j.sync()
+    old = old_file.read_bytes()
     j.switch()
-    j.append(recs(1, "b"))
+    j.append(recs(1, "new"))
     j.sync()
-    old_length = j.paths[0].stat().st_size
-    j.prepare_next()  # the old file: a newer header, its old frames still after it
-    assert j.paths[0].stat().st_size == old_length
-    j.switch()
-    j.append(recs(1, "new"))  # shorter than what the older generation wrote there
-    j.sync()
+    j.prepare_next()  # the checkpoint after the switch: the old file is made ready again
+    ready = old_file.read_bytes()  # reused in place: the header, then what was there before
+    nl = ready.index(b"\n")
+    header = ready[: nl + 1 + int(ready[:nl].split(b"\t")[2])]
     j.close()
-    assert names(Journal(tmp_path / "journal").open_and_read()) == ["b.jsonl", "new.jsonl"]
+    assert len(header) < len(old)
+    # The crash image: the header's write survived, the truncation before it did not.
+    old_file.write_bytes(header + old[len(header) :])
+    out = Journal(folder).open_and_read()
+    assert [r.a.split("/")[-1] for r in out] == ["new.jsonl"]
 
 
-def test_an_older_generations_frame_right_after_the_end_is_not_taken(tmp_path: Path) -> None:
-    """The worst case of invariant 5: a whole frame of the older generation starts exactly where
-    the new generation's frames end (same sizes); its CRC, seeded with the older generation,
-    fails the new one."""
+def test_a_file_written_before_salts_still_replays(tmp_path: Path) -> None:
+    """An upgrade over a journal that holds acknowledged batches: its header names no salt
+    (`-`), and its frames' CRCs are plain; replay must still find them."""
+    folder = tmp_path / "journal"
+    folder.mkdir()
+    old = frame([record("H", "5", "-", b"")]) + frame(recs(2, "a")) + frame(recs(1, "b"))
+    (folder / "a.wal").write_bytes(old)
+    out = Journal(folder).open_and_read()
+    assert [r.a.split("/")[-1] for r in out] == ["a.jsonl", "a.jsonl", "b.jsonl"]
+
+
+def test_a_file_made_ready_keeps_its_length_and_only_the_new_generation_replays(
+    tmp_path: Path,
+) -> None:
+    """Files are reused in place (not truncated): the frames an older generation left after
+    the new generation's end are never replayed, even a whole one that starts exactly where
+    the new frames end."""
     j = Journal(tmp_path / "journal")
     j.open_and_read()
     j.start_fresh()
@@ -221,50 +241,24 @@ def test_an_older_generations_frame_right_after_the_end_is_not_taken(tmp_path: P
     j.append(recs(1, "a2"))
     j.sync()
     j.switch()
+    j.append(recs(1, "b"))
     j.sync()
+    length = j.paths[0].stat().st_size
     j.prepare_next()
+    assert j.paths[0].stat().st_size == length
     j.switch()
-    j.append(recs(1, "bb"))  # same length as "aa": "a2"'s old frame follows it, whole
+    j.append(recs(1, "cc"))  # as long as "aa": "a2"'s old frame follows it, whole
     j.sync()
     j.close()
-    data = j.paths[0].read_bytes()
-    assert b"a2.jsonl" in data
-    assert names(Journal(tmp_path / "journal").open_and_read()) == ["bb.jsonl"]
-
-
-def test_a_file_in_the_format_before_seeded_frames_still_replays(tmp_path: Path) -> None:
-    folder = tmp_path / "journal"
-    folder.mkdir()
-    (folder / "a.wal").write_bytes(frame([record("H", "3", "-", b"")]) + frame(recs(2, "v1")))
-    (folder / "b.wal").write_bytes(b"")
-    j = Journal(folder)
-    assert names(j.open_and_read()) == ["v1.jsonl"] * 2
-    j.start_fresh()
-    j.append(recs(1, "v2"))
-    j.sync()
-    j.close()
-    assert names(Journal(folder).open_and_read()) == ["v2.jsonl"]
-
-
-def test_a_file_whose_header_is_unreadable_is_emptied_before_reuse(tmp_path: Path) -> None:
-    """Its frames' generations are unknown, so no seed is known to exclude them."""
-    folder = tmp_path / "journal"
-    folder.mkdir()
-    (folder / "a.wal").write_bytes(b"garbage" + frame(recs(3, "lost")))
-    (folder / "b.wal").write_bytes(b"")
-    j = Journal(folder)
-    assert j.open_and_read() == []
-    j.start_fresh()
-    assert b"lost" not in j.paths[0].read_bytes()
-    j.close()
+    assert b"a2.jsonl" in j.paths[0].read_bytes()
+    assert names(Journal(tmp_path / "journal").open_and_read()) == ["b.jsonl", "cc.jsonl"]
 
 
 def test_the_next_file_is_written_ahead_to_twice_what_the_last_generation_used(
     tmp_path: Path,
 ) -> None:
-    """A generation that used more than PREWRITE_FROM bytes has the file it will switch to
-    after the next one written with zeros ahead, so the appends there overwrite: the file
-    keeps its length while it is used."""
+    """A generation that used more than PREWRITE_FROM bytes has the file made ready after it
+    written with zeros ahead, so the appends there overwrite: the file keeps its length."""
     j = Journal(tmp_path / "journal")
     j.open_and_read()
     j.start_fresh()
@@ -286,6 +280,30 @@ def test_the_next_file_is_written_ahead_to_twice_what_the_last_generation_used(
     assert len(Journal(tmp_path / "journal").open_and_read()) == 100
 
 
+def test_a_file_longer_than_the_most_written_ahead_is_cut_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A burst may grow a file far beyond what is written ahead; making it ready again gives
+    the space back (down to what is written ahead)."""
+    monkeypatch.setattr(journal, "PREWRITE_FROM", 1000)
+    monkeypatch.setattr(journal, "PREWRITE_MIN", 4096)
+    monkeypatch.setattr(journal, "PREWRITE_MAX", 8192)
+    j = Journal(tmp_path / "journal")
+    j.open_and_read()
+    j.start_fresh()
+    for _ in range(200):
+        j.append(recs(1, "burst"))
+    j.sync()
+    assert j.paths[0].stat().st_size > 8192
+    j.switch()
+    j.append(recs(1, "quiet"))
+    j.sync()
+    j.prepare_next()
+    assert j.paths[0].stat().st_size == 8192
+    j.close()
+    assert names(Journal(tmp_path / "journal").open_and_read()) == ["quiet.jsonl"]
+
+
 def test_replay_reads_a_file_with_more_frames_than_one_read_chunk(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -297,4 +315,5 @@ def test_replay_reads_a_file_with_more_frames_than_one_read_chunk(
         j.append(recs(1, f"r{k}"))
     j.sync()
     j.close()
-    assert names(Journal(tmp_path / "journal").open_and_read()) == [f"r{k}.jsonl" for k in range(40)]
+    want = [f"r{k}.jsonl" for k in range(40)]
+    assert names(Journal(tmp_path / "journal").open_and_read()) == want

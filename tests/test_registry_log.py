@@ -97,6 +97,38 @@ def test_a_torn_last_frame_keeps_the_frames_before_it(tmp_path: Path) -> None:
     assert loaded.sessions["agent:main:k2"].entry["updatedAt"] == 1
 
 
+def test_a_log_begun_again_where_a_power_cut_lost_the_truncation_applies_no_stale_change(
+    tmp_path: Path,
+) -> None:
+    """After sessions.json is rewritten, the log is begun again in place: truncated, a record
+    naming the new sessions.json written, synced. A power cut before that sync may keep the
+    record and lose the truncation: the old log's changes then follow a header that names the
+    sessions.json they are not on top of. Applied, they would bring back a session the rewrite
+    had removed (a closed session registered again: the power-loss simulation's seed 382835104)."""
+    reg = registry(tmp_path, 10)
+    checkpoint(reg)
+    reg.sessions["agent:main:k3"].entry.updated_at = 5
+    checkpoint(reg)  # the log: k3's entry
+    log = log_path(reg.folder / SESSIONS_JSON)
+    old = log.read_bytes()
+    gone = reg.sessions.pop("agent:main:k3")  # closed by a reset, say
+    reg.changed(gone.session_key)
+    reg.changed()
+    assert checkpoint(reg), "sessions.json rewritten without k3"
+    reg.sessions["agent:main:k4"].entry.updated_at = 7
+    checkpoint(reg)  # the log begun again on top of the new sessions.json
+    data = log.read_bytes()
+    length = int(data[: data.index(b"\n")].split(b"\t")[2])
+    header = data[: data.index(b"\n") + 1 + length]
+    assert len(header) < len(old)
+    # The crash image: the new header's write survived, the truncation before it did not.
+    log.write_bytes(header + old[len(header) :])
+    loaded, problem = load_agent(tmp_path, "main", reg.folder)
+    assert problem is None
+    assert "agent:main:k3" not in loaded.sessions
+    assert len(loaded.sessions) == 9
+
+
 def test_the_log_is_folded_in_once_it_holds_a_share_of_the_file(tmp_path: Path) -> None:
     reg = registry(tmp_path, 40)
     policy = WritePolicy(always_below=0, log_share=0.25, max_age=1e9)

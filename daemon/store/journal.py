@@ -8,10 +8,11 @@ records are no longer needed. After a crash, start-up replays the journal into t
 Two journal files take turns (`a.wal`, `b.wal`), so that nothing is ever unlinked:
 
   invariant 1: a record is acknowledged only after an fdatasync of the file that holds it.
-  invariant 2: a journal file is truncated (made active again) only after the checkpoint that
-               switched away from it has synced every transcript line written before the switch.
+  invariant 2: a journal file is given a new header (made active again) only after the
+               checkpoint that switched away from it has synced every transcript line written
+               before the switch.
   invariant 3: replay is idempotent: a record whose bytes are already at their offset is skipped.
-  invariant 4: the inactive file is made ready (truncated, next generation's header, synced) by
+  invariant 4: the inactive file is made ready (next generation's header, synced) by
                the checkpoint that freed it (`prepare_next`, in the checkpoint's thread), so that
                the next switch is a change of index, with no I/O between two batches. A ready
                file holds only its header and a generation above the active file's: replay
@@ -19,30 +20,30 @@ Two journal files take turns (`a.wal`, `b.wal`), so that nothing is ever unlinke
 
 Format: a file is a sequence of frames, one per batch: `B\t<crc32 hex8>\t<length>\n` followed
 by `length` bytes of records, one per line, `<kind>\t<a>\t<b>\t<payload>\n`; the CRC covers the
-records. Kinds: H (header, first frame of a file: a = generation), T (transcript line: a = path
-relative to the state folder, b = byte offset, payload = the line, which holds no newline).
+records. Kinds: H (header, first frame of a file: a = generation, b = its salt), T (transcript
+line: a = path relative to the state folder, b = byte offset, payload = the line, which holds no
+newline).
+
+Salts: a file is reused in place: its new header is written on top of its old frames (when it
+is written ahead, see below), or after a truncation that a power cut before the header's sync
+may lose. Either way the file's old frames may follow a new header. So every frame after the
+header carries a CRC seeded with a salt that the header names (`~` and random hex in its b
+field; the seed is the CRC of the header's record): frames written under another header fail
+their CRC, and replay stops there. A header whose b is `-` (files written before salts) seeds
+nothing.
 Idempotency records need no kind of their own: they are rebuilt from the replayed lines'
 `origin.messageId`. Replay of a file stops at its first damaged or torn frame: a batch is
 acknowledged only after its whole frame is synced, so nothing after that point was.
 
-Files are reused in place, not emptied. An fdatasync of a file that grew must also commit the
-file system's own journal (the new size, the new blocks), and on ext4 that commit waits for
-every other file's metadata and ordered data of the moment: a checkpoint's syncfs, the mirror's
-files, other programs'. Overwriting bytes already on disk changes no metadata, so its fdatasync
-is a data write and a cache flush (measured here beside a syncfs every second: p50 0.45 against
-0.6-1.4 ms, p99 6-8 against 11-12 ms). So a freed file keeps its length, and `prepare_next`
-writes zeros beyond its end up to about twice what the last generation used (PREWRITE_*): the
-next generation's appends then overwrite. What lies beyond a generation's last frame is then
-zeros or an older generation's frames, and replay must not take those for its own:
-
-  invariant 5: a header whose b field is SEEDED marks a file whose later frames carry CRCs
-               seeded with the header's generation (`crc32(body, generation)`); a frame of any
-               other generation fails that CRC (CRC is linear: two seeds never give the same
-               CRC of one body), so replay stops where the current generation's frames end.
-               Headers themselves carry plain CRCs (seed 0), as do the files of older
-               versions (b = "-"), which were always truncated before reuse. A file whose
-               header cannot be read holds frames of unknown generations: it is truncated
-               before its next header.
+Written ahead: an fdatasync of a file that grew must also commit the file system's own journal
+(the new size, the new blocks), and on ext4 that commit waits for every other file's metadata
+and ordered data of the moment: a checkpoint's syncfs, the mirror's files, other programs'.
+Overwriting bytes already on disk changes no metadata, so its fdatasync is a data write and a
+cache flush (measured here beside a syncfs a second: p50 0.45 against 0.6-1.4 ms, p99 6-8
+against 11-12 ms). So `prepare_next` does not truncate the file it makes ready: it keeps its
+length and writes zeros beyond it up to about twice what the last generation used (PREWRITE_*),
+and that generation's appends overwrite. The salts make whatever follows the last frame (zeros,
+older frames) end replay.
 """
 
 from __future__ import annotations
@@ -58,15 +59,14 @@ from daemon.store import fileio
 from daemon.store.fsutil import FILE_MODE, ensure_dir, fsync_dir
 
 NAMES = ("a.wal", "b.wal")
-SEEDED = "s"  # a header's b field: the frames after it are seeded with its generation (inv. 5)
-# Zeros written ahead, by `prepare_next`: twice what the file's last generation used, when that
-# was more than PREWRITE_FROM (idle or test folders stay small), at least PREWRITE_MIN and at
-# most PREWRITE_MAX; a file grown beyond PREWRITE_MAX by a burst is cut back to the target.
+# Zeros written ahead by `prepare_next`: twice what the generation before used, when that was
+# more than PREWRITE_FROM (idle and test folders stay small), at least PREWRITE_MIN and at most
+# PREWRITE_MAX; a file a burst grew beyond PREWRITE_MAX is cut back to what is written ahead.
 PREWRITE_FROM = 64 << 10
 PREWRITE_MIN = 1 << 20
 PREWRITE_MAX = 64 << 20
 ZEROS = bytes(1 << 20)
-READ_CHUNK = 1 << 20
+READ_CHUNK = 1 << 20  # replay reads a file this much at a time, then four times more, ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,59 +84,67 @@ def record(kind: str, a: str, b: str | int, payload: bytes) -> bytes:
     return b"%s\t%s\t%s\t%s\n" % (kind.encode(), a.encode(), str(b).encode(), payload)
 
 
-def frame(records: list[bytes], seed: int = 0) -> bytes:
-    """One batch's records, framed with their length and CRC (seeded: invariant 5)."""
+def frame(records: list[bytes], salt: int = 0) -> bytes:
+    """One batch's records, framed with their length and CRC (seeded with the file's salt)."""
     body = b"".join(records)
-    return b"B\t%08x\t%d\n%s" % (zlib.crc32(body, seed), len(body), body)
+    return b"B\t%08x\t%d\n%s" % (zlib.crc32(body, salt), len(body), body)
 
 
-def seed_of(generation: int) -> int:
-    return generation & 0xFFFFFFFF
+SALTED = "~"  # a header record's b field that begins with this salts its file's later frames
 
 
-def decode_file(data: bytes) -> Iterator[Record]:
-    """Records of one journal file, in order, stopping at the first damaged or torn frame."""
-    records, _short = decode(data)
-    return iter(records)
+def header(kind: str, a: str) -> tuple[bytes, int]:
+    """A file's first frame (a header record of `kind`), with a fresh salt; and that salt."""
+    rec = record(kind, a, SALTED + os.urandom(8).hex(), b"")
+    return frame([rec]), zlib.crc32(rec)
 
 
-def decode(data: bytes) -> tuple[list[Record], bool]:
-    """Records of one journal file (see `decode_file`), and whether reading stopped because
-    `data` ended inside a frame (more bytes of the file might hold more frames)."""
-    out: list[Record] = []
+def salt_of(first: Record) -> int:
+    """The salt a file's first record gives the frames after it (0: none, an older file)."""
+    if not first.b.startswith(SALTED):
+        return 0
+    return zlib.crc32(record(first.kind, first.a, first.b, first.payload))
+
+
+def decode_file(data: bytes, ended: list[bool] | None = None) -> Iterator[Record]:
+    """Records of one journal file, in order, stopping at the first damaged or torn frame (or
+    the first written under another header: see Salts). `ended` (when given) gets True when
+    reading stopped because `data` ended inside a frame: more of the file may hold more."""
     pos = 0
     n = len(data)
-    seed = 0
+    salt: int | None = None  # the first frame is the header: not salted
     while pos < n:
         nl = data.find(b"\n", pos)
         if nl < 0:
-            return out, True
+            if ended is not None:
+                ended.append(True)
+            return
         head = data[pos:nl].split(b"\t")
         if len(head) != 3 or head[0] != b"B":
-            return out, False
+            return
         try:
             length = int(head[2])
         except ValueError:
-            return out, False
+            return
         body = data[nl + 1 : nl + 1 + length]
         if len(body) != length:
-            return out, True
+            if ended is not None:
+                ended.append(True)
+            return
         # The CRC as written (`%08x`), byte for byte: "A" for "a" is damage, not the same CRC.
-        if head[1] != b"%08x" % zlib.crc32(body, seed):
-            return out, False
-        first = not out
+        if head[1] != b"%08x" % zlib.crc32(body, salt or 0):
+            return
+        pos = nl + 1 + length
         for line in body.split(b"\n")[:-1]:
             parts = line.split(b"\t", 3)
             if len(parts) != 4:
-                return out, False
-            out.append(Record(parts[0].decode(), parts[1].decode(), parts[2].decode(), parts[3]))
-        if first and out and out[0].kind == "H" and out[0].b == SEEDED:
-            try:
-                seed = seed_of(int(out[0].a))
-            except ValueError:
-                return out, False
-        pos = nl + 1 + length
-    return out, False
+                return
+            rec = Record(parts[0].decode(), parts[1].decode(), parts[2].decode(), parts[3])
+            if salt is None:
+                salt = salt_of(rec)
+            yield rec
+        if salt is None:  # an empty first frame
+            salt = 0
 
 
 class Journal:
@@ -152,16 +160,15 @@ class Journal:
         self.fds: list[int] = []
         self.active = 0
         self.generation = 0
-        self.size = 0  # the active file's end of frames (where the next batch is written)
+        self.size = 0
         # The inactive file's size when it is ready (invariant 4), else None: switching then
         # truncates it and writes its header first.
         self._ready: int | None = None
-        # Each file's length on disk (frames, then zeros or older frames: invariant 5), and
-        # whether its header was read or written by us (else it is truncated before reuse).
+        self._salts = [0, 0]  # each file's salt (its header's), for the frames appended to it
+        # Each file's length on disk (frames, then zeros or older frames, all written), and where
+        # the generation last switched away from ended (what the next one writes ahead from).
         self._lengths = [0, 0]
-        self._known = [False, False]
-        self._last_used = 0  # where the generation switched away from ended
-        self._generations = [0, 0]  # each file's generation (its frames' CRC seed)
+        self._last_used = 0
 
     def open_and_read(self) -> list[Record]:
         """Open both files and return the records to replay, oldest generation first."""
@@ -178,8 +185,7 @@ class Journal:
             size = self._lengths[i] = os.fstat(fd).st_size
             records = self._read(fd, size)
             if records and records[0].kind == "H":
-                self._known[i] = True
-                self._generations[i] = int(records[0].a)
+                self._salts[i] = salt_of(records[0])
                 files.append((int(records[0].a), i, records[1:]))
         files.sort()
         if files:
@@ -191,21 +197,24 @@ class Journal:
 
     @staticmethod
     def _read(fd: int, size: int) -> list[Record]:
-        """A file's records, read a chunk at a time: a file reused in place is mostly zeros or
-        older frames after its last frame (invariant 5), which need not be read."""
+        """A file's records, read a chunk at a time: a file written ahead is mostly zeros or
+        older frames after its last frame, which need not be read."""
         chunk = READ_CHUNK
         while True:
             data = os.pread(fd, min(size, chunk), 0) if size else b""
-            records, short = decode(data)
-            if not short or len(data) >= size:
+            ended: list[bool] = []
+            records = list(decode_file(data, ended))
+            if not ended or len(data) >= size:
                 return records
             chunk *= 4
 
     def start_fresh(self) -> None:
-        """After replay and a full checkpoint: begin a new generation in the active file (its
-        records are all synced where they belong) and make the other file ready for the first
-        switch."""
+        """After replay and a full checkpoint: empty both files and begin a new generation;
+        the other file is made ready for the first switch."""
+        other = 1 - self.active
         self._ready = None
+        fileio.ftruncate(self.fds[other], 0)
+        fileio.fsync(self.fds[other])
         self._activate(self.active)
         self.prepare_next()
 
@@ -226,7 +235,7 @@ class Journal:
         if self._ready is not None:
             self.active, self.size, self._ready = 1 - self.active, self._ready, None
         else:
-            self._activate(1 - self.active, truncate=True)
+            self._activate(1 - self.active)
         failpoint("journal.after_switch")
 
     def prepare_next(self) -> None:
@@ -236,51 +245,46 @@ class Journal:
         Raises OSError (SyncFailed when the sync failed); the file is then not ready."""
         self._ready = None
         index = 1 - self.active
-        self._ready = self._write_header(index, prewrite=self._target())
+        self._ready = self._write_header(index, ahead=self._ahead())
 
-    def _target(self) -> int:
-        """How far the next file is written ahead (PREWRITE_*)."""
+    def _ahead(self) -> int:
+        """How far `prepare_next` writes the file ahead (PREWRITE_*)."""
         used = self._last_used
         if used < PREWRITE_FROM:
             return 0
         return max(PREWRITE_MIN, min(PREWRITE_MAX, 2 * used))
 
-    def _activate(self, index: int, *, truncate: bool = False) -> None:
-        self.size = self._write_header(index, truncate=truncate)
+    def _activate(self, index: int) -> None:
+        self.size = self._write_header(index)
         self.active = index
 
-    def _write_header(self, index: int, *, truncate: bool = False, prewrite: int = 0) -> int:
-        """Give file `index` the next generation's header (truncated first when asked, or when
-        its frames' generations are unknown: invariant 5), zeros up to `prewrite` bytes, and
-        sync it; return the header's size."""
+    def _write_header(self, index: int, ahead: int | None = None) -> int:
+        """Give file `index` the next generation's header, synced; its size. Truncated first,
+        unless written `ahead`: then it keeps its length (cut back to `ahead` when longer than
+        PREWRITE_MAX) and gets zeros up to `ahead` bytes."""
         fd = self.fds[index]
         self.generation += 1
         length = self._lengths[index]
-        if truncate or not self._known[index] or length > max(prewrite, PREWRITE_MAX):
-            length = min(length, prewrite) if self._known[index] and not truncate else 0
+        if ahead is None or length > max(ahead, PREWRITE_MAX):
+            length = 0 if ahead is None else ahead
             fileio.ftruncate(fd, length)
             self._lengths[index] = length
-        header = frame([record("H", str(self.generation), SEEDED, b"")])
-        fileio.pwrite(fd, header, 0)
-        self._known[index] = True
-        self._generations[index] = self.generation
-        length = max(length, len(header))
-        while length < prewrite:
-            n = fileio.pwrite(fd, ZEROS[: prewrite - length], length)
-            length += n
+        head, self._salts[index] = header("H", str(self.generation))
+        fileio.pwrite(fd, head, 0)
+        length = max(length, len(head))
+        while ahead is not None and length < ahead:
+            length += fileio.pwrite(fd, ZEROS[: ahead - length], length)
         fileio.fdatasync(fd)
         self._note_length(index, length)
-        return len(header)
+        return len(head)
 
     def _note_length(self, index: int, end: int) -> None:
         self._lengths[index] = max(self._lengths[index], end)
 
     def append(self, records: list[bytes]) -> None:
-        """Write one batch's records as a frame at the end of the active file (not yet
-        durable)."""
-        data = frame(records, seed_of(self._generations[self.active]))
+        """Write one frame of records at the end of the active file (not yet durable)."""
         fd = self.fds[self.active]
-        view = memoryview(data)
+        view = memoryview(frame(records, self._salts[self.active]))
         off = self.size
         while view:
             n = fileio.pwrite(fd, view, off)
@@ -304,4 +308,4 @@ class Journal:
         self.fds.clear()
 
 
-__all__ = ["Journal", "Record", "decode", "decode_file", "frame", "record", "seed_of"]
+__all__ = ["Journal", "Record", "decode_file", "frame", "header", "record", "salt_of"]

@@ -20,8 +20,10 @@ the last checkpoint would have written.
                idempotent and the last record of a key wins.
 
 Format: journal frames (store/journal.py, CRC per frame): the first frame holds one record
-`S\\t<identity>\\t-\\t` naming the base; each later frame one checkpoint's changes, records
-`E\\t-\\t-\\t<JSON [key, entry or null]>`. Reading stops at the first torn frame.
+`S\\t<identity>\\t<salt>\\t` naming the base; each later frame one checkpoint's changes, records
+`E\\t-\\t-\\t<JSON [key, entry or null]>`, its CRC seeded with the salt. Reading stops at the
+first torn frame, or the first of an older log: the log is begun again in place, and a power cut
+may keep the new first frame and lose the truncation before it (journal.py, Salts).
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ import orjson
 
 from daemon.store import fileio
 from daemon.store.fsutil import FILE_MODE, fsync_dir
-from daemon.store.journal import decode_file, frame, record
+from daemon.store.journal import decode_file, frame, header
 
 DELTA_SUFFIX = ".delta"
 # Entries per orjson call when writing sessions.json: one call holds the interpreter lock
@@ -145,6 +147,7 @@ class ChangeLog:
         self.size = 0  # bytes of changes since the base
         self._end = 0
         self._base: str | None = None  # the sessions.json the log is on top of; None: begin again
+        self._salt = 0  # the log's (its first frame's), for the frames appended after it
 
     def rebase(self) -> None:
         """sessions.json was rewritten: the next append begins the log again on top of it."""
@@ -157,7 +160,8 @@ class ChangeLog:
         if self._base != base:
             self._begin(base)
         # `record("E", "-", "-", payload)` written out: one of these per changed entry.
-        body = frame([b"E\t-\t-\t%s\n" % orjson.dumps([key, entry]) for key, entry in changes])
+        records = [b"E\t-\t-\t%s\n" % orjson.dumps([key, entry]) for key, entry in changes]
+        body = frame(records, self._salt)
         assert self.fd is not None
         try:
             fileio.pwrite(self.fd, body, self._end)
@@ -177,13 +181,14 @@ class ChangeLog:
             self.fd = fileio.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, FILE_MODE)
             if created:
                 fsync_dir(self.path.parent)
-        head = frame([record("S", base, "-", b"")])
+        head, salt = header("S", base)
         fileio.ftruncate(self.fd, 0)
         fileio.pwrite(self.fd, head, 0)
         fileio.fdatasync(self.fd)
         self._end = len(head)
         self.size = 0
         self._base = base
+        self._salt = salt
 
     def close(self) -> None:
         if self.fd is not None:
