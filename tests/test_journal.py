@@ -317,3 +317,19 @@ def test_replay_reads_a_file_with_more_frames_than_one_read_chunk(
     j.close()
     want = [f"r{k}.jsonl" for k in range(40)]
     assert names(Journal(tmp_path / "journal").open_and_read()) == want
+
+
+def test_a_clean_stop_writes_nothing_ahead(tmp_path: Path) -> None:
+    """`start_fresh` at a stop (and a start) truncates both files: zeros written ahead then
+    would be thrown away by the next start."""
+    j = Journal(tmp_path / "journal")
+    j.open_and_read()
+    j.start_fresh()
+    big = [record("T", "agents/main/sessions/x.jsonl", 0, b"x" * 1000)] * 100
+    while j.size < journal.PREWRITE_FROM:
+        j.append(big)
+    j.sync()
+    j.switch()
+    j.start_fresh()  # the committer's last step at a clean stop
+    j.close()
+    assert sum(p.stat().st_size for p in j.paths) < 1000

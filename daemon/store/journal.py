@@ -15,8 +15,9 @@ Two journal files take turns (`a.wal`, `b.wal`), so that nothing is ever unlinke
   invariant 4: the inactive file is made ready (next generation's header, synced) by
                the checkpoint that freed it (`prepare_next`, in the checkpoint's thread), so that
                the next switch is a change of index, with no I/O between two batches. A ready
-               file holds only its header and a generation above the active file's: replay
-               finds nothing in it, and records written into it after a switch replay last.
+               file holds only its header (then zeros or older frames, which its salt ends
+               replay at) and a generation above the active file's: replay finds nothing in it,
+               and records written into it after a switch replay last.
 
 Format: a file is a sequence of frames, one per batch: `B\t<crc32 hex8>\t<length>\n` followed
 by `length` bytes of records, one per line, `<kind>\t<a>\t<b>\t<payload>\n`; the CRC covers the
@@ -213,6 +214,7 @@ class Journal:
         the other file is made ready for the first switch."""
         other = 1 - self.active
         self._ready = None
+        self._last_used = 0  # nothing to write ahead for (a stop: the next start truncates)
         fileio.ftruncate(self.fds[other], 0)
         fileio.fsync(self.fds[other])
         self._activate(self.active)
