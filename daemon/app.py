@@ -24,6 +24,7 @@ from anyio.abc import TaskStatus
 
 from daemon import __version__, logs, openclaw_config
 from daemon.api import Api
+from daemon.archiving import Archiver
 from daemon.auth import Auth
 from daemon.backup import Mirror
 from daemon.compaction import Compactor
@@ -136,6 +137,7 @@ async def run(opts: RunOptions) -> int:
         mirror = Mirror(store, cfg, state_dir)  # stage 5: the backup mirror
         # Stages 6-7: the compaction check, which schedules memory flushes.
         compactor = Compactor(entrance, lambda a: workspace_of(entrance.config, state_dir, a))
+        archiver = Archiver(entrance.store)  # moves the sessions batches closed into archive/
         # Not a SPEC stage: keeps each batch's lines for the search index's next pass.
         search = SearchService(
             state_dir,
@@ -143,11 +145,13 @@ async def run(opts: RunOptions) -> int:
             lambda agent: Path(workspace_of(entrance.config, state_dir, agent)),
             lambda: agent_ids(entrance.config),
             lambda: entrance.store.take_index_touched(),
+            archiver,
         )
         pipeline = Pipeline(
             entrance,
             stages=[mirror, SessionEvents(entrance.events, entrance.counters), compactor, search],
             commands=compactor,  # /compact and /context
+            archiver=archiver,
         )
         warm = [
             (pipeline.archiver.pool, "daemon.store.archive"),

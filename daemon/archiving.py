@@ -55,6 +55,9 @@ class Archiver:
         # answer is in.
         self.pool = Pool("archive", half_the_cores(ARCHIVE_WORKERS), ARCHIVE_NICE)
         self._archiving = 0
+        # Groups of moves finished (moved or failed), as the pipeline counts batches: the
+        # search index's next pass after a change of it sees those moves (search/service.py).
+        self.moved = 0
         self._moving: dict[str, anyio.Event] = {}  # session id -> set once its archiving ended
         self._archived = anyio.Event()
         self._archived.set()
@@ -165,6 +168,7 @@ class Archiver:
         except (WorkerDied, OSError) as e:
             results = [e] * len(group)
         finally:
+            self.moved += 1
             for c, _now in group:
                 moved = self._moving.pop(c.state.session_id, None)
                 if moved is not None:

@@ -51,6 +51,7 @@ from daemon import compaction_job
 from daemon.compaction_job import (
     Done,
     Job,
+    Latest,
     after_limit,
     kept_budget,
     read_budget,
@@ -64,7 +65,6 @@ from daemon.compaction_replies import (
 )
 from daemon.compaction_state import (
     MAX_BACKOFF_SECONDS,
-    Latest,
     Outcome,
     Pending,
     Request,
@@ -442,7 +442,7 @@ class Compactor:
                 compact=compact,
                 flush=flush,
                 flush_alone=d.flush,
-                summarizer=cc.summarizer,
+                summarizer=cc.summarizer.settings(),
                 flush_prompt=cc.memoryFlush.prompt,
                 instructions=req.instructions if req is not None else None,
                 session_key=st.session_key,

@@ -19,10 +19,8 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from daemon.compaction_state import Latest
-from daemon.config import CompactionConfig, SummarizerConfig
 from daemon.core import tokens
 from daemon.errors import SummarizerFailed, os_reason
 from daemon.store.context import (
@@ -36,11 +34,17 @@ from daemon.store.memoryfile import write_memory_sections
 from daemon.summarizers import (
     COMPACTION_PROMPT,
     DEFAULT_FLUSH_PROMPT,
+    SummarizerSettings,
     SummaryRequest,
     check_notes,
     check_summary,
     summarize_here,
 )
+
+if TYPE_CHECKING:
+    # Not at run time: this module is what compaction and flush workers import, and the
+    # config's pydantic models were a third of their start (they are handed plain settings).
+    from daemon.config import CompactionConfig
 
 # Bytes of transcript per token of context window read at most: a line carries its JSON framing
 # and metadata besides the text the tokens are counted from.
@@ -66,6 +70,16 @@ def after_limit(th: tokens.Thresholds) -> int:
 
 
 @dataclass(frozen=True, slots=True)
+class Latest:
+    """A session's latest compaction, for the /context reply."""
+
+    entry_id: str | None
+    summary: str
+    first_kept: str | None
+    tokens_before: int | None
+
+
+@dataclass(frozen=True, slots=True)
 class Job:
     """One turn of a session's compaction work, as the worker gets it."""
 
@@ -77,7 +91,7 @@ class Job:
     compact: bool
     flush: bool  # the cycle's memory flush is to run first
     flush_alone: bool  # flush even when there turns out to be nothing to compact
-    summarizer: SummarizerConfig
+    summarizer: SummarizerSettings
     flush_prompt: str | None
     instructions: str | None
     session_key: str
@@ -230,7 +244,7 @@ class Closed:
     memory_folder: str
     covered: str | None  # the last entry a flush of this process covered
     max_bytes: int
-    summarizer: SummarizerConfig
+    summarizer: SummarizerSettings
     flush_prompt: str | None
 
 

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from collections import OrderedDict
 
-from daemon.compaction_state import Latest, Outcome, Pending, flushed, int_of
+from daemon.compaction_job import Latest
+from daemon.compaction_state import Outcome, Pending, flushed, int_of
 from daemon.core import tokens
 from daemon.store.context import ContextView
 from daemon.store.registry import SessionState

@@ -65,16 +65,6 @@ class ResetFlush:
     running: bool = False
 
 
-@dataclass(frozen=True, slots=True)
-class Latest:
-    """A session's latest compaction, for the /context reply."""
-
-    entry_id: str | None
-    summary: str
-    first_kept: str | None
-    tokens_before: int | None
-
-
 def int_of(v: Any) -> int:
     return v if isinstance(v, int) and not isinstance(v, bool) else 0
 

@@ -40,6 +40,7 @@ from daemon.core.access import AccessRules
 from daemon.core.keys import BindingRule, PeerRule, RoutingSettings, normalize_agent_id
 from daemon.core.policy import Override, Policy, ResetRules
 from daemon.core.shards import ShardMap
+from daemon.summarizers import SummarizerSettings
 
 MIN_TOKEN_CHARS = 16
 
@@ -189,6 +190,19 @@ class SummarizerConfig(_Model):
         if self.kind == "openai" and not (self.baseUrl and self.model):
             raise ValueError('kind "openai" needs baseUrl and model')
         return self
+
+    def settings(self) -> SummarizerSettings:
+        """The settings as plain data, for a worker process (no pydantic to import there)."""
+        return SummarizerSettings(
+            self.kind,
+            self.command,
+            self.baseUrl,
+            self.model,
+            self.apiKeyEnv,
+            self.timeoutSeconds,
+            self.retries,
+            self.maxOutputTokens,
+        )
 
 
 class CompactionConfig(_Model):

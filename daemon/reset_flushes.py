@@ -99,7 +99,7 @@ class ResetFlushes:
                     folders[rf.agent_id],
                     self.flusher.covered.get(rf.session_id),
                     _max_read(rf),
-                    rf.settings.summarizer,
+                    rf.settings.summarizer.settings(),
                     rf.settings.memoryFlush.prompt,
                 )
                 for rf in group

@@ -3,8 +3,8 @@
 Parsing a transcript of hundreds of MB, summarising it, turning mirror rounds into records: each
 is pure Python, and on a thread it would hold the GIL the event loop needs to acknowledge other
 sessions' messages. A `Pool` runs such a job as a call of a module-level function in a process of
-its own (`python -m daemon.workers`), handing it paths, offsets and settings, never transcripts:
-the worker reads what it needs itself and sends back a small result.
+its own (`python -m daemon.worker_entry`), handing it paths, offsets and settings, never
+transcripts: the worker reads what it needs itself and sends back a small result.
 
 Supervision, the same for every pool:
 - workers start on demand, at most `size` at once, and are reused; an idle one that finds its
@@ -248,7 +248,7 @@ class Pool:
             if self.on_idle_exit is not None:
                 self.on_idle_exit(proc.pid, code)
         # The pool's name is for ps and bench/isolation.py's CPU figures; the worker ignores it.
-        argv = [sys.executable, "-m", "daemon.workers", str(self.nice), self.name]
+        argv = [sys.executable, "-m", "daemon.worker_entry", str(self.nice), self.name]
         proc = await anyio.open_process(
             argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=None
         )
@@ -417,11 +417,3 @@ def serve(nice: int) -> None:
 def main() -> None:
     with contextlib.suppress(JobCancelled, BrokenPipeError):
         serve(int(sys.argv[1]) if len(sys.argv) > 1 else WORKER_NICE)
-
-
-if __name__ == "__main__":
-    # Through the imported module, not this __main__ copy: jobs that ask `in_worker()` or raise
-    # `JobCancelled` must see the same globals and classes as the loop does.
-    from daemon import workers
-
-    workers.main()

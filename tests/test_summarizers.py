@@ -4,6 +4,7 @@ Whatever goes wrong, the answer is a SummarizerFailed, never an empty summary.""
 
 from __future__ import annotations
 
+import dataclasses
 import http.server
 import json
 import os
@@ -24,6 +25,7 @@ from daemon.summarizers import (
     COMPACTION_PROMPT,
     DEFAULT_FLUSH_PROMPT,
     NO_REPLY,
+    SummarizerSettings,
     SummaryRequest,
     check_notes,
     check_summary,
@@ -233,10 +235,11 @@ async def test_builtin_notes_keep_lasting_facts_or_say_no_reply() -> None:
 # command
 
 
-def script(tmp_path: Path, body: str, name: str = "summarize.py") -> SummarizerConfig:
+def script(tmp_path: Path, body: str, name: str = "summarize.py") -> SummarizerSettings:
     path = tmp_path / name
     path.write_text("import json, os, sys, time\n" + body)
-    return SummarizerConfig(kind="command", command=(sys.executable, str(path)), timeoutSeconds=3)
+    cfg = SummarizerConfig(kind="command", command=(sys.executable, str(path)), timeoutSeconds=3)
+    return cfg.settings()
 
 
 async def test_command_gets_the_request_on_stdin_and_answers_on_stdout(tmp_path: Path) -> None:
@@ -276,7 +279,7 @@ async def test_a_hanging_command_is_killed_with_its_children(tmp_path: Path) -> 
         f"open({str(pidfile)!r}, 'w').write(str(child.pid))\n"
         "time.sleep(60)\n",
     )
-    cfg = cfg.model_copy(update={"timeoutSeconds": 1})
+    cfg = dataclasses.replace(cfg, timeoutSeconds=1)
     started = time.monotonic()
     with pytest.raises(SummarizerFailed, match="did not finish within 1s"):
         await CommandSummarizer(cfg).summarize(compaction_request(KYOTO))
@@ -293,7 +296,7 @@ async def test_a_hanging_command_is_killed_with_its_children(tmp_path: Path) -> 
 
 
 async def test_a_command_that_cannot_run_or_writes_garbage_fails(tmp_path: Path) -> None:
-    missing = SummarizerConfig(kind="command", command=(str(tmp_path / "nope"),))
+    missing = SummarizerConfig(kind="command", command=(str(tmp_path / "nope"),)).settings()
     with pytest.raises(SummarizerFailed, match="cannot run"):
         await CommandSummarizer(missing).summarize(compaction_request(KYOTO))
     garbage = script(tmp_path, "sys.stdout.buffer.write(b'\\xff\\xfe summary')\n")
@@ -390,9 +393,10 @@ def server() -> Iterator[ChatServer]:
         s.close()
 
 
-def openai_cfg(server: ChatServer, **kw: Any) -> SummarizerConfig:
+def openai_cfg(server: ChatServer, **kw: Any) -> SummarizerSettings:
     base = {"kind": "openai", "baseUrl": server.base_url, "model": "summarizer-1"}
-    return SummarizerConfig.model_validate({"timeoutSeconds": 2, "retries": 2, **base, **kw})
+    cfg = SummarizerConfig.model_validate({"timeoutSeconds": 2, "retries": 2, **base, **kw})
+    return cfg.settings()
 
 
 async def test_openai_sends_a_chat_completion_and_returns_the_content(
@@ -485,6 +489,6 @@ async def test_openai_without_its_api_key_fails_before_sending(
 async def test_openai_connection_refused_is_a_failure() -> None:
     cfg = SummarizerConfig(
         kind="openai", baseUrl="http://127.0.0.1:9/v1", model="m", retries=1, timeoutSeconds=2
-    )
+    ).settings()
     with pytest.raises(SummarizerFailed, match="ConnectError"):
         await OpenAISummarizer(cfg).summarize(compaction_request(KYOTO))

@@ -9,6 +9,8 @@ from __future__ import annotations
 import operator
 import os
 import signal
+import subprocess
+import sys
 import time
 
 import anyio
@@ -139,3 +141,19 @@ async def test_warming_starts_the_missing_workers_with_the_module_imported() -> 
         assert loaded and pool.started == 2
     finally:
         await pool.aclose()
+
+
+@pytest.mark.parametrize("job_module", ["daemon.compaction_job", "daemon.store.archive"])
+def test_a_worker_imports_neither_the_config_models_nor_rich(job_module: str) -> None:
+    # A worker's start is paid while a reset job's first groups wait: what its jobs' module and
+    # the worker program import is all it should load (pydantic and rich were half of it).
+    code = (
+        f"import sys, daemon.worker_entry, {job_module}\n"
+        "loaded = {m.split('.')[0] for m, mod in sys.modules.items() if mod is not None}\n"
+        "print(' '.join(sorted(loaded & {'pydantic', 'pydantic_core', 'rich'})))\n"
+        "print('daemon.config' in sys.modules)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True
+    ).stdout.split("\n")
+    assert out[:2] == ["", "False"], out

@@ -260,15 +260,19 @@ class SearchIndex:
         found: list[tuple[Source, os.stat_result | None]] = []
         sources = scan_sources(self.state_dir, self.workspace_of, self.agents(), cache, listing)
         if not listing and touched is not None:
-            sources = chain(sources, ((s, False) for s in active_sources(self.state_dir, touched)))
+            sources = chain(sources, active_sources(self.state_dir, touched))
         # A listing pass of the daemon's: the active transcripts it did not write since the
         # last pass are as that pass left them (it is their only writer), unless the listing
         # shows another file under the name; not looked at one by one.
         written = set(touched) if listing and touched is not None else None
-        for src, cached in sources:
+        for src in sources:
             row = self.files.get(src.key)
-            if cached and not full and row is not None and row.offset > 0:
-                found.append((src, None))  # an archive that was already read and cannot change
+            if src.archived and not full and row is not None and row.offset > 0 and row.size > 0:
+                # An archive that was already read (to the end: a size of 0 says a pass stopped
+                # in it) cannot change: archives are written once and only ever moved in. Not
+                # looked at until the next full pass, even when its folder changed (a reset
+                # job moves thousands in, and every pass meanwhile stat'ed every archive).
+                found.append((src, None))
                 continue
             if written is not None and row is not None and _unwritten(src, row, written):
                 found.append((src, None))

@@ -59,6 +59,17 @@ class Counting(Protocol):
     batches: int
 
 
+class Moving(Protocol):
+    """What the service needs to know of the archive moves (daemon/archiving.py `Archiver`): a
+    number that grows with every group of moves finished, and a wait for those under way."""
+
+    moved: int
+
+    async def settled(self) -> None:
+        """Wait (a bounded while) until the moves under way are done."""
+        ...
+
+
 POLL_SECONDS = 0.1  # how often the batch counter is looked at
 NICE = 10  # the index worker runs this much below the daemon's priority
 WRITE_GAP_SECONDS = 0.25  # passes for new writes at most this often (a search does not wait)
@@ -108,6 +119,7 @@ class SearchService:
         workspace_of: Callable[[str], Path],
         agents: Callable[[], Iterable[str]] = lambda: DEFAULT_AGENTS,
         touched: Callable[[], set[str]] | None = None,
+        moves: Moving | None = None,
     ) -> None:
         self.state_dir = state_dir
         self.readers = Readers(index_path(state_dir))
@@ -116,6 +128,9 @@ class SearchService:
         # Takes the transcripts written since it was last called (the store's); None: unknown.
         self.touched = touched
         self.counters = counters
+        # A reset's answer comes before its session's move into archive/: a search waits for
+        # the moves under way and for the pass that sees them (None: no moves to wait for).
+        self.moves = moves
         self.pool = Pool("search", 1, NICE, on_idle_exit=self._idle_exit)
         self.broken: str | None = None
         self._failures = 0  # in a row: failed passes and workers that died
@@ -127,6 +142,7 @@ class SearchService:
         self._started = 0
         self._done = 0
         self._indexed_batches = -1
+        self._indexed_moves = -1
         self._ready = anyio.Event()  # the index is open (or known to be unavailable)
         self._starts_seen = 0
         # What the batches appended since the last pass was asked for (`after_commit`): their
@@ -241,7 +257,7 @@ class SearchService:
         while True:
             if not first:
                 await self._wait_for_work(last)
-            batches = self.counters.batches
+            batches, moved = self.counters.batches, self._moved()
             self._started += 1
             number = self._started
             last = time.monotonic()
@@ -270,6 +286,7 @@ class SearchService:
             known = self.touched is not None
             self._failures = 0
             self._indexed_batches = batches
+            self._indexed_moves = moved
             self._done = number
             self._pass_done.set()
             self._pass_done = anyio.Event()
@@ -349,7 +366,7 @@ class SearchService:
         than many small ones), a search waiting for them, or the periodic sweep."""
         while True:
             since = time.monotonic() - last
-            if self.counters.batches != self._indexed_batches and since >= WRITE_GAP_SECONDS:
+            if not self._indexed() and since >= WRITE_GAP_SECONDS:
                 return
             if since >= SWEEP_SECONDS:
                 return
@@ -395,13 +412,27 @@ class SearchService:
         return {"hits": hits}
 
     async def _fresh(self) -> None:
-        if self.counters.batches == self._indexed_batches:
+        """Wait (a bounded while) until the batches acknowledged before, and the moves into
+        archive/ of the sessions they closed, are indexed."""
+        if self.moves is not None:
+            # As `sessions.archived` does (bounded there): a reset job's moves take seconds.
+            await self.moves.settled()
+        if self._indexed():
             return
         target = self._started + 1
         self._wake.set()
         with anyio.move_on_after(FRESH_WAIT_SECONDS):
             while self._done < target:
                 await self._pass_done.wait()
+
+    def _moved(self) -> int:
+        return 0 if self.moves is None else self.moves.moved
+
+    def _indexed(self) -> bool:
+        """Whether the last finished pass saw every batch written and every move finished."""
+        return (
+            self.counters.batches == self._indexed_batches and self._moved() == self._indexed_moves
+        )
 
 
 def _lack_of_space(error: str) -> bool:

@@ -56,8 +56,8 @@ def scan_sources(
     agents: Iterable[str] = (),
     archive_cache: dict[str, tuple[int, list[Source]]] | None = None,
     active: bool = True,
-) -> Iterator[tuple[Source, bool]]:
-    """Every file to index, with whether it came from an archive folder listed earlier.
+) -> Iterator[Source]:
+    """Every file to index.
 
     `archive_cache` (folder -> (mtime, sources)) spares listing archive folders that have not
     changed: archives are written once and only ever moved in. `active=False` leaves out the
@@ -78,10 +78,11 @@ def scan_sources(
             if name.startswith(".") or not f.is_file():
                 continue
             if name.endswith(".jsonl"):
-                yield Source(f.path, prefix + name, "session", agent, ino=f.inode()), False
+                yield Source(f.path, prefix + name, "session", agent, ino=f.inode())
             elif OPENCLAW_SUFFIX.match(name):
-                yield _session_source(state_dir, Path(f.path), agent, archived=True), False
-        yield from _archive_sources(state_dir, folder / ARCHIVE_DIR, agent, archive_cache)
+                yield _session_source(state_dir, Path(f.path), agent, archived=True)
+        archive = folder / ARCHIVE_DIR
+        yield from _archive_sources(archive, f"{prefix}{ARCHIVE_DIR}/", agent, archive_cache)
     seen: set[Path] = set()
     for entry in _scandir(state_dir):
         if entry.name.startswith("workspace-") and entry.is_dir():
@@ -94,15 +95,18 @@ def scan_sources(
         for f in sorted(_scandir(memory), key=lambda e: e.name):
             if f.name.endswith(".md") and not f.name.startswith(".") and f.is_file():
                 path = Path(f.path)
-                yield Source(f.path, _key(state_dir, path), "memory", agent), False
+                yield Source(f.path, _key(state_dir, path), "memory", agent)
 
 
 def _archive_sources(
-    state_dir: Path,
     folder: Path,
+    prefix: str,
     agent: str,
     cache: dict[str, tuple[int, list[Source]]] | None,
-) -> Iterator[tuple[Source, bool]]:
+) -> Iterator[Source]:
+    """The transcripts in an archive folder (keys: `prefix` + name). A reset job moves
+    thousands of files in while passes run: the folder changes between every two passes, and
+    each lists it again."""
     try:
         mtime = os.stat(folder).st_mtime_ns
     except OSError:
@@ -112,8 +116,7 @@ def _archive_sources(
     # same clock tick as the listing would otherwise go unseen.
     still = time.time_ns() - mtime > 2_000_000_000
     if cache is not None and still and ck in cache and cache[ck][0] == mtime:
-        for src in cache[ck][1]:
-            yield src, True
+        yield from cache[ck][1]
         return
     names = {e.name: e for e in _scandir(folder) if e.is_file()}
     out = []
@@ -122,11 +125,12 @@ def _archive_sources(
             continue
         if name.endswith(".gz") and name[:-3] in names:
             continue  # being compressed: the plain file is still the one to read
-        out.append(_session_source(state_dir, Path(e.path), agent, archived=True))
+        # Keys built as strings, as for the sessions folders (Path.relative_to for each of
+        # ten thousand archives, in every pass of a reset job, is what they avoid).
+        out.append(Source(e.path, prefix + name, "session", agent, True, name.endswith(".gz")))
     if cache is not None:
         cache[ck] = (mtime, out)
-    for src in out:
-        yield src, False
+    yield from out
 
 
 def active_sources(state_dir: Path, keys: Iterable[str]) -> Iterator[Source]:

@@ -18,7 +18,6 @@ import re
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
-from daemon.config import SummarizerConfig
 from daemon.errors import SummarizerFailed
 
 NO_REPLY = "NO_REPLY"
@@ -40,6 +39,22 @@ COMPACTION_PROMPT = (
 )
 
 Task = Literal["compaction", "memoryFlush"]
+
+
+@dataclass(frozen=True, slots=True)
+class SummarizerSettings:
+    """A summarizer's settings as plain data (daemon/config.py `SummarizerConfig.settings()`,
+    where they are checked): what a worker process is handed. Unpickling the config's model
+    there imported pydantic and the whole config, a third of a flush worker's start."""
+
+    kind: str
+    command: tuple[str, ...]
+    baseUrl: str | None
+    model: str | None
+    apiKeyEnv: str | None
+    timeoutSeconds: int
+    retries: int
+    maxOutputTokens: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,7 +101,7 @@ class Summarizer(Protocol):
         ...
 
 
-def make_summarizer(cfg: SummarizerConfig) -> Summarizer:
+def make_summarizer(cfg: SummarizerSettings) -> Summarizer:
     from daemon.summarizers.builtin import BuiltinSummarizer
     from daemon.summarizers.command import CommandSummarizer
     from daemon.summarizers.openai import OpenAISummarizer
@@ -98,7 +113,7 @@ def make_summarizer(cfg: SummarizerConfig) -> Summarizer:
     return BuiltinSummarizer()
 
 
-def summarize_here(cfg: SummarizerConfig, req: SummaryRequest) -> tuple[str, str]:
+def summarize_here(cfg: SummarizerSettings, req: SummaryRequest) -> tuple[str, str]:
     """(kind, text): the summarizer's answer, computed in this thread; for worker processes
     (daemon/workers.py), where nothing else waits on this thread. Raises SummarizerFailed."""
     import anyio

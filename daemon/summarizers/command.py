@@ -21,9 +21,8 @@ import anyio
 import orjson
 from anyio.abc import ByteReceiveStream, Process
 
-from daemon.config import SummarizerConfig
 from daemon.errors import SummarizerFailed, os_reason
-from daemon.summarizers import SummaryRequest
+from daemon.summarizers import SummarizerSettings, SummaryRequest
 
 MAX_OUTPUT = 4 * 1024 * 1024  # bytes of stdout accepted; a summary is far smaller
 STDERR_TAIL = 400
@@ -32,7 +31,7 @@ STDERR_TAIL = 400
 class CommandSummarizer:
     kind = "command"
 
-    def __init__(self, cfg: SummarizerConfig) -> None:
+    def __init__(self, cfg: SummarizerSettings) -> None:
         self.argv = list(cfg.command)
         self.timeout = float(cfg.timeoutSeconds)
 

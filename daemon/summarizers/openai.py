@@ -21,9 +21,8 @@ import anyio
 import httpx
 import orjson
 
-from daemon.config import SummarizerConfig
 from daemon.errors import SummarizerFailed
-from daemon.summarizers import SummaryRequest
+from daemon.summarizers import SummarizerSettings, SummaryRequest
 
 RETRY_STATUS = frozenset({408, 409, 425, 429})
 BACKOFF_BASE = 0.5  # seconds before the first retry; doubled for each further one
@@ -35,7 +34,7 @@ EXCERPT = 200
 class OpenAISummarizer:
     kind = "openai"
 
-    def __init__(self, cfg: SummarizerConfig) -> None:
+    def __init__(self, cfg: SummarizerSettings) -> None:
         assert cfg.baseUrl is not None and cfg.model is not None  # checked by the config
         self.url = cfg.baseUrl.rstrip("/") + "/chat/completions"
         self.model = cfg.model
