@@ -54,6 +54,7 @@ from daemon.compaction_job import (
     Latest,
     after_limit,
     kept_budget,
+    latest_of,
     read_budget,
 )
 from daemon.compaction_replies import (
@@ -61,7 +62,6 @@ from daemon.compaction_replies import (
     compact_reply,
     context_answer,
     context_reply,
-    latest_of,
 )
 from daemon.compaction_state import (
     MAX_BACKOFF_SECONDS,

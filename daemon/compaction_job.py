@@ -219,9 +219,23 @@ def context(path: str, max_bytes: int) -> ContextView:
 
 def latest(path: str, max_bytes: int) -> Latest | None:
     """In a worker: the latest compaction's summary (None: none in the tail read)."""
-    from daemon.compaction_replies import latest_of
-
     return latest_of(read_context(Path(path), max_bytes=max_bytes))
+
+
+def latest_of(view: ContextView) -> Latest | None:
+    """The latest compaction of a context, as /context shows it (None: there is none)."""
+    c = view.compaction
+    if c is None or view.summary is None:
+        return None
+    before = c.get("tokensBefore")
+    fk = c.get("firstKeptEntryId")
+    eid = c.get("id")
+    return Latest(
+        eid if isinstance(eid, str) else None,
+        view.summary,
+        fk if isinstance(fk, str) else None,
+        before if isinstance(before, int) else None,
+    )
 
 
 def detail(path: str, session_key: str, session_id: str, max_bytes: int) -> str:

@@ -109,22 +109,6 @@ def context_answer(st: SessionState, th: tokens.Thresholds, view: ContextView) -
     }
 
 
-def latest_of(view: ContextView) -> Latest | None:
-    """The latest compaction of a context, as /context shows it (None: there is none)."""
-    c = view.compaction
-    if c is None or view.summary is None:
-        return None
-    before = c.get("tokensBefore")
-    fk = c.get("firstKeptEntryId")
-    eid = c.get("id")
-    return Latest(
-        eid if isinstance(eid, str) else None,
-        view.summary,
-        fk if isinstance(fk, str) else None,
-        before if isinstance(before, int) else None,
-    )
-
-
 class LatestCache:
     """The latest summary of recently seen sessions (None: known to have none), newest last."""
 

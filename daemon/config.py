@@ -40,7 +40,7 @@ from daemon.core.access import AccessRules
 from daemon.core.keys import BindingRule, PeerRule, RoutingSettings, normalize_agent_id
 from daemon.core.policy import Override, Policy, ResetRules
 from daemon.core.shards import ShardMap
-from daemon.summarizers import SummarizerSettings
+from daemon.core.summarizer_settings import SummarizerSettings
 
 MIN_TOKEN_CHARS = 16
 

@@ -18,6 +18,7 @@ import re
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
+from daemon.core.summarizer_settings import SummarizerSettings as SummarizerSettings
 from daemon.errors import SummarizerFailed
 
 NO_REPLY = "NO_REPLY"
@@ -39,22 +40,6 @@ COMPACTION_PROMPT = (
 )
 
 Task = Literal["compaction", "memoryFlush"]
-
-
-@dataclass(frozen=True, slots=True)
-class SummarizerSettings:
-    """A summarizer's settings as plain data (daemon/config.py `SummarizerConfig.settings()`,
-    where they are checked): what a worker process is handed. Unpickling the config's model
-    there imported pydantic and the whole config, a third of a flush worker's start."""
-
-    kind: str
-    command: tuple[str, ...]
-    baseUrl: str | None
-    model: str | None
-    apiKeyEnv: str | None
-    timeoutSeconds: int
-    retries: int
-    maxOutputTokens: int
 
 
 @dataclass(frozen=True, slots=True)
