@@ -333,3 +333,38 @@ def test_a_clean_stop_writes_nothing_ahead(tmp_path: Path) -> None:
     j.start_fresh()  # the committer's last step at a clean stop
     j.close()
     assert sum(p.stat().st_size for p in j.paths) < 1000
+
+
+def test_a_full_disk_while_writing_ahead_still_makes_the_file_ready(
+    tmp_path: Path, calls: Calls
+) -> None:
+    """Writing ahead is an optimisation: with no room for the zeros (ENOSPC), the file is made
+    ready without them (appends then grow it, as before writing ahead). Failing instead would
+    fail every checkpoint while the disk stays full, and the journal would never switch."""
+    j = Journal(tmp_path / "journal")
+    j.open_and_read()
+    j.start_fresh()
+    big = [record("T", "agents/main/sessions/x.jsonl", 0, b"x" * 1000)] * 100
+    while j.size < journal.PREWRITE_FROM:
+        j.append(big)
+    j.sync()
+    j.switch()
+    calls.calls.clear()
+    calls.fail_pwrite = False
+
+    real = calls.pwrite
+
+    def no_room_for_zeros(fd: int, data: bytes | memoryview, offset: int) -> int:
+        if offset > 0:  # the header (at 0) fits; the zeros after it do not
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(fd, data, offset)
+
+    calls.pwrite = no_room_for_zeros  # type: ignore[method-assign]
+    j.prepare_next()
+    assert j.ready
+    calls.pwrite = real  # type: ignore[method-assign]
+    j.switch()
+    j.append(recs(2, "after"))
+    j.sync()
+    j.close()
+    assert names(Journal(tmp_path / "journal").open_and_read())[-2:] == ["after.jsonl"] * 2

@@ -49,15 +49,20 @@ older frames) end replay.
 
 from __future__ import annotations
 
+import errno
 import os
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import structlog
+
 from daemon.failpoints import failpoint
 from daemon.store import fileio
 from daemon.store.fsutil import FILE_MODE, ensure_dir, fsync_dir
+
+log = structlog.get_logger("daemon.store")
 
 NAMES = ("a.wal", "b.wal")
 # Zeros written ahead by `prepare_next`: twice what the generation before used, when that was
@@ -274,8 +279,15 @@ class Journal:
         head, self._salts[index] = header("H", str(self.generation))
         fileio.pwrite(fd, head, 0)
         length = max(length, len(head))
-        while ahead is not None and length < ahead:
-            length += fileio.pwrite(fd, ZEROS[: ahead - length], length)
+        try:
+            while ahead is not None and length < ahead:
+                length += fileio.pwrite(fd, ZEROS[: ahead - length], length)
+        except OSError as e:
+            if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+                raise
+            # No room for the zeros: ready without them (appends then grow the file). Failing
+            # would fail every checkpoint while the disk stays full: the journal never switched.
+            log.warning("journal.written_ahead_less", wanted=ahead, written=length)
         fileio.fdatasync(fd)
         self._note_length(index, length)
         return len(head)
