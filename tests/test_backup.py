@@ -456,10 +456,21 @@ async def test_each_archived_session_gets_its_state_record_once_its_mirror_is_co
         await pipeline.archives_settled()
         await settled(mirror)
         deadline = time.monotonic() + 30
-        while not all(files.read_state(root, sid) for sid in ended):
-            assert time.monotonic() < deadline, [files.read_state(root, s) for s in ended]
+
+        def done() -> bool:
+            # The records are written in a thread, and the mirror forgets them on the loop once
+            # it returns: a look between the two saw the files and sids still to look at.
+            left = mirror._unstated or mirror._unstated_busy
+            return not left and all(files.read_state(root, sid) for sid in ended)
+
+        while not done():
+            assert time.monotonic() < deadline, (
+                [files.read_state(root, s) for s in ended],
+                "left to look at:",
+                mirror._unstated,
+                mirror._unstated_busy,
+            )
             await anyio.sleep(0.02)
-        assert not mirror._unstated and not mirror._unstated_busy, "nothing left to look at"
     for sid in ended:
         rec = files.read_state(root, sid)
         assert rec is not None and rec["sessionId"] == sid and rec["reason"] == "reset"

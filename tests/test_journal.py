@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from daemon.store import fileio
+from daemon.store import fileio, journal
 from daemon.store.journal import Journal, Record, decode_file, frame, record
 
 
@@ -154,7 +154,7 @@ def test_a_ready_file_replays_nothing_and_making_it_ready_frees_the_old_generati
     j.switch()
     j.append(recs(1, "b"))
     j.sync()
-    # The checkpoint synced what a covered: a is truncated and ready again, b stays active.
+    # The checkpoint synced what a covered: a is ready again (a newer header), b stays active.
     j.prepare_next()
     assert j.ready
     j.append(recs(1, "c"))
@@ -206,7 +206,9 @@ def test_a_reused_file_whose_truncation_a_power_cut_lost_replays_none_of_its_old
     j.append(recs(1, "new"))
     j.sync()
     j.prepare_next()  # the checkpoint after the switch: the old file is made ready again
-    header = old_file.read_bytes()
+    ready = old_file.read_bytes()  # reused in place: the header, then what was there before
+    nl = ready.index(b"\n")
+    header = ready[: nl + 1 + int(ready[:nl].split(b"\t")[2])]
     j.close()
     assert len(header) < len(old)
     # The crash image: the header's write survived, the truncation before it did not.
@@ -224,3 +226,145 @@ def test_a_file_written_before_salts_still_replays(tmp_path: Path) -> None:
     (folder / "a.wal").write_bytes(old)
     out = Journal(folder).open_and_read()
     assert [r.a.split("/")[-1] for r in out] == ["a.jsonl", "a.jsonl", "b.jsonl"]
+
+
+def test_a_file_made_ready_keeps_its_length_and_only_the_new_generation_replays(
+    tmp_path: Path,
+) -> None:
+    """Files are reused in place (not truncated): the frames an older generation left after
+    the new generation's end are never replayed, even a whole one that starts exactly where
+    the new frames end."""
+    j = Journal(tmp_path / "journal")
+    j.open_and_read()
+    j.start_fresh()
+    j.append(recs(1, "aa"))
+    j.append(recs(1, "a2"))
+    j.sync()
+    j.switch()
+    j.append(recs(1, "b"))
+    j.sync()
+    length = j.paths[0].stat().st_size
+    j.prepare_next()
+    assert j.paths[0].stat().st_size == length
+    j.switch()
+    j.append(recs(1, "cc"))  # as long as "aa": "a2"'s old frame follows it, whole
+    j.sync()
+    j.close()
+    assert b"a2.jsonl" in j.paths[0].read_bytes()
+    assert names(Journal(tmp_path / "journal").open_and_read()) == ["b.jsonl", "cc.jsonl"]
+
+
+def test_the_next_file_is_written_ahead_to_twice_what_the_last_generation_used(
+    tmp_path: Path,
+) -> None:
+    """A generation that used more than PREWRITE_FROM bytes has the file made ready after it
+    written with zeros ahead, so the appends there overwrite: the file keeps its length."""
+    j = Journal(tmp_path / "journal")
+    j.open_and_read()
+    j.start_fresh()
+    big = [record("T", "agents/main/sessions/x.jsonl", 0, b"x" * 1000)] * 100
+    while j.size < journal.PREWRITE_FROM:
+        j.append(big)
+    used = j.size
+    j.sync()
+    j.switch()
+    j.prepare_next()
+    length = j.paths[0].stat().st_size
+    assert length == max(journal.PREWRITE_MIN, 2 * used)
+    assert j.paths[0].read_bytes()[-1000:] == bytes(1000)
+    j.switch()
+    j.append(big)
+    j.sync()
+    assert j.paths[0].stat().st_size == length
+    j.close()
+    assert len(Journal(tmp_path / "journal").open_and_read()) == 100
+
+
+def test_a_file_longer_than_the_most_written_ahead_is_cut_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A burst may grow a file far beyond what is written ahead; making it ready again gives
+    the space back (down to what is written ahead)."""
+    monkeypatch.setattr(journal, "PREWRITE_FROM", 1000)
+    monkeypatch.setattr(journal, "PREWRITE_MIN", 4096)
+    monkeypatch.setattr(journal, "PREWRITE_MAX", 8192)
+    j = Journal(tmp_path / "journal")
+    j.open_and_read()
+    j.start_fresh()
+    for _ in range(200):
+        j.append(recs(1, "burst"))
+    j.sync()
+    assert j.paths[0].stat().st_size > 8192
+    j.switch()
+    j.append(recs(1, "quiet"))
+    j.sync()
+    j.prepare_next()
+    assert j.paths[0].stat().st_size == 8192
+    j.close()
+    assert names(Journal(tmp_path / "journal").open_and_read()) == ["quiet.jsonl"]
+
+
+def test_replay_reads_a_file_with_more_frames_than_one_read_chunk(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(journal, "READ_CHUNK", 256)
+    j = Journal(tmp_path / "journal")
+    j.open_and_read()
+    j.start_fresh()
+    for k in range(40):
+        j.append(recs(1, f"r{k}"))
+    j.sync()
+    j.close()
+    want = [f"r{k}.jsonl" for k in range(40)]
+    assert names(Journal(tmp_path / "journal").open_and_read()) == want
+
+
+def test_a_clean_stop_writes_nothing_ahead(tmp_path: Path) -> None:
+    """`start_fresh` at a stop (and a start) truncates both files: zeros written ahead then
+    would be thrown away by the next start."""
+    j = Journal(tmp_path / "journal")
+    j.open_and_read()
+    j.start_fresh()
+    big = [record("T", "agents/main/sessions/x.jsonl", 0, b"x" * 1000)] * 100
+    while j.size < journal.PREWRITE_FROM:
+        j.append(big)
+    j.sync()
+    j.switch()
+    j.start_fresh()  # the committer's last step at a clean stop
+    j.close()
+    assert sum(p.stat().st_size for p in j.paths) < 1000
+
+
+def test_a_full_disk_while_writing_ahead_still_makes_the_file_ready(
+    tmp_path: Path, calls: Calls
+) -> None:
+    """Writing ahead is an optimisation: with no room for the zeros (ENOSPC), the file is made
+    ready without them (appends then grow it, as before writing ahead). Failing instead would
+    fail every checkpoint while the disk stays full, and the journal would never switch."""
+    j = Journal(tmp_path / "journal")
+    j.open_and_read()
+    j.start_fresh()
+    big = [record("T", "agents/main/sessions/x.jsonl", 0, b"x" * 1000)] * 100
+    while j.size < journal.PREWRITE_FROM:
+        j.append(big)
+    j.sync()
+    j.switch()
+    calls.calls.clear()
+    calls.fail_pwrite = False
+
+    real = calls.pwrite
+
+    def no_room_for_zeros(fd: int, data: bytes | memoryview, offset: int) -> int:
+        if offset > 0:  # the header (at 0) fits; the zeros after it do not
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(fd, data, offset)
+
+    calls.pwrite = no_room_for_zeros  # type: ignore[method-assign]
+    j.prepare_next()
+    assert j.ready
+    calls.pwrite = real  # type: ignore[method-assign]
+    j.switch()
+    j.append(recs(2, "after"))
+    j.sync()
+    j.close()
+    assert names(Journal(tmp_path / "journal").open_and_read())[-2:] == ["after.jsonl"] * 2

@@ -30,6 +30,7 @@ from typing import Any
 import pytest
 from reliability import tally
 
+from daemon.store.journal import decode_file, salt_of
 from e2e.conftest import Launch
 from e2e.harness import (
     Daemon,
@@ -180,18 +181,31 @@ def finish_and_check(d: Daemon, senders: list[OrderedSender]) -> int:
 
 
 def journal_has_no_garbage(d: Daemon) -> None:
-    """Each journal file is whole, intact frames from its first byte to its last: a failed
-    batch was cut off again."""
+    """Each journal file begins with intact frames, CRC-checked as replay checks them (the
+    header plain, the frames after it with the header's salt), and the file the failed batches
+    went to was cut back to its last whole frame: it ends there. (A ready file reused in place
+    may go on after its frames with zeros written ahead or an older generation's bytes, where
+    replay stops: not garbage, and not decidable from outside, so only one file must end at its
+    frames.)"""
+    ends = []
     for p in sorted((d.state_dir / "journal").glob("*.wal")):
         data = p.read_bytes()
         pos = 0
+        salt = 0
         while pos < len(data):
-            nl = data.index(b"\n", pos)
-            _b, crc, length = data[pos:nl].split(b"\t")
-            body = data[nl + 1 : nl + 1 + int(length)]
-            assert crc == b"%08x" % zlib.crc32(body), f"{p.name}: a damaged frame at {pos}"
-            pos = nl + 1 + int(length)
-        assert pos == len(data), f"{p.name}: {len(data) - pos} bytes of garbage at the end"
+            nl = data.find(b"\n", pos)
+            head = data[pos:nl].split(b"\t") if nl >= 0 else []
+            if len(head) != 3 or head[0] != b"B" or not head[2].isdigit():
+                break
+            body = data[nl + 1 : nl + 1 + int(head[2])]
+            if len(body) != int(head[2]) or head[1] != b"%08x" % zlib.crc32(body, salt):
+                break
+            if pos == 0:
+                salt = salt_of(next(decode_file(data[: nl + 1 + len(body)])))
+            pos = nl + 1 + len(body)
+        assert pos > 0, f"{p.name}: no intact header"
+        ends.append(pos == len(data))
+    assert any(ends), "no journal file ends at its last whole frame: a failed batch was left"
 
 
 def failures_logged(d: Daemon) -> int:
