@@ -254,26 +254,35 @@ def test_a_file_made_ready_keeps_its_length_and_only_the_new_generation_replays(
     assert names(Journal(tmp_path / "journal").open_and_read()) == ["b.jsonl", "cc.jsonl"]
 
 
+BIG = [record("T", "agents/main/sessions/x.jsonl", 0, b"x" * 1000)] * 100
+
+
+def a_generation_worth_writing_ahead_for(tmp_path: Path) -> tuple[Journal, int]:
+    """A journal whose first generation used more than PREWRITE_FROM bytes, synced and switched
+    away from (not yet made ready again); and the bytes it used."""
+    j = Journal(tmp_path / "journal")
+    j.open_and_read()
+    j.start_fresh()
+    while j.size < journal.PREWRITE_FROM:
+        j.append(BIG)
+    used = j.size
+    j.sync()
+    j.switch()
+    return j, used
+
+
 def test_the_next_file_is_written_ahead_to_twice_what_the_last_generation_used(
     tmp_path: Path,
 ) -> None:
     """A generation that used more than PREWRITE_FROM bytes has the file made ready after it
     written with zeros ahead, so the appends there overwrite: the file keeps its length."""
-    j = Journal(tmp_path / "journal")
-    j.open_and_read()
-    j.start_fresh()
-    big = [record("T", "agents/main/sessions/x.jsonl", 0, b"x" * 1000)] * 100
-    while j.size < journal.PREWRITE_FROM:
-        j.append(big)
-    used = j.size
-    j.sync()
-    j.switch()
+    j, used = a_generation_worth_writing_ahead_for(tmp_path)
     j.prepare_next()
     length = j.paths[0].stat().st_size
     assert length == max(journal.PREWRITE_MIN, 2 * used)
     assert j.paths[0].read_bytes()[-1000:] == bytes(1000)
     j.switch()
-    j.append(big)
+    j.append(BIG)
     j.sync()
     assert j.paths[0].stat().st_size == length
     j.close()
@@ -322,14 +331,7 @@ def test_replay_reads_a_file_with_more_frames_than_one_read_chunk(
 def test_a_clean_stop_writes_nothing_ahead(tmp_path: Path) -> None:
     """`start_fresh` at a stop (and a start) truncates both files: zeros written ahead then
     would be thrown away by the next start."""
-    j = Journal(tmp_path / "journal")
-    j.open_and_read()
-    j.start_fresh()
-    big = [record("T", "agents/main/sessions/x.jsonl", 0, b"x" * 1000)] * 100
-    while j.size < journal.PREWRITE_FROM:
-        j.append(big)
-    j.sync()
-    j.switch()
+    j, _used = a_generation_worth_writing_ahead_for(tmp_path)
     j.start_fresh()  # the committer's last step at a clean stop
     j.close()
     assert sum(p.stat().st_size for p in j.paths) < 1000
@@ -341,17 +343,7 @@ def test_a_full_disk_while_writing_ahead_still_makes_the_file_ready(
     """Writing ahead is an optimisation: with no room for the zeros (ENOSPC), the file is made
     ready without them (appends then grow it, as before writing ahead). Failing instead would
     fail every checkpoint while the disk stays full, and the journal would never switch."""
-    j = Journal(tmp_path / "journal")
-    j.open_and_read()
-    j.start_fresh()
-    big = [record("T", "agents/main/sessions/x.jsonl", 0, b"x" * 1000)] * 100
-    while j.size < journal.PREWRITE_FROM:
-        j.append(big)
-    j.sync()
-    j.switch()
-    calls.calls.clear()
-    calls.fail_pwrite = False
-
+    j, _used = a_generation_worth_writing_ahead_for(tmp_path)
     real = calls.pwrite
 
     def no_room_for_zeros(fd: int, data: bytes | memoryview, offset: int) -> int:
