@@ -29,6 +29,18 @@ class Clients:
         self.closed_hello = 0  # connections closed for sending no auth.hello in time
         self.refused = 0  # connections refused for a full listener
 
+    def closed_for_hello(self, conn: Client) -> None:
+        """`conn` is being closed for sending no auth.hello in time. It leaves the open set now,
+        not when its answer is flushed and its task ends, so that `status` never counts one
+        connection as both closed and open (unauthenticated)."""
+        self.open.discard(conn)
+        self.closed_hello += 1
+
+    def closed_for_stalling(self, conn: Client) -> None:
+        """`conn` is being closed for not reading its answers; as `closed_for_hello`."""
+        self.open.discard(conn)
+        self.closed_stalled += 1
+
     def stats(self) -> dict[str, int]:
         """For `status`: what clients hold of the daemon now, and what was closed or refused."""
         conns = self.open

@@ -221,7 +221,7 @@ class Connection:
                     unsentBytes=self.unsent,
                     seconds=stall,
                 )
-                self.server.clients.closed_stalled += 1
+                self.server.clients.closed_for_stalling(self)
                 self.closed = True
                 self.read_scope.cancel()
                 return False
@@ -360,7 +360,7 @@ class Connection:
             return False
         seconds = self.server.limits.helloTimeoutSeconds
         log.info("connection.hello_timeout", connection=self.number, seconds=seconds)
-        self.server.clients.closed_hello += 1
+        self.server.clients.closed_for_hello(self)
         err = Unauthenticated(f"no valid auth.hello within {seconds} s; connection closed")
         self.deliver(encode_error(None, err))
         return True
