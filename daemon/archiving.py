@@ -53,7 +53,7 @@ class Archiver:
         # As many processes as the cores allow, up to one per group in flight: a group that
         # finds its worker busy waits with its request ready, and is sent when the other's
         # answer is in.
-        self.pool = Pool("archive", half_the_cores(ARCHIVE_WORKERS), ARCHIVE_NICE)
+        self.pool = Pool("archive", half_the_cores(ARCHIVE_WORKERS), ARCHIVE_NICE, idle=True)
         self._archiving = 0
         # Groups of moves finished (moved or failed), as the pipeline counts batches: the
         # search index's next pass after a change of it sees those moves (search/service.py).
@@ -63,6 +63,12 @@ class Archiver:
         self._archived.set()
         self._queue: deque[tuple[Closing, int]] = deque()  # closed, with its batch's time
         self._draining = 0  # tasks moving what the queue holds
+
+    @property
+    def busy(self) -> bool:
+        """Whether moves or successor links are under way or queued (the search index holds
+        its passes meanwhile: search/service.py HOLD_FOR_MOVES_SECONDS)."""
+        return self._archiving > 0
 
     def archive(self, tg: TaskGroup, closing: list[Closing], now: int) -> None:
         """Queue the sessions a durable batch closed (`now`: the batch's time) for their move,

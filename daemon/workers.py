@@ -58,6 +58,7 @@ log = structlog.get_logger("daemon.workers")
 T = TypeVar("T")
 
 WORKER_NICE = 10  # workers run this much below the daemon's priority
+IDLE = "idle"  # the worker's third argument when its pool runs in SCHED_IDLE
 GRACE_SECONDS = 3.0  # a cancelled or stopped worker is killed if it has not exited by then
 HEADER = struct.Struct(">Q")
 PR_SET_PDEATHSIG = 1
@@ -101,11 +102,15 @@ class Pool:
         size: int,
         nice: int = WORKER_NICE,
         on_idle_exit: Callable[[int, int], None] | None = None,
+        *,
+        idle: bool = False,
     ) -> None:
         """`on_idle_exit(pid, code)`: told of a worker found dead between jobs (killed while
-        idle), which is otherwise replaced without a word."""
+        idle), which is otherwise replaced without a word. `idle`: the workers run in the
+        kernel's SCHED_IDLE class (`idle_class`)."""
         self.name = name
         self.nice = nice
+        self.idle = idle
         self.on_idle_exit = on_idle_exit
         self.limiter = anyio.CapacityLimiter(size)
         self._idle: list[Process] = []
@@ -249,6 +254,8 @@ class Pool:
                 self.on_idle_exit(proc.pid, code)
         # The pool's name is for ps and bench/isolation.py's CPU figures; the worker ignores it.
         argv = [sys.executable, "-m", "daemon.worker_entry", str(self.nice), self.name]
+        if self.idle:
+            argv.append(IDLE)
         proc = await anyio.open_process(
             argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=None
         )
@@ -349,7 +356,20 @@ def _ask_halt(_sig: int, _frame: FrameType | None) -> None:
     _halt.set()
 
 
-def _setup(nice: int) -> None:
+def idle_class() -> bool:
+    """Put this process in the kernel's SCHED_IDLE class: it runs only when no task of normal
+    priority wants the CPU, and a waking one preempts it at once. A nice level alone was not
+    enough for the reset job's workers: at nice 5 three of them on two cores kept the event
+    loop waiting for a core for tens of milliseconds (bench/isolation.py's reset phase). False
+    where the class does not exist (not Linux) or the call is refused."""
+    try:
+        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+    except (OSError, AttributeError):
+        return False
+    return True
+
+
+def _setup(nice: int, idle: bool = False) -> None:
     global _in_worker
     _in_worker = True
     failpoints.in_worker()
@@ -364,6 +384,8 @@ def _setup(nice: int) -> None:
         sys.exit(0)  # the daemon died before the prctl: nobody to work for
     with contextlib.suppress(OSError):
         os.setpriority(os.PRIO_PROCESS, 0, os.getpriority(os.PRIO_PROCESS, 0) + nice)
+    if idle:
+        idle_class()
     guard.install_from_env()  # tests: the never-delete guard watches workers as well
 
 
@@ -384,9 +406,9 @@ def _write_all(fd: int, data: bytes) -> None:
         view = view[os.write(fd, view) :]
 
 
-def serve(nice: int) -> None:
+def serve(nice: int, idle: bool = False) -> None:
     """The worker's loop: one job at a time until stdin closes or a job is cancelled."""
-    _setup(nice)
+    _setup(nice, idle)
     level = None
     while True:
         head = _read_exactly(0, HEADER.size)
@@ -416,4 +438,4 @@ def serve(nice: int) -> None:
 
 def main() -> None:
     with contextlib.suppress(JobCancelled, BrokenPipeError):
-        serve(int(sys.argv[1]) if len(sys.argv) > 1 else WORKER_NICE)
+        serve(int(sys.argv[1]) if len(sys.argv) > 1 else WORKER_NICE, IDLE in sys.argv[3:])

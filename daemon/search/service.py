@@ -65,6 +65,11 @@ class Moving(Protocol):
 
     moved: int
 
+    @property
+    def busy(self) -> bool:
+        """Whether moves are under way (or queued)."""
+        ...
+
     async def settled(self) -> None:
         """Wait (a bounded while) until the moves under way are done."""
         ...
@@ -79,6 +84,13 @@ MAX_TOUCHED = 20_000  # transcripts written since the last pass beyond which it 
 # one, which makes the next pass longer still.
 MAX_HANDED_BYTES = 32 << 20
 SWEEP_SECONDS = 1.0  # a pass at least this often (memory files, moves into archive/)
+# While sessions are being moved into archive/ (a reset job's thousands), passes for new writes
+# and the sweep wait until the moves are done, up to this long after the last pass: a pass then
+# indexed a few hundred moves and closing entries at a time, in a worker that took a third of
+# the CPU the job's own workers (the moves, the memory flushes) needed to end the job, and one
+# pass after the job does the same work once. A search is served as before: it waits for the
+# moves itself (`_fresh`), then wakes the task for the pass that sees them.
+HOLD_FOR_MOVES_SECONDS = 10.0
 HALT_SECONDS = 5.0  # a pass asked to halt (the daemon stops) is cancelled after this long
 FRESH_WAIT_SECONDS = 2.0  # a search waits at most this long for the writes before it
 # ... and this long for the index to open at start-up: a worker process starting on a loaded
@@ -131,7 +143,7 @@ class SearchService:
         # A reset's answer comes before its session's move into archive/: a search waits for
         # the moves under way and for the pass that sees them (None: no moves to wait for).
         self.moves = moves
-        self.pool = Pool("search", 1, NICE, on_idle_exit=self._idle_exit)
+        self.pool = Pool("search", 1, NICE, on_idle_exit=self._idle_exit, idle=True)
         self.broken: str | None = None
         self._failures = 0  # in a row: failed passes and workers that died
         self._db: Identity | None = None  # the index file the readers read
@@ -366,9 +378,10 @@ class SearchService:
         than many small ones), a search waiting for them, or the periodic sweep."""
         while True:
             since = time.monotonic() - last
-            if not self._indexed() and since >= WRITE_GAP_SECONDS:
+            held = since < HOLD_FOR_MOVES_SECONDS and self.moves is not None and self.moves.busy
+            if not held and not self._indexed() and since >= WRITE_GAP_SECONDS:
                 return
-            if since >= SWEEP_SECONDS:
+            if not held and since >= SWEEP_SECONDS:
                 return
             with anyio.move_on_after(POLL_SECONDS):
                 await self._wake.wait()
