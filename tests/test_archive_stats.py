@@ -103,3 +103,39 @@ def test_archiving_a_group_gives_each_session_the_time_of_the_batch_that_closed_
         "s1.jsonl",
         "s2.jsonl",
     ]
+
+
+def test_a_group_moved_where_names_are_taken_gets_numbered_names_and_replaces_nothing(
+    tmp_path: Path,
+) -> None:
+    # Two folders in one group, each archive/ made once; a name taken in archive/ (by a file or
+    # a dangling link) gets the next free number, and what held it is left as it was.
+    from daemon.store.archive import ToArchive, archive_transcripts, read_index
+
+    items = []
+    for agent in ("main", "work"):
+        folder = tmp_path / "agents" / agent / "sessions"
+        folder.mkdir(parents=True)
+        for sid in ("s0", "s1"):
+            path = folder / f"{sid}.jsonl"
+            header = {"type": "session", "version": 3, "id": sid, "sessionKey": f"k-{sid}"}
+            path.write_bytes(orjson.dumps(header) + b"\n")
+            items.append(ToArchive(path, agent, "idle", sid, f"k-{sid}", None, None, 1000))
+    taken = tmp_path / "agents" / "main" / "sessions" / "archive"
+    taken.mkdir()
+    (taken / "s0.jsonl").write_bytes(b"older\n")
+    (taken / "s0.jsonl.1").symlink_to(tmp_path / "nowhere")
+    recs = archive_transcripts(items)
+    assert [getattr(r, "file", r) for r in recs] == [
+        "s0.jsonl.2",
+        "s1.jsonl",
+        "s0.jsonl",
+        "s1.jsonl",
+    ]
+    assert (taken / "s0.jsonl").read_bytes() == b"older\n"
+    assert (taken / "s0.jsonl.1").is_symlink()
+    assert b'"id":"s0"' in (taken / "s0.jsonl.2").read_bytes()
+    for agent in ("main", "work"):
+        folder = tmp_path / "agents" / agent / "sessions"
+        assert not list(folder.glob("*.jsonl"))  # each moved, none copied
+        assert sorted(r.sessionId for r in read_index(folder)) == ["s0", "s1"]

@@ -157,3 +157,21 @@ def test_a_worker_imports_neither_the_config_models_nor_rich(job_module: str) ->
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True
     ).stdout.split("\n")
     assert out[:2] == ["", "False"], out
+
+
+async def test_an_idle_pool_runs_its_jobs_in_sched_idle_and_a_default_one_does_not() -> None:
+    # SCHED_IDLE: the reset job's and the index's workers use only CPU the event loop does
+    # not want (a waking loop preempts them at once).
+    idle, normal = Pool("test-idle", 1, idle=True), Pool("test", 1)
+    try:
+        with anyio.fail_after(60):
+            assert await idle.run(os.sched_getscheduler, 0) == os.SCHED_IDLE
+            assert await normal.run(os.sched_getscheduler, 0) == os.SCHED_OTHER
+            # The nice level still applies (it orders them if they ever leave the class).
+            assert await idle.run(os.getpriority, os.PRIO_PROCESS, 0) >= os.getpriority(
+                os.PRIO_PROCESS, 0
+            )
+    finally:
+        await idle.aclose()
+        await normal.aclose()
+    assert os.sched_getscheduler(0) == os.SCHED_OTHER  # the daemon itself stays where it was

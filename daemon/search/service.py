@@ -100,6 +100,14 @@ FRESH_WAIT_SECONDS = 2.0  # a search waits at most this long for the writes befo
 OPEN_WAIT_SECONDS = 30.0
 
 
+def pass_due(since: float, indexed: bool, moving: bool) -> bool:
+    """Whether the next pass is due `since` seconds after the last one began, given whether
+    every write is `indexed` and whether moves into archive/ are under way (`moving`)."""
+    if moving and since < HOLD_FOR_MOVES_SECONDS:
+        return False
+    return (not indexed and since >= WRITE_GAP_SECONDS) or since >= SWEEP_SECONDS
+
+
 def backoff(failures: int) -> float:
     """The pause after the n-th failure in a row (a failed pass, a worker that died)."""
     return min(30.0, 0.5 * 2.0 ** min(failures, 16))
@@ -377,11 +385,8 @@ class SearchService:
         WRITE_GAP_SECONDS, so a busy stream of writes is indexed in a few large passes rather
         than many small ones), a search waiting for them, or the periodic sweep."""
         while True:
-            since = time.monotonic() - last
-            held = since < HOLD_FOR_MOVES_SECONDS and self.moves is not None and self.moves.busy
-            if not held and not self._indexed() and since >= WRITE_GAP_SECONDS:
-                return
-            if not held and since >= SWEEP_SECONDS:
+            moving = self.moves is not None and self.moves.busy
+            if pass_due(time.monotonic() - last, self._indexed(), moving):
                 return
             with anyio.move_on_after(POLL_SECONDS):
                 await self._wake.wait()

@@ -4,6 +4,7 @@ start indexes the file the worker moved (store/archive.py `missing_index_entries
 
 from __future__ import annotations
 
+import os
 import time
 
 import orjson
@@ -92,4 +93,34 @@ def test_moves_and_reset_flushes_are_logged_a_line_per_group(launch: Launch) -> 
         for e in lines
         if e.get("event") in ("session.archived", "memory.flushed") and e["level"] != "debug"
     ]
+    # The moves, the flushes and the index ran in workers of the SCHED_IDLE class (they use
+    # only CPU the daemon's event loop does not want); the daemon itself did not.
+    assert d.pid is not None
+    workers = worker_policies(d.pid)
+    for pool in ("archive", "memory-flush", "search"):
+        assert workers.get(pool) == {os.SCHED_IDLE}, workers
+    assert os.sched_getscheduler(d.pid) == os.SCHED_OTHER
     assert d.stop() == 0
+
+
+def worker_policies(daemon_pid: int) -> dict[str, set[int]]:
+    """The scheduling policies of the daemon's live worker processes, by pool name (the
+    worker's argv: `-m daemon.worker_entry <nice> <pool> [idle]`)."""
+    out: dict[str, set[int]] = {}
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat") as f:
+                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+            if ppid != daemon_pid:
+                continue
+            with open(f"/proc/{name}/cmdline", "rb") as f:
+                argv = [a.decode() for a in f.read().split(b"\0")]
+            policy = os.sched_getscheduler(int(name))
+        except (OSError, ValueError, IndexError):
+            continue  # ended meanwhile
+        if "daemon.worker_entry" in argv:
+            pool = argv[argv.index("daemon.worker_entry") + 2]
+            out.setdefault(pool, set()).add(policy)
+    return out
