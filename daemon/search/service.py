@@ -151,7 +151,7 @@ class SearchService:
         # A reset's answer comes before its session's move into archive/: a search waits for
         # the moves under way and for the pass that sees them (None: no moves to wait for).
         self.moves = moves
-        self.pool = Pool("search", 1, NICE, on_idle_exit=self._idle_exit, idle=True)
+        self.pool = Pool("search", 1, NICE, on_idle_exit=self._idle_exit)
         self.broken: str | None = None
         self._failures = 0  # in a row: failed passes and workers that died
         self._db: Identity | None = None  # the index file the readers read

@@ -93,12 +93,13 @@ def test_moves_and_reset_flushes_are_logged_a_line_per_group(launch: Launch) -> 
         for e in lines
         if e.get("event") in ("session.archived", "memory.flushed") and e["level"] != "debug"
     ]
-    # The moves, the flushes and the index ran in workers of the SCHED_IDLE class (they use
-    # only CPU the daemon's event loop does not want); the daemon itself did not.
+    # The moves and the flushes ran in workers of the SCHED_IDLE class (they use only CPU the
+    # daemon's event loop does not want); the index's worker and the daemon itself did not.
     assert d.pid is not None
     workers = worker_policies(d.pid)
-    for pool in ("archive", "memory-flush", "search"):
+    for pool in ("archive", "memory-flush"):
         assert workers.get(pool) == {os.SCHED_IDLE}, workers
+    assert workers.get("search") == {os.SCHED_OTHER}, workers
     assert os.sched_getscheduler(d.pid) == os.SCHED_OTHER
     assert d.stop() == 0
 
