@@ -1,5 +1,6 @@
-"""The program a worker process runs: `python -m daemon.worker_entry <nice> <pool name>`
-(daemon/workers.py `Pool` starts it; the pool's name is for ps and bench/isolation.py).
+"""The program a worker process runs: `python -m daemon.worker_entry <nice> <pool name> [idle]`
+(daemon/workers.py `Pool` starts it; the pool's name is for ps and bench/isolation.py; `idle`:
+the worker puts itself in the SCHED_IDLE class, `workers.idle_class`).
 
 A worker's start is paid while jobs wait (a reset job's first groups, a respawn after a
 death), and most of it is imports: this module sees to it that a worker imports what its jobs

@@ -273,7 +273,7 @@ def move_into_archive(src: Path, name: str, *, sync: bool = True) -> Path:
 def _move_named(src: Path, folder: str, name: str) -> str:
     """Rename `src` into the archive folder `folder` (which exists) under `name`, or a numbered
     variant of it if taken; returns the name it got. Strings, not Paths: a reset job moves ten
-    thousand files, and building Paths was a quarter of its archive worker's time."""
+    thousand files, and building Paths was about a quarter of its archive worker's time."""
     dest = name
     n = 1
     while os.path.lexists(f"{folder}/{dest}"):
@@ -479,8 +479,9 @@ def archive_transcripts(items: list[ToArchive]) -> list[ArchiveRecord | OSError]
             stats = transcript_stats(it.path)
             arch = made.get(parent)
             if arch is None:
-                ensure_dir(archive_folder(parent))
-                arch = made[parent] = str(archive_folder(parent))
+                folder = archive_folder(parent)
+                ensure_dir(folder)
+                arch = made[parent] = str(folder)
             name = _move_named(it.path, arch, it.path.name)
             failpoint("archive.after_move")
         except OSError as e:
