@@ -1,7 +1,6 @@
-"""A new session's transcript holds exactly its header once its batch is written; a session
-whose batch is never written leaves no file behind, whether its batch failed or the store
-closed first (store/open_transcripts.py; kept from the scale3 branch's creating-ahead attempt,
-which was reverted)."""
+"""New transcripts are created ahead, when the session is begun (store/open_transcripts.py):
+the batch that writes the session takes that file; a session whose batch is never written
+leaves no file behind, whether its batch failed or the store closed first."""
 
 from __future__ import annotations
 
@@ -69,4 +68,21 @@ def test_sessions_begun_when_the_store_closes_leave_no_file(tmp_path: Path) -> N
     assert sessions_folder(tmp_path) == {}
     again = open_store(tmp_path)  # and start-up finds nothing to recover
     assert sessions_folder(tmp_path) == {}
+    again.close()
+
+
+def test_an_empty_transcript_a_crash_left_is_removed_at_start_up(tmp_path: Path) -> None:
+    store = open_store(tmp_path)
+    batch = Batch()
+    kept = begin(store, batch, "agent:main:direct:kept")
+    store.write_batch(batch)
+    store.apply(batch)
+    store.checkpoint_sync(*store.switch_journal(), store.dirty_registries(), [])
+    crashed = Batch()
+    left = begin(store, crashed, "agent:main:direct:begun")
+    store.files._take(Path(left).stem)  # created, and the daemon dies before the batch's write
+    assert Path(left).exists() and Path(left).stat().st_size == 0
+    again = open_store(tmp_path)  # without `close`: as after a crash
+    assert sorted(sessions_folder(tmp_path)) == [Path(kept).name]
+    assert {st.session_id for st in again.by_id.values()} == {Path(kept).stem}
     again.close()

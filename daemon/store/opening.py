@@ -196,6 +196,13 @@ def recover_archives(store: Store) -> dict[str, int]:
             path = Path(entry.path)
             if not entry.is_file():
                 continue
+            if entry.stat().st_size == 0:
+                # A new session's transcript, created ahead of its first batch, which a crash
+                # kept from being written (store/open_transcripts.py): no registry entry, no
+                # journal line, not a byte in it. Removed, as a batch taken back removes it.
+                fileio.unlink(path)
+                log.warning("store.empty_transcript_removed", agentId=agent_id, file=name)
+                continue
             closed = archive.closing_entry(path)
             header = transcript.read_header(path) or {}
             if closed is None and not header:
