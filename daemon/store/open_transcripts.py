@@ -33,9 +33,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+import queue
 import threading
 from collections import OrderedDict
-from concurrent.futures import ThreadPoolExecutor
 
 from daemon.store import fileio
 from daemon.store.fsutil import FILE_MODE
@@ -57,52 +57,55 @@ class OpenTranscripts:
         # Sessions whose transcripts are created ahead (`create_ahead`), id -> path, until
         # `fd` takes the descriptor (or `release`/`close` remove the file again).
         self.ahead: dict[str, str] = {}
-        # The creating thread's work: what it has to create, and what it made (a descriptor,
-        # or the exception that creation raised). It takes the whole list at a time: a hand-off
-        # per file (a future each) cost twice the creation's CPU in interpreter-lock switches.
+        # The creating thread (one, started with the first session created ahead, until
+        # `close`): what it has to create, in order (a queue without a Python-level lock: the
+        # event loop's side of a hand-off costs one C call), and what it made (a descriptor, or
+        # the exception that creation raised), which the write thread waits for in `_take`.
+        # A thread pool's submit per new session took a twentieth of the event loop at
+        # 100,000 sessions; a future per file cost twice the creation in lock switches.
+        self._todo: queue.SimpleQueue[tuple[str, str] | None] = queue.SimpleQueue()
         self._cond = threading.Condition()
-        self._todo: list[tuple[str, str]] = []
         self._made: dict[str, int | BaseException] = {}
-        self._creating = False
-        self._creator: ThreadPoolExecutor | None = None
+        self._waiting = 0  # write threads in `_take`
+        self._creator: threading.Thread | None = None
 
     def create_ahead(self, st: SessionState) -> None:
         """Begin creating a new session's transcript in the creating thread (event loop, when
         the session is begun; its first batch takes the descriptor in `fd`)."""
         path = f"{self.root}/{st.rel_path}"
         self.ahead[st.session_id] = path
-        with self._cond:
-            self._todo.append((st.session_id, path))
-            if self._creating:
-                return  # the running job takes it with the rest
-            self._creating = True
         if self._creator is None:
-            self._creator = ThreadPoolExecutor(1, thread_name_prefix="transcript-create")
-        self._creator.submit(self._create)
+            # A daemon thread: a crash (os._exit aside) must not wait for it; `close` ends it.
+            self._creator = threading.Thread(
+                target=self._create, name="transcript-create", daemon=True
+            )
+            self._creator.start()
+        self._todo.put((st.session_id, path))
 
     def _create(self) -> None:
-        """The creating thread: create what was asked for until nothing is left."""
-        while True:
+        """The creating thread: create what is asked for, in order, until `close` says stop."""
+        todo = self._todo
+        while (item := todo.get()) is not None:
+            sid, path = item
+            made: int | BaseException
+            try:
+                made = fileio.open(path, _CREATE, FILE_MODE)
+            except BaseException as e:  # handed to the writer, which raises it
+                made = e
             with self._cond:
-                todo, self._todo = self._todo, []
-                if not todo:
-                    self._creating = False
-                    return
-            for sid, path in todo:
-                made: int | BaseException
-                try:
-                    made = fileio.open(path, _CREATE, FILE_MODE)
-                except BaseException as e:  # handed to the writer, which raises it
-                    made = e
-                with self._cond:
-                    self._made[sid] = made
+                self._made[sid] = made
+                if self._waiting:
                     self._cond.notify_all()
 
     def _take(self, sid: str) -> int | BaseException:
         """What creating `sid`'s transcript ahead made, once it is made."""
         with self._cond:
             while sid not in self._made:
-                self._cond.wait()
+                self._waiting += 1
+                try:
+                    self._cond.wait()
+                finally:
+                    self._waiting -= 1
             return self._made.pop(sid)
 
     def fd(self, st: SessionState, *, new: bool = False) -> int:
@@ -169,7 +172,8 @@ class OpenTranscripts:
                 st.fd = None
         self.lru.clear()
         if self._creator is not None:
-            self._creator.shutdown(wait=True)
+            self._todo.put(None)  # after every file asked for: each is made when it ends
+            self._creator.join()
             self._creator = None
         # Sessions begun in batches that were never written (the daemon stops).
         while self.ahead:
