@@ -11,7 +11,7 @@ If the batch that created it fails to write (ENOSPC, EIO), the store takes the b
 removed once empty again. They are our own files of that batch, holding nothing anyone was
 told is stored, and a transcript without a header must not stay behind: `doctor` and readers
 would take it for a session (tests/test_first_write.py). A crash before they are removed leaves
-an empty file, which start-up passes over (store/opening.py, recover_archives).
+an empty file, which start-up sets aside (below).
 
 New transcripts are created ahead, off the path that acknowledges (`create_ahead`): in a
 folder of 100,000 sessions, creating a file costs the kernel 25-90 us (its directory index and
@@ -22,8 +22,11 @@ event loop begins the session, while earlier batches are written; the write thre
 open descriptor. Nothing changes for durability: the lines still reach the file only after the
 journal holds them, and the file is synced at the checkpoint as before. A file created ahead
 whose batch is not written (the batch failed, the daemon stops) is ours and empty: `release`
-and `close` remove it, as `taken_back` does; a crash in between leaves an empty file, which
-start-up passes over, as before.
+and `close` remove it, as `taken_back` does (this process created it, with O_EXCL, and wrote
+nothing to it). A crash in between leaves an empty file that no registry entry and no journal
+line names: start-up cannot tell it from an empty file someone else put there, so it removes
+nothing and renames it `<name>.unwritten`, no transcript's name (store/opening.py,
+set_aside_unwritten; replay runs first, so a file the journal knows has its lines by then).
 
 Owned by the store; used from the committer's write thread (`fd`, `taken_back`) and from the
 event loop between batches (`create_ahead`, `release`, `close`).
