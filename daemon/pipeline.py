@@ -247,12 +247,29 @@ class Pipeline:
         requests of further new sessions wait for the next batch."""
         if len(items) + begun <= MAX_NEW_SESSIONS or self._begins_few(items, begun):
             return []
-        keys = [_key_of(item) for item in items]
-        known = self._known
-        waiting = len({k for k in keys if k is not None and not known(k)})
+        # Each request's key once, None for one of a known session (to the rule the same as a
+        # request that never begins one): at 100,000 sessions nearly every batch comes here,
+        # and asking twice per request, parsing each key for its agent, took a tenth of the
+        # event loop.
+        agents = self.store.agents
+        find = self.find_by_key
+        keys: list[str | None] = []
+        for item in items:
+            if isinstance(item, IngestWork):
+                route = item.route
+                reg = agents.get(route.agent_id)
+                key: str | None = route.session_key
+                if reg is not None and key in reg.sessions:
+                    key = None
+            else:
+                key = _key_of(item)
+                if key is not None and find(key) is not None:
+                    key = None
+            keys.append(key)
+        waiting = len(set(keys)) - (None in keys)
         cap = max(MAX_NEW_SESSIONS, waiting // 4)
         alone = max(MAX_NEW_ALONE, waiting // 2)
-        return spread_new_sessions(keys, known, cap, alone, begun=begun, others=others)
+        return spread_new_sessions(keys, _unknown, cap, alone, begun=begun, others=others)
 
     def _begins_few(self, items: list[Work], begun: int) -> bool:
         """True when so few of `items` may begin a session that none waits: none at all, or
@@ -277,9 +294,6 @@ class Pipeline:
             if maybe_new > room:
                 return False
         return True
-
-    def _known(self, session_key: str) -> bool:
-        return self.find_by_key(session_key) is not None
 
     def prepare(self, items: list[Work], batch: Batch) -> Commit | None:
         now = now_ms()
@@ -386,6 +400,11 @@ class Pipeline:
     def reject(self, items: Iterable[Work], err: RequestError) -> None:
         for item in items:
             self._finish(item, err)
+
+
+def _unknown(_key: str) -> bool:
+    """`held_back` has turned the keys of known sessions into None already."""
+    return False
 
 
 def _key_of(item: Work) -> str | None:

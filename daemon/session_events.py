@@ -11,7 +11,7 @@ from daemon.committer import Counters
 from daemon.events import EventBus
 from daemon.work import Commit
 
-log = structlog.get_logger("daemon.pipeline")
+_log = structlog.get_logger("daemon.pipeline")
 
 
 class SessionEvents:
@@ -24,6 +24,11 @@ class SessionEvents:
         self.counters = counters
 
     async def after_commit(self, commit: Commit, background: TaskGroup) -> None:
+        if not (commit.batch.created or commit.resets or commit.stops):
+            return
+        # Bound once per batch: each call on the module's lazy proxy binds a logger anew, which
+        # took 4% of the event loop at 100,000 new sessions (one `session.created` each).
+        log = _log.bind()
         for st in commit.batch.created:
             info: dict[str, Any] = {
                 "agentId": st.agent_id,

@@ -1,7 +1,7 @@
-"""A new session's transcript holds exactly its header once its batch is written; a session
-whose batch is never written leaves no file behind, whether its batch failed or the store
-closed first (store/open_transcripts.py; kept from the scale3 branch's creating-ahead attempt,
-which was reverted)."""
+"""New transcripts are created ahead, when the session is begun (store/open_transcripts.py):
+the batch that writes the session takes that file; a session whose batch is never written
+leaves no file behind, whether its batch failed or the store closed first; one a crash left
+empty and unnamed is set aside at start-up, not removed."""
 
 from __future__ import annotations
 
@@ -69,4 +69,44 @@ def test_sessions_begun_when_the_store_closes_leave_no_file(tmp_path: Path) -> N
     assert sessions_folder(tmp_path) == {}
     again = open_store(tmp_path)  # and start-up finds nothing to recover
     assert sessions_folder(tmp_path) == {}
+    again.close()
+
+
+def test_an_empty_transcript_a_crash_left_is_set_aside_at_start_up(tmp_path: Path) -> None:
+    store = open_store(tmp_path)
+    batch = Batch()
+    kept = begin(store, batch, "agent:main:direct:kept")
+    store.write_batch(batch)
+    store.apply(batch)
+    store.checkpoint_sync(*store.switch_journal(), store.dirty_registries(), [])
+    crashed = Batch()
+    left = Path(begin(store, crashed, "agent:main:direct:begun"))
+    store.files._take(left.stem)  # created, and the daemon dies before the batch's write
+    assert left.exists() and left.stat().st_size == 0
+    again = open_store(tmp_path)  # without `close`: as after a crash
+    # Not a session (no registry entry, not under a transcript's name), and not removed.
+    assert sorted(sessions_folder(tmp_path)) == [Path(kept).name]
+    assert {st.session_id for st in again.by_id.values()} == {Path(kept).stem}
+    aside = left.with_name(left.name + ".unwritten")
+    assert aside.exists() and aside.stat().st_size == 0
+    again.close()
+    third = open_store(tmp_path)  # and it stays where it is
+    assert aside.exists() and sorted(sessions_folder(tmp_path)) == [Path(kept).name]
+    third.close()
+
+
+def test_an_empty_transcript_the_journal_names_gets_its_lines(tmp_path: Path) -> None:
+    """Replay runs before empty files are set aside: a new transcript whose batch was
+    journaled, but whose lines the crash kept from it, is the session's, and is registered."""
+    store = open_store(tmp_path)
+    batch = Batch()
+    path = Path(begin(store, batch, "agent:main:direct:journaled"))
+    store.write_batch(batch)
+    with open(path, "r+b") as f:  # the lines' write lost (a power cut): an empty file
+        f.truncate(0)
+    again = open_store(tmp_path)  # without `close`: as after a crash
+    assert {st.session_id for st in again.by_id.values()} == {path.stem}
+    (header,) = path.read_bytes().splitlines()
+    assert orjson.loads(header)["id"] == path.stem
+    assert not path.with_name(path.name + ".unwritten").exists()
     again.close()

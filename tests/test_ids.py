@@ -24,3 +24,13 @@ def test_session_ids_drawn_from_many_threads_at_once_never_repeat() -> None:
         batches = list(pool.map(lambda _: [new_session_id() for _ in range(500)], range(16)))
     ids = [sid for batch in batches for sid in batch]
     assert len(set(ids)) == len(ids) == 8000
+
+
+def test_a_first_entry_id_is_random_8_hex_and_never_repeats_the_buffered_bytes() -> None:
+    from daemon.core.ids import next_entry_id
+
+    firsts = [next_entry_id(None) for _ in range(5_000)]  # more than one 4 KiB draw
+    assert all(len(i) == 8 and int(i, 16) >= 0 for i in firsts)
+    assert len(set(firsts)) > 4_990  # 32 random bits each: a repeat or two by chance at most
+    assert next_entry_id("0000000f") == "00000010"
+    assert next_entry_id("ffffffff") == "00000000"

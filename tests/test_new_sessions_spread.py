@@ -20,7 +20,7 @@ from inprocess import make_pipeline
 from daemon.config import Config
 from daemon.core.ingest import spread_new_sessions
 from daemon.core.protocol import parse_ingest
-from daemon.pipeline import MAX_NEW_ALONE, MAX_NEW_SESSIONS, Pipeline
+from daemon.pipeline import MAX_NEW_ALONE, MAX_NEW_SESSIONS, Pipeline, _key_of
 from daemon.store.store import Store
 from daemon.work import Commit, IngestWork, Work
 
@@ -212,4 +212,16 @@ async def test_the_pipeline_holds_back_what_the_rule_holds_back_at_the_cap(
     rule = [pipeline.held_back(items, begun, others) for items, begun, others in cases]
     assert answers == rule
     assert any(rule) and not all(rule)
+    # The rule as `held_back` asks it (each key once, known ones as None) answers as the rule
+    # asked with every key and a lookup per key does.
+    for items, begun, others in cases:
+        keys = [_key_of(item) for item in items]
+
+        def known(key: str) -> bool:
+            return pipeline.find_by_key(key) is not None
+
+        waiting = len({k for k in keys if k is not None and not known(k)})
+        cap, alone = max(MAX_NEW_SESSIONS, waiting // 4), max(MAX_NEW_ALONE, waiting // 2)
+        expected = spread_new_sessions(keys, known, cap, alone, begun=begun, others=others)
+        assert pipeline.held_back(items, begun, others) == expected
     store.close()

@@ -251,6 +251,10 @@ def check_started(image: Image, acks: Acks) -> dict[str, bytes]:
     finally:
         store.close()
     files = transcripts(image.folder)
+    # A transcript created ahead whose batch a cut kept from being written: set aside by
+    # start-up under a name no reader counts (store/opening.py, set_aside_unwritten).
+    empty = [p.name for p in image.folder.glob("agents/*/sessions/*.jsonl") if not p.stat().st_size]
+    assert not empty, f"empty transcripts left under a transcript's name: {empty}"
     ids_in: dict[str, Counter[str]] = {}
     mids: Counter[str] = Counter()
     for sid, p in files.items():

@@ -23,16 +23,20 @@ _random_pid = 0
 _random_lock = threading.Lock()
 
 
-def _random16() -> bytearray:
-    """16 bytes from os.urandom, never handed out twice (any thread; a forked child draws its
-    own)."""
+def _random_bytes(n: int) -> bytearray:
+    """`n` (at most 16) bytes from os.urandom, never handed out twice (any thread; a forked
+    child draws its own)."""
     global _random, _random_pid
     with _random_lock:
-        if len(_random) < 16 or _random_pid != os.getpid():
+        if len(_random) < n or _random_pid != os.getpid():
             _random, _random_pid = bytearray(os.urandom(_RANDOM_CHUNK)), os.getpid()
-        out = _random[-16:]
-        del _random[-16:]
+        out = _random[-n:]
+        del _random[-n:]
     return out
+
+
+def _random16() -> bytearray:
+    return _random_bytes(16)
 
 
 def new_session_id() -> str:
@@ -60,4 +64,6 @@ def next_entry_id(last_id: str | None) -> str:
             return f"{(int(last_id, 16) + 1) & 0xFFFFFFFF:08x}"
         except ValueError:
             pass
-    return os.urandom(4).hex()
+    # From the buffer too: a system call per new session's first entry let the event loop's
+    # thread give up the interpreter lock, which the write threads then held (100,000 sessions).
+    return _random_bytes(4).hex()

@@ -176,6 +176,9 @@ def replay_registry(
         store.dedup.remember(agent_id, key3, ts, answer)
 
 
+UNWRITTEN_SUFFIX = ".unwritten"  # an empty transcript set aside at start-up
+
+
 def recover_archives(store: Store) -> dict[str, int]:
     """Finish archive moves a crash interrupted, adopt OpenClaw's renamed archives, and load
     every agent's archive index. Reads only the tails of transcripts no session owns."""
@@ -195,6 +198,9 @@ def recover_archives(store: Store) -> dict[str, int]:
                 continue
             path = Path(entry.path)
             if not entry.is_file():
+                continue
+            if entry.stat().st_size == 0:
+                set_aside_unwritten(path, agent_id)
                 continue
             closed = archive.closing_entry(path)
             header = transcript.read_header(path) or {}
@@ -243,6 +249,22 @@ def recover_archives(store: Store) -> dict[str, int]:
         "archivesAdopted": adopted,
         "archives": len(store.archived_by_id),
     }
+
+
+def set_aside_unwritten(path: Path, agent_id: str) -> None:
+    """Rename an empty transcript that no registry entry and no journal line names to
+    `<name>.unwritten`, no longer a transcript's name (so no reader counts it as a session).
+
+    Most likely a new session's transcript created ahead of its first batch, which a crash
+    kept from being written (store/open_transcripts.py): replay runs first, so a file the
+    journal knows has its lines by now. It is set aside, not removed: found at start-up, it
+    cannot be told from an empty file someone else put there, and we remove nothing we did not
+    create in this run. The name keeps the session id; nothing reads it again."""
+    target = path.with_name(path.name + UNWRITTEN_SUFFIX)
+    if target.exists():  # set aside before, and this empty name made again: keep both
+        target = path.with_name(f"{path.name}{UNWRITTEN_SUFFIX}.{now_ms()}")
+    fileio.rename(path, target)
+    log.warning("store.unwritten_transcript_set_aside", agentId=agent_id, file=path.name)
 
 
 def remember_unowned(store: Store) -> None:

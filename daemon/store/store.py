@@ -372,7 +372,9 @@ class Store:
         entry_fields: dict[str, Any],
         predecessor: str | None = None,
     ) -> tuple[SessionState, bytes]:
-        """A new session's state and header line (not yet written)."""
+        """A new session's state and header line (not yet written). Its transcript is being
+        created meanwhile (OpenTranscripts.create_ahead): the caller puts the session in a
+        batch's `created`, whose write takes the file, or whose failure removes it."""
         sid = new_session_id()
         rel = f"agents/{agent_id}/sessions/{sid}.jsonl"
         entry: dict[str, Any] = {
@@ -389,6 +391,7 @@ class Store:
         st = SessionState(
             agent_id, session_key, sid, rel, entry_of(entry, session_key), size=0, new=True
         )
+        self.files.create_ahead(st)
         cwd = self.workspaces.get(agent_id) or f"{self._root}/workspace"
         return st, transcript.header_line(sid, session_key, now, cwd, predecessor)
 
