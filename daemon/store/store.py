@@ -30,7 +30,7 @@ from daemon.store.fsutil import (
     sync_filesystem,
     write_all,
 )
-from daemon.store.journal import Journal
+from daemon.store.journal import START_AHEAD, Journal
 from daemon.store.open_transcripts import OpenTranscripts
 from daemon.store.registry import (
     AgentRegistry,
@@ -198,7 +198,8 @@ class Store:
         self.dedup.save(self.dedup.snapshots())
         for st in self.by_id.values():
             st.new = False
-        self.journal.start_fresh()
+        # Written ahead: the first generations' fdatasyncs overwrite, as later ones do.
+        self.journal.start_fresh(ahead=START_AHEAD)
         phases.mark("sync")
         return {
             "agents": len(self.agents),
