@@ -412,6 +412,13 @@ class Committer(Generic[W, P]):
             if queue and joins and not prepared.closed:
                 items = self._take(MAX_BATCH - prepared.size, prepared)
                 if items and await self._load_tails(items):
+                    if prepared.epoch != self._epoch:
+                        # A write failed while the tails were read: this batch is void, and
+                        # its sessions were unloaded. Joined now, these requests would move
+                        # their sessions onto lines never written, and the next batch would
+                        # build on them (invariant 2). They go in the next batch instead.
+                        self.queue.put_back(items)
+                        continue
                     self.handler.extend(prepared.prepared, items)
                     prepared.size += len(items)
                 continue

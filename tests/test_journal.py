@@ -404,3 +404,38 @@ def test_a_file_made_ready_after_a_small_generation_keeps_what_start_up_wrote_ah
     j.sync()
     j.close()
     assert names(Journal(tmp_path / "journal").open_and_read())[-1] == "last.jsonl"
+
+
+def test_reading_stops_at_the_zeros_written_ahead_without_asking_for_more_of_the_file() -> None:
+    """Zeros after the last frame end replay where they begin: they cannot begin a frame, so
+    replay need not read the rest of a file written ahead (up to 64 MiB) to find a newline."""
+    data = frame(recs(2)) + b"\0" * 4096
+    ended: list[bool] = []
+    assert len(list(decode_file(data, ended))) == 2
+    assert ended == []
+    # A header line cut short at the end of what was read does ask for more.
+    short: list[bool] = []
+    assert len(list(decode_file(frame(recs(2)) + b"B\t1234", short))) == 2
+    assert short == [True]
+
+
+def test_replay_of_a_file_written_ahead_reads_only_its_frames(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(journal, "READ_CHUNK", 4096)
+    path = tmp_path / "journal.0"
+    path.write_bytes(frame(recs(3)) + b"\0" * (8 << 20))
+    reads: list[int] = []
+    real_pread = journal.os.pread
+
+    def pread(fd: int, n: int, offset: int) -> bytes:
+        reads.append(n)
+        return real_pread(fd, n, offset)
+
+    monkeypatch.setattr(journal.os, "pread", pread)
+    fd = journal.os.open(path, journal.os.O_RDONLY)
+    try:
+        assert len(Journal._read(fd, path.stat().st_size)) == 3
+    finally:
+        journal.os.close(fd)
+    assert reads == [4096]

@@ -77,6 +77,8 @@ PREWRITE_MAX = 64 << 20
 # seconds of a cold start at 5,000 msgs/s (each new session's header is journaled too).
 START_AHEAD = 4 << 20
 ZEROS = bytes(1 << 20)
+FRAME_START = b"B\t"
+HEAD_MAX = 48  # `B\t<crc8>\t<length>\n` is at most 31 bytes for any length below 10^19
 READ_CHUNK = 1 << 20  # replay reads a file this much at a time, then four times more, ...
 
 
@@ -125,9 +127,15 @@ def decode_file(data: bytes, ended: list[bool] | None = None) -> Iterator[Record
     n = len(data)
     salt: int | None = None  # the first frame is the header: not salted
     while pos < n:
-        nl = data.find(b"\n", pos)
+        # Only `B\t` begins a frame, and its head line is short: zeros written ahead (or any
+        # damage) end reading here, not at a newline megabytes on.
+        if not data.startswith(FRAME_START, pos):
+            if ended is not None and FRAME_START.startswith(data[pos:]):
+                ended.append(True)
+            return
+        nl = data.find(b"\n", pos, pos + HEAD_MAX)
         if nl < 0:
-            if ended is not None:
+            if ended is not None and n - pos < HEAD_MAX:
                 ended.append(True)
             return
         head = data[pos:nl].split(b"\t")
