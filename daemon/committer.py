@@ -307,6 +307,11 @@ class _Prepared(Generic[P]):
     # Requests joining it were held back (it begins all the new sessions it may): it takes no
     # more, or each arrival would have the held requests at the queue's front looked at again.
     closed: bool = False
+    # Failed already, when the write before it failed (invariant 2). Not failed again when the
+    # writer reaches it: its sessions may have been reloaded and advanced by a newer batch since,
+    # and unloading them then would have the batch after that read their tails from disk before
+    # the newer batch's lines are there (an entry id used twice, a parent skipped).
+    voided: bool = False
 
 
 class Committer(Generic[W, P]):
@@ -484,7 +489,8 @@ class Committer(Generic[W, P]):
             self._unwritten.popleft()
         if item.epoch != self._epoch or store.broken is not None:
             # Prepared on top of a batch that failed: its offsets are wrong; nothing written.
-            store.fail(batch)
+            if not item.voided:
+                store.fail(batch)
             reason = store.broken or "an earlier write failed"
             handler.reject(handler.requests(item.prepared), storage_unavailable(reason))
             return
@@ -496,6 +502,7 @@ class Committer(Generic[W, P]):
             store.fail(batch)
             for later in self._unwritten:
                 store.fail(later.batch)  # void already (old epoch); its sessions re-read tails
+                later.voided = True
             reason = os_reason(e)
             store.write_error = f"{reason} (writing a batch)"  # `status` says so
             self._failed_batches += 1

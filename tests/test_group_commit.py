@@ -7,6 +7,7 @@ from __future__ import annotations
 import errno
 import threading
 from collections import defaultdict
+from dataclasses import dataclass, field
 from itertools import pairwise
 from pathlib import Path
 from typing import Any
@@ -89,41 +90,62 @@ async def test_requests_arriving_while_a_batch_waits_for_the_writer_join_it(
     store.close()
 
 
-class SteppedStore(Store):
-    """A real store whose steps a test orders: the batch writing to `fail_key` waits for
-    `fail_now` and then fails as a full disk fails a journal append (nothing written), and the
-    tail read of `slow_key` signals `loading` and waits for `loaded`."""
+@dataclass
+class Step:
+    """One step of a real store that a test holds: `reached` when the store gets there, then
+    it waits for `go` (and fails as a full disk fails a journal append, nothing written, when
+    `fail`)."""
 
-    fail_key = "agent:main:telegram:direct:x"
-    slow_key = "agent:main:telegram:direct:u"
+    fail: bool = False
+    reached: threading.Event = field(default_factory=threading.Event)
+    go: threading.Event = field(default_factory=threading.Event)
+
+    def take(self) -> None:
+        self.reached.set()
+        self.go.wait(30)
+        if self.fail:
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+
+class SteppedStore(Store):
+    """A real store whose steps a test orders: the first batch written to a key in `writes`,
+    and the first tail read of a key in `loads`, take that key's step."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.fail_now = threading.Event()
-        self.loading = threading.Event()
-        self.loaded = threading.Event()
+        self.writes: dict[str, Step] = {}
+        self.loads: dict[str, Step] = {}
 
     def write_batch(self, batch: Batch) -> None:
-        if any(st.session_key == self.fail_key for st, _b, _l in batch.touched.values()):
-            self.fail_now.wait(30)
-            raise OSError(errno.ENOSPC, "No space left on device")
+        for st, _b, _l in list(batch.touched.values()):
+            step = self.writes.pop(st.session_key, None)
+            if step is not None:
+                step.take()
         super().write_batch(batch)
 
     def ensure_loaded(self, states: list[SessionState]) -> None:
-        if any(st.session_key == self.slow_key for st in states):
-            self.loading.set()
-            self.loaded.wait(30)
+        for st in states:
+            step = self.loads.pop(st.session_key, None)
+            if step is not None:
+                step.take()
         super().ensure_loaded(states)
+
+
+def key(peer: str) -> str:
+    return f"agent:main:telegram:direct:{peer}"
 
 
 async def test_requests_joining_a_batch_that_a_failed_write_voided_meanwhile_never_build_on_it(
     tmp_path: Path,
 ) -> None:
     """Found by the random-ENOSPC fault test under load: a transcript whose entry named as its
-    parent an entry that was never written. Requests joined a prepared batch while their tails
-    were read; a write failed meanwhile and voided that batch, and the joiners were still added
-    to it, moving their sessions onto lines that would never be written; the next batch,
-    prepared before the writer reached the void one, built on them and was written."""
+    parent an entry that was never written, and one whose entry id was used twice.
+
+    Requests joined a prepared batch while their tails were read; a write failed meanwhile and
+    voided that batch, and the joiners were still added to it, moving their sessions onto lines
+    never written, on which the next batch built. And when the writer reached a void batch, it
+    unloaded its sessions again, though a newer batch had reloaded and advanced them since: the
+    batch after that read their tails from disk before the newer batch's lines were there."""
     cfg = Config.model_validate({"session": {"dmScope": "per-channel-peer"}})
     state = tmp_path / "state"
     first = Store(state, dedup_max=1000, dedup_window_ms=86_400_000)
@@ -170,7 +192,10 @@ async def test_requests_joining_a_batch_that_a_failed_write_voided_meanwhile_nev
     pipeline = make_pipeline(store, cfg)
     answers.clear()
     everyone = anyio.Event()
-    send = sender(pipeline, 6)
+    send = sender(pipeline, 7)
+    x_fails = store.writes[key("x")] = Step(fail=True)
+    u_read = store.loads[key("u")] = Step()
+    u_written = store.writes[key("u")] = Step()
     async with anyio.create_task_group() as tg:
         await tg.start(pipeline.run)
         send("s", "s1")  # s's tail is read and s1 written: s is loaded
@@ -181,11 +206,19 @@ async def test_requests_joining_a_batch_that_a_failed_write_voided_meanwhile_nev
         await anyio.wait_all_tasks_blocked()
         send("u", "u1")  # joins s2's batch: u's tail is read first ...
         send("s", "s3")
-        await anyio.to_thread.run_sync(store.loading.wait, 30)
+        await anyio.to_thread.run_sync(u_read.reached.wait, 30)
         send("s", "s4")  # ... while s4 waits in the queue for the batch after
-        store.fail_now.set()  # x1's write fails: s2's batch is void
+        x_fails.go.set()  # x1's write fails: s2's batch is void
         await answered["x1"].wait()
-        store.loaded.set()
+        u_read.go.set()
+        # The batch that takes u1 is written; s5 is prepared meanwhile, on top of it.
+        await anyio.to_thread.run_sync(u_written.reached.wait, 30)
+        send("s", "s5")
+        with anyio.fail_after(30):
+            while not pipeline.committer._unwritten:
+                await anyio.wait_all_tasks_blocked()
+                await anyio.sleep(0.01)
+        u_written.go.set()
         with anyio.fail_after(30):
             await everyone.wait()
         pipeline.close()
@@ -197,11 +230,12 @@ async def test_requests_joining_a_batch_that_a_failed_write_voided_meanwhile_nev
         if b'"s0"' in path.read_bytes()
     )
     entries = [orjson.loads(line) for line in transcript[1:]]
+    assert len({e["id"] for e in entries}) == len(entries), "an entry id used twice"
     for before, entry in pairwise(entries):
         assert entry["parentId"] == before["id"], (entry, before)
     stored = [e["origin"]["messageId"] for e in entries]
     acked = [m for m, a in answers.items() if isinstance(a, dict) and m.startswith("s")]
     assert sorted(m for m in stored if m != "s0") == sorted(acked)
     # What waited for the void batch went into the next one instead of failing with it.
-    assert [m for m in ("u1", "s3", "s4") if not isinstance(answers[m], dict)] == []
-    assert stored == ["s0", "s1", "s3", "s4"]
+    assert [m for m in ("u1", "s3", "s4", "s5") if not isinstance(answers[m], dict)] == []
+    assert stored == ["s0", "s1", "s3", "s4", "s5"]

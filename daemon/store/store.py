@@ -501,7 +501,8 @@ class Store:
         """After a failed (or abandoned) write: nothing of the batch was acknowledged. Touched
         sessions re-read their tails before their next write; new sessions are forgotten, and
         sessions the batch closed are active again (their closing entry was never written).
-        Calling it twice for a batch is harmless."""
+        Call it once per batch: called again after a newer batch reloaded and advanced the same
+        sessions, it would unload them under that batch (daemon/committer.py `voided`)."""
         for st, _before, _lines in batch.touched.values():
             st.size = -1
             st.last_entry_id = None
