@@ -362,6 +362,50 @@ def test_a_full_disk_while_writing_ahead_still_makes_the_file_ready(
     assert names(Journal(tmp_path / "journal").open_and_read())[-2:] == ["after.jsonl"] * 2
 
 
+def test_start_up_writes_both_files_ahead_and_replay_is_unchanged(tmp_path: Path) -> None:
+    """`start_fresh(ahead=...)` (start-up) writes zeros ahead into the active file and the
+    ready one, so the first generation's appends overwrite (the file keeps its length), and a
+    restart replays exactly what was appended, nothing of the zeros or the old frames."""
+    ahead = 256 << 10
+    j = Journal(tmp_path / "journal")
+    j.open_and_read()
+    j.start_fresh()
+    j.append(recs(5, "old"))  # a generation replayed by the start below: its frames stay behind
+    j.sync()
+    j.close()
+    j = Journal(tmp_path / "journal")
+    assert names(j.open_and_read()) == ["old.jsonl"] * 5
+    j.start_fresh(ahead=ahead)
+    lengths = [p.stat().st_size for p in j.paths]
+    assert lengths == [ahead, ahead]
+    j.append(recs(3, "new"))
+    j.sync()
+    assert [p.stat().st_size for p in j.paths] == lengths
+    j.close()
+    assert names(Journal(tmp_path / "journal").open_and_read()) == ["new.jsonl"] * 3
+
+
+def test_a_file_made_ready_after_a_small_generation_keeps_what_start_up_wrote_ahead(
+    tmp_path: Path,
+) -> None:
+    """A generation that used less than PREWRITE_FROM (an idle second) does not shrink what
+    start-up wrote ahead: a burst after a quiet start overwrites too."""
+    ahead = 256 << 10
+    j = Journal(tmp_path / "journal")
+    j.open_and_read()
+    j.start_fresh(ahead=ahead)
+    for n in range(3):
+        j.append(recs(1, f"g{n}"))
+        j.sync()
+        j.switch()
+        j.prepare_next()
+        assert min(p.stat().st_size for p in j.paths) >= ahead
+    j.append(recs(1, "last"))
+    j.sync()
+    j.close()
+    assert names(Journal(tmp_path / "journal").open_and_read())[-1] == "last.jsonl"
+
+
 def test_reading_stops_at_the_zeros_written_ahead_without_asking_for_more_of_the_file() -> None:
     """Zeros after the last frame end replay where they begin: they cannot begin a frame, so
     replay need not read the rest of a file written ahead (up to 64 MiB) to find a newline."""

@@ -140,3 +140,25 @@ def test_registry_is_rebuilt_from_transcript_headers(tmp_path: Path) -> None:
     assert set(doc) == set(ids)
     assert oct(reg.stat().st_mode & 0o777) == "0o600"
     store2.close()
+
+
+def test_start_up_writes_the_journal_ahead_and_replay_still_restores_everything(
+    tmp_path: Path,
+) -> None:
+    """Opening a store writes both journal files ahead (START_AHEAD), so a cold start's first
+    batches overwrite zeros instead of growing the file; what they journal replays as before."""
+    from daemon.store.journal import START_AHEAD
+
+    state = tmp_path / "state"
+    store = open_store(state)
+    paths = store.journal.paths
+    assert [p.stat().st_size for p in paths] == [START_AHEAD, START_AHEAD]
+    keys = [f"agent:main:telegram:direct:{i}" for i in range(5)]
+    acked = write_messages(store, keys, 20)
+    assert [p.stat().st_size for p in paths] == [START_AHEAD, START_AHEAD]
+    store.close()  # no checkpoint: only the journal holds the lines durably
+    for st in list(store.by_id.values()):
+        os.truncate(state / st.rel_path, 0)  # a power cut lost every transcript's data
+    store2 = open_store(state)
+    check(store2, acked)
+    store2.close()

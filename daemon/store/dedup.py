@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import os
 from collections import OrderedDict
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,7 @@ from typing import Any
 import orjson
 
 from daemon.store import fileio
-from daemon.store.fsutil import FILE_MODE, atomic_write, ensure_dir, fsync_dir
+from daemon.store.fsutil import FILE_MODE, Staged, ensure_dir, fsync_dir, stage_atomic
 
 DedupKey = tuple[str, str, str]  # (channel, accountId, messageId)
 Items = list[tuple[DedupKey, tuple[int, dict[str, Any]]]]
@@ -168,17 +169,40 @@ class DedupIndex:
     def save(self, snapshots: list[tuple[str, Snapshot]]) -> None:
         """Append to the logs or write whole snapshots, each synced (worker thread). Raises
         OSError; the caller then marks the agents `changed` (a whole snapshot next time)."""
-        for agent, snap in snapshots:
-            data = dump_records(snap.items)
-            log = self.folder / f"{agent}{LOG}"
-            if snap.whole:
-                # A crash between the two leaves the old log beside the new snapshot: loading
-                # both gives the same ids.
-                atomic_write(self.folder / f"{agent}{SNAPSHOT}", data)
-                if log.exists():
-                    truncate_synced(log)
-            elif snap.items:
-                append_synced(log, data + b"\n")
+        for staged in self.stage(snapshots):
+            staged.finish(())
+
+    def stage(self, snapshots: list[tuple[str, Snapshot]]) -> list[Staged]:
+        """`save` in two halves (store.checkpoint_sync): the bytes are written now (appended to
+        the logs, snapshots into their temporary files), and each Staged's `finish` syncs what
+        the checkpoint's syncfs did not cover, puts snapshots in place and empties their logs.
+        Raises OSError, having discarded what it began."""
+        out: list[Staged] = []
+        try:
+            for agent, snap in snapshots:
+                data = dump_records(snap.items)
+                log = self.folder / f"{agent}{LOG}"
+                if snap.whole:
+                    snapshot = stage_atomic(self.folder / f"{agent}{SNAPSHOT}", data)
+                    out.append(Staged(_then_empty(snapshot, log), snapshot.discard))
+                elif snap.items:
+                    out.append(stage_append(log, data + b"\n"))
+        except BaseException:
+            for staged in out:
+                staged.discard()
+            raise
+        return out
+
+
+def _then_empty(snapshot: Staged, log: Path) -> Callable[[Collection[int]], None]:
+    def finish(covered: Collection[int]) -> None:
+        snapshot.finish(covered)
+        # A crash between the two leaves the old log beside the new snapshot: loading both
+        # gives the same ids.
+        if log.exists():
+            truncate_synced(log)
+
+    return finish
 
 
 def dump_records(items: Items) -> bytes:
@@ -206,17 +230,35 @@ def parse_record(rec: Any) -> tuple[DedupKey, int, dict[str, Any]] | None:
 
 def append_synced(path: Path, data: bytes) -> None:
     """Append `data` to `path` (created when missing) and sync it. Raises OSError."""
+    stage_append(path, data).finish(())
+
+
+def stage_append(path: Path, data: bytes) -> Staged:
+    """Append `data` to `path` (created when missing) now; `finish(covered)` syncs it, and the
+    folder when the file is new, unless a syncfs of its device since covered them. Raises
+    OSError."""
     created = not path.exists()
     fd = fileio.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, FILE_MODE)
     try:
         view = memoryview(data)
         while view:
             view = view[fileio.write(fd, view) :]
-        fileio.fdatasync(fd)
+        dev = os.fstat(fd).st_dev
     finally:
         fileio.close(fd)
-    if created:
-        fsync_dir(path.parent)
+
+    def finish(covered: Collection[int]) -> None:
+        if dev in covered:
+            return
+        sfd = fileio.open(path, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
+        try:
+            fileio.fdatasync(sfd)
+        finally:
+            fileio.close(sfd)
+        if created:
+            fsync_dir(path.parent)
+
+    return Staged(finish)
 
 
 def truncate_synced(path: Path) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+from collections.abc import Callable, Collection
 from pathlib import Path
 
 from daemon.failpoints import failpoint
@@ -67,6 +68,67 @@ def atomic_write(path: Path, data: bytes, mode: int = FILE_MODE, *, step: str = 
     failpoint(f"{step}.renamed")
     fsync_dir(path.parent)
     failpoint(f"{step}.folder_synced")
+
+
+class Staged:
+    """A write a checkpoint begins before its sync and finishes after it (store.checkpoint_sync):
+    one syncfs then makes it durable together with the transcripts, instead of a flush of its
+    own. `finish(covered)` completes it, syncing whatever the syncfs of the devices in `covered`
+    did not cover; `discard()` takes back what was begun (only our temporary files) when the
+    checkpoint fails before `finish`."""
+
+    def __init__(
+        self,
+        finish: Callable[[Collection[int]], None],
+        discard: Callable[[], None] | None = None,
+    ) -> None:
+        self.finish = finish
+        self.discard = discard or (lambda: None)
+
+
+def stage_atomic(path: Path, data: bytes, mode: int = FILE_MODE, *, step: str = "file") -> Staged:
+    """`atomic_write` in two halves: `data` goes into a temporary file beside `path` now, not
+    synced; the Staged's `finish(covered)` fsyncs it (unless a syncfs of its device since then
+    covered it), renames it over `path` and syncs the folder. The failpoints are atomic_write's
+    (`<step>.temp_written` now, the others at `finish`). Raises OSError; the temporary file
+    is then removed (it is ours)."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    fd = fileio.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, mode)
+    try:
+        try:
+            write_all(fd, data)
+            dev = os.fstat(fd).st_dev
+        finally:
+            fileio.close(fd)
+        failpoint(f"{step}.temp_written")
+    except OSError:
+        _remove_temp(tmp)
+        raise
+
+    def finish(covered: Collection[int]) -> None:
+        try:
+            if dev not in covered:
+                sfd = fileio.open(tmp, os.O_RDONLY | os.O_CLOEXEC)
+                try:
+                    fileio.fsync(sfd)
+                finally:
+                    fileio.close(sfd)
+            failpoint(f"{step}.temp_synced")
+            fileio.replace(tmp, path)
+        except OSError:
+            _remove_temp(tmp)
+            raise
+        failpoint(f"{step}.renamed")
+        fsync_dir(path.parent)
+        failpoint(f"{step}.folder_synced")
+
+    return Staged(finish, lambda: _remove_temp(tmp))
+
+
+def _remove_temp(tmp: Path) -> None:
+    # Only our own temporary file is ever removed.
+    with contextlib.suppress(FileNotFoundError):
+        fileio.unlink(tmp)
 
 
 def write_new_file(path: Path, data: bytes, mode: int = FILE_MODE) -> None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,7 +22,7 @@ import orjson
 from daemon.core.ids import now_ms
 from daemon.store import fileio
 from daemon.store.entry import SessionEntry
-from daemon.store.fsutil import atomic_write
+from daemon.store.fsutil import Staged, atomic_write, stage_atomic
 from daemon.store.registry_log import (
     ChangeLog,
     WritePolicy,
@@ -152,6 +152,22 @@ class AgentRegistry:
             self.log = ChangeLog(self.folder / SESSIONS_JSON)
         self.log.append(self.saved_id, w.changes)
 
+    def stage(self, w: RegistryWrite) -> Staged:
+        """`write` in two halves (store.checkpoint_sync): a rewrite's bytes go into the
+        temporary file now, and `finish` syncs it (unless the checkpoint's syncfs covered it)
+        and renames it over sessions.json; logged changes are appended and synced at `finish`,
+        as `write` does. Raises OSError (worker thread)."""
+        if w.full is None:
+            return Staged(lambda _covered: self.write(w))
+        data = serialize(w.entries())
+        staged = stage_atomic(self.folder / SESSIONS_JSON, data, step="registry")
+
+        def finish(covered: Collection[int]) -> None:
+            staged.finish(covered)
+            self._saved(data)
+
+        return Staged(finish, staged.discard)
+
     def save_if_changed(self) -> None:
         """Write sessions.json now if it changed (worker thread). Raises OSError."""
         if self.pending:
@@ -163,6 +179,10 @@ class AgentRegistry:
         """Atomically replace sessions.json (mode 0600); its change log then begins again.
         Raises OSError on failure."""
         atomic_write(self.folder / SESSIONS_JSON, data, step="registry")
+        self._saved(data)
+
+    def _saved(self, data: bytes) -> None:
+        """sessions.json now holds `data`."""
         self.saved_id = identity(data)
         self.saved_size = len(data)
         self.saved_at = time.monotonic()

@@ -24,13 +24,14 @@ from daemon.store import archive, context, fileio, recovery, transcript
 from daemon.store.archive import ArchiveRecord
 from daemon.store.dedup import DedupIndex, DedupKey, Snapshot
 from daemon.store.fsutil import (
+    Staged,
     ensure_dir,
     fsync_dir,
     raise_fd_limit,
     sync_filesystem,
     write_all,
 )
-from daemon.store.journal import Journal
+from daemon.store.journal import START_AHEAD, Journal
 from daemon.store.open_transcripts import OpenTranscripts
 from daemon.store.registry import (
     AgentRegistry,
@@ -198,7 +199,8 @@ class Store:
         self.dedup.save(self.dedup.snapshots())
         for st in self.by_id.values():
             st.new = False
-        self.journal.start_fresh()
+        # Written ahead: the first generations' fdatasyncs overwrite, as later ones do.
+        self.journal.start_fresh(ahead=START_AHEAD)
         phases.mark("sync")
         return {
             "agents": len(self.agents),
@@ -545,23 +547,63 @@ class Store:
         registries: list[tuple[AgentRegistry, RegistryWrite]],
         dedup: list[tuple[str, Snapshot]],
     ) -> None:
-        """Sync transcripts and folders, write registries, then make the journal file the
-        switch freed ready for the next switch (worker thread, concurrent with batches).
-        Raises OSError: SyncFailed when a sync failed (the caller marks the store broken),
-        another OSError when a step may simply be tried again (ENOSPC, EMFILE)."""
-        self._sync_paths(paths)
-        for d in sorted(dirs, key=len):
-            fsync_dir(self.state_dir / d)
-        failpoint("checkpoint.after_sync")
-        for reg, w in registries:
-            reg.write(w)
-        self.dedup.save(dedup)
+        """Sync transcripts and folders, write registries and id logs, then make the journal
+        file the switch freed ready for the next switch (worker thread, concurrent with
+        batches). Raises OSError: SyncFailed when a sync failed (the caller marks the store
+        broken), another OSError when a step may simply be tried again (ENOSPC, EMFILE).
+
+        The registries' and id logs' bytes are written before the transcripts' sync (new
+        sessions.json into its temporary file, id lines appended), so that when that sync is a
+        syncfs it makes them durable too: each then skips its own flush (an fsync or fdatasync,
+        which the journal's fdatasync of a batch would queue behind), and new folders need no
+        fsync either. Renames come after the sync, as in `atomic_write`: a power cut before it
+        leaves the old sessions.json (and its log) whole, and the journal file that covers
+        them is reused only by `prepare_next`, last."""
+        staged = self._stage(registries, dedup)
+        try:
+            covered = self._sync_paths(paths)
+            for d in sorted(dirs, key=len):
+                if not covered or self._device(d) not in covered:
+                    fsync_dir(self.state_dir / d)
+            failpoint("checkpoint.after_sync")
+            while staged:
+                staged[0].finish(covered)
+                staged.pop(0)
+        except BaseException:
+            for s in staged:
+                s.discard()  # our temporary files only
+            raise
         # Last: until the checkpoint is complete, the freed file is still needed (invariant 2).
         self.journal.prepare_next()
 
-    def _sync_paths(self, paths: set[str]) -> None:
+    def _stage(
+        self,
+        registries: list[tuple[AgentRegistry, RegistryWrite]],
+        dedup: list[tuple[str, Snapshot]],
+    ) -> list[Staged]:
+        """Write the registries' and id logs' bytes, not yet synced (`checkpoint_sync`)."""
+        staged: list[Staged] = []
+        try:
+            for reg, w in registries:
+                staged.append(reg.stage(w))
+            staged.extend(self.dedup.stage(dedup))
+        except BaseException:
+            for s in staged:
+                s.discard()
+            raise
+        return staged
+
+    def _device(self, rel: str) -> int | None:
+        try:
+            return os.stat(self.state_dir / rel).st_dev
+        except FileNotFoundError:
+            return None
+
+    def _sync_paths(self, paths: set[str]) -> frozenset[int]:
         """Make the given transcripts durable: one syncfs per file system when there are many
-        (a fsync per file would cost one disk flush each), else one fdatasync per file."""
+        (a fsync per file would cost one disk flush each), else one fdatasync per file. Returns
+        the devices a syncfs covered (empty when synced file by file): everything written on
+        them before the call is durable, folders included."""
         folders = {r.rpartition("/")[0] for r in paths}
         if len(paths) > SYNCFS_ABOVE:
             devices: dict[int, Path] = {}
@@ -571,7 +613,7 @@ class Store:
                 except FileNotFoundError:
                     continue
             if all(sync_filesystem(folder) for folder in devices.values()):
-                return
+                return frozenset(devices)
         for rel in paths:
             try:
                 fd = fileio.open(self.state_dir / rel, os.O_RDONLY | os.O_CLOEXEC)
@@ -583,6 +625,7 @@ class Store:
                 fileio.close(fd)
         for d in folders:
             fsync_dir(self.state_dir / d)
+        return frozenset()
 
     def dirty_registries(
         self, unwritten: Iterable[Batch] = (), *, final: bool = False

@@ -216,7 +216,7 @@ def replay_twice(crashed: Path, work: Path) -> dict[str, bytes]:
     copy = work / "replayed"
     shutil.copytree(crashed, copy, symlinks=True)
     first = Store(copy, dedup_max=1_000_000, dedup_window_ms=86_400_000)
-    first.journal.start_fresh = lambda: None  # type: ignore[method-assign]
+    first.journal.start_fresh = lambda ahead=0: None  # type: ignore[method-assign]
     first.open()
     first.close()
     second = Store(copy, dedup_max=1_000_000, dedup_window_ms=86_400_000)
