@@ -114,7 +114,7 @@ class NotifyListener:
         self.received.append(fields)
         return fields
 
-    def until(self, key: str, timeout: float = 10.0) -> tuple[dict[str, str], float]:
+    def until(self, key: str, timeout: float = 60.0) -> tuple[dict[str, str], float]:
         """Read datagrams until one carries `key`; return it and when it arrived (monotonic)."""
         deadline = time.monotonic() + timeout
         while True:

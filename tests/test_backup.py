@@ -264,7 +264,7 @@ async def settled(mirror: Mirror, seconds: float = 5.0) -> dict[str, Any]:
 
 
 async def until(
-    mirror: Mirror, ok: Callable[[dict[str, Any]], bool], seconds: float = 5.0
+    mirror: Mirror, ok: Callable[[dict[str, Any]], bool], seconds: float = 30.0
 ) -> dict[str, Any]:
     """The mirror's status once `ok` says so (polled: the status is computed, not signalled)."""
     deadline = time.monotonic() + seconds

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+import pytest
 
 from e2e.conftest import Launch
 from e2e.harness import Daemon, ingest_params, read_transcript
@@ -131,6 +132,7 @@ def test_adopting_a_folder_in_place_archives_nothing(launch: Launch, tmp_path: P
     assert header["predecessor"] == "70de30ac-307c-4f24-8026-fe134613daac"
 
 
+@pytest.mark.timeout(600)  # two imports and two starts: over 120 s at load 20 on 2 cores
 def test_the_first_start_after_an_import_archives_nothing(launch: Launch, tmp_path: Path) -> None:
     for fixture in ("openclaw-2026.6", "openclaw-2026.9"):
         src = tmp_path / "src" / fixture

@@ -4,6 +4,7 @@ last line is cut off at start-up without losing a byte of any complete line."""
 from __future__ import annotations
 
 import re
+import select
 import shutil
 import subprocess
 import sys
@@ -13,11 +14,13 @@ from pathlib import Path
 import pytest
 
 from e2e.conftest import Launch
-from e2e.harness import check_v3, ingest_params, read_transcript
+from e2e.harness import RawConnection, check_v3, ingest_params, read_transcript
 
 # Only the traced calls stop the daemon (seccomp-bpf), so strace barely slows anything else.
 STRACE = ["strace", "--seccomp-bpf", "-f"]
-SYNC_DELAY_US = 700_000
+# Long enough that a loaded machine (load 20 on 2 cores) answers `status` well within it: the
+# tests check the order of the answers, not their times.
+SYNC_DELAY_US = 2_000_000
 SYNC_DELAY_S = SYNC_DELAY_US / 1e6
 
 
@@ -57,6 +60,11 @@ def strace_can_delay_syncs(tmp_path: Path) -> str | None:
     return None
 
 
+def unanswered(conn: RawConnection) -> bool:
+    """Whether nothing has arrived on `conn` yet (its request is still being handled)."""
+    return not conn.buf and not select.select([conn.sock], [], [], 0)[0]
+
+
 @pytest.fixture
 def strace_ok(tmp_path: Path) -> None:
     reason = strace_can_delay_syncs(tmp_path)
@@ -87,15 +95,14 @@ def test_an_ack_waits_for_a_slowed_sync_while_status_answers_at_once(launch: Lau
     for i in range(2):
         started = time.monotonic()
         rid = probe.send_request("message.ingest", ingest_params("42", f"probe {i}"))
-        # While the ingest waits for its sync, another client is served at once.
-        status_started = time.monotonic()
+        # While the ingest waits for its sync, another client is served: its answer comes
+        # while the ingest is still unacknowledged.
         assert "result" in watcher.call("status")
-        status_took = time.monotonic() - status_started
+        assert unanswered(probe), "status waited for another client's sync"
         answer = probe.read()
         acked_after = time.monotonic() - started
         assert answer["id"] == rid and "result" in answer, answer
         assert acked_after >= SYNC_DELAY_S, f"acknowledged after {acked_after:.3f}s"
-        assert status_took < SYNC_DELAY_S / 2, f"status took {status_took:.3f}s"
     d.kill()
 
 
@@ -106,7 +113,7 @@ def test_status_answers_while_a_new_agent_folder_is_being_synced(launch: Launch)
     d = launch()
     d.call("message.ingest", ingest_params("42", "an agent that exists"))
     assert d.stop() == 0
-    # From now on every sync (files and folders) takes 0.4 s longer.
+    # From now on every sync (files and folders) takes SYNC_DELAY_S longer.
     d.wrapper = [
         *STRACE,
         "-o",
@@ -114,18 +121,15 @@ def test_status_answers_while_a_new_agent_folder_is_being_synced(launch: Launch)
         "-e",
         "trace=fdatasync,fsync",
         "-e",
-        "inject=fdatasync,fsync:delay_enter=400000",
+        f"inject=fdatasync,fsync:delay_enter={SYNC_DELAY_US}",
     ]
     d.restart()
-    probe = d.raw(timeout=30)
-    watcher = d.raw(timeout=30)
+    probe = d.raw(timeout=60)
+    watcher = d.raw(timeout=60)
     probe.send_request("message.ingest", ingest_params("42", "first", agentId="fresh"))
-    time.sleep(0.05)
-    started = time.monotonic()
     assert "result" in watcher.call("status")
-    took = time.monotonic() - started
+    assert unanswered(probe), "status waited for a new agent's folder to be synced"
     assert "result" in probe.read()
-    assert took < 0.2, f"status took {took:.3f}s while a new agent's folder was synced"
     d.kill()
 
 
