@@ -186,8 +186,8 @@ class OpenTranscripts:
 
 def _remove_unwritten(path: str, made: int | BaseException) -> None:
     """Close a transcript created ahead whose batch was not written, and remove it if still
-    empty (never a byte anyone else wrote). An error leaves it: start-up passes over an empty
-    transcript."""
+    empty (never a byte anyone else wrote). An error leaves it: start-up sets an empty
+    transcript that nothing names aside as `<name>.unwritten` (daemon/store/opening.py)."""
     if isinstance(made, BaseException):
         return  # it was never created
     fd = made
