@@ -46,12 +46,18 @@ def test_the_written_batch_takes_the_file_created_ahead(tmp_path: Path) -> None:
         assert orjson.loads(header)["id"] == name.removesuffix(".jsonl")
 
 
-def test_a_batch_never_written_leaves_no_file(tmp_path: Path) -> None:
+def with_one_written_session(tmp_path: Path) -> tuple[Store, str]:
+    """An open store with one session begun and written; the path of its transcript."""
     store = open_store(tmp_path)
     batch = Batch()
     kept = begin(store, batch, "agent:main:direct:kept")
     store.write_batch(batch)
     store.apply(batch)
+    return store, kept
+
+
+def test_a_batch_never_written_leaves_no_file(tmp_path: Path) -> None:
+    store, kept = with_one_written_session(tmp_path)
     failed = Batch()
     gone = [begin(store, failed, f"agent:main:direct:{i}") for i in range(5)]
     store.fail(failed)  # as the committer does when a batch cannot be written
@@ -73,11 +79,7 @@ def test_sessions_begun_when_the_store_closes_leave_no_file(tmp_path: Path) -> N
 
 
 def test_an_empty_transcript_a_crash_left_is_set_aside_at_start_up(tmp_path: Path) -> None:
-    store = open_store(tmp_path)
-    batch = Batch()
-    kept = begin(store, batch, "agent:main:direct:kept")
-    store.write_batch(batch)
-    store.apply(batch)
+    store, kept = with_one_written_session(tmp_path)
     store.checkpoint_sync(*store.switch_journal(), store.dirty_registries(), [])
     crashed = Batch()
     left = Path(begin(store, crashed, "agent:main:direct:begun"))

@@ -49,25 +49,7 @@ def atomic_write(path: Path, data: bytes, mode: int = FILE_MODE, *, step: str = 
     Raises OSError when any step fails; the temporary file is then removed (it is ours).
     `step` names the failpoints on the way (`registry` for sessions.json: `registry.renamed`).
     """
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    fd = fileio.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    try:
-        try:
-            write_all(fd, data)
-            failpoint(f"{step}.temp_written")
-            fileio.fsync(fd)
-        finally:
-            fileio.close(fd)
-        failpoint(f"{step}.temp_synced")
-        fileio.replace(tmp, path)
-    except OSError:
-        # Only our own temporary file is ever removed.
-        with contextlib.suppress(FileNotFoundError):
-            fileio.unlink(tmp)
-        raise
-    failpoint(f"{step}.renamed")
-    fsync_dir(path.parent)
-    failpoint(f"{step}.folder_synced")
+    stage_atomic(path, data, mode, step=step).finish(())
 
 
 class Staged:
